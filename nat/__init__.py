@@ -1,0 +1,1 @@
+"""NAT classification, port mapping, WebRTC (aiortc) connections and relay fallback."""

@@ -1,0 +1,120 @@
+"""The local HTTP API (127.0.0.1 by default): health, Prometheus metrics, and the JSON the CLI uses.
+
+Starlette routes served by Hypercorn's trio worker, so the API runs in the node's own event
+loop next to the host: a handler can await the DHT directly, no thread or second loop.
+
+| method | path                         | answer                                                  |
+|--------|------------------------------|---------------------------------------------------------|
+| GET    | /health                      | {"healthy": "good"/"degraded"/"bad", "reason": ...}      |
+| GET    | /metrics                     | Prometheus text                                          |
+| GET    | /v1/status                   | peer ID, addresses, routing table, bootstraps            |
+| GET    | /v1/peers                    | connected peers                                          |
+| GET    | /v1/find/{peer_id}           | {"peer_id", "addrs", "seq"}; 404 when not in the DHT     |
+| POST   | /v1/ping/{peer_id}?count=N   | {"peer_id", "rtt_ms": [...], "errors": [...]}            |
+
+Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import multiaddr
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from libp2p.peer.id import ID
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from overlay.errors import DialError, NotFoundError, OverlayError
+from overlay.node import Node
+from overlay.records import peer_id_from_str
+
+MAX_PING_COUNT = 100
+REQUEST_TIMEOUT = 30.0
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _peer_id(request: Request) -> ID:
+    return ID(peer_id_from_str(request.path_params["peer_id"]))
+
+
+def build_app(node: Node) -> Starlette:
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    return await handler(request)
+            except NotFoundError as e:
+                return _error(404, str(e))
+            except DialError as e:
+                return _error(502, str(e))
+            except OverlayError as e:
+                return _error(400, str(e))
+            except trio.TooSlowError:
+                return _error(504, f"timed out after {REQUEST_TIMEOUT:.0f}s")
+
+        return run
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(node.health())
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(node.status())
+
+    async def peers(request: Request) -> Response:
+        return JSONResponse(node.peers())
+
+    async def find(request: Request) -> Response:
+        peer_id = _peer_id(request)
+        record = await node.find(peer_id)
+        addrs = [str(multiaddr.Multiaddr(a)) for a in record.addrs]
+        return JSONResponse({"peer_id": str(peer_id), "addrs": addrs, "seq": record.seq})
+
+    async def ping(request: Request) -> Response:
+        peer_id = _peer_id(request)
+        count_text = request.query_params.get("count", "1")
+        if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_PING_COUNT:
+            return _error(400, f"count must be a whole number from 1 to {MAX_PING_COUNT}")
+        rtts, errors = [], []
+        for _ in range(int(count_text)):
+            try:
+                rtts.append(round(await node.ping(peer_id) * 1000, 3))
+            except DialError as e:
+                errors.append(str(e))
+        if not rtts:
+            raise DialError("; ".join(errors))
+        return JSONResponse({"peer_id": str(peer_id), "rtt_ms": rtts, "errors": errors})
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/v1/status", guarded(status)),
+            Route("/v1/peers", guarded(peers)),
+            Route("/v1/find/{peer_id}", guarded(find)),
+            Route("/v1/ping/{peer_id}", guarded(ping), methods=["POST"]),
+        ]
+    )
+
+
+async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API on `node.config.api`; reports the bound URL (port 0 picks a free port)."""
+    host, port = node.config.api
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve, build_app(node), config)
+        task_status.started(bound[0] if bound else f"http://{host}:{port}")

@@ -1,0 +1,193 @@
+"""`overlay-node`: run a node, or ask a running one (through its local API) what it knows.
+
+Exit codes: 0 success, 1 the operation failed (peer not found, unreachable, API down),
+2 bad input (flags, config, peer ID), with one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from overlay.config import DEFAULT_API, Config, load_config, parse_host_port
+from overlay.errors import ConfigError, DecodeError, OverlayError, RecordError
+from overlay.records import peer_id_from_str
+
+CLIENT_TIMEOUT = 60.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every bad input
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="overlay-node", description="A peer-to-peer overlay node.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a node (first node of a network when no --bootstrap)")
+    run.add_argument("--config", type=Path, help="TOML file with the same keys as the flags")
+    run.add_argument("--data-dir", help="where the identity key lives (default: XDG data dir)")
+    run.add_argument("--listen", action="append", metavar="MADDR", help="listen multiaddr (repeatable)")
+    run.add_argument("--bootstrap", action="append", metavar="MADDR", help="bootstrap peer .../p2p/ID (repeatable)")
+    run.add_argument("--api", metavar="HOST:PORT", help=f"local API address (default {DEFAULT_API})")
+    run.add_argument("--network", help="network name; nodes of different names never meet")
+    run.add_argument("--dht-mode", choices=("auto", "server", "client"))
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    ident = sub.add_parser("id", help="print this node's peer ID")
+    ident.add_argument("--data-dir", help="where the identity key lives")
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="the node's local API")
+        c.add_argument("--json", action="store_true", help="print JSON")
+        return c
+
+    client("status", help="the node's state")
+    client("peers", help="connected peers")
+    client("find", help="look a peer's record up in the DHT").add_argument("peer_id")
+    ping = client("ping", help="dial a peer by ID and measure round trips")
+    ping.add_argument("peer_id")
+    ping.add_argument("--count", type=int, default=3)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(
+        args.config,
+        {
+            "data_dir": args.data_dir,
+            "listen": args.listen,
+            "bootstrap": args.bootstrap,
+            "api": args.api,
+            "network": args.network,
+            "dht_mode": args.dht_mode,
+            "log_level": args.log_level,
+        },
+    )
+    import trio  # the node's imports are heavy (~80 MB); client commands do without them
+
+    from overlay.log import setup_logging
+
+    setup_logging(config.log_level)
+    trio.run(_serve, config)
+    return 0
+
+
+async def _serve(config: Config) -> None:
+    import trio
+
+    from overlay.api import serve_api
+    from overlay.node import Node
+
+    node = Node(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(node.run)
+            url = await nursery.start(serve_api, node)
+            print(f"peer id: {node.peer_id}", flush=True)
+            for addr in node.full_addrs():
+                print(f"listening on {addr}", flush=True)
+            print(f"api on {url}", flush=True)
+            async for _ in signals:
+                print("shutting down", file=sys.stderr, flush=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _id(args: argparse.Namespace) -> int:
+    from overlay.identity import load_or_create_key
+    from overlay.records import peer_id_from_public_key, peer_id_to_str
+
+    config = load_config(None, {"data_dir": args.data_dir})
+    key = load_or_create_key(config.data_dir)
+    print(peer_id_to_str(peer_id_from_public_key(key.public_key())))
+    return 0
+
+
+def _call(api: str, method: str, path: str) -> tuple[int, Any]:
+    host, port = parse_host_port(api)
+    url = f"http://{host}:{port}{path}"
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read())
+        except ValueError:
+            return e.code, {"error": e.reason}
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise OverlayError(f"cannot reach the node's API at {host}:{port} ({reason}); is `overlay-node run` running?") from None
+
+
+def _client(args: argparse.Namespace) -> int:
+    if args.command in ("find", "ping"):
+        peer_id_from_str(args.peer_id)
+    if args.command == "ping" and not 1 <= args.count <= 100:
+        raise ConfigError("--count must be from 1 to 100")
+    path = {
+        "status": "/v1/status",
+        "peers": "/v1/peers",
+        "find": f"/v1/find/{getattr(args, 'peer_id', '')}",
+        "ping": f"/v1/ping/{getattr(args, 'peer_id', '')}?count={getattr(args, 'count', 1)}",
+    }[args.command]
+    status, body = _call(args.api, "POST" if args.command == "ping" else "GET", path)
+    if status >= 400:
+        print(f"overlay-node: {args.command}: {body.get('error', status)}", file=sys.stderr)
+        return 2 if status == 400 else 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(_human(args.command, body))
+    return 0
+
+
+def _human(command: str, body: Any) -> str:
+    if command == "status":
+        lines = [f"peer id:       {body['peer_id']}", f"network:       {body['network']}",
+                 f"health:        {body['health']['healthy']} ({body['health']['reason']})",
+                 f"dht mode:      {body['dht_mode']}", f"routing table: {body['routing_table']} peers",
+                 f"connected:     {body['peers']} peers"]
+        lines += [f"address:       {a}" for a in body["addrs"]]
+        lines += [f"bootstrap:     {b['addr']} {'connected' if b['connected'] else 'unreachable: ' + b['last_error']}"
+                  for b in body["bootstraps"]]
+        return "\n".join(lines)
+    if command == "peers":
+        return "\n".join(f"{p['peer_id']} {' '.join(p['addrs'])}" for p in body) or "no peers"
+    if command == "find":
+        return "\n".join([body["peer_id"]] + [f"  {a}" for a in body["addrs"]])
+    rtts = body["rtt_ms"]
+    lines = [f"pong from {body['peer_id']}: time={r} ms" for r in rtts]
+    lines += [f"error: {e}" for e in body["errors"]]
+    lines.append(f"{len(rtts)} of {len(rtts) + len(body['errors'])} answered, min/avg/max = "
+                 f"{min(rtts)}/{sum(rtts) / len(rtts):.3f}/{max(rtts)} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "id":
+            return _id(args)
+        return _client(args)
+    except (ConfigError, DecodeError, RecordError) as e:
+        print(f"overlay-node: error: {e}", file=sys.stderr)
+        return 2
+    except OverlayError as e:
+        print(f"overlay-node: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The one config loader: defaults, then a TOML file, then command-line flags (flags win).
+
+The file uses the flags' names with underscores (`data_dir`, `listen`, `bootstrap`, `api`,
+`network`, ...). A list given by flag replaces the file's list rather than extending it, so a
+command line always says the whole truth. Every value is validated here, once, with an error
+that names the key; nothing downstream re-parses user strings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+
+from overlay.errors import ConfigError
+from overlay.records import peer_id_from_str
+
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws")
+DEFAULT_API = "127.0.0.1:4080"
+DEFAULT_NETWORK = "overlay"
+NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+DHT_MODES = ("auto", "server", "client")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "overlay-node"
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: tuple[multiaddr.Multiaddr, ...] = tuple(multiaddr.Multiaddr(a) for a in DEFAULT_LISTEN)
+    bootstrap: tuple[multiaddr.Multiaddr, ...] = ()
+    api: tuple[str, int] = ("127.0.0.1", 4080)
+    network: str = DEFAULT_NETWORK
+    dht_mode: str = "auto"
+    max_connections: int = 256
+    log_level: str = "info"
+
+    @property
+    def api_url(self) -> str:
+        host, port = self.api
+        return f"http://{host}:{port}"
+
+
+def parse_multiaddr(text: str, what: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(text)
+    except Exception as e:  # the multiaddr package raises several unrelated types
+        raise ConfigError(f"{what}: invalid multiaddr {text!r}: {e}") from None
+
+
+def parse_bootstrap(text: str) -> multiaddr.Multiaddr:
+    addr = parse_multiaddr(text, "bootstrap")
+    try:
+        pid = addr.value_for_protocol("p2p")
+    except Exception:
+        pid = None
+    if not pid:
+        raise ConfigError(f"bootstrap: {text!r} lacks the /p2p/<peer-id> part")
+    peer_id_from_str(str(pid))
+    return addr
+
+
+def parse_host_port(text: str, what: str = "api") -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ConfigError(f"{key}: expected a string or a list of strings")
+
+
+def _convert(key: str, value: Any) -> Any:
+    if key == "data_dir":
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError("data_dir: expected a path")
+        return Path(value).expanduser()
+    if key == "listen":
+        addrs = tuple(parse_multiaddr(v, "listen") for v in _as_list(value, key))
+        if not addrs:
+            raise ConfigError("listen: at least one address is needed")
+        return addrs
+    if key == "bootstrap":
+        return tuple(parse_bootstrap(v) for v in _as_list(value, key))
+    if key == "api":
+        return parse_host_port(value)
+    if key == "network":
+        if not isinstance(value, str) or not NETWORK_RE.match(value):
+            raise ConfigError(f"network: {value!r} must be 1-64 of a-z 0-9 . _ - (lower case)")
+        return value
+    if key == "dht_mode":
+        if value not in DHT_MODES:
+            raise ConfigError(f"dht_mode: {value!r} is not one of {', '.join(DHT_MODES)}")
+        return value
+    if key == "log_level":
+        if value not in LOG_LEVELS:
+            raise ConfigError(f"log_level: {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return value
+    if key == "max_connections":
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+            raise ConfigError(f"max_connections: expected a whole number from 1 to 100000, got {value!r}")
+        return value
+    raise ConfigError(f"unknown config key {key!r}")
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < file < overrides (flags). Overrides whose value is None are not given."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+        for key, value in raw.items():
+            values[key] = _convert(key, value)
+    for key, value in (overrides or {}).items():
+        if value is None or value == []:
+            continue
+        values[key] = _convert(key, value)
+    known = {f.name for f in fields(Config)}
+    return replace(Config(), **{k: v for k, v in values.items() if k in known})

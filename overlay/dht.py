@@ -1,0 +1,217 @@
+"""The trio adapter that runs the Kademlia core on py-libp2p streams.
+
+Wire: each message is one unsigned-varint length-prefixed Kademlia protobuf
+(`overlay.kademlia.wire`) on a stream of protocol `/overlay/<network>/kad/1.0.0`; the network
+name in the protocol ID keeps differently named networks out of each other's DHT. A requester
+opens a stream, writes one request and reads one response (none for ADD_PROVIDER); a server
+answers requests on a stream until the requester closes it or goes idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import multiaddr
+import trio
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+
+from overlay.dialer import Dialer, strip_p2p
+from overlay.errors import DecodeError
+from overlay.kademlia.core import Action, Kademlia, QueryDone, Send
+from overlay.kademlia.lookup import LookupResult
+from overlay.kademlia.wire import MAX_MESSAGE_SIZE, FrameDecoder, Message, MessageType, PeerInfo, decode_message, encode_message, frame
+from overlay.metrics import Registry
+
+log = logging.getLogger(__name__)
+
+STREAM_IDLE_TIMEOUT = 30.0
+READ_CHUNK = 16 * 1024
+
+
+def kad_protocol(network: str) -> str:
+    return f"/overlay/{network}/kad/1.0.0"
+
+
+async def read_frame(stream, decoder: FrameDecoder, pending: list[bytes]) -> bytes | None:
+    """Next length-prefixed frame on `stream` (None at end of stream); DecodeError if oversized."""
+    while not pending:
+        try:
+            data = await stream.read(READ_CHUNK)
+        except StreamEOF:
+            return None
+        if not data:
+            return None
+        pending.extend(decoder.feed(data))
+    return pending.pop(0)
+
+
+class DhtService:
+    def __init__(
+        self,
+        host: BasicHost,
+        core: Kademlia,
+        dialer: Dialer,
+        network: str,
+        metrics: Registry,
+    ) -> None:
+        self.host = host
+        self.core = core
+        self.dialer = dialer
+        self.protocol = kad_protocol(network)
+        self._results: dict[int, tuple[trio.Event, list[QueryDone]]] = {}
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.op_latency = metrics.histogram("overlay_dht_operation_seconds", "Duration of DHT operations")
+        self.ops = metrics.counter("overlay_dht_operations_total", "DHT operations by kind and outcome")
+        self.bytes = metrics.counter("overlay_dht_bytes_total", "Kademlia message bytes by direction")
+        self.bad_input = metrics.counter("overlay_dht_bad_messages_total", "Malformed or oversized DHT messages received")
+        metrics.gauge("overlay_routing_table_size", "Peers in the Kademlia routing table", lambda: len(core.table))
+        metrics.gauge("overlay_dht_records", "Records held in the local DHT store", lambda: len(core.records))
+        metrics.gauge("overlay_dht_rejected_records_total", "Invalid records refused", lambda: core.counters.records_rejected)
+
+    @staticmethod
+    def now() -> float:
+        return trio.current_time()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.core.server:
+                self.host.set_stream_handler(self.protocol, self._serve)
+            task_status.started()
+            while True:
+                deadline = self.core.next_timer()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                self._apply(self.core.handle_timer(self.now()))
+
+    # ---- queries ----------------------------------------------------------------------------
+
+    async def query(self, start: Callable[[float], tuple[int, list[Action]]]) -> QueryDone:
+        """Run one core query (e.g. `lambda now: core.find_node(key, now)`) to its end."""
+        event = trio.Event()
+        query_id, actions = start(self.now())
+        self._results[query_id] = (event, [])
+        try:
+            self._apply(actions)
+            await event.wait()
+            done = self._results[query_id][1][0]
+        finally:
+            del self._results[query_id]
+        self.op_latency.observe(done.duration, kind=done.kind)
+        self.ops.inc(kind=done.kind, outcome="ok" if done.result.closest or done.result.values else "empty")
+        return done
+
+    async def bootstrap(self) -> LookupResult:
+        return (await self.query(self.core.bootstrap)).result
+
+    async def get_value(self, key: bytes, quorum: int = 0) -> LookupResult:
+        return (await self.query(lambda now: self.core.get_value(key, now, quorum))).result
+
+    async def publish(self, key: bytes, value: bytes) -> int:
+        return (await self.query(lambda now: self.core.publish(key, value, now))).stored
+
+    async def provide(self, key: bytes) -> int:
+        return (await self.query(lambda now: self.core.provide(key, now))).stored
+
+    async def get_providers(self, key: bytes, quorum: int = 0) -> LookupResult:
+        return (await self.query(lambda now: self.core.get_providers(key, now, quorum))).result
+
+    def add_address(self, peer: PeerInfo) -> None:
+        self._apply(self.core.add_address(peer, self.now()))
+
+    # ---- driving the core ----------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        assert self._nursery is not None, "DhtService.run() must be started first"
+        for action in actions:
+            if isinstance(action, Send):
+                self._nursery.start_soon(self._request, action)
+            elif action.query_id in self._results:
+                event, slot = self._results[action.query_id]
+                slot.append(action)
+                event.set()
+        self._wakeup.set()
+
+    async def _request(self, send: Send) -> None:
+        expects_answer = send.message.type is not MessageType.ADD_PROVIDER
+        peer_id = ID(send.peer.peer_id)
+        response: Message | None = None
+        try:
+            with trio.fail_after(self.core.config.request_timeout):
+                addrs = [multiaddr.Multiaddr(a) for a in send.peer.addrs]
+                await self.dialer.connect(peer_id, addrs, timeout=self.core.config.request_timeout)
+                stream = await self.host.new_stream(peer_id, [self.protocol])
+                try:
+                    payload = frame(encode_message(send.message))
+                    await stream.write(payload)
+                    self.bytes.inc(len(payload), direction="out")
+                    if expects_answer:
+                        data = await read_frame(stream, FrameDecoder(MAX_MESSAGE_SIZE), [])
+                        if data is not None:
+                            self.bytes.inc(len(data), direction="in")
+                            response = decode_message(data)
+                finally:
+                    await _close(stream)
+        except DecodeError as e:
+            self.bad_input.inc()
+            log.debug("bad DHT response from %s: %s", peer_id, e)
+        except Exception as e:  # noqa: BLE001 - a peer can fail in many ways; each is one failure
+            log.debug("DHT request to %s failed: %s", peer_id, e)
+        if not expects_answer:
+            return
+        if response is not None and response.type is send.message.type:
+            self._apply(self.core.handle_response(send.request_id, response, self.now(), self._known_addrs(peer_id)))
+        else:
+            self._apply(self.core.handle_failure(send.request_id, self.now()))
+
+    def _known_addrs(self, peer_id: ID) -> tuple[bytes, ...]:
+        """The peer's listen addresses as identify reported them (empty until it has)."""
+        try:
+            return tuple(strip_p2p(a).to_bytes() for a in self.host.get_peerstore().addrs(peer_id))
+        except Exception:  # noqa: BLE001 - the peerstore raises when it knows no address yet
+            return ()
+
+    async def _serve(self, stream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        peer = PeerInfo(peer_id.to_bytes(), self._known_addrs(peer_id))
+        decoder = FrameDecoder(MAX_MESSAGE_SIZE)
+        pending: list[bytes] = []
+        try:
+            while True:
+                data = None
+                with trio.move_on_after(STREAM_IDLE_TIMEOUT):
+                    data = await read_frame(stream, decoder, pending)
+                if data is None:
+                    break
+                self.bytes.inc(len(data), direction="in")
+                request = decode_message(data)
+                response, actions = self.core.handle_request(peer, request, self.now())
+                self._apply(actions)
+                if response is None:
+                    if request.type is MessageType.ADD_PROVIDER:
+                        continue
+                    break
+                payload = frame(encode_message(response))
+                await stream.write(payload)
+                self.bytes.inc(len(payload), direction="out")
+        except DecodeError as e:
+            self.bad_input.inc()
+            log.debug("bad DHT request from %s: %s", peer_id, e)
+        except Exception as e:  # noqa: BLE001 - a broken stream must not reach the swarm
+            log.debug("DHT stream from %s ended: %s", peer_id, e)
+        finally:
+            await _close(stream)
+
+
+async def _close(stream) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.close()
+        except Exception:
+            pass

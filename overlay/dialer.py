@@ -1,0 +1,127 @@
+"""Dial a peer by its addresses: the strategy (pure) and its trio adapter.
+
+Seed 004: a node's record bundles several addresses; to reach it, try them in turn until one
+connects. We try the address that worked last time first, then the others in the record's
+order, starting the next attempt when the previous one fails or after a short stagger
+(happy-eyeballs style, RFC 8305), and keep the first connection that completes. One dial per
+peer is in flight at a time; concurrent callers share it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.host.basic_host import BasicHost
+from libp2p.peer.id import ID
+
+from overlay.errors import DialError
+
+log = logging.getLogger(__name__)
+
+STAGGER = 0.1
+MAX_CACHED = 4096
+
+
+def dialable(addr: multiaddr.Multiaddr) -> bool:
+    names = [p.name for p in addr.protocols()]
+    return bool(names) and names[0] in ("ip4", "ip6", "dns", "dns4", "dns6") and "tcp" in names and "p2p-circuit" not in names
+
+
+def plan_dial(addrs: Sequence[multiaddr.Multiaddr], last_good: multiaddr.Multiaddr | None) -> list[multiaddr.Multiaddr]:
+    """The order in which to try `addrs`: the one that worked before first (if still listed),
+    then the rest in the record's order; duplicates and undialable addresses dropped."""
+    ordered: list[multiaddr.Multiaddr] = []
+    for addr in (strip_p2p(a) for a in addrs):
+        if dialable(addr) and addr not in ordered:
+            ordered.append(addr)
+    if last_good in ordered:
+        ordered.remove(last_good)
+        ordered.insert(0, last_good)
+    return ordered
+
+
+def strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    try:
+        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
+    except Exception:
+        return addr
+
+
+@dataclass
+class DialStats:
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+
+
+class Dialer:
+    def __init__(self, host: BasicHost, stagger: float = STAGGER) -> None:
+        self.host = host
+        self.stagger = stagger
+        self.stats = DialStats()
+        self._last_good: OrderedDict[ID, multiaddr.Multiaddr] = OrderedDict()
+        self._inflight: dict[ID, trio.Event] = {}
+
+    def connected(self, peer_id: ID) -> bool:
+        return bool(self.host.get_network().get_connections(peer_id))
+
+    async def connect(self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], timeout: float = 10.0) -> multiaddr.Multiaddr | None:
+        """Ensure a connection to `peer_id`; returns the address that connected (None: already was).
+
+        Raises DialError naming each address's failure.
+        """
+        if self.connected(peer_id):
+            return None
+        while peer_id in self._inflight:
+            await self._inflight[peer_id].wait()
+            if self.connected(peer_id):
+                return None
+        done = self._inflight[peer_id] = trio.Event()
+        try:
+            with trio.move_on_after(timeout):
+                return await self._race(peer_id, plan_dial(addrs, self._last_good.get(peer_id)))
+            raise DialError(f"dial {peer_id}: timed out after {timeout:.1f}s")
+        finally:
+            del self._inflight[peer_id]
+            done.set()
+
+    async def _race(self, peer_id: ID, plan: list[multiaddr.Multiaddr]) -> multiaddr.Multiaddr:
+        if not plan:
+            self.stats.failures += 1
+            raise DialError(f"dial {peer_id}: no dialable address")
+        errors: dict[str, str] = {}
+        winner: list[multiaddr.Multiaddr] = []
+        network = self.host.get_network()
+
+        async def attempt(addr: multiaddr.Multiaddr, failed: trio.Event) -> None:
+            self.stats.attempts += 1
+            try:
+                await network.dial_addr(addr, peer_id)
+            except Exception as e:  # the swarm raises many types; each is one address's failure
+                errors[str(addr)] = f"{type(e).__name__}: {e}".strip(": ")
+                failed.set()
+                return
+            winner.append(addr)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for addr in plan:
+                failed = trio.Event()
+                nursery.start_soon(attempt, addr, failed)
+                with trio.move_on_after(self.stagger):
+                    await failed.wait()
+        if not winner:
+            self.stats.failures += 1
+            detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
+            raise DialError(f"dial {peer_id}: every address failed ({detail})")
+        self.stats.successes += 1
+        self._last_good[peer_id] = winner[0]
+        self._last_good.move_to_end(peer_id)
+        while len(self._last_good) > MAX_CACHED:
+            self._last_good.popitem(last=False)
+        return winner[0]

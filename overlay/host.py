@@ -1,0 +1,123 @@
+"""The hardened py-libp2p host: Noise only, Yamux, TCP and WebSocket, one connection per peer.
+
+We assemble the host ourselves instead of calling `libp2p.new_host()` because its defaults are
+unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
+
+- its listener also offers plaintext and secio (a plaintext dialer can impersonate any peer):
+  we offer Noise alone;
+- with 3 connections per peer every dial waits a 250 ms "happy eyeballs" delay: we allow 1;
+- its auto-connector dials peerstore entries towards the mid-point of its watermarks: we
+  replace it with one that never dials (the DHT decides whom to talk to);
+- its swarm keeps each inbound connection's handler task, and its slot in the inbound
+  limiter, until the whole swarm stops, so a node accepts only a fixed number of inbound
+  connections in its lifetime: `_Swarm` ends the handler when its connection closes;
+- dials retry three times with backoff inside the swarm: our dialer has its own strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import multiaddr
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.abc import IMuxedConn, IRawConnection
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStore
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.upgrader import TransportUpgrader
+from libp2p.transport.websocket.transport import WebsocketTransport
+
+from overlay.identity import raw_seed
+
+DIAL_TIMEOUT = 10.0
+
+
+class _ConnectionEnded(Exception):
+    """Raised inside the swarm's inbound handler once its connection has closed."""
+
+
+class _NoAutoConnect(AutoConnector):
+    """The DHT decides which peers to talk to; the swarm must not dial peerstore entries itself."""
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
+class _Swarm(Swarm):
+    """Swarm whose inbound handler returns when its connection closes, without auto-connector."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.auto_connector = _NoAutoConnect(swarm=self, auto_connect_interval=self.connection_config.auto_connect_interval)
+
+    async def upgrade_inbound_raw_conn(self, raw_conn: IRawConnection, maddr: multiaddr.Multiaddr) -> IMuxedConn:
+        muxed = await super().upgrade_inbound_raw_conn(raw_conn, maddr)
+        closed = getattr(muxed, "event_closed", None)
+        if closed is None:
+            return muxed  # a muxer we do not know: keep the library's behaviour
+        await closed.wait()
+        # The base handler catches this, closes the raw connection and returns, which frees
+        # the inbound slot and the task; returning normally would park it until shutdown.
+        raise _ConnectionEnded()
+
+
+def is_websocket(addr: multiaddr.Multiaddr) -> bool:
+    return any(p.name in ("ws", "wss") for p in addr.protocols())
+
+
+def build_host(
+    key: Ed25519PrivateKey,
+    listen: Sequence[multiaddr.Multiaddr],
+    max_connections: int = 256,
+) -> BasicHost:
+    key_pair = create_new_key_pair(raw_seed(key))
+    peer_id = ID.from_pubkey(key_pair.public_key)
+    upgrader = TransportUpgrader(
+        secure_transports_by_protocol={
+            NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        },
+        muxer_transports_by_protocol={YAMUX_PROTOCOL_ID: Yamux},
+    )
+    transports: list = [TCP()]
+    if any(is_websocket(a) for a in listen):
+        transports.append(WebsocketTransport(upgrader))
+    peerstore = PeerStore()
+    peerstore.add_key_pair(peer_id, key_pair)
+    connection_config = ConnectionConfig(
+        max_connections=max_connections,
+        max_connections_per_peer=1,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=max_connections,
+        dial_timeout=DIAL_TIMEOUT,
+    )
+    swarm = _Swarm(
+        peer_id,
+        peerstore,
+        upgrader,
+        transports=transports,
+        retry_config=RetryConfig(max_retries=0),
+        connection_config=connection_config,
+    )
+    return BasicHost(network=swarm)
+
+
+async def close_quietly(host: BasicHost) -> None:
+    """Bounded shutdown: the library can hang or raise while closing after overload."""
+    with trio.move_on_after(5):
+        try:
+            await host.close()
+        except Exception:
+            pass

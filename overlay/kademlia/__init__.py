@@ -1,0 +1,1 @@
+"""Kademlia as a protocol core without I/O: routing table, lookups, stores, wire format."""

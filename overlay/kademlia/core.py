@@ -1,0 +1,425 @@
+"""The Kademlia node as a state machine without I/O: the one DHT that the node and simulator run.
+
+Inputs are method calls with an explicit `now` (seconds on any monotonic clock, real or
+virtual): inbound requests, responses and failures of our own requests, timers, and commands
+(bootstrap, find, get, put, provide). Outputs are actions: `Send` (ask a peer something and
+report back with `handle_response`/`handle_failure` under the same request id) and `QueryDone`.
+Request timeouts are the core's own timers, so a simulated network that drops a message and a
+real peer that hangs look the same.
+
+Messages are libp2p Kademlia messages (`overlay.kademlia.wire`). Routing follows libp2p's
+Kademlia: only peers that answered a request of ours (server-mode peers) enter the table;
+an unknown peer that asks us something is pinged once before it is added.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Union
+
+from overlay.errors import RecordError
+from overlay.kademlia.lookup import Lookup, LookupResult
+from overlay.kademlia.routing import RoutingTable, key_position
+from overlay.kademlia.store import ProviderStore, RecordStore, Validator
+from overlay.kademlia.wire import Message, MessageType, PeerInfo, Record
+
+
+MAX_NOT_SERVERS = 4096
+
+
+@dataclass(frozen=True)
+class KadConfig:
+    k: int = 20
+    alpha: int = 3
+    request_timeout: float = 5.0
+    query_timeout: float = 30.0
+    refresh_interval: float = 600.0
+    refresh_max_cpl: int = 15
+    record_ttl: float = 2 * 3600.0
+    republish_interval: float = 1800.0
+    provider_ttl: float = 2 * 3600.0
+    stale_after: float = 60.0
+    max_records: int = 10_000
+    max_provider_keys: int = 10_000
+
+
+@dataclass(frozen=True)
+class Send:
+    request_id: int
+    peer: PeerInfo
+    message: Message
+
+
+@dataclass(frozen=True)
+class QueryDone:
+    query_id: int
+    kind: str
+    result: LookupResult
+    stored: int = 0  # PUT_VALUE / ADD_PROVIDER: how many peers accepted
+    duration: float = 0.0
+
+
+Action = Union[Send, QueryDone]
+
+
+@dataclass
+class _Query:
+    id: int
+    kind: str  # "find_node" | "get_value" | "get_providers" | "put_value" | "provide" | "bootstrap"
+    lookup: Lookup
+    started: float
+    deadline: float
+    message_type: MessageType
+    value: bytes | None = None  # the record to store (put_value) once the lookup is done
+    phase: str = "lookup"  # then "store"
+    store_waiting: set[int] = field(default_factory=set)
+    stored: int = 0
+
+
+@dataclass
+class _Request:
+    peer: PeerInfo
+    message: Message
+    deadline: float
+    query_id: int | None  # None: a liveness ping
+
+
+@dataclass
+class Counters:
+    requests_sent: int = 0
+    responses: int = 0
+    failures: int = 0
+    requests_handled: int = 0
+    records_rejected: int = 0
+    records_refused_full: int = 0
+    providers_rejected: int = 0
+
+
+class Kademlia:
+    def __init__(
+        self,
+        local: PeerInfo,
+        validator: Validator,
+        config: KadConfig = KadConfig(),
+        server: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`server` says whether we answer DHT requests (reachable node) or only ask (client)."""
+        self.local = local
+        self.config = config
+        self.server = server
+        self.rng = rng or random.Random()
+        self.table = RoutingTable(local.peer_id, config.k, stale_after=config.stale_after)
+        self.records = RecordStore(validator, config.record_ttl, config.max_records)
+        self.providers = ProviderStore(config.provider_ttl, config.max_provider_keys)
+        self.counters = Counters()
+        self._ids = itertools.count(1)
+        self._queries: dict[int, _Query] = {}
+        self._requests: dict[int, _Request] = {}
+        self._timeouts: list[tuple[float, int]] = []  # heap of (deadline, request id)
+        self._verifying: set[bytes] = set()
+        self._not_servers: OrderedDict[bytes, float] = OrderedDict()  # failed verification, until
+        self._published: dict[bytes, bytes] = {}  # our own records, republished periodically
+        self._provided: set[bytes] = set()
+        self._next_refresh: float | None = None
+        self._next_republish: float | None = None
+
+    # ---- commands -------------------------------------------------------------------------
+
+    def add_address(self, peer: PeerInfo, now: float) -> list[Action]:
+        """A peer we were told about (a bootstrap): ping it; it joins the table if it answers."""
+        return self._send(peer, Message(MessageType.PING), now, None)
+
+    def bootstrap(self, now: float) -> tuple[int, list[Action]]:
+        """Look up our own ID, then refresh every bucket (fills the table); repeats periodically."""
+        self._next_refresh = now + self.config.refresh_interval
+        return self._start("bootstrap", self.local.peer_id, MessageType.FIND_NODE, now)
+
+    def find_node(self, key: bytes, now: float) -> tuple[int, list[Action]]:
+        return self._start("find_node", key, MessageType.FIND_NODE, now)
+
+    def get_value(self, key: bytes, now: float, quorum: int = 0) -> tuple[int, list[Action]]:
+        """Look a value up; `quorum` > 0 stops after that many valid values (0: full lookup)."""
+        return self._start("get_value", key, MessageType.GET_VALUE, now, quorum=quorum)
+
+    def get_providers(self, key: bytes, now: float, quorum: int = 0) -> tuple[int, list[Action]]:
+        return self._start("get_providers", key, MessageType.GET_PROVIDERS, now, quorum=quorum)
+
+    def put_value(self, key: bytes, value: bytes, now: float) -> tuple[int, list[Action]]:
+        """Store locally and on the k closest peers. Raises RecordError for an invalid value."""
+        self.records.put(key, value, now)
+        return self._start("put_value", key, MessageType.FIND_NODE, now, value=value)
+
+    def publish(self, key: bytes, value: bytes, now: float) -> tuple[int, list[Action]]:
+        """put_value, and keep republishing it every `republish_interval` until replaced."""
+        self._published[key] = value
+        if self._next_republish is None:
+            self._next_republish = now + self.config.republish_interval
+        return self.put_value(key, value, now)
+
+    def provide(self, key: bytes, now: float) -> tuple[int, list[Action]]:
+        """Announce that we provide `key` to the k closest peers, and keep announcing it."""
+        self._provided.add(key)
+        self.providers.add(key, self.local, now)
+        if self._next_republish is None:
+            self._next_republish = now + self.config.republish_interval
+        return self._start("provide", key, MessageType.FIND_NODE, now)
+
+    def set_addrs(self, addrs: tuple[bytes, ...]) -> None:
+        self.local = PeerInfo(self.local.peer_id, addrs)
+
+    # ---- inputs from the network ----------------------------------------------------------
+
+    def handle_request(
+        self, peer: PeerInfo, msg: Message, now: float
+    ) -> tuple[Message | None, list[Action]]:
+        """Answer an inbound request. None: refuse it (the adapter resets the stream)."""
+        self.counters.requests_handled += 1
+        actions = self._verify_unknown(peer, now)
+        self.table.update_addrs(peer.peer_id, peer.addrs)
+        position = key_position(msg.key)
+        closer = tuple(self._peer_infos(self.table.closest(position, self.config.k, exclude=peer.peer_id)))
+        t = msg.type
+        if t is MessageType.PING:
+            return Message(MessageType.PING), actions
+        if t is MessageType.FIND_NODE:
+            return Message(MessageType.FIND_NODE, key=msg.key, closer_peers=closer), actions
+        if t is MessageType.GET_VALUE:
+            value = self.records.get(msg.key, now)
+            record = Record(msg.key, value) if value is not None else None
+            return Message(MessageType.GET_VALUE, key=msg.key, record=record, closer_peers=closer), actions
+        if t is MessageType.GET_PROVIDERS:
+            providers = tuple(self.providers.get(msg.key, now, self.config.k))
+            return (
+                Message(MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer, provider_peers=providers),
+                actions,
+            )
+        if t is MessageType.PUT_VALUE:
+            if msg.record is None or msg.record.key != msg.key:
+                self.counters.records_rejected += 1
+                return None, actions
+            try:
+                accepted = self.records.put(msg.key, msg.record.value, now)
+            except RecordError:
+                self.counters.records_rejected += 1
+                return None, actions
+            if not accepted and self.records.get(msg.key, now) is None:
+                self.counters.records_refused_full += 1
+                return None, actions
+            return msg, actions
+        if t is MessageType.ADD_PROVIDER:
+            own = [p for p in msg.provider_peers if p.peer_id == peer.peer_id]
+            if not own or not msg.key:
+                self.counters.providers_rejected += 1
+                return None, actions
+            addrs = own[0].addrs or peer.addrs
+            if not self.providers.add(msg.key, PeerInfo(peer.peer_id, addrs), now):
+                self.counters.providers_rejected += 1
+            return None, actions  # ADD_PROVIDER has no response in libp2p
+        return None, actions
+
+    def handle_response(
+        self, request_id: int, msg: Message, now: float, addrs: tuple[bytes, ...] = ()
+    ) -> list[Action]:
+        """`addrs`: the responder's addresses as the transport knows them now, if fresher."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return []  # late answer to a timed-out request
+        self.counters.responses += 1
+        actions: list[Action] = []
+        to_ping = self.table.observe(request.peer.peer_id, addrs or request.peer.addrs, now)
+        self._verifying.discard(request.peer.peer_id)
+        if to_ping is not None:
+            actions += self._ping_contact(to_ping, now)
+        query = self._queries.get(request.query_id) if request.query_id is not None else None
+        if query is None:
+            return actions
+        if query.phase == "store":
+            if request_id in query.store_waiting:
+                query.store_waiting.discard(request_id)
+                query.stored += 1
+            return actions + self._advance(query, now)
+        value = None
+        if msg.record is not None and msg.record.key == query.lookup.key:
+            try:
+                self.records.validator.validate(msg.record.key, msg.record.value)
+                value = msg.record.value
+            except RecordError:
+                self.counters.records_rejected += 1
+        query.lookup.on_response(request.peer.peer_id, msg.closer_peers, value, msg.provider_peers)
+        return actions + self._advance(query, now)
+
+    def handle_failure(self, request_id: int, now: float) -> list[Action]:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return []
+        self.counters.failures += 1
+        self.table.fail(request.peer.peer_id)
+        if request.query_id is None:
+            pid = request.peer.peer_id
+            if pid in self._verifying and pid not in self.table:
+                self._not_servers[pid] = now + self.config.refresh_interval
+                self._not_servers.move_to_end(pid)
+                while len(self._not_servers) > MAX_NOT_SERVERS:
+                    self._not_servers.popitem(last=False)
+            self._verifying.discard(pid)
+            return []
+        query = self._queries.get(request.query_id)
+        if query is None:
+            return []
+        if query.phase == "store":
+            query.store_waiting.discard(request_id)
+        else:
+            query.lookup.on_failure(request.peer.peer_id)
+        return self._advance(query, now)
+
+    def handle_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while self._timeouts and self._timeouts[0][0] <= now:
+            _, request_id = heapq.heappop(self._timeouts)
+            if request_id in self._requests:
+                actions += self.handle_failure(request_id, now)
+        for query in [q for q in self._queries.values() if q.deadline <= now]:
+            actions += self._finish(query, now)
+        if self._next_refresh is not None and now >= self._next_refresh:
+            _, more = self.bootstrap(now)
+            actions += more
+        if self._next_republish is not None and now >= self._next_republish:
+            self._next_republish = now + self.config.republish_interval
+            self.records.expire(now)
+            self.providers.expire(now)
+            for key, value in self._published.items():
+                try:
+                    actions += self.put_value(key, value, now)[1]
+                except RecordError:
+                    pass
+            for key in self._provided:
+                actions += self.provide(key, now)[1]
+        return actions
+
+    def next_timer(self) -> float | None:
+        """When handle_timer must be called next (None: nothing scheduled)."""
+        while self._timeouts and self._timeouts[0][1] not in self._requests:
+            heapq.heappop(self._timeouts)
+        times = [t for t in (self._next_refresh, self._next_republish) if t is not None]
+        if self._timeouts:
+            times.append(self._timeouts[0][0])
+        times.extend(q.deadline for q in self._queries.values())
+        return min(times, default=None)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _start(
+        self,
+        kind: str,
+        key: bytes,
+        message_type: MessageType,
+        now: float,
+        quorum: int = 0,
+        value: bytes | None = None,
+    ) -> tuple[int, list[Action]]:
+        seeds = self._peer_infos(self.table.closest(key_position(key), self.config.k))
+        lookup = Lookup(key, self.local.peer_id, seeds, self.config.k, self.config.alpha, quorum)
+        query = _Query(
+            next(self._ids), kind, lookup, now, now + self.config.query_timeout, message_type, value
+        )
+        if message_type is MessageType.GET_VALUE:
+            local = self.records.get(key, now)
+            if local is not None:
+                lookup.result.values.append((self.local.peer_id, local))
+        if message_type is MessageType.GET_PROVIDERS:
+            lookup.add_providers(self.providers.get(key, now, self.config.k))
+        self._queries[query.id] = query
+        return query.id, self._advance(query, now)
+
+    def _advance(self, query: _Query, now: float) -> list[Action]:
+        if query.phase == "store":
+            return self._finish(query, now) if not query.store_waiting else []
+        actions: list[Action] = []
+        for peer in query.lookup.next_peers():
+            msg = Message(query.message_type, key=query.lookup.key)
+            actions += self._send(peer, msg, now, query.id)
+        if query.lookup.done() or query.lookup.waiting == 0:
+            actions += self._lookup_done(query, now)
+        return actions
+
+    def _lookup_done(self, query: _Query, now: float) -> list[Action]:
+        result = query.lookup.finish()
+        if query.kind == "bootstrap":
+            del self._queries[query.id]
+            actions: list[Action] = [QueryDone(query.id, query.kind, result, duration=now - query.started)]
+            for cpl in range(min(self.table.deepest_bucket(), self.config.refresh_max_cpl)):
+                actions += self.find_node(self._random_key_in_bucket(cpl), now)[1]
+            return actions
+        if query.kind == "put_value" and query.value is not None:
+            msg = Message(MessageType.PUT_VALUE, key=query.lookup.key, record=Record(query.lookup.key, query.value))
+        elif query.kind == "provide":
+            msg = Message(MessageType.ADD_PROVIDER, key=query.lookup.key, provider_peers=(self.local,))
+        else:
+            return self._finish(query, now)
+        query.phase = "store"
+        actions = []
+        for peer in result.closest:
+            request_id = next(self._ids)
+            if query.kind == "put_value":
+                query.store_waiting.add(request_id)
+                actions += self._send(peer, msg, now, query.id, request_id)
+            else:
+                actions.append(Send(request_id, peer, msg))  # no response expected
+                query.stored += 1
+        if not query.store_waiting:
+            actions += self._finish(query, now)
+        return actions
+
+    def _finish(self, query: _Query, now: float) -> list[Action]:
+        if self._queries.pop(query.id, None) is None:
+            return []
+        result = query.lookup.finish()
+        return [QueryDone(query.id, query.kind, result, query.stored, now - query.started)]
+
+    def _send(
+        self,
+        peer: PeerInfo,
+        msg: Message,
+        now: float,
+        query_id: int | None,
+        request_id: int | None = None,
+    ) -> list[Action]:
+        request_id = request_id or next(self._ids)
+        deadline = now + self.config.request_timeout
+        self._requests[request_id] = _Request(peer, msg, deadline, query_id)
+        heapq.heappush(self._timeouts, (deadline, request_id))
+        self.counters.requests_sent += 1
+        return [Send(request_id, peer, msg)]
+
+    def _verify_unknown(self, peer: PeerInfo, now: float) -> list[Action]:
+        """Ping a peer that asked us something before it may enter the table (it may be a client).
+
+        A peer whose ping failed is not pinged again for `refresh_interval`.
+        """
+        pid = peer.peer_id
+        if pid in self.table or pid in self._verifying or self._not_servers.get(pid, 0.0) > now:
+            return []
+        self._verifying.add(pid)
+        return self._send(peer, Message(MessageType.PING), now, None)
+
+    def _ping_contact(self, peer_id: bytes, now: float) -> list[Action]:
+        contact = self.table.get(peer_id)
+        if contact is None or peer_id in self._verifying:
+            return []
+        self._verifying.add(peer_id)
+        return self._send(PeerInfo(peer_id, contact.addrs), Message(MessageType.PING), now, None)
+
+    def _peer_infos(self, contacts: list) -> list[PeerInfo]:
+        return [PeerInfo(c.peer_id, c.addrs) for c in contacts]
+
+    def _random_key_in_bucket(self, cpl: int) -> bytes:
+        """A key whose position shares exactly `cpl` leading bits with ours (expected 2^(cpl+1) tries)."""
+        while True:
+            key = self.rng.getrandbits(64).to_bytes(8, "big")
+            if self.table.bucket_index(key_position(key)) == cpl:
+                return key

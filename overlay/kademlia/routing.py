@@ -1,0 +1,149 @@
+"""Kademlia routing table: k-buckets keyed by common-prefix length, with liveness and replacement.
+
+Keys live in the 256-bit space of SHA-256 (as in libp2p's Kademlia): a peer's position is
+sha256(peer_id), a record's is sha256(key), distance is XOR. A full bucket never evicts a live
+contact for a new one (old contacts are the stable ones); newcomers wait in a small replacement
+cache and take the place of contacts that fail twice in a row. When a bucket is full and its
+least recently seen contact has been quiet for `stale_after`, the table asks for a ping of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+KEY_BITS = 256
+
+
+def key_position(key: bytes) -> int:
+    """Position of a key (or peer ID) in the XOR metric space."""
+    return int.from_bytes(hashlib.sha256(key).digest(), "big")
+
+
+def common_prefix_length(a: int, b: int) -> int:
+    return KEY_BITS - (a ^ b).bit_length()
+
+
+@dataclass
+class Contact:
+    peer_id: bytes
+    addrs: tuple[bytes, ...]
+    position: int
+    last_seen: float
+    failures: int = 0
+
+
+@dataclass
+class _Bucket:
+    contacts: OrderedDict[bytes, Contact] = field(default_factory=OrderedDict)
+    replacements: OrderedDict[bytes, Contact] = field(default_factory=OrderedDict)
+
+
+class RoutingTable:
+    """k-buckets around `local_id`; contacts ordered from least to most recently seen."""
+
+    def __init__(
+        self,
+        local_id: bytes,
+        k: int = 20,
+        max_failures: int = 2,
+        stale_after: float = 60.0,
+    ) -> None:
+        self.local_id = local_id
+        self.local_position = key_position(local_id)
+        self.k = k
+        self.max_failures = max_failures
+        self.stale_after = stale_after
+        self._buckets: dict[int, _Bucket] = {}
+
+    def __len__(self) -> int:
+        return sum(len(b.contacts) for b in self._buckets.values())
+
+    def __contains__(self, peer_id: bytes) -> bool:
+        return self.get(peer_id) is not None
+
+    def bucket_index(self, position: int) -> int:
+        return common_prefix_length(self.local_position, position)
+
+    def get(self, peer_id: bytes) -> Contact | None:
+        bucket = self._buckets.get(self.bucket_index(key_position(peer_id)))
+        return bucket.contacts.get(peer_id) if bucket else None
+
+    def observe(self, peer_id: bytes, addrs: tuple[bytes, ...], now: float) -> bytes | None:
+        """Record that `peer_id` answered us (it is alive and serves the DHT).
+
+        Returns the peer ID of a contact to ping when the bucket is full and its oldest
+        contact is stale; the caller reports the ping's outcome with observe() or fail().
+        """
+        if peer_id == self.local_id:
+            return None
+        position = key_position(peer_id)
+        bucket = self._buckets.setdefault(self.bucket_index(position), _Bucket())
+        contact = bucket.contacts.get(peer_id)
+        if contact is not None:
+            contact.last_seen = now
+            contact.failures = 0
+            if addrs:
+                contact.addrs = addrs
+            bucket.contacts.move_to_end(peer_id)
+            return None
+        contact = Contact(peer_id, addrs, position, now)
+        if len(bucket.contacts) < self.k:
+            bucket.contacts[peer_id] = contact
+            bucket.replacements.pop(peer_id, None)
+            return None
+        bucket.replacements[peer_id] = contact
+        bucket.replacements.move_to_end(peer_id)
+        while len(bucket.replacements) > self.k:
+            bucket.replacements.popitem(last=False)
+        oldest = next(iter(bucket.contacts.values()))
+        if now - oldest.last_seen >= self.stale_after:
+            return oldest.peer_id
+        return None
+
+    def update_addrs(self, peer_id: bytes, addrs: tuple[bytes, ...]) -> None:
+        """Fresher addresses for a known contact (its liveness ordering is unchanged)."""
+        contact = self.get(peer_id)
+        if contact is not None and addrs:
+            contact.addrs = addrs
+
+    def fail(self, peer_id: bytes) -> bool:
+        """Record a failed request; evicts after `max_failures` in a row. Returns True if evicted."""
+        bucket = self._buckets.get(self.bucket_index(key_position(peer_id)))
+        if bucket is None:
+            return False
+        bucket.replacements.pop(peer_id, None)
+        contact = bucket.contacts.get(peer_id)
+        if contact is None:
+            return False
+        contact.failures += 1
+        if contact.failures < self.max_failures:
+            return False
+        del bucket.contacts[peer_id]
+        if bucket.replacements:
+            _, newest = bucket.replacements.popitem(last=True)
+            bucket.contacts[newest.peer_id] = newest
+        return True
+
+    def remove(self, peer_id: bytes) -> None:
+        bucket = self._buckets.get(self.bucket_index(key_position(peer_id)))
+        if bucket is not None:
+            bucket.contacts.pop(peer_id, None)
+            bucket.replacements.pop(peer_id, None)
+
+    def closest(self, position: int, count: int, exclude: bytes | None = None) -> list[Contact]:
+        """The `count` contacts nearest to `position` by XOR distance."""
+        contacts = [c for b in self._buckets.values() for c in b.contacts.values() if c.peer_id != exclude]
+        contacts.sort(key=lambda c: c.position ^ position)
+        return contacts[:count]
+
+    def contacts(self) -> list[Contact]:
+        return [c for b in self._buckets.values() for c in b.contacts.values()]
+
+    def bucket_sizes(self) -> dict[int, int]:
+        return {i: len(b.contacts) for i, b in sorted(self._buckets.items()) if b.contacts}
+
+    def deepest_bucket(self) -> int:
+        """Highest bucket index holding a contact (-1 when empty): how far refresh must reach."""
+        return max((i for i, b in self._buckets.items() if b.contacts), default=-1)

@@ -1,0 +1,220 @@
+"""libp2p Kademlia messages: encoding, decoding with limits, and stream framing.
+
+Wire format (libp2p kad-dht spec, proto3), each message preceded on the stream by its length
+as an unsigned varint:
+
+    message Record  { bytes key = 1; bytes value = 2; string timeReceived = 5; }
+    message Message {
+      enum MessageType { PUT_VALUE = 0; GET_VALUE = 1; ADD_PROVIDER = 2;
+                         GET_PROVIDERS = 3; FIND_NODE = 4; PING = 5; }
+      message Peer { bytes id = 1; repeated bytes addrs = 2; ConnectionType connection = 3; }
+      MessageType type = 1; int32 clusterLevelRaw = 10; bytes key = 2; Record record = 3;
+      repeated Peer closerPeers = 8; repeated Peer providerPeers = 9;
+    }
+
+Fields we do not use (a record's author/signature, a peer's signedRecord, senderRecord) are
+skipped when decoding; peer records travel signed in Record.value instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from overlay.errors import DecodeError
+from overlay.protobuf import (
+    decode_varint,
+    encode_varint,
+    expect_bytes,
+    expect_int,
+    field_bytes,
+    field_varint,
+    iter_fields,
+)
+
+MAX_MESSAGE_SIZE = 64 * 1024
+MAX_KEY_SIZE = 1024
+MAX_VALUE_SIZE = 16 * 1024
+MAX_PEERS = 64
+MAX_ADDRS_PER_PEER = 32
+MAX_ADDR_SIZE = 512
+MAX_PEER_ID_SIZE = 128
+
+
+class MessageType(enum.IntEnum):
+    PUT_VALUE = 0
+    GET_VALUE = 1
+    ADD_PROVIDER = 2
+    GET_PROVIDERS = 3
+    FIND_NODE = 4
+    PING = 5
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    peer_id: bytes
+    addrs: tuple[bytes, ...] = ()
+    connection: int = 0
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes
+    value: bytes
+    time_received: str = ""
+
+
+@dataclass(frozen=True)
+class Message:
+    type: MessageType
+    key: bytes = b""
+    record: Record | None = None
+    closer_peers: tuple[PeerInfo, ...] = ()
+    provider_peers: tuple[PeerInfo, ...] = ()
+    cluster_level: int = 0
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+
+
+def _encode_peer(peer: PeerInfo) -> bytes:
+    out = field_bytes(1, peer.peer_id)
+    for addr in peer.addrs:
+        out += field_bytes(2, addr)
+    if peer.connection:
+        out += field_varint(3, peer.connection)
+    return out
+
+
+def _encode_record(record: Record) -> bytes:
+    out = b""
+    if record.key:
+        out += field_bytes(1, record.key)
+    if record.value:
+        out += field_bytes(2, record.value)
+    if record.time_received:
+        out += field_bytes(5, record.time_received.encode())
+    return out
+
+
+def encode_message(m: Message) -> bytes:
+    out = b""
+    if m.type:
+        out += field_varint(1, int(m.type))
+    if m.key:
+        out += field_bytes(2, m.key)
+    if m.record is not None:
+        out += field_bytes(3, _encode_record(m.record))
+    for peer in m.closer_peers:
+        out += field_bytes(8, _encode_peer(peer))
+    for peer in m.provider_peers:
+        out += field_bytes(9, _encode_peer(peer))
+    if m.cluster_level:
+        out += field_varint(10, m.cluster_level)
+    return out
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+
+def _limit(what: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise DecodeError(f"{what} of {size} bytes exceeds the limit of {limit}")
+
+
+def _decode_peer(data: bytes) -> PeerInfo:
+    peer_id, addrs, connection = b"", [], 0
+    for number, wire_type, value in iter_fields(data):
+        if number == 1:
+            peer_id = expect_bytes(number, wire_type, value)
+            _limit("peer id", len(peer_id), MAX_PEER_ID_SIZE)
+        elif number == 2:
+            addr = expect_bytes(number, wire_type, value)
+            _limit("address", len(addr), MAX_ADDR_SIZE)
+            addrs.append(addr)
+            if len(addrs) > MAX_ADDRS_PER_PEER:
+                raise DecodeError(f"more than {MAX_ADDRS_PER_PEER} addresses for one peer")
+        elif number == 3:
+            connection = expect_int(number, wire_type, value)
+    if not peer_id:
+        raise DecodeError("peer without an id")
+    return PeerInfo(peer_id, tuple(addrs), connection)
+
+
+def _decode_record(data: bytes) -> Record:
+    key, value, time_received = b"", b"", ""
+    for number, wire_type, field in iter_fields(data):
+        if number == 1:
+            key = expect_bytes(number, wire_type, field)
+            _limit("record key", len(key), MAX_KEY_SIZE)
+        elif number == 2:
+            value = expect_bytes(number, wire_type, field)
+            _limit("record value", len(value), MAX_VALUE_SIZE)
+        elif number == 5:
+            try:
+                time_received = expect_bytes(number, wire_type, field).decode()
+            except UnicodeDecodeError:
+                raise DecodeError("record timeReceived is not UTF-8") from None
+    return Record(key, value, time_received)
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode one message; DecodeError for anything malformed or over the limits."""
+    _limit("message", len(data), MAX_MESSAGE_SIZE)
+    type_value, key, record, cluster_level = 0, b"", None, 0
+    closer: list[PeerInfo] = []
+    providers: list[PeerInfo] = []
+    for number, wire_type, value in iter_fields(data):
+        if number == 1:
+            type_value = expect_int(number, wire_type, value)
+        elif number == 2:
+            key = expect_bytes(number, wire_type, value)
+            _limit("key", len(key), MAX_KEY_SIZE)
+        elif number == 3:
+            record = _decode_record(expect_bytes(number, wire_type, value))
+        elif number in (8, 9):
+            peers = closer if number == 8 else providers
+            peers.append(_decode_peer(expect_bytes(number, wire_type, value)))
+            if len(peers) > MAX_PEERS:
+                raise DecodeError(f"more than {MAX_PEERS} peers in one list")
+        elif number == 10:
+            cluster_level = expect_int(number, wire_type, value)
+    try:
+        message_type = MessageType(type_value)
+    except ValueError:
+        raise DecodeError(f"unknown message type {type_value}") from None
+    return Message(message_type, key, record, tuple(closer), tuple(providers), cluster_level)
+
+
+# ---- framing ----------------------------------------------------------------------------------
+
+
+def frame(payload: bytes) -> bytes:
+    return encode_varint(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into varint-length-prefixed frames; refuses a length over `max_size`
+    as soon as the prefix is read, before buffering the frame."""
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+        self.max_size = max_size
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        frames = []
+        while self._buffer:
+            try:
+                length, start = decode_varint(bytes(self._buffer[:10]))
+            except DecodeError:
+                if len(self._buffer) >= 10:
+                    raise
+                break  # the prefix itself is not complete yet
+            if length > self.max_size:
+                raise DecodeError(f"frame of {length} bytes exceeds the limit of {self.max_size}")
+            if len(self._buffer) < start + length:
+                break
+            frames.append(bytes(self._buffer[start : start + length]))
+            del self._buffer[: start + length]
+        return frames

@@ -1,0 +1,83 @@
+"""Counters, gauges and histograms rendered in the Prometheus text format (version 0.0.4).
+
+Small on purpose: the node needs a handful of series and no client library's global registry.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+
+Labels = tuple[tuple[str, str], ...]
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{v}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def get(self, **labels: str) -> float:
+        return self.values.get(tuple(sorted(labels.items())), 0)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.series: dict[Labels, tuple[list[int], list[float]]] = {}  # counts, [sum, count]
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        counts, totals = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0, 0]))
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        totals[0] += value
+        totals[1] += 1
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._metrics: list[tuple[str, str, str, object]] = []
+
+    def counter(self, name: str, help: str) -> Counter:
+        c = Counter()
+        self._metrics.append((name, help, "counter", c))
+        return c
+
+    def histogram(self, name: str, help: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+        h = Histogram(buckets)
+        self._metrics.append((name, help, "histogram", h))
+        return h
+
+    def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
+        self._metrics.append((name, help, "gauge", read))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name, help, kind, metric in self._metrics:
+            lines.append(f"# HELP {name} {help}")
+            lines.append(f"# TYPE {name} {kind}")
+            if isinstance(metric, Counter):
+                for labels, value in sorted(metric.values.items()):
+                    lines.append(f"{name}{_labels(labels)} {value:g}")
+            elif isinstance(metric, Histogram):
+                for labels, (counts, (total, count)) in sorted(metric.series.items()):
+                    running = 0
+                    for bound, n in zip(metric.buckets + (float("inf"),), counts):
+                        running += n
+                        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                        lines.append(f"{name}_bucket{_labels(labels + (('le', le),))} {running}")
+                    lines.append(f"{name}_sum{_labels(labels)} {total:g}")
+                    lines.append(f"{name}_count{_labels(labels)} {count}")
+            else:
+                lines.append(f"{name} {metric():g}")  # type: ignore[operator]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,208 @@
+"""Peer IDs and signed peer records (libp2p signed envelopes carrying a routing-state record).
+
+Wire format (libp2p RFC 0002 signed envelopes, RFC 0003 routing records):
+
+    message PublicKey   { KeyType Type = 1; bytes Data = 2; }        // Ed25519 = 1
+    message Envelope    { PublicKey public_key = 1; bytes payload_type = 2;
+                          bytes payload = 3; bytes signature = 5; }
+    message PeerRecord  { bytes peer_id = 1; uint64 seq = 2;
+                          repeated AddressInfo addresses = 3; }     // AddressInfo { bytes multiaddr = 1; }
+
+payload_type is the two bytes 0x03 0x01; the signature is Ed25519 over
+uvarint(len(domain)) domain || uvarint(len(payload_type)) payload_type || uvarint(len(payload)) payload
+with domain "libp2p-peer-record". A peer ID is the identity multihash (0x00, length) of the
+protobuf PublicKey, shown in base58btc ("12D3KooW...").
+
+A node stores its envelope in the DHT under `/peer/<peer-id bytes>`; nodes believe a record only
+if it verifies, its signer's peer ID equals the record's and the key's, and among several the
+highest seq wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import base58
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from overlay.errors import DecodeError, RecordError
+from overlay.protobuf import encode_varint, expect_bytes, expect_int, field_bytes, field_varint, iter_fields
+
+DOMAIN = b"libp2p-peer-record"
+PAYLOAD_TYPE = b"\x03\x01"
+KEY_TYPE_ED25519 = 1
+MAX_ENVELOPE_SIZE = 8 * 1024
+MAX_RECORD_ADDRS = 32
+MAX_ADDR_SIZE = 512
+KEY_PREFIX = b"/peer/"
+_IDENTITY, _SHA256 = 0x00, 0x12
+
+
+# ---- keys and peer IDs ------------------------------------------------------------------------
+
+
+def public_key_bytes(pub: Ed25519PublicKey) -> bytes:
+    """The libp2p protobuf encoding of an Ed25519 public key."""
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return field_varint(1, KEY_TYPE_ED25519) + field_bytes(2, raw)
+
+
+def peer_id_from_public_key(pub: Ed25519PublicKey) -> bytes:
+    encoded = public_key_bytes(pub)
+    return bytes([_IDENTITY, len(encoded)]) + encoded
+
+
+def _public_key_from_protobuf(data: bytes) -> Ed25519PublicKey:
+    key_type, raw = None, b""
+    for number, wire_type, value in iter_fields(data):
+        if number == 1:
+            key_type = expect_int(number, wire_type, value)
+        elif number == 2:
+            raw = expect_bytes(number, wire_type, value)
+    if key_type != KEY_TYPE_ED25519 or len(raw) != 32:
+        raise RecordError("only Ed25519 public keys are accepted")
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise RecordError("invalid Ed25519 public key") from None
+
+
+def public_key_from_peer_id(peer_id: bytes) -> Ed25519PublicKey:
+    if len(peer_id) < 2 or peer_id[0] != _IDENTITY or peer_id[1] != len(peer_id) - 2:
+        raise RecordError("peer ID does not embed its public key (not an Ed25519 identity multihash)")
+    try:
+        return _public_key_from_protobuf(peer_id[2:])
+    except DecodeError as e:
+        raise RecordError(f"peer ID holds a malformed public key: {e}") from None
+
+
+def peer_id_to_str(peer_id: bytes) -> str:
+    return base58.b58encode(peer_id).decode()
+
+
+def peer_id_from_str(text: str) -> bytes:
+    """Parse a base58btc peer ID; RecordError with the reason when it is not one."""
+    if not text or len(text) > 128:
+        raise RecordError(f"invalid peer ID {text[:64]!r}: wrong length")
+    try:
+        raw = base58.b58decode(text)
+    except ValueError:
+        raise RecordError(f"invalid peer ID {text[:64]!r}: not base58") from None
+    code_ok = len(raw) >= 2 and (
+        (raw[0] == _IDENTITY and raw[1] == len(raw) - 2 and raw[1] <= 42)
+        or (raw[0] == _SHA256 and raw[1] == 32 and len(raw) == 34)
+    )
+    if not code_ok:
+        raise RecordError(f"invalid peer ID {text[:64]!r}: not an identity or sha2-256 multihash")
+    return raw
+
+
+# ---- peer records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    peer_id: bytes
+    seq: int
+    addrs: tuple[bytes, ...]  # binary multiaddrs
+
+
+def _encode_record(record: PeerRecord) -> bytes:
+    out = field_bytes(1, record.peer_id) + field_varint(2, record.seq)
+    for addr in record.addrs:
+        out += field_bytes(3, field_bytes(1, addr))
+    return out
+
+
+def _decode_record(data: bytes) -> PeerRecord:
+    peer_id, seq, addrs = b"", 0, []
+    for number, wire_type, value in iter_fields(data):
+        if number == 1:
+            peer_id = expect_bytes(number, wire_type, value)
+        elif number == 2:
+            seq = expect_int(number, wire_type, value)
+        elif number == 3:
+            for inner, inner_type, addr in iter_fields(expect_bytes(number, wire_type, value)):
+                if inner == 1:
+                    addr = expect_bytes(inner, inner_type, addr)
+                    if len(addr) > MAX_ADDR_SIZE:
+                        raise RecordError(f"address of {len(addr)} bytes exceeds {MAX_ADDR_SIZE}")
+                    addrs.append(addr)
+            if len(addrs) > MAX_RECORD_ADDRS:
+                raise RecordError(f"more than {MAX_RECORD_ADDRS} addresses")
+    return PeerRecord(peer_id, seq, tuple(addrs))
+
+
+def _signed_bytes(payload: bytes) -> bytes:
+    return b"".join(encode_varint(len(part)) + part for part in (DOMAIN, PAYLOAD_TYPE, payload))
+
+
+def seal_peer_record(record: PeerRecord, key: Ed25519PrivateKey) -> bytes:
+    """Sign `record` into an envelope. A record can only be sealed by its own peer's key."""
+    if peer_id_from_public_key(key.public_key()) != record.peer_id:
+        raise RecordError("a peer record must be signed by the key of its peer ID")
+    payload = _encode_record(record)
+    signature = key.sign(_signed_bytes(payload))
+    return (
+        field_bytes(1, public_key_bytes(key.public_key()))
+        + field_bytes(2, PAYLOAD_TYPE)
+        + field_bytes(3, payload)
+        + field_bytes(5, signature)
+    )
+
+
+def open_peer_record(data: bytes) -> PeerRecord:
+    """Verify an envelope and return its record; RecordError with the reason otherwise."""
+    if len(data) > MAX_ENVELOPE_SIZE:
+        raise RecordError(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_SIZE}")
+    try:
+        fields: dict[int, bytes] = {}
+        for number, wire_type, value in iter_fields(data):
+            if number in (1, 2, 3, 5):
+                fields[number] = expect_bytes(number, wire_type, value)
+        if set(fields) != {1, 2, 3, 5}:
+            raise RecordError("envelope lacks a public key, payload type, payload or signature")
+        if fields[2] != PAYLOAD_TYPE:
+            raise RecordError("envelope does not carry a peer record")
+        public_key = _public_key_from_protobuf(fields[1])
+        try:
+            public_key.verify(fields[5], _signed_bytes(fields[3]))
+        except InvalidSignature:
+            raise RecordError("envelope signature does not verify") from None
+        record = _decode_record(fields[3])
+    except DecodeError as e:
+        raise RecordError(f"malformed envelope: {e}") from None
+    if record.peer_id != peer_id_from_public_key(public_key):
+        raise RecordError("peer record is signed by another peer's key")
+    return record
+
+
+def record_key(peer_id: bytes) -> bytes:
+    return KEY_PREFIX + peer_id
+
+
+def peer_id_from_record_key(key: bytes) -> bytes:
+    if not key.startswith(KEY_PREFIX) or len(key) == len(KEY_PREFIX):
+        raise RecordError("not a /peer/ key")
+    return key[len(KEY_PREFIX) :]
+
+
+class PeerRecordValidator:
+    """DHT validator for the `/peer/` namespace: signed by the key's peer, highest seq wins."""
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        if open_peer_record(value).peer_id != peer_id_from_record_key(key):
+            raise RecordError("peer record stored under another peer's key")
+
+    def select(self, key: bytes, values: list[bytes]) -> int:
+        best, best_seq = 0, -1
+        for i, value in enumerate(values):
+            try:
+                seq = open_peer_record(value).seq
+            except RecordError:
+                continue
+            if seq > best_seq:
+                best, best_seq = i, seq
+        return best

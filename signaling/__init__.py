@@ -1,0 +1,1 @@
+"""The per-node WebRTC signalling server and its client (registrations, offer/answer forwarding)."""

@@ -1,0 +1,1 @@
+"""The simulated internet in virtual time that drives the node's protocol cores."""

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import itertools
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import multiaddr
+import pytest
+import trio
+
+from overlay.config import Config
+from overlay.log import setup_logging
+from overlay.node import Node
+
+LOOPBACK = (multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"),)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs():
+    setup_logging("warning")
+
+
+async def wait_for(condition, timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> None:
+    """Poll `condition` until true; fail the test after `timeout` seconds."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(interval)
+        return
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Cluster:
+    """Nodes in this trio process on loopback, each with its own data dir; stopped on exit."""
+
+    def __init__(self, nursery: trio.Nursery, root: Path) -> None:
+        self.nursery = nursery
+        self.root = root
+        self.nodes: list[Node] = []
+        self._ids = itertools.count()
+
+    async def start(self, join: Node | None = None, **overrides) -> Node:
+        n = next(self._ids)
+        fields = {"data_dir": self.root / f"node{n}", "listen": LOOPBACK, "network": "test"}
+        if join is not None:
+            fields["bootstrap"] = (multiaddr.Multiaddr(join.full_addrs()[0]),)
+        fields.update(overrides)
+        node = Node(Config(**fields))
+        await self.nursery.start(node.run)
+        self.nodes.append(node)
+        return node
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path):
+    async with trio.open_nursery() as nursery:
+        yield Cluster(nursery, tmp_path)
+        nursery.cancel_scope.cancel()

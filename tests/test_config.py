@@ -1,0 +1,94 @@
+"""Config precedence and validation; identity persistence."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from overlay.config import Config, load_config
+from overlay.errors import ConfigError
+from overlay.identity import load_or_create_key
+from overlay.records import peer_id_from_public_key
+
+PEER = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults():
+    config = load_config()
+    assert config == Config()
+    assert config.api == ("127.0.0.1", 4080)
+    assert [str(a) for a in config.listen] == ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws"]
+
+
+def test_file_overrides_defaults_and_flags_override_file(tmp_path):
+    path = write(tmp_path, f'''
+network = "testnet"
+api = "127.0.0.1:9000"
+listen = ["/ip4/127.0.0.1/tcp/0"]
+bootstrap = ["/ip4/127.0.0.1/tcp/5/p2p/{PEER}"]
+max_connections = 10
+''')
+    config = load_config(path)
+    assert config.network == "testnet"
+    assert config.api == ("127.0.0.1", 9000)
+    assert config.max_connections == 10
+    assert len(config.bootstrap) == 1
+    config = load_config(path, {"api": "127.0.0.1:9100", "network": None, "listen": ["/ip4/127.0.0.1/tcp/7"], "bootstrap": []})
+    assert config.api == ("127.0.0.1", 9100)
+    assert config.network == "testnet"  # not given on the command line
+    assert [str(a) for a in config.listen] == ["/ip4/127.0.0.1/tcp/7"]  # a flag list replaces the file's
+    assert len(config.bootstrap) == 1  # an empty flag list is "not given"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"listen": ["/ip4/999.1.1.1/tcp/1"]}, "listen"),
+        ({"listen": ["not a multiaddr"]}, "listen"),
+        ({"bootstrap": ["/ip4/127.0.0.1/tcp/5"]}, "/p2p/"),
+        ({"bootstrap": ["/ip4/127.0.0.1/tcp/5/p2p/notapeerid"]}, "bootstrap"),
+        ({"api": "localhost"}, "HOST:PORT"),
+        ({"api": "127.0.0.1:70000"}, "HOST:PORT"),
+        ({"network": "Has Spaces"}, "network"),
+        ({"dht_mode": "sometimes"}, "dht_mode"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"colour": "blue"}, "unknown config key"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "listen = ["))
+    with pytest.raises(ConfigError, match="listen"):
+        load_config(write(tmp_path, "listen = 5"))
+
+
+def test_identity_is_created_0600_and_reused(tmp_path):
+    data_dir = tmp_path / "data"
+    key = load_or_create_key(data_dir)
+    path = data_dir / "identity.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_or_create_key(data_dir)
+    assert peer_id_from_public_key(key.public_key()) == peer_id_from_public_key(again.public_key())
+
+
+def test_corrupt_identity_is_a_clear_error(tmp_path):
+    (tmp_path / "identity.key").write_bytes(b"garbage")
+    os.chmod(tmp_path / "identity.key", 0o600)
+    with pytest.raises(ConfigError, match="cannot read identity key"):
+        load_or_create_key(tmp_path)

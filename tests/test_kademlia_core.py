@@ -1,0 +1,296 @@
+"""The Kademlia core driven directly: routing table, lookups, timeouts, records, providers."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.kademlia.core import KadConfig, Kademlia
+from overlay.kademlia.lookup import Lookup
+from overlay.kademlia.routing import RoutingTable, key_position
+from overlay.kademlia.store import ProviderStore, RecordStore
+from overlay.kademlia.wire import Message, MessageType, PeerInfo, Record
+from tests.kadnet import KadNet, int_validator
+
+
+def pid(i: int) -> bytes:
+    return b"\x00\x24" + i.to_bytes(36, "big")
+
+
+# ---- routing table ---------------------------------------------------------------------------
+
+
+def bucket_peers(table: RoutingTable, bucket: int, count: int) -> list[bytes]:
+    found, i = [], 0
+    while len(found) < count:
+        i += 1
+        if table.bucket_index(key_position(pid(i))) == bucket:
+            found.append(pid(i))
+    return found
+
+
+def test_table_fills_bucket_then_queues_replacements():
+    table = RoutingTable(pid(0), k=3, stale_after=60)
+    peers = bucket_peers(table, 0, 5)
+    for i, p in enumerate(peers[:3]):
+        assert table.observe(p, (), now=i) is None
+    assert len(table) == 3
+    # full bucket, oldest not stale yet: newcomer waits, nothing to ping
+    assert table.observe(peers[3], (), now=10) is None
+    assert peers[3] not in table
+    # oldest stale: the table asks for it to be pinged
+    assert table.observe(peers[4], (), now=100) == peers[0]
+
+
+def test_seen_contact_moves_to_tail_and_keeps_addrs():
+    table = RoutingTable(pid(0), k=3, stale_after=60)
+    a, b, c, d = bucket_peers(table, 0, 4)
+    table.observe(a, (b"x",), 0)
+    table.observe(b, (), 1)
+    table.observe(c, (), 2)
+    table.observe(a, (), 3)  # a is fresh again
+    assert table.observe(d, (), 100) == b  # b is now the least recently seen
+    assert table.get(a).addrs == (b"x",)
+
+
+def test_two_failures_evict_and_promote_replacement():
+    table = RoutingTable(pid(0), k=2, max_failures=2)
+    a, b, c = bucket_peers(table, 0, 3)
+    table.observe(a, (), 0)
+    table.observe(b, (), 0)
+    table.observe(c, (), 0)
+    assert c not in table
+    assert table.fail(a) is False and a in table
+    assert table.fail(a) is True
+    assert a not in table and c in table and len(table) == 2
+
+
+def test_success_resets_failures():
+    table = RoutingTable(pid(0), k=2, max_failures=2)
+    a = bucket_peers(table, 0, 1)[0]
+    table.observe(a, (), 0)
+    table.fail(a)
+    table.observe(a, (), 1)
+    assert table.fail(a) is False and a in table
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 10_000), min_size=1, max_size=80, unique=True), st.integers(0, 10**6))
+def test_closest_is_sorted_by_xor_distance(ids, target):
+    table = RoutingTable(pid(0), k=20)
+    for i in ids:
+        table.observe(pid(i), (), 0)
+    position = key_position(target.to_bytes(8, "big"))
+    contacts = table.contacts()
+    expected = sorted(contacts, key=lambda c: c.position ^ position)[:20]
+    assert [c.peer_id for c in table.closest(position, 20)] == [c.peer_id for c in expected]
+    assert pid(0) not in table
+
+
+# ---- one lookup ------------------------------------------------------------------------------
+
+
+def test_lookup_asks_alpha_at_a_time_and_ends_when_k_closest_answered():
+    seeds = [PeerInfo(pid(i)) for i in range(1, 6)]
+    lookup = Lookup(b"target", pid(0), seeds, k=3, alpha=2)
+    first = lookup.next_peers()
+    assert len(first) == 2 and lookup.next_peers() == []  # saturated
+    for p in first:
+        lookup.on_response(p.peer_id, ())
+    while not lookup.done():
+        batch = lookup.next_peers()
+        assert batch, "a lookup that is not done must have someone to ask"
+        for p in batch:
+            lookup.on_response(p.peer_id, ())
+    result = lookup.finish()
+    expected = sorted(seeds, key=lambda s: key_position(s.peer_id) ^ key_position(b"target"))[:3]
+    assert [p.peer_id for p in result.closest] == [p.peer_id for p in expected]
+
+
+def test_lookup_replaces_failed_peers_with_next_closest():
+    seeds = [PeerInfo(pid(i)) for i in range(1, 5)]
+    lookup = Lookup(b"t", pid(0), seeds, k=2, alpha=2)
+    for p in lookup.next_peers():
+        lookup.on_failure(p.peer_id)
+    second = lookup.next_peers()
+    assert len(second) == 2
+    for p in second:
+        lookup.on_response(p.peer_id, ())
+    assert lookup.done()
+    assert lookup.finish().failures == 2
+
+
+def test_lookup_quorum_ends_early():
+    seeds = [PeerInfo(pid(i)) for i in range(1, 10)]
+    lookup = Lookup(b"t", pid(0), seeds, k=5, alpha=3, quorum=1)
+    peer = lookup.next_peers()[0]
+    lookup.on_response(peer.peer_id, (), value=b"7")
+    assert lookup.done()
+    assert lookup.finish().values == [(peer.peer_id, b"7")]
+
+
+# ---- networks of cores -----------------------------------------------------------------------
+
+
+def true_closest(nodes: list[Kademlia], key: bytes, k: int, exclude: bytes) -> list[bytes]:
+    ids = [n.local.peer_id for n in nodes if n.local.peer_id != exclude]
+    return sorted(ids, key=lambda p: key_position(p) ^ key_position(key))[:k]
+
+
+def test_lookups_find_the_true_k_closest_in_200_nodes():
+    net = KadNet(seed=7)
+    nodes = net.build(200)
+    rng = random.Random(3)
+    hops = []
+    for _ in range(30):
+        source = rng.choice(nodes)
+        key = rng.getrandbits(64).to_bytes(8, "big")
+        done = net.run_query(source, source.find_node(key, net.now))
+        found = [p.peer_id for p in done.result.closest]
+        assert found == true_closest(nodes, key, 20, source.local.peer_id)
+        hops.append(done.result.hops)
+    assert max(hops) <= 6
+
+
+def test_every_node_finds_every_record():
+    net = KadNet(seed=11)
+    nodes = net.build(40)
+    for i, node in enumerate(nodes):
+        done = net.run_query(node, node.publish(b"/t/" + node.local.peer_id, str(i).encode(), net.now))
+        assert done.stored >= 1
+    for i, node in enumerate(nodes):
+        reader = nodes[(i * 7 + 3) % len(nodes)]
+        done = net.run_query(reader, reader.get_value(b"/t/" + node.local.peer_id, net.now, quorum=1))
+        assert [v for _, v in done.result.values] == [str(i).encode()]
+
+
+def test_dead_peers_time_out_are_evicted_and_lookups_still_finish():
+    config = KadConfig(request_timeout=1.0, query_timeout=20.0)
+    net = KadNet(seed=5, config=config)
+    nodes = net.build(60)
+    dead = nodes[10:40]
+    net.dead.update(n.local.peer_id for n in dead)
+    source = nodes[0]
+    for _ in range(3):  # two failures each evict a contact
+        key = random.Random(len(net.done)).getrandbits(64).to_bytes(8, "big")
+        start = net.now
+        done = net.run_query(source, source.find_node(key, net.now))
+        assert net.now - start <= config.query_timeout
+        alive = [n for n in nodes if n.local.peer_id not in net.dead]
+        assert {p.peer_id for p in done.result.closest} <= {n.local.peer_id for n in alive}
+    dead_ids = {n.local.peer_id for n in dead}
+    remaining = [c for c in source.table.contacts() if c.peer_id in dead_ids]
+    assert len(remaining) < len(dead)
+
+
+def test_query_timeout_bounds_a_lookup_whose_peers_never_answer():
+    config = KadConfig(request_timeout=100.0, query_timeout=3.0)
+    net = KadNet(seed=2, config=config)
+    nodes = net.build(10)
+    net.dead.update(n.local.peer_id for n in nodes[1:])
+    done = net.run_query(nodes[0], nodes[0].find_node(b"x", net.now))
+    assert done.duration == 3.0
+    assert done.result.closest == []
+
+
+def test_highest_value_wins_and_invalid_records_are_rejected():
+    net = KadNet(seed=3)
+    nodes = net.build(25)
+    key = b"/t/thing"
+    net.run_query(nodes[1], nodes[1].put_value(key, b"5", net.now))
+    net.run_query(nodes[2], nodes[2].put_value(key, b"9", net.now))
+    # an older value does not replace the newer one anywhere
+    net.run_query(nodes[3], nodes[3].put_value(key, b"4", net.now))
+    done = net.run_query(nodes[4], nodes[4].get_value(key, net.now))
+    values = {v for _, v in done.result.values}
+    assert values == {b"9"}
+    # a peer sending an invalid record by PUT_VALUE is refused and counted
+    target = nodes[5]
+    response, _ = target.handle_request(nodes[6].local, Message(MessageType.PUT_VALUE, key=key, record=Record(key, b"bad")), net.now)
+    assert response is None and target.counters.records_rejected == 1
+    # a record whose key differs from the message key is refused
+    response, _ = target.handle_request(nodes[6].local, Message(MessageType.PUT_VALUE, key=key, record=Record(b"/t/other", b"1")), net.now)
+    assert response is None and target.counters.records_rejected == 2
+    # unknown namespaces are refused
+    response, _ = target.handle_request(nodes[6].local, Message(MessageType.PUT_VALUE, key=b"/zz/a", record=Record(b"/zz/a", b"1")), net.now)
+    assert response is None
+
+
+def test_invalid_values_in_get_responses_are_not_believed():
+    net = KadNet(seed=4)
+    nodes = net.build(6)
+    liar, reader = nodes[1], nodes[2]
+    key = b"/t/k"
+    original = liar.handle_request
+
+    def lying(peer, msg, now):
+        response, actions = original(peer, msg, now)
+        if msg.type is MessageType.GET_VALUE:
+            response = Message(MessageType.GET_VALUE, key=msg.key, record=Record(msg.key, b"bad"), closer_peers=response.closer_peers)
+        return response, actions
+
+    liar.handle_request = lying
+    done = net.run_query(reader, reader.get_value(key, net.now))
+    assert done.result.values == []
+    assert reader.counters.records_rejected >= 1
+
+
+def test_client_nodes_ask_but_never_enter_routing_tables():
+    net = KadNet(seed=9)
+    nodes = net.build(15)
+    client = net.add_node(server=False)
+    net.apply(client.local.peer_id, client.add_address(nodes[0].local, net.now))
+    net.run_until(lambda: nodes[0].local.peer_id in client.table)
+    net.run_query(client, client.bootstrap(net.now))
+    assert len(client.table) == 15
+    net.run_until(lambda: not any(n._verifying for n in nodes), limit=30)
+    assert all(client.local.peer_id not in n.table for n in nodes)
+
+
+def test_providers_are_announced_and_found():
+    net = KadNet(seed=12)
+    nodes = net.build(30)
+    key = b"service-x"
+    done = net.run_query(nodes[3], nodes[3].provide(key, net.now))
+    assert done.stored >= 1
+    net.run_until(lambda: any(n.providers.get(key, net.now, 20) for n in nodes if n is not nodes[3]), limit=5)
+    found = net.run_query(nodes[20], nodes[20].get_providers(key, net.now, quorum=1))
+    assert [p.peer_id for p in found.result.providers] == [nodes[3].local.peer_id]
+
+
+def test_add_provider_for_someone_else_is_refused():
+    node = Kademlia(PeerInfo(pid(0)), int_validator())
+    msg = Message(MessageType.ADD_PROVIDER, key=b"k", provider_peers=(PeerInfo(pid(2), (b"a",)),))
+    node.handle_request(PeerInfo(pid(1)), msg, 0.0)
+    assert node.providers.get(b"k", 0.0, 20) == []
+    assert node.counters.providers_rejected == 1
+
+
+def test_records_republish_and_expire():
+    config = KadConfig(record_ttl=100.0, republish_interval=40.0)
+    net = KadNet(seed=13, config=config)
+    nodes = net.build(8)
+    net.run_query(nodes[0], nodes[0].publish(b"/t/a", b"1", net.now))
+    net.run_query(nodes[1], nodes[1].put_value(b"/t/b", b"1", net.now))
+    t0 = net.now
+    net.run_until(lambda: net.now > t0 + 150, limit=200)
+    holders_a = [n for n in nodes[1:] if n.records.get(b"/t/a", net.now)]
+    holders_b = [n for n in nodes[2:] if n.records.get(b"/t/b", net.now)]
+    assert holders_a, "a published record is kept alive by republishing"
+    assert not holders_b, "a record put once expires after its TTL"
+
+
+def test_stores_are_bounded():
+    store = RecordStore(int_validator(), ttl=10, max_records=3)
+    for i in range(3):
+        assert store.put(b"/t/%d" % i, b"1", now=0)
+    assert not store.put(b"/t/9", b"1", now=0)
+    assert store.put(b"/t/9", b"1", now=11)  # expired ones make room
+    providers = ProviderStore(ttl=10, max_keys=2, max_per_key=2)
+    for i in range(3):
+        providers.add(b"k", PeerInfo(pid(i)), now=0)
+    assert [p.peer_id for p in providers.get(b"k", 0, 10)] == [pid(2), pid(1)]
+    assert providers.add(b"k2", PeerInfo(pid(1)), 0)
+    assert not providers.add(b"k3", PeerInfo(pid(1)), 0)

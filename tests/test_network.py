@@ -1,0 +1,168 @@
+"""Real nodes (py-libp2p hosts) in one trio process on loopback."""
+
+from __future__ import annotations
+
+import multiaddr
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from overlay.dht import kad_protocol
+from overlay.errors import DialError, NotFoundError
+from overlay.host import build_host
+from overlay.kademlia.wire import FrameDecoder, Message, MessageType, Record, decode_message, encode_message, frame
+from overlay.records import PeerRecord, record_key, seal_peer_record
+from tests.conftest import cluster, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_twenty_nodes_join_and_every_node_finds_every_other(tmp_path):
+    async with cluster(tmp_path) as c:
+        first = await c.start()
+        for _ in range(19):
+            await c.start(join=first)
+        nodes = c.nodes
+        await wait_for(lambda: all(n.joined.event.is_set() for n in nodes[1:]), timeout=60, what="all nodes joined")
+        for node in nodes:
+            for other in nodes:
+                if other is node:
+                    continue
+                record = await node.find(other.peer_id)
+                assert record.peer_id == other.peer_id.to_bytes()
+                assert [str(multiaddr.Multiaddr(a)) for a in record.addrs] == [str(a) for a in other.listen_addrs()]
+        # dial by peer ID: a node with no connection to the target finds and reaches it
+        a, b = nodes[5], nodes[17]
+        await a.host.disconnect(b.peer_id)
+        await wait_for(lambda: not a.dialer.connected(b.peer_id), what="disconnect")
+        rtt = await a.ping(b.peer_id)
+        assert 0 < rtt < 5
+        assert first.health() == {"healthy": "good", "reason": "healthy"}
+        assert nodes[3].health() == {"healthy": "good", "reason": "healthy"}
+
+
+async def test_lone_node_is_healthy_and_finds_itself(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await c.start()
+        assert node.health()["healthy"] == "good"
+        assert (await node.find(node.peer_id)).peer_id == node.peer_id.to_bytes()
+        stranger = ID.from_pubkey(create_new_key_pair().public_key)
+        with pytest.raises(NotFoundError):
+            await node.find(stranger)
+
+
+async def test_unreachable_bootstrap_degrades_health_and_is_retried(tmp_path):
+    async with cluster(tmp_path) as c:
+        ghost = build_host(Ed25519PrivateKey.generate(), [])
+        # a port nobody listens on: bind one, note it, close it
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        addr = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}/p2p/{ghost.get_id()}")
+        node = await c.start(bootstrap=(addr,))
+        await wait_for(lambda: node.bootstraps[0].attempts >= 2, timeout=10, what="a retry")
+        assert node.health() == {"healthy": "degraded", "reason": "no peers"}
+        assert node.bootstraps[0].last_error
+        assert node.started.is_set() and not node.stopped.is_set()
+
+
+async def test_forged_unsigned_and_stale_records_are_rejected(tmp_path):
+    async with cluster(tmp_path) as c:
+        first = await c.start()
+        victim = await c.start(join=first)
+        await wait_for(lambda: victim.joined.event.is_set(), what="join")
+        honest = await first.find(victim.peer_id)
+        key = record_key(victim.peer_id.to_bytes())
+        attacker_key = Ed25519PrivateKey.generate()
+        evil_addr = (multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1").to_bytes(),)
+        attacker_record = PeerRecord(victim.peer_id.to_bytes(), honest.seq + 10, evil_addr)
+        stale = seal_peer_record(PeerRecord(victim.peer_id.to_bytes(), honest.seq - 1, evil_addr), victim.key)
+        forged = bytearray(seal_peer_record(PeerRecord(victim.peer_id.to_bytes(), honest.seq + 10, evil_addr), victim.key))
+        forged[-1] ^= 1  # signature no longer verifies
+        candidates = {
+            "unsigned": b"\x0a\x00",  # not an envelope at all
+            "forged": bytes(forged),
+            "stale": stale,
+        }
+        with pytest.raises(Exception):
+            seal_peer_record(attacker_record, attacker_key)  # we refuse to sign for someone else
+        attacker = build_host(attacker_key, [])
+        async with attacker.run([]):
+            await attacker.connect(Libp2pPeerInfo(first.peer_id, first.host.get_addrs()))
+            for name, value in candidates.items():
+                stream = await attacker.new_stream(first.peer_id, [kad_protocol("test")])
+                msg = Message(MessageType.PUT_VALUE, key=key, record=Record(key, value))
+                await stream.write(frame(encode_message(msg)))
+                with trio.move_on_after(5):
+                    try:
+                        answer = await stream.read(65536)
+                    except Exception:
+                        answer = b""
+                if name == "stale":
+                    # accepted as valid but not stored over the newer record: echoed back
+                    assert decode_message(FrameDecoder().feed(answer)[0]).type is MessageType.PUT_VALUE
+                else:
+                    assert answer == b"", f"{name} record must be refused"
+                await stream.close()
+        assert first.core.counters.records_rejected >= 2
+        assert first.core.records.get(key, trio.current_time()) is not None
+        again = await first.find(victim.peer_id, exhaustive=True)
+        assert again.seq == honest.seq and again.addrs == honest.addrs
+
+
+async def test_plaintext_dial_is_refused(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await c.start()
+        key_pair = create_new_key_pair()
+        plaintext = new_host(key_pair=key_pair, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key_pair)})
+        async with plaintext.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            with pytest.raises(Exception):
+                with trio.fail_after(10):
+                    await plaintext.connect(Libp2pPeerInfo(node.peer_id, node.host.get_addrs()))
+        assert not node.connected_peers()
+
+
+async def test_restart_keeps_the_peer_id(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await c.start()
+        data_dir = node.config.data_dir
+        first_id = node.peer_id
+        node.stop()
+        await node.stopped.wait()
+        again = await c.start(data_dir=data_dir)
+        assert again.peer_id == first_id
+
+
+async def test_two_networks_stay_apart(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await c.start(network="alpha")
+        a2 = await c.start(join=a, network="alpha")
+        b = await c.start(join=a, network="beta")
+        await wait_for(lambda: a2.joined.event.is_set(), what="alpha join")
+        await wait_for(lambda: b.bootstraps[0].connected, what="beta reaches alpha's host")
+        # the TCP connection exists, but alpha's DHT never answers beta's protocol
+        await wait_for(lambda: b.dht.core.counters.failures >= 1, what="beta's DHT ping to fail")
+        assert len(b.core.table) == 0
+        assert b.peer_id.to_bytes() not in a.core.table
+        with pytest.raises(NotFoundError):
+            await b.find(a2.peer_id)
+        with pytest.raises(NotFoundError):
+            await a.find(b.peer_id)
+        assert (await a.find(a2.peer_id)).peer_id == a2.peer_id.to_bytes()
+
+
+async def test_dial_error_names_each_address(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await c.start()
+        stranger = ID.from_pubkey(create_new_key_pair().public_key)
+        with pytest.raises(DialError, match="every address failed") as info:
+            await node.dialer.connect(stranger, [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1")], timeout=5)
+        assert "/ip4/127.0.0.1/tcp/1" in str(info.value)
+        with pytest.raises(DialError, match="no dialable address"):
+            await node.dialer.connect(stranger, [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1")])
