@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -135,7 +136,8 @@ class Kademlia:
         return self._send(peer, Message(MessageType.PING), now, None)
 
     def bootstrap(self, now: float) -> tuple[int, list[Action]]:
-        """Look up our own ID, then refresh every bucket (fills the table); repeats periodically."""
+        """Look up our own ID, then refresh the buckets none of whose peers answered us within
+        `refresh_interval` (as libp2p does); repeats every `refresh_interval`."""
         self._next_refresh = now + self.config.refresh_interval
         return self._start("bootstrap", self.local.peer_id, MessageType.FIND_NODE, now)
 
@@ -353,7 +355,8 @@ class Kademlia:
             del self._queries[query.id]
             actions: list[Action] = [QueryDone(query.id, query.kind, result, duration=now - query.started)]
             for cpl in range(min(self.table.deepest_bucket(), self.config.refresh_max_cpl)):
-                actions += self.find_node(self._random_key_in_bucket(cpl), now)[1]
+                if now - self.table.last_useful.get(cpl, -math.inf) >= self.config.refresh_interval:
+                    actions += self.find_node(self._random_key_in_bucket(cpl), now)[1]
             return actions
         if query.kind == "put_value" and query.value is not None:
             msg = Message(MessageType.PUT_VALUE, key=query.lookup.key, record=Record(query.lookup.key, query.value))

@@ -56,6 +56,7 @@ class RoutingTable:
         self.max_failures = max_failures
         self.stale_after = stale_after
         self._buckets: dict[int, _Bucket] = {}
+        self.last_useful: dict[int, float] = {}  # bucket -> when one of its peers last answered
 
     def __len__(self) -> int:
         return sum(len(b.contacts) for b in self._buckets.values())
@@ -79,7 +80,9 @@ class RoutingTable:
         if peer_id == self.local_id:
             return None
         position = key_position(peer_id)
-        bucket = self._buckets.setdefault(self.bucket_index(position), _Bucket())
+        index = self.bucket_index(position)
+        self.last_useful[index] = now
+        bucket = self._buckets.setdefault(index, _Bucket())
         contact = bucket.contacts.get(peer_id)
         if contact is not None:
             contact.last_seen = now
