@@ -16,6 +16,7 @@ from overlay.dht import kad_protocol
 from overlay.errors import DialError, NotFoundError
 from overlay.host import build_host
 from overlay.kademlia.wire import FrameDecoder, Message, MessageType, Record, decode_message, encode_message, frame
+from overlay.protobuf import encode_varint
 from overlay.records import PeerRecord, record_key, seal_peer_record
 from tests.conftest import cluster, wait_for
 
@@ -166,3 +167,35 @@ async def test_dial_error_names_each_address(tmp_path):
         assert "/ip4/127.0.0.1/tcp/1" in str(info.value)
         with pytest.raises(DialError, match="no dialable address"):
             await node.dialer.connect(stranger, [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1")])
+
+
+async def test_malformed_and_oversized_dht_messages_are_dropped_and_counted(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await c.start()
+        peer = await c.start(join=node)
+        await wait_for(lambda: peer.joined.event.is_set(), what="join")
+        attacker = build_host(Ed25519PrivateKey.generate(), [])
+        bad_inputs = [
+            frame(b"\xff\xff\xff"),  # truncated varint inside a frame
+            frame(b"\x08\x63"),  # unknown message type 99
+            encode_varint(10 * 1024 * 1024) + b"x" * 100,  # declares a 10 MiB frame
+            frame(b"\x12\x05ab"),  # key length runs past the end
+        ]
+        async with attacker.run([]):
+            await attacker.connect(Libp2pPeerInfo(node.peer_id, node.host.get_addrs()))
+            for data in bad_inputs:
+                stream = await attacker.new_stream(node.peer_id, [kad_protocol("test")])
+                await stream.write(data)
+                with trio.move_on_after(5):
+                    try:
+                        answer = await stream.read(100)
+                    except Exception:
+                        answer = b""
+                assert answer == b""
+            # the node still serves DHT requests on a new stream
+            stream = await attacker.new_stream(node.peer_id, [kad_protocol("test")])
+            await stream.write(frame(encode_message(Message(MessageType.FIND_NODE, key=b"x"))))
+            reply = await stream.read(65536)
+            closer = decode_message(FrameDecoder().feed(reply)[0]).closer_peers
+            assert [p.peer_id for p in closer] == [peer.peer_id.to_bytes()]
+        await wait_for(lambda: node.dht.bad_input.get() == len(bad_inputs), what="bad messages counted")
