@@ -36,8 +36,9 @@ def plan_dial(addrs: Sequence[multiaddr.Multiaddr], last_good: multiaddr.Multiad
     """The order in which to try `addrs`: the one that worked before first (if still listed),
     then the rest in the record's order; duplicates and undialable addresses dropped."""
     ordered: list[multiaddr.Multiaddr] = []
-    for addr in (strip_p2p(a) for a in addrs):
-        if dialable(addr) and addr not in ordered:
+    for addr in addrs:
+        addr = strip_p2p(addr) if dialable(addr) else None
+        if addr is not None and addr not in ordered:
             ordered.append(addr)
     if last_good in ordered:
         ordered.remove(last_good)
@@ -46,10 +47,11 @@ def plan_dial(addrs: Sequence[multiaddr.Multiaddr], last_good: multiaddr.Multiad
 
 
 def strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
-    try:
+    """The address without a trailing /p2p/<peer-id>."""
+    protocols = list(addr.protocols())
+    if protocols and protocols[-1].code == multiaddr.protocols.P_P2P:
         return addr.decapsulate_code(multiaddr.protocols.P_P2P)
-    except Exception:
-        return addr
+    return addr
 
 
 @dataclass

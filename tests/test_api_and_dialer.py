@@ -1,0 +1,104 @@
+"""The local API over real HTTP, the dial plan, and the metrics text format."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import multiaddr
+import trio
+
+from overlay.api import serve_api
+from overlay.dialer import plan_dial
+from overlay.metrics import Registry
+from tests.conftest import cluster, wait_for
+
+M = multiaddr.Multiaddr
+PEER = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
+
+
+def http(method: str, url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+async def call(method: str, url: str) -> tuple[int, dict | str]:
+    status, body = await trio.to_thread.run_sync(http, method, url)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode()
+
+
+async def test_api_routes_and_errors(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await c.start(api=("127.0.0.1", 0))
+        b = await c.start(join=a, api=("127.0.0.1", 0))
+        await wait_for(lambda: b.joined.event.is_set(), what="join")
+        url = await c.nursery.start(serve_api, b)
+
+        assert await call("GET", f"{url}/health") == (200, {"healthy": "good", "reason": "healthy"})
+        status, body = await call("GET", f"{url}/v1/status")
+        assert status == 200 and body["peer_id"] == str(b.peer_id) and body["routing_table"] == 1
+        status, body = await call("GET", f"{url}/v1/peers")
+        assert status == 200 and [p["peer_id"] for p in body] == [str(a.peer_id)]
+        status, body = await call("GET", f"{url}/v1/find/{a.peer_id}")
+        assert status == 200 and body["addrs"] == [str(x) for x in a.listen_addrs()]
+        status, body = await call("POST", f"{url}/v1/ping/{a.peer_id}?count=2")
+        assert status == 200 and len(body["rtt_ms"]) == 2 and body["errors"] == []
+
+        assert (await call("GET", f"{url}/v1/find/nonsense"))[0] == 400
+        assert (await call("GET", f"{url}/v1/find/{PEER}"))[0] == 404
+        assert (await call("POST", f"{url}/v1/ping/{a.peer_id}?count=0"))[0] == 400
+        assert (await call("POST", f"{url}/v1/ping/{a.peer_id}?count=x"))[0] == 400
+        assert (await call("GET", f"{url}/v1/ping/{a.peer_id}"))[0] == 405
+
+        status, text = await call("GET", f"{url}/metrics")
+        assert status == 200
+        assert "# TYPE overlay_dht_operation_seconds histogram" in text
+        assert "overlay_routing_table_size 1" in text
+        assert 'overlay_dht_bytes_total{direction="out"}' in text
+        assert "overlay_peers 1" in text
+
+
+async def test_websocket_listener_joins_and_finds(tmp_path):
+    async with cluster(tmp_path) as c:
+        ws = (M("/ip4/127.0.0.1/tcp/0/ws"),)
+        a = await c.start(listen=ws)
+        assert "/ws/p2p/" in a.full_addrs()[0]
+        b = await c.start(join=a, listen=ws)
+        await wait_for(lambda: b.joined.event.is_set(), what="join over WebSocket")
+        record = await a.find(b.peer_id)
+        assert [str(M(x)) for x in record.addrs] == [str(x) for x in b.listen_addrs()]
+
+
+def test_dial_plan_orders_dedupes_and_drops_undialable():
+    tcp1, tcp2, ws = M("/ip4/127.0.0.1/tcp/1"), M("/ip4/127.0.0.1/tcp/2"), M("/ip4/127.0.0.1/tcp/3/ws")
+    quic, circuit = M("/ip4/127.0.0.1/udp/4/quic-v1"), M(f"/ip4/127.0.0.1/tcp/5/p2p/{PEER}/p2p-circuit")
+    with_id = M(f"/ip4/127.0.0.1/tcp/2/p2p/{PEER}")
+    assert plan_dial([tcp1, tcp2, ws, quic, circuit, with_id], None) == [tcp1, tcp2, ws]
+    assert plan_dial([tcp1, tcp2, ws], tcp2) == [tcp2, tcp1, ws]
+    assert plan_dial([tcp1, ws], tcp2) == [tcp1, ws]  # what worked before but is no longer listed
+
+
+def test_metrics_text_format():
+    r = Registry()
+    c = r.counter("x_total", "things")
+    c.inc(kind="a")
+    c.inc(2, kind="a")
+    h = r.histogram("lat_seconds", "latency", buckets=(0.1, 1.0))
+    h.observe(0.05)
+    h.observe(0.5)
+    h.observe(5)
+    r.gauge("g", "a gauge", lambda: 7)
+    text = r.render()
+    assert 'x_total{kind="a"} 3' in text
+    assert 'lat_seconds_bucket{le="0.1"} 1' in text
+    assert 'lat_seconds_bucket{le="1"} 2' in text
+    assert 'lat_seconds_bucket{le="+Inf"} 3' in text
+    assert "lat_seconds_count 3" in text and "g 7" in text
