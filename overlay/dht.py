@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import multiaddr
 import trio
@@ -68,10 +68,13 @@ class StreamPool:
     server's) are closed instead of reused.
     """
 
-    def __init__(self, host: BasicHost, protocol: str, per_peer: int = 2, idle_timeout: float = 20.0) -> None:
+    def __init__(
+        self, host: BasicHost, protocol: str, per_peer: int = 2, idle_timeout: float = 20.0, max_peers: int = 256
+    ) -> None:
         self.host = host
         self.protocol = protocol
         self.per_peer = per_peer
+        self.max_peers = max_peers
         self.idle_timeout = idle_timeout
         self._idle: dict[ID, list[_Channel]] = {}
 
@@ -89,12 +92,27 @@ class StreamPool:
         return _Channel(stream), False
 
     async def give_back(self, peer_id: ID, channel: _Channel) -> None:
+        if len(self._idle) >= self.max_peers:
+            await self._sweep()
         idle = self._idle.setdefault(peer_id, [])
-        if len(idle) >= self.per_peer or channel.pending:
+        if len(idle) >= self.per_peer or channel.pending or len(self._idle) > self.max_peers:
             await self.discard(channel)
             return
         channel.idle_since = trio.current_time()
         idle.append(channel)
+
+    async def _sweep(self) -> None:
+        """Close streams that went stale, so peers we stopped asking hold no memory."""
+        now = trio.current_time()
+        for peer_id in list(self._idle):
+            keep = [c for c in self._idle[peer_id] if now - c.idle_since < self.idle_timeout]
+            for channel in self._idle[peer_id]:
+                if channel not in keep:
+                    await self.discard(channel)
+            if keep:
+                self._idle[peer_id] = keep
+            else:
+                del self._idle[peer_id]
 
     async def discard(self, channel: _Channel) -> None:
         await _close(channel.stream)

@@ -199,3 +199,18 @@ async def test_malformed_and_oversized_dht_messages_are_dropped_and_counted(tmp_
             closer = decode_message(FrameDecoder().feed(reply)[0]).closer_peers
             assert [p.peer_id for p in closer] == [peer.peer_id.to_bytes()]
         await wait_for(lambda: node.dht.bad_input.get() == len(bad_inputs), what="bad messages counted")
+
+
+async def test_inbound_slots_are_freed_when_connections_close(tmp_path):
+    """py-libp2p keeps an inbound slot per connection until the swarm stops; ours frees it."""
+    async with cluster(tmp_path) as c:
+        node = await c.start(max_connections=3)
+        for _ in range(8):
+            client = build_host(Ed25519PrivateKey.generate(), [])
+            async with client.run([]):
+                with trio.fail_after(10):
+                    await client.connect(Libp2pPeerInfo(node.peer_id, node.host.get_addrs()))
+                await wait_for(lambda: len(node.connected_peers()) == 1, what="connection registered")
+                await client.disconnect(node.peer_id)
+            await wait_for(lambda: not node.connected_peers(), what="connection closed")
+        await wait_for(lambda: node.host.get_network()._inbound_limiter.borrowed_tokens == 0, what="slots freed")
