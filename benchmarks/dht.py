@@ -1,20 +1,34 @@
-"""DHT benchmark: N nodes on loopback, this node's DHT beside py-libp2p's KadDHT and `kademlia`.
+"""DHT benchmark: N nodes on loopback for each implementation, printed side by side.
 
-    python benchmarks/dht.py [--nodes 50] [--lookups 200] [--impls ours,kaddht,kademlia] [--out FILE]
+    python benchmarks/dht.py [--nodes 50] [--lookups 200] [--impls ours,kaddht,kademlia]
+                             [--seed 1] [--timeout 900] [--out FILE]
 
-Each implementation runs in a child process of its own (memory figures do not mix; the asyncio
-package gets its own loop) with all its nodes in that process on 127.0.0.1:
-- join: from creating the first node until every node has bootstrapped through node 0 (and,
-  where the implementation publishes something, published it);
-- find: `--lookups` sequential lookups between random (source, target) pairs whose source does
-  not hold the answer locally, so every lookup crosses the network. ours: the target's signed
-  peer record (what `overlay-node find` does); kaddht: its FIND_NODE network lookup of the
-  target's ID (`find_peer` would answer from the routing table); kademlia: `get` of the value
-  the target stored under its own ID. Success = the right addresses came back within 10 s;
-- dial: for ours and kaddht, a fresh connection to the found peer (ours: find + dial by peer
-  ID, as `overlay-node ping` does);
-- RSS per node: (RSS after the join - RSS before creating nodes) / N.
-Prints a table and writes JSON.
+Not part of the test suite. Each implementation runs in a child process of its own
+(`dht.py --impl NAME --nodes N --lookups M --seed S --json-out FILE`), so memory figures do not
+mix and the asyncio package gets a loop of its own; all of an implementation's nodes share that
+process and 127.0.0.1. Implementations (`IMPLS`):
+- ours: this project's node (`overlay.node.Node`);
+- kaddht: py-libp2p's KadDHT in server mode over TCP + Noise + Yamux, one connection per peer;
+- kademlia: the `kademlia` package (asyncio, UDP).
+
+Figures per implementation:
+- join s: from creating the first node until the bootstrap through node 0 has returned on every
+  node. ours: `joined` and the join's lookups done; kademlia: `bootstrap`, then each node `set`s
+  its own address under its ID, all nodes at once; kaddht: connect to node 0, add it to the
+  routing table, refresh the table, one node after another (started all at once, the joins
+  overrun node 0, which resets inbound streams past 12, and return with near-empty tables).
+  The JSON has the routing table sizes after the join;
+- find p50/p99 ms, success %: `--lookups` sequential lookups between random (source, target)
+  pairs that cross the network. ours and kademlia pick pairs whose source does not hold the
+  answer; kaddht first drops the target from the source's routing table and peerstore, so
+  `find_peer` has to ask the network. Success = the target's address came back within 10 s;
+  a lookup that times out counts at 10 s;
+- dial p50 ms: a fresh connection (disconnected first if connected). kaddht: to each peer its
+  lookups found; ours: by peer ID to 30 random peers, as `overlay-node ping` does; kademlia
+  has no connections (n/a);
+- RSS/node MB: (VmRSS after the join - VmRSS just before creating the nodes) / N.
+Prints a table and each baseline's find p50 against ours, and writes JSON with machine info to
+benchmarks/results/dht-<date>-<time>.json (or --out).
 """
 
 from __future__ import annotations
@@ -26,16 +40,21 @@ import logging
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOKUP_TIMEOUT = 10.0
+JOIN_TIMEOUT = 600.0
+TEARDOWN_TIMEOUT = 30.0
 DIALS = 30
+_json_out: Path | None = None
 
 
 def rss_mb() -> float:
@@ -55,6 +74,10 @@ def summary(latencies: list[float], ok: int, total: int) -> dict[str, Any]:
     return {"p50_ms": pct(0.5), "p99_ms": pct(0.99), "success_pct": round(100 * ok / total, 1) if total else None}
 
 
+def sizes(values: list[int]) -> dict[str, float]:
+    return {"min": min(values), "mean": round(statistics.mean(values), 1), "max": max(values)}
+
+
 def pick_pair(rng: random.Random, items: list, remote: Callable[[Any, Any], bool], tries: int = 1000) -> tuple[Any, Any]:
     """A random (source, target) pair whose answer the source does not hold locally, if any."""
     for _ in range(tries):
@@ -65,9 +88,26 @@ def pick_pair(rng: random.Random, items: list, remote: Callable[[Any, Any], bool
 
 
 def quiet() -> None:
-    logging.basicConfig(level=logging.CRITICAL)
-    for name in ("libp2p", "kademlia", "multiaddr", "async_service", "rpcudp", "overlay"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.disable(logging.WARNING)
+
+
+def write_json(result: dict[str, Any]) -> None:
+    if _json_out is not None:
+        _json_out.write_text(json.dumps(result))
+
+
+def measured(result: dict[str, Any]) -> None:
+    """Call once the figures are in: should shutting the nodes down hang, they are still reported."""
+
+    def give_up() -> None:
+        result["teardown"] = f"hung; process ended after {TEARDOWN_TIMEOUT:.0f}s"
+        write_json(result)
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(TEARDOWN_TIMEOUT, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 # ---- ours ---------------------------------------------------------------------------------------
@@ -100,7 +140,9 @@ def run_ours(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
                 ns.append(node)
             with trio.fail_after(600):
                 for node in ns[1:]:
-                    await node.joined.event.wait()
+                    await node.joined.wait()
+                while any(node.core._queries for node in ns):  # the join's refresh lookups too
+                    await trio.sleep(0.05)
             result["join_s"] = round(time.perf_counter() - start, 2)
             result["rss_per_node_mb"] = round((rss_mb() - base) / nodes, 2)
 
@@ -126,8 +168,12 @@ def run_ours(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
                         while src.dialer.connected(dst.peer_id):
                             await trio.sleep(0.005)
                 t = time.perf_counter()
-                await src.connect(dst.peer_id)
-                dials.append(time.perf_counter() - t)
+                with trio.move_on_after(LOOKUP_TIMEOUT):
+                    try:
+                        await src.connect(dst.peer_id)
+                        dials.append(time.perf_counter() - t)
+                    except Exception:
+                        pass
             result["dial"] = summary(dials, len(dials), DIALS)
             nursery.cancel_scope.cancel()
 
@@ -142,6 +188,7 @@ def run_kaddht(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
     import multiaddr
     import trio
     from libp2p import new_host
+    from libp2p.abc import IHost
     from libp2p.crypto.ed25519 import create_new_key_pair
     from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -149,19 +196,34 @@ def run_kaddht(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
     from libp2p.peer.peerinfo import PeerInfo
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
     from libp2p.security.noise.transport import Transport as Noise
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
+    from libp2p.stream_muxer.yamux.yamux import Yamux
     from libp2p.tools.anyio_service import background_trio_service
 
     rng = random.Random(seed)
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     result: dict[str, Any] = {}
 
-    def make_host():
+    def make_host() -> IHost:
         kp = create_new_key_pair()
         return new_host(
             key_pair=kp,
             sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519_key_pair().private_key)},
+            muxer_opt={YAMUX_ID: Yamux},
             connection_config=ConnectionConfig(max_connections_per_peer=1),
         )
+
+    async def join(host: IHost, dht: KadDHT, first: PeerInfo) -> None:
+        await host.connect(first)
+        await dht.add_peer(first.peer_id, skip_server_mode_check=True)
+        await dht.refresh_routing_table()
+
+    async def drop_connection(src: IHost, peer: Any) -> None:
+        if src.get_network().get_connections(peer):
+            await src.disconnect(peer)
+            with trio.move_on_after(2):
+                while src.get_network().get_connections(peer):
+                    await trio.sleep(0.005)
 
     async def main() -> None:
         base = rss_mb()
@@ -170,63 +232,68 @@ def run_kaddht(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
         dhts = [KadDHT(h, DHTMode.SERVER) for h in hosts]
         async with trio.open_nursery() as nursery:
             for h in hosts:
-                await nursery.start(_run_host, h, listen)
+                await nursery.start(_serve_host, h, listen)
             for d in dhts:
-                await nursery.start(_run_service, d, background_trio_service)
-            first = hosts[0]
-            for h, d in zip(hosts[1:], dhts[1:]):
-                await h.connect(PeerInfo(first.get_id(), first.get_addrs()))
-                await d.add_peer(first.get_id(), skip_server_mode_check=True)
-                await d.refresh_routing_table()
+                await nursery.start(_serve_service, d, background_trio_service)
+            first = PeerInfo(hosts[0].get_id(), hosts[0].get_transport_addrs())
+            with trio.fail_after(JOIN_TIMEOUT):
+                for h, d in zip(hosts[1:], dhts[1:]):
+                    await join(h, d, first)
             result["join_s"] = round(time.perf_counter() - start, 2)
+            result["join_order"] = "one node after another"
             result["rss_per_node_mb"] = round((rss_mb() - base) / nodes, 2)
+            result["routing_table"] = sizes([d.get_routing_table_size() for d in dhts])
 
-            latencies, ok = [], 0
+            latencies, dials, found, tried = [], [], 0, 0
             for _ in range(lookups):
                 i, j = rng.sample(range(nodes), 2)
+                src, dht, target = hosts[i], dhts[i], hosts[j].get_id()
+                want = {str(a) for a in hosts[j].get_transport_addrs()}
+                dht.routing_table.remove_peer(target)
+                src.get_peerstore().clear_addrs(target)
+                info = None
                 t = time.perf_counter()
                 with trio.move_on_after(LOOKUP_TIMEOUT):
                     try:
-                        found = await dhts[i].peer_routing.find_closest_peers_network(hosts[j].get_id().to_bytes())
-                        ok += hosts[j].get_id() in found and bool(hosts[i].get_peerstore().addrs(hosts[j].get_id()))
+                        info = await dht.find_peer(target)
                     except Exception:
                         pass
                 latencies.append(time.perf_counter() - t)
-            result["find"] = summary(latencies, ok, lookups)
-
-            dials = []
-            for _ in range(DIALS):
-                i, j = rng.sample(range(nodes), 2)
-                src, dst = hosts[i], hosts[j]
-                if src.get_network().get_connections(dst.get_id()):
-                    await src.disconnect(dst.get_id())
+                if info is None or not want & {str(a).split("/p2p/")[0] for a in info.addrs}:
+                    continue
+                found += 1
+                await drop_connection(src, target)
+                tried += 1
                 t = time.perf_counter()
                 with trio.move_on_after(LOOKUP_TIMEOUT):
-                    await src.connect(PeerInfo(dst.get_id(), dst.get_addrs()))
-                    dials.append(time.perf_counter() - t)
-            result["dial"] = summary(dials, len(dials), DIALS)
+                    try:
+                        await src.connect(info)
+                        dials.append(time.perf_counter() - t)
+                    except Exception:
+                        pass
+            result["find"] = summary(latencies, found, lookups)
+            result["dial"] = summary(dials, len(dials), tried)
+            measured(result)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
     return result
 
 
-async def _run_host(host, listen, task_status) -> None:
-    async with host.run(listen_addrs=listen):
-        task_status.started()
-        await _forever()
-
-
-async def _run_service(service, runner, task_status) -> None:
-    async with runner(service):
-        task_status.started()
-        await _forever()
-
-
-async def _forever() -> None:
+async def _serve_host(host: Any, listen: list[Any], task_status: Any) -> None:
     import trio
 
-    await trio.sleep_forever()
+    async with host.run(listen_addrs=listen):
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def _serve_service(service: Any, runner: Callable[[Any], Any], task_status: Any) -> None:
+    import trio
+
+    async with runner(service):
+        task_status.started()
+        await trio.sleep_forever()
 
 
 # ---- the `kademlia` package (asyncio, UDP) -----------------------------------------------------------
@@ -242,31 +309,39 @@ def run_kademlia(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
     async def main() -> None:
         base = rss_mb()
         start = time.perf_counter()
-        servers, ports = [], []
+        servers: list[Server] = []
         for _ in range(nodes):
             s = Server()
             await s.listen(0, interface="127.0.0.1")
             servers.append(s)
-            ports.append(s.transport.get_extra_info("sockname")[1])
-        for s in servers[1:]:
-            await s.bootstrap([("127.0.0.1", ports[0])])
-        for s, port in zip(servers, ports):
-            await s.set(f"node-{port}", f"127.0.0.1:{port}")
+        addrs = [f"127.0.0.1:{s.transport.get_extra_info('sockname')[1]}" for s in servers]
+        keys = [s.node.id.hex() for s in servers]
+        first = ("127.0.0.1", servers[0].transport.get_extra_info("sockname")[1])
+        await asyncio.wait_for(asyncio.gather(*(s.bootstrap([first]) for s in servers[1:])), JOIN_TIMEOUT)
+        stored = await asyncio.wait_for(asyncio.gather(*(s.set(k, a) for s, k, a in zip(servers, keys, addrs))), JOIN_TIMEOUT)
         result["join_s"] = round(time.perf_counter() - start, 2)
         result["rss_per_node_mb"] = round((rss_mb() - base) / nodes, 2)
+        result["routing_table"] = sizes([sum(len(b) for b in s.protocol.router.buckets) for s in servers])
+        result["published"] = sum(bool(x) for x in stored)
+        result["join_order"] = "all at once"
 
-        latencies, ok = [], 0
+        def remote(a: int, b: int) -> bool:
+            return servers[a].storage.get(digest(keys[b])) is None
+
+        latencies, found, local = [], 0, 0
         for _ in range(lookups):
-            i, j = pick_pair(rng, list(range(nodes)), lambda a, b: servers[a].storage.get(digest(f"node-{ports[b]}")) is None)
+            i, j = pick_pair(rng, list(range(nodes)), remote)
+            local += not remote(i, j)
             t = time.perf_counter()
             try:
-                value = await asyncio.wait_for(servers[i].get(f"node-{ports[j]}"), LOOKUP_TIMEOUT)
-                ok += value == f"127.0.0.1:{ports[j]}"
+                found += await asyncio.wait_for(servers[i].get(keys[j]), LOOKUP_TIMEOUT) == addrs[j]
             except Exception:
                 pass
             latencies.append(time.perf_counter() - t)
-        result["find"] = summary(latencies, ok, lookups)
+        result["find"] = summary(latencies, found, lookups)
+        result["find_answered_locally"] = local
         result["dial"] = None
+        measured(result)
         for s in servers:
             s.stop()
 
@@ -291,71 +366,113 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "cpu": model,
-            "python": platform.python_version(), "kernel": platform.release()}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def failure(stderr: str, code: int) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if "Error" in line or "Exception" in line]
+    return (lines or [f"exit {code}"])[-1]
 
 
 def run_child(impl: str, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [sys.executable, __file__, "--impl", impl, "--nodes", str(args.nodes), "--lookups", str(args.lookups),
-               "--seed", str(args.seed), "--json-out", out.name]
+    with tempfile.TemporaryDirectory(prefix="dht-bench-") as tmp:
+        out = Path(tmp) / f"{impl}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--impl", impl, "--nodes", str(args.nodes),
+               "--lookups", str(args.lookups), "--seed", str(args.seed), "--json-out", str(out)]
         started = time.perf_counter()
+        code: int | None = None
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {args.timeout}s"}
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
-            return {"error": last}
-        data = json.loads(Path(out.name).read_text())
-        data["wall_s"] = round(time.perf_counter() - started, 1)
+            code, stderr = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as e:
+            stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        wall = round(time.perf_counter() - started, 1)
+        if out.exists():
+            data = json.loads(out.read_text())
+            if code is None:
+                data["teardown"] = f"killed at the {args.timeout:.0f}s timeout after reporting"
+        elif code is None:
+            data = {"error": f"timed out after {args.timeout:.0f}s"}
+        else:
+            data = {"error": failure(stderr, code)}
+        data["wall_s"] = wall
         return data
 
 
+def cell(value: Any) -> str:
+    return "n/a" if value is None else str(value)
+
+
 def table(results: dict[str, dict[str, Any]], nodes: int) -> str:
-    head = f"{'impl':<10}{'nodes':>6}{'join s':>9}{'find p50 ms':>13}{'find p99 ms':>13}{'success %':>11}{'dial p50 ms':>13}{'RSS/node MB':>13}"
-    lines = [head, "-" * len(head)]
+    cols = ["impl", "nodes", "join s", "find p50 ms", "find p99 ms", "success %", "dial p50 ms", "RSS/node MB"]
+    widths = [10, 6, 9, 13, 13, 11, 13, 13]
+    lines = ["".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(cols, widths)))]
+    lines.append("-" * sum(widths))
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"{name:<10}{nodes:>6}  failed: {r['error']}")
+            lines.append(f"{name:<10}{nodes:>6}   skipped: {r['error']}")
             continue
-        dial = r.get("dial") or {}
-        lines.append(
-            f"{name:<10}{nodes:>6}{r['join_s']:>9}{r['find']['p50_ms']:>13}{r['find']['p99_ms']:>13}"
-            f"{r['find']['success_pct']:>11}{str(dial.get('p50_ms', 'n/a')):>13}{r['rss_per_node_mb']:>13}"
-        )
-    ours = results.get("ours", {})
-    if "find" in ours:
+        find, dial = r["find"], r.get("dial") or {}
+        row = [name, nodes, r["join_s"], find["p50_ms"], find["p99_ms"], find["success_pct"], dial.get("p50_ms"),
+               r["rss_per_node_mb"]]
+        lines.append("".join(cell(v).ljust(w) if k == 0 else cell(v).rjust(w) for k, (v, w) in enumerate(zip(row, widths))))
+    for name, r in results.items():
+        if r.get("find_answered_locally"):
+            lines.append(f"{name}: {r['find_answered_locally']} lookups answered from the source's own store "
+                         "(no pair had to cross the network)")
+    ours = (results.get("ours") or {}).get("find", {}).get("p50_ms")
+    if ours:
         for name, r in results.items():
-            if name != "ours" and "find" in r and r["find"]["p50_ms"]:
-                lines.append(f"find p50 of {name} / ours: {r['find']['p50_ms'] / ours['find']['p50_ms']:.1f}x")
+            p50 = (r.get("find") or {}).get("p50_ms")
+            if name != "ours" and p50 is not None:
+                lines.append(f"find p50 {name} / ours: {p50 / ours:.2f}x")
     return "\n".join(lines)
 
 
 def main() -> None:
+    global _json_out
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=50)
     p.add_argument("--lookups", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--impls", default="ours,kaddht,kademlia")
-    p.add_argument("--timeout", type=float, default=1200.0)
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per implementation")
     p.add_argument("--out", type=Path)
-    p.add_argument("--impl", help=argparse.SUPPRESS)
-    p.add_argument("--json-out", help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=sorted(IMPLS), help=argparse.SUPPRESS)
+    p.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.nodes < 2:
+        p.error("--nodes must be at least 2")
     if args.impl:
         quiet()
         sys.path.insert(0, str(ROOT))
-        Path(args.json_out).write_text(json.dumps(IMPLS[args.impl](args.nodes, args.lookups, args.seed)))
-        return
-    results = {}
+        _json_out = args.json_out
+        write_json(IMPLS[args.impl](args.nodes, args.lookups, args.seed))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    unknown = [n for n in args.impls.split(",") if n not in IMPLS]
+    if unknown:
+        p.error(f"unknown implementation(s) {', '.join(unknown)}; known: {', '.join(IMPLS)}")
+    info = machine()
+    results: dict[str, dict[str, Any]] = {}
     for name in args.impls.split(","):
-        print(f"running {name} ({args.nodes} nodes, {args.lookups} lookups)...", file=sys.stderr, flush=True)
+        print(f"{name}: {args.nodes} nodes, {args.lookups} lookups ...", file=sys.stderr, flush=True)
         results[name] = run_child(name, args)
+        print(f"{name}: done in {results[name]['wall_s']}s", file=sys.stderr, flush=True)
     print(table(results, args.nodes))
     out = args.out or ROOT / "benchmarks" / "results" / f"dht-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "nodes": args.nodes, "lookups": args.lookups, "results": results}, indent=2))
+    record = {"machine": info, "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "nodes": args.nodes,
+              "lookups": args.lookups, "seed": args.seed, "results": results}
+    out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
 
 

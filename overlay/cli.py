@@ -158,8 +158,9 @@ def _human(command: str, body: Any) -> str:
                  f"dht mode:      {body['dht_mode']}", f"routing table: {body['routing_table']} peers",
                  f"connected:     {body['peers']} peers"]
         lines += [f"address:       {a}" for a in body["addrs"]]
-        lines += [f"bootstrap:     {b['addr']} {'connected' if b['connected'] else 'unreachable: ' + b['last_error']}"
-                  for b in body["bootstraps"]]
+        for b in body["bootstraps"]:
+            state = "reached" if b["in_routing_table"] else f"not reached: {b['last_error'] or 'trying'}"
+            lines.append(f"bootstrap:     {b['addr']} {state}")
         return "\n".join(lines)
     if command == "peers":
         return "\n".join(f"{p['peer_id']} {' '.join(p['addrs'])}" for p in body) or "no peers"

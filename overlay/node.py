@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ifaddr
 import multiaddr
@@ -24,11 +24,12 @@ from overlay.kademlia.core import KadConfig, Kademlia
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import PeerInfo
 from overlay.metrics import Registry
-from overlay.records import PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
+from overlay.records import MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_BACKOFF = (1.0, 60.0)  # first retry, cap
+BOOTSTRAP_CHECK = 30.0  # how often a joined node checks that its bootstraps are still there
 ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
 
@@ -59,17 +60,10 @@ def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
 class BootstrapState:
     addr: multiaddr.Multiaddr
     peer_id: ID
-    connected: bool = False
     last_error: str = ""
     attempts: int = 0
     next_try: float = 0.0
     backoff: float = BOOTSTRAP_BACKOFF[0]
-
-
-@dataclass
-class Joined:
-    event: trio.Event = field(default_factory=trio.Event)
-    lookups: int = 0
 
 
 class Node:
@@ -85,8 +79,12 @@ class Node:
         self.server = config.dht_mode != "client"
         self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=self.server)
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
-        self.bootstraps = [BootstrapState(strip_p2p(a), ID.from_base58(a.value_for_protocol("p2p"))) for a in config.bootstrap]
-        self.joined = Joined()
+        self.bootstraps = [
+            BootstrapState(strip_p2p(a), pid)
+            for a in config.bootstrap
+            if (pid := ID.from_base58(a.value_for_protocol("p2p"))) != self.peer_id  # a shared config may list us
+        ]
+        self.joined = trio.Event()  # set once a bootstrap was reached and our record published
         self.started = trio.Event()
         self.stopped = trio.Event()
         self._scope = trio.CancelScope()
@@ -130,66 +128,72 @@ class Node:
 
     async def publish_record(self) -> int:
         """Sign and publish our current addresses; returns how many peers stored the record."""
-        addrs = tuple(a.to_bytes() for a in self.listen_addrs())
+        addrs = self._record_addrs()
+        if len(addrs) == MAX_RECORD_ADDRS:
+            log.info("the peer record carries at most %d addresses; further ones are left out", MAX_RECORD_ADDRS)
         seq = max((self.record.seq + 1) if self.record else 0, time.time_ns() // 1000)
         self.record = PeerRecord(self.peer_id_bytes, seq, addrs)
         self.core.set_addrs(addrs)
         envelope = seal_peer_record(self.record, self.key)
         return await self.dht.publish(record_key(self.peer_id_bytes), envelope)
 
+    def _record_addrs(self) -> tuple[bytes, ...]:
+        """Our listen addresses as the record carries them: at most MAX_RECORD_ADDRS, which a
+        host with many interfaces (container bridges, several IPv6 prefixes) can exceed."""
+        return tuple(a.to_bytes() for a in self.listen_addrs())[:MAX_RECORD_ADDRS]
+
     async def _watch_addresses(self) -> None:
         while True:
             await trio.sleep(ADDRESS_CHECK_INTERVAL)
-            current = tuple(a.to_bytes() for a in self.listen_addrs())
-            if self.record is not None and current != self.record.addrs:
+            if self.record is not None and self._record_addrs() != self.record.addrs:
                 log.info("addresses changed; publishing a new peer record")
                 await self.publish_record()
 
     # ---- joining -----------------------------------------------------------------------------
 
     async def _join_loop(self) -> None:
-        """Connect to bootstraps (retrying with backoff), then fill the table and publish.
+        """Reach the bootstraps (retrying with backoff), then fill the table and publish.
 
-        Runs for the node's lifetime: bootstraps that fail are retried, and when every peer is
-        lost the node joins again through them.
+        A bootstrap counts as reached once it answers our DHT ping and sits in the routing
+        table, so a node of another network (its DHT protocol ID differs) is reported as such.
+        Runs for the node's lifetime: when a bootstrap drops out it is tried again, and each
+        newly reached bootstrap triggers a fresh lookup of our own ID and a republish.
         """
         while True:
-            now = trio.current_time()
-            newly = 0
-            for b in self.bootstraps:
-                if b.connected and not self.dialer.connected(b.peer_id):
-                    b.connected = False
-                if b.connected or b.next_try > now:
-                    continue
-                b.attempts += 1
-                try:
-                    await self.dialer.connect(b.peer_id, [b.addr])
-                except DialError as e:
-                    b.last_error = str(e)
-                    b.next_try = now + b.backoff
-                    b.backoff = min(b.backoff * 2, BOOTSTRAP_BACKOFF[1])
-                    log.warning("bootstrap %s unreachable (retry in %.0fs): %s", b.addr, b.next_try - now, e)
-                    continue
-                b.connected, b.last_error, b.backoff = True, "", BOOTSTRAP_BACKOFF[0]
-                self.dht.add_address(PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)))
-                newly += 1
-            if newly or (self.bootstraps and not self.joined.event.is_set() and len(self.core.table)):
-                await self._wait_for_table()
+            due = [b for b in self.bootstraps if not self._in_table(b) and b.next_try <= trio.current_time()]
+            before = sum(self._in_table(b) for b in self.bootstraps)
+            async with trio.open_nursery() as nursery:
+                for b in due:
+                    nursery.start_soon(self._try_bootstrap, b)
+            if sum(self._in_table(b) for b in self.bootstraps) > before:
                 await self.dht.bootstrap()
                 stored = await self.publish_record()
-                self.joined.lookups += 1
                 log.info("joined: %d peers in the routing table, record stored on %d", len(self.core.table), stored)
-                if len(self.core.table):
-                    self.joined.event.set()
-            pending = [b.next_try for b in self.bootstraps if not b.connected]
-            wake = min(pending, default=now + 30.0)
-            await trio.sleep(max(0.5, min(wake, now + 30.0) - trio.current_time()))
+                self.joined.set()
+            now = trio.current_time()
+            wake = min((b.next_try for b in self.bootstraps if not self._in_table(b)), default=now + BOOTSTRAP_CHECK)
+            await trio.sleep(min(max(wake - now, 0.5), BOOTSTRAP_CHECK))
 
-    async def _wait_for_table(self, timeout: float = 5.0) -> None:
-        """Give the bootstrap pings a moment to land in the routing table."""
-        with trio.move_on_after(timeout):
-            while not len(self.core.table):
-                await trio.sleep(0.01)
+    def _in_table(self, b: BootstrapState) -> bool:
+        return b.peer_id.to_bytes() in self.core.table
+
+    async def _try_bootstrap(self, b: BootstrapState) -> None:
+        b.attempts += 1
+        try:
+            await self.dialer.connect(b.peer_id, [b.addr])
+            self.dht.add_address(PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)))
+            with trio.move_on_after(self.core.config.request_timeout):
+                while not self._in_table(b):
+                    await trio.sleep(0.01)
+            if not self._in_table(b):
+                raise DialError(f"connected, but it does not answer {self.dht.protocol} (another --network?)")
+        except DialError as e:
+            b.last_error = str(e)
+            b.next_try = trio.current_time() + b.backoff
+            b.backoff = min(b.backoff * 2, BOOTSTRAP_BACKOFF[1])
+            log.warning("bootstrap %s not reached (retry in %.0fs): %s", b.addr, b.next_try - trio.current_time(), e)
+            return
+        b.last_error, b.backoff = "", BOOTSTRAP_BACKOFF[0]
 
     # ---- finding and reaching peers ---------------------------------------------------------
 
@@ -270,7 +274,8 @@ class Node:
             "uptime": round(time.time() - self.start_time, 1),
             "health": self.health(),
             "bootstraps": [
-                {"addr": f"{b.addr}/p2p/{b.peer_id}", "connected": b.connected, "attempts": b.attempts, "last_error": b.last_error}
+                {"addr": f"{b.addr}/p2p/{b.peer_id}", "connected": self.dialer.connected(b.peer_id),
+                 "in_routing_table": self._in_table(b), "attempts": b.attempts, "last_error": b.last_error}
                 for b in self.bootstraps
             ],
         }

@@ -1,9 +1,9 @@
 """A minimal proto3 wire-format codec for the few fixed messages the overlay speaks.
 
 Why our own: the decoders face the network, so size limits are enforced while decoding, before
-anything is allocated; and the protocol cores must import without py-libp2p (the simulator runs
-them by the thousand). Only what the messages need: varints, length-delimited fields, and
-skipping of unknown fields of every wire type.
+anything is allocated; the protocol cores must import without py-libp2p (the simulator runs them
+by the thousand); and the messages are small and fixed, so a field reader and a field writer are
+all they need. Varints are read strictly: at most 10 bytes, at most 64 bits, minimally encoded.
 """
 
 from __future__ import annotations
@@ -14,36 +14,44 @@ from overlay.errors import DecodeError
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 MAX_VARINT_BYTES = 10
+MAX_FIELD_NUMBER = (1 << 29) - 1
+_UINT64 = 1 << 64
 
 
 def encode_varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # proto3 encodes negative int32/int64 as 10-byte two's complement
+    """Unsigned LEB128; a negative value (proto3 int32/int64) is sent as its 64-bit two's complement."""
+    if not -(1 << 63) <= value < _UINT64:
+        raise ValueError(f"{value} does not fit in 64 bits")
+    value %= _UINT64
     out = bytearray()
-    while True:
-        byte = value & 0x7F
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
 
 
 def decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]:
-    """(value, position after it). Raises DecodeError on truncation or more than 64 bits."""
-    result = shift = 0
+    """(value, position after it). DecodeError when truncated, over 64 bits, or not minimal."""
+    result = 0
     for i in range(MAX_VARINT_BYTES):
         if pos + i >= len(data):
             raise DecodeError("truncated varint")
         byte = data[pos + i]
-        result |= (byte & 0x7F) << shift
+        result |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
-            if result >> 64:
+            if i and not byte:
+                raise DecodeError("overlong varint (not minimally encoded)")
+            if result >= _UINT64:
                 raise DecodeError("varint exceeds 64 bits")
             return result, pos + i + 1
-        shift += 7
-    raise DecodeError("varint longer than 10 bytes")
+    raise DecodeError(f"varint longer than {MAX_VARINT_BYTES} bytes")
+
+
+def as_int32(value: int) -> int:
+    """Read a decoded varint as proto3 int32/enum does: the low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >> 31 else value
 
 
 def field_varint(number: int, value: int) -> bytes:
@@ -55,30 +63,37 @@ def field_bytes(number: int, value: bytes) -> bytes:
 
 
 def iter_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
-    """Yield (field number, wire type, value): an int for varint/fixed, bytes for length-delimited."""
+    """Yield (field number, wire type, value): an int for varint/fixed, bytes for length-delimited.
+
+    Every wire type but groups is read, so callers skip unknown fields by ignoring them.
+    """
     pos = 0
     while pos < len(data):
         tag, pos = decode_varint(data, pos)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise DecodeError("field number 0")
+        if number > MAX_FIELD_NUMBER:
+            raise DecodeError(f"field number {number} out of range")
         if wire_type == VARINT:
             value, pos = decode_varint(data, pos)
             yield number, wire_type, value
         elif wire_type == LENGTH:
             length, pos = decode_varint(data, pos)
-            if pos + length > len(data):
+            if length > len(data) - pos:
                 raise DecodeError(f"field {number}: length {length} runs past the end")
-            yield number, wire_type, data[pos : pos + length]
+            yield number, wire_type, bytes(data[pos : pos + length])
             pos += length
         elif wire_type in (FIXED64, FIXED32):
             size = 8 if wire_type == FIXED64 else 4
-            if pos + size > len(data):
+            if size > len(data) - pos:
                 raise DecodeError(f"field {number}: truncated fixed{size * 8}")
             yield number, wire_type, int.from_bytes(data[pos : pos + size], "little")
             pos += size
+        elif wire_type in (3, 4):
+            raise DecodeError(f"field {number}: groups (wire type {wire_type}) are not supported")
         else:
-            raise DecodeError(f"field {number}: unsupported wire type {wire_type}")
+            raise DecodeError(f"field {number}: invalid wire type {wire_type}")
 
 
 def expect_bytes(number: int, wire_type: int, value: int | bytes) -> bytes:

@@ -39,7 +39,7 @@ async def test_api_routes_and_errors(tmp_path):
     async with cluster(tmp_path) as c:
         a = await c.start(api=("127.0.0.1", 0))
         b = await c.start(join=a, api=("127.0.0.1", 0))
-        await wait_for(lambda: b.joined.event.is_set(), what="join")
+        await wait_for(lambda: b.joined.is_set(), what="join")
         url = await c.nursery.start(serve_api, b)
 
         assert await call("GET", f"{url}/health") == (200, {"healthy": "good", "reason": "healthy"})
@@ -72,7 +72,7 @@ async def test_websocket_listener_joins_and_finds(tmp_path):
         a = await c.start(listen=ws)
         assert "/ws/p2p/" in a.full_addrs()[0]
         b = await c.start(join=a, listen=ws)
-        await wait_for(lambda: b.joined.event.is_set(), what="join over WebSocket")
+        await wait_for(lambda: b.joined.is_set(), what="join over WebSocket")
         record = await a.find(b.peer_id)
         assert [str(M(x)) for x in record.addrs] == [str(x) for x in b.listen_addrs()]
 

@@ -294,3 +294,26 @@ def test_stores_are_bounded():
     assert [p.peer_id for p in providers.get(b"k", 0, 10)] == [pid(2), pid(1)]
     assert providers.add(b"k2", PeerInfo(pid(1)), 0)
     assert not providers.add(b"k3", PeerInfo(pid(1)), 0)
+
+
+def test_record_published_in_a_small_network_is_found_after_it_grows():
+    net = KadNet(seed=21)
+    nodes = net.build(3)
+    keys = {}
+    for n, early in enumerate(nodes):
+        for i in range(5):
+            key = b"/t/early-%d-%d" % (n, i)
+            keys[key] = str(n).encode()
+            net.run_query(early, early.publish(key, keys[key], net.now))
+    first = nodes[0]
+    for _ in range(80):
+        node = net.add_node()
+        net.apply(node.local.peer_id, node.add_address(first.local, net.now))
+        net.run_until(lambda: first.local.peer_id in node.table)
+        net.run_query(node, node.bootstrap(net.now))
+        nodes.append(node)
+    net.run_until(lambda: not any(n._queries for n in nodes), limit=60)
+    reader = nodes[-1]
+    for key, value in keys.items():
+        done = net.run_query(reader, reader.get_value(key, net.now, quorum=1))
+        assert [v for _, v in done.result.values] == [value], key

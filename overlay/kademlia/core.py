@@ -126,6 +126,7 @@ class Kademlia:
         self._not_servers: OrderedDict[bytes, float] = OrderedDict()  # failed verification, until
         self._published: dict[bytes, bytes] = {}  # our own records, republished periodically
         self._provided: set[bytes] = set()
+        self._size_at_publish = 1  # routing-table size when we last published (see _republish_if_grown)
         self._next_refresh: float | None = None
         self._next_republish: float | None = None
 
@@ -159,6 +160,7 @@ class Kademlia:
     def publish(self, key: bytes, value: bytes, now: float) -> tuple[int, list[Action]]:
         """put_value, and keep republishing it every `republish_interval` until replaced."""
         self._published[key] = value
+        self._size_at_publish = max(1, len(self.table))
         if self._next_republish is None:
             self._next_republish = now + self.config.republish_interval
         return self.put_value(key, value, now)
@@ -237,6 +239,7 @@ class Kademlia:
         self._verifying.discard(request.peer.peer_id)
         if to_ping is not None:
             actions += self._ping_contact(to_ping, now)
+        actions += self._republish_if_grown(now)
         query = self._queries.get(request.query_id) if request.query_id is not None else None
         if query is None:
             return actions
@@ -294,14 +297,32 @@ class Kademlia:
             self._next_republish = now + self.config.republish_interval
             self.records.expire(now)
             self.providers.expire(now)
-            for key, value in self._published.items():
-                try:
-                    actions += self.put_value(key, value, now)[1]
-                except RecordError:
-                    pass
-            for key in self._provided:
-                actions += self.provide(key, now)[1]
+            actions += self._republish_all(now)
         return actions
+
+    def _republish_all(self, now: float) -> list[Action]:
+        self._size_at_publish = max(1, len(self.table))
+        actions: list[Action] = []
+        for key, value in list(self._published.items()):
+            try:
+                actions += self.put_value(key, value, now)[1]
+            except RecordError:
+                del self._published[key]
+        for key in list(self._provided):
+            actions += self.provide(key, now)[1]
+        return actions
+
+    def _republish_if_grown(self, now: float) -> list[Action]:
+        """Republish when our routing table has doubled since the last publish.
+
+        A node that published while the network (or its view of it) was small stored its
+        records on the few peers it knew; nodes that join later may be closer to the keys,
+        and lookups, which only ask the k closest, would miss the records until the periodic
+        republish. Doubling keeps this to about log2(table size) extra publishes per node.
+        """
+        if not (self._published or self._provided) or len(self.table) < 2 * self._size_at_publish:
+            return []
+        return self._republish_all(now)
 
     def next_timer(self) -> float | None:
         """When handle_timer must be called next (None: nothing scheduled)."""

@@ -7,13 +7,15 @@ as an unsigned varint:
     message Message {
       enum MessageType { PUT_VALUE = 0; GET_VALUE = 1; ADD_PROVIDER = 2;
                          GET_PROVIDERS = 3; FIND_NODE = 4; PING = 5; }
+      enum ConnectionType { NOT_CONNECTED = 0; CONNECTED = 1; CAN_CONNECT = 2; CANNOT_CONNECT = 3; }
       message Peer { bytes id = 1; repeated bytes addrs = 2; ConnectionType connection = 3; }
       MessageType type = 1; int32 clusterLevelRaw = 10; bytes key = 2; Record record = 3;
       repeated Peer closerPeers = 8; repeated Peer providerPeers = 9;
     }
 
 Fields we do not use (a record's author/signature, a peer's signedRecord, senderRecord) are
-skipped when decoding; peer records travel signed in Record.value instead.
+skipped when decoding; peer records travel signed in Record.value instead. A Peer must carry
+an id, and a message type outside the enum is refused, since neither can be acted upon.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 from overlay.errors import DecodeError
 from overlay.protobuf import (
+    MAX_VARINT_BYTES,
+    as_int32,
     decode_varint,
     encode_varint,
     expect_bytes,
@@ -77,41 +81,41 @@ class Message:
 # ---- encoding ---------------------------------------------------------------------------------
 
 
+def _int32_field(number: int, value: int) -> bytes:
+    if not -(1 << 31) <= value < 1 << 31:
+        raise ValueError(f"field {number}: {value} does not fit in int32")
+    return field_varint(number, value) if value else b""
+
+
 def _encode_peer(peer: PeerInfo) -> bytes:
-    out = field_bytes(1, peer.peer_id)
-    for addr in peer.addrs:
-        out += field_bytes(2, addr)
-    if peer.connection:
-        out += field_varint(3, peer.connection)
-    return out
+    parts = [field_bytes(1, peer.peer_id)]
+    parts += [field_bytes(2, addr) for addr in peer.addrs]
+    parts.append(_int32_field(3, peer.connection))
+    return b"".join(parts)
 
 
 def _encode_record(record: Record) -> bytes:
-    out = b""
+    parts = []
     if record.key:
-        out += field_bytes(1, record.key)
+        parts.append(field_bytes(1, record.key))
     if record.value:
-        out += field_bytes(2, record.value)
+        parts.append(field_bytes(2, record.value))
     if record.time_received:
-        out += field_bytes(5, record.time_received.encode())
-    return out
+        parts.append(field_bytes(5, record.time_received.encode()))
+    return b"".join(parts)
 
 
 def encode_message(m: Message) -> bytes:
-    out = b""
-    if m.type:
-        out += field_varint(1, int(m.type))
+    """Proto3 encoding (default values omitted), in field order as protobuf libraries emit it."""
+    parts = [_int32_field(1, int(m.type))]
     if m.key:
-        out += field_bytes(2, m.key)
+        parts.append(field_bytes(2, m.key))
     if m.record is not None:
-        out += field_bytes(3, _encode_record(m.record))
-    for peer in m.closer_peers:
-        out += field_bytes(8, _encode_peer(peer))
-    for peer in m.provider_peers:
-        out += field_bytes(9, _encode_peer(peer))
-    if m.cluster_level:
-        out += field_varint(10, m.cluster_level)
-    return out
+        parts.append(field_bytes(3, _encode_record(m.record)))
+    parts += [field_bytes(8, _encode_peer(peer)) for peer in m.closer_peers]
+    parts += [field_bytes(9, _encode_peer(peer)) for peer in m.provider_peers]
+    parts.append(_int32_field(10, m.cluster_level))
+    return b"".join(parts)
 
 
 # ---- decoding ---------------------------------------------------------------------------------
@@ -135,7 +139,7 @@ def _decode_peer(data: bytes) -> PeerInfo:
             if len(addrs) > MAX_ADDRS_PER_PEER:
                 raise DecodeError(f"more than {MAX_ADDRS_PER_PEER} addresses for one peer")
         elif number == 3:
-            connection = expect_int(number, wire_type, value)
+            connection = as_int32(expect_int(number, wire_type, value))
     if not peer_id:
         raise DecodeError("peer without an id")
     return PeerInfo(peer_id, tuple(addrs), connection)
@@ -166,7 +170,7 @@ def decode_message(data: bytes) -> Message:
     providers: list[PeerInfo] = []
     for number, wire_type, value in iter_fields(data):
         if number == 1:
-            type_value = expect_int(number, wire_type, value)
+            type_value = as_int32(expect_int(number, wire_type, value))
         elif number == 2:
             key = expect_bytes(number, wire_type, value)
             _limit("key", len(key), MAX_KEY_SIZE)
@@ -178,7 +182,7 @@ def decode_message(data: bytes) -> Message:
             if len(peers) > MAX_PEERS:
                 raise DecodeError(f"more than {MAX_PEERS} peers in one list")
         elif number == 10:
-            cluster_level = expect_int(number, wire_type, value)
+            cluster_level = as_int32(expect_int(number, wire_type, value))
     try:
         message_type = MessageType(type_value)
     except ValueError:
@@ -190,27 +194,30 @@ def decode_message(data: bytes) -> Message:
 
 
 def frame(payload: bytes) -> bytes:
+    """Prefix `payload` with its length as an unsigned varint, as libp2p Kademlia streams do."""
     return encode_varint(len(payload)) + payload
 
 
 class FrameDecoder:
-    """Splits a byte stream into varint-length-prefixed frames; refuses a length over `max_size`
-    as soon as the prefix is read, before buffering the frame."""
+    """Splits a byte stream into varint-length-prefixed frames, without I/O.
+
+    A declared length over `max_size` is refused as soon as the prefix is read, before the frame
+    is buffered. After a DecodeError the stream is out of sync and should be closed.
+    """
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self.max_size = max_size
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the frames completed by them, in order."""
         self._buffer += data
         frames = []
         while self._buffer:
-            try:
-                length, start = decode_varint(bytes(self._buffer[:10]))
-            except DecodeError:
-                if len(self._buffer) >= 10:
-                    raise
-                break  # the prefix itself is not complete yet
+            prefix = bytes(self._buffer[:MAX_VARINT_BYTES])
+            if len(prefix) < MAX_VARINT_BYTES and all(b & 0x80 for b in prefix):
+                break
+            length, start = decode_varint(prefix)
             if length > self.max_size:
                 raise DecodeError(f"frame of {length} bytes exceeds the limit of {self.max_size}")
             if len(self._buffer) < start + length:
