@@ -11,6 +11,7 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | GET    | /v1/peers                    | connected peers                                          |
 | GET    | /v1/find/{peer_id}           | {"peer_id", "addrs", "seq"}; 404 when not in the DHT     |
 | POST   | /v1/ping/{peer_id}?count=N   | {"peer_id", "rtt_ms": [...], "errors": [...]}            |
+| POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
 
 Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
 """
@@ -95,6 +96,9 @@ def build_app(node: Node) -> Starlette:
             raise DialError("; ".join(errors))
         return JSONResponse({"peer_id": str(peer_id), "rtt_ms": rtts, "errors": errors})
 
+    async def connect(request: Request) -> Response:
+        return JSONResponse(await node.first_stream(_peer_id(request)))
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -103,6 +107,7 @@ def build_app(node: Node) -> Starlette:
             Route("/v1/peers", guarded(peers)),
             Route("/v1/find/{peer_id}", guarded(find)),
             Route("/v1/ping/{peer_id}", guarded(ping), methods=["POST"]),
+            Route("/v1/connect/{peer_id}", guarded(connect), methods=["POST"]),
         ]
     )
 

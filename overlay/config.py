@@ -25,6 +25,8 @@ DEFAULT_API = "127.0.0.1:4080"
 DEFAULT_NETWORK = "overlay"
 NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DHT_MODES = ("auto", "server", "client")
+REACHABILITY = ("auto", "public", "private")
+ICE_URL_RE = re.compile(r"^(stun|turn):[A-Za-z0-9.\-\[\]:]+(\?transport=(udp|tcp))?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -43,6 +45,14 @@ class Config:
     dht_mode: str = "auto"
     max_connections: int = 256
     log_level: str = "info"
+    reachability: str = "auto"  # "auto": measured by dial-back; or forced
+    signaling_nodes: int = 3  # how many signalling nodes a node behind NAT registers with
+    stun_servers: tuple[str, ...] = ()  # "host:port", used besides the overlay's public nodes
+    turn_servers: tuple[str, ...] = ()  # "turn:host:port?transport=udp", the last fallback
+    turn_username: str = ""
+    turn_password: str = ""
+    webrtc_interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: all but loopback
+    port_mapping: bool = True  # try UPnP-IGD / NAT-PMP on the gateway
 
     @property
     def api_url(self) -> str:
@@ -84,6 +94,14 @@ def _as_list(value: Any, key: str) -> list[str]:
     raise ConfigError(f"{key}: expected a string or a list of strings")
 
 
+def _whole(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 def _convert(key: str, value: Any) -> Any:
     if key == "data_dir":
         if not isinstance(value, (str, Path)) or not str(value):
@@ -110,12 +128,35 @@ def _convert(key: str, value: Any) -> Any:
         if value not in LOG_LEVELS:
             raise ConfigError(f"log_level: {value!r} is not one of {', '.join(LOG_LEVELS)}")
         return value
-    if key == "max_connections":
-        if isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
-            raise ConfigError(f"max_connections: expected a whole number from 1 to 100000, got {value!r}")
+    if key == "reachability":
+        if value not in REACHABILITY:
+            raise ConfigError(f"reachability: {value!r} is not one of {', '.join(REACHABILITY)}")
         return value
+    if key == "signaling_nodes":
+        return _whole(key, value, 1, 16)
+    if key == "stun_servers":
+        servers = tuple(_as_list(value, key))
+        for server in servers:
+            parse_host_port(server, "stun_servers")
+        return servers
+    if key == "turn_servers":
+        servers = tuple(_as_list(value, key))
+        for url in servers:
+            if not url.startswith("turn:") or not ICE_URL_RE.match(url):
+                raise ConfigError(f"turn_servers: {url!r} is not a turn:HOST:PORT[?transport=udp|tcp] URL")
+        return servers
+    if key in ("turn_username", "turn_password"):
+        if not isinstance(value, str) or len(value) > 256:
+            raise ConfigError(f"{key}: expected a string of at most 256 characters")
+        return value
+    if key == "webrtc_interfaces":
+        return tuple(_as_list(value, key))
+    if key == "port_mapping":
+        if not isinstance(value, bool):
+            raise ConfigError("port_mapping: expected true or false")
+        return value
+    if key == "max_connections":
+        return _whole(key, value, 1, 100_000)
     raise ConfigError(f"unknown config key {key!r}")
 
 

@@ -11,52 +11,28 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
 
 import multiaddr
 import trio
 from libp2p.host.basic_host import BasicHost
-from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 
 from overlay.dialer import Dialer, strip_p2p
 from overlay.errors import DecodeError
 from overlay.kademlia.core import Action, Kademlia, QueryDone, Send
 from overlay.kademlia.lookup import LookupResult
-from overlay.kademlia.wire import MAX_MESSAGE_SIZE, FrameDecoder, Message, MessageType, PeerInfo, decode_message, encode_message, frame
+from overlay.framing import FramedStream
+from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, PeerInfo, decode_message, encode_message
 from overlay.metrics import Registry
 
 log = logging.getLogger(__name__)
 
 STREAM_IDLE_TIMEOUT = 30.0
-READ_CHUNK = 16 * 1024
 
 
 def kad_protocol(network: str) -> str:
     return f"/overlay/{network}/kad/1.0.0"
-
-
-async def read_frame(stream, decoder: FrameDecoder, pending: list[bytes]) -> bytes | None:
-    """Next length-prefixed frame on `stream` (None at end of stream); DecodeError if oversized."""
-    while not pending:
-        try:
-            data = await stream.read(READ_CHUNK)
-        except StreamEOF:
-            return None
-        if not data:
-            return None
-        pending.extend(decoder.feed(data))
-    return pending.pop(0)
-
-
-@dataclass
-class _Channel:
-    stream: Any
-    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_MESSAGE_SIZE))
-    pending: list[bytes] = field(default_factory=list)
-    idle_since: float = 0.0
 
 
 class StreamPool:
@@ -76,9 +52,9 @@ class StreamPool:
         self.per_peer = per_peer
         self.max_peers = max_peers
         self.idle_timeout = idle_timeout
-        self._idle: dict[ID, list[_Channel]] = {}
+        self._idle: dict[ID, list[FramedStream]] = {}
 
-    async def take(self, peer_id: ID) -> tuple[_Channel, bool]:
+    async def take(self, peer_id: ID) -> tuple[FramedStream, bool]:
         """A stream to `peer_id` and whether it was reused."""
         idle = self._idle.get(peer_id, [])
         while idle:
@@ -89,13 +65,13 @@ class StreamPool:
                 return channel, True
             await self.discard(channel)
         stream = await self.host.new_stream(peer_id, [self.protocol])
-        return _Channel(stream), False
+        return FramedStream(stream, MAX_MESSAGE_SIZE), False
 
-    async def give_back(self, peer_id: ID, channel: _Channel) -> None:
+    async def give_back(self, peer_id: ID, channel: FramedStream) -> None:
         if len(self._idle) >= self.max_peers:
             await self._sweep()
         idle = self._idle.setdefault(peer_id, [])
-        if len(idle) >= self.per_peer or channel.pending or len(self._idle) > self.max_peers:
+        if len(idle) >= self.per_peer or channel.decoder.buffered or len(self._idle) > self.max_peers:
             await self.discard(channel)
             return
         channel.idle_since = trio.current_time()
@@ -114,8 +90,8 @@ class StreamPool:
             else:
                 del self._idle[peer_id]
 
-    async def discard(self, channel: _Channel) -> None:
-        await _close(channel.stream)
+    async def discard(self, channel: FramedStream) -> None:
+        await channel.close()
 
 
 class DhtService:
@@ -146,6 +122,14 @@ class DhtService:
     @staticmethod
     def now() -> float:
         return trio.current_time()
+
+    def set_server(self, on: bool) -> None:
+        """Answer DHT requests (reachable node) or only ask (node behind NAT)."""
+        if on and not self.core.server:
+            self.host.set_stream_handler(self.protocol, self._serve)
+        elif not on and self.core.server:
+            self.host.remove_stream_handler(self.protocol)
+        self.core.server = on
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -235,12 +219,12 @@ class DhtService:
 
     async def _exchange(self, peer_id: ID, message: Message, expects_answer: bool) -> Message | None:
         """One request (and its response) on a pooled stream; a stale reused stream gets one retry."""
-        payload = frame(encode_message(message))
+        payload = encode_message(message)
         while True:
             channel, reused = await self.streams.take(peer_id)
             try:
-                await channel.stream.write(payload)
-                data = await read_frame(channel.stream, channel.decoder, channel.pending) if expects_answer else b""
+                await channel.write(payload)
+                data = await channel.read() if expects_answer else b""
             except DecodeError:
                 await self.streams.discard(channel)
                 raise
@@ -271,13 +255,12 @@ class DhtService:
     async def _serve(self, stream) -> None:
         peer_id = stream.muxed_conn.peer_id
         peer = PeerInfo(peer_id.to_bytes(), self._known_addrs(peer_id))
-        decoder = FrameDecoder(MAX_MESSAGE_SIZE)
-        pending: list[bytes] = []
+        framed = FramedStream(stream, MAX_MESSAGE_SIZE)
         try:
             while True:
                 data = None
                 with trio.move_on_after(STREAM_IDLE_TIMEOUT):
-                    data = await read_frame(stream, decoder, pending)
+                    data = await framed.read()
                 if data is None:
                     break
                 self.bytes.inc(len(data), direction="in")
@@ -288,8 +271,8 @@ class DhtService:
                     if request.type is MessageType.ADD_PROVIDER:
                         continue
                     break
-                payload = frame(encode_message(response))
-                await stream.write(payload)
+                payload = encode_message(response)
+                await framed.write(payload)
                 self.bytes.inc(len(payload), direction="out")
         except DecodeError as e:
             self.bad_input.inc()
@@ -297,12 +280,4 @@ class DhtService:
         except Exception as e:  # noqa: BLE001 - a broken stream must not reach the swarm
             log.debug("DHT stream from %s ended: %s", peer_id, e)
         finally:
-            await _close(stream)
-
-
-async def _close(stream) -> None:
-    with trio.move_on_after(1):
-        try:
-            await stream.close()
-        except Exception:
-            pass
+            await framed.close()

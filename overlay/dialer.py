@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import multiaddr
 import trio
+from libp2p.connection_types import ConnectionType
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
@@ -69,19 +70,23 @@ class Dialer:
         self._last_good: OrderedDict[ID, multiaddr.Multiaddr] = OrderedDict()
         self._inflight: dict[ID, trio.Event] = {}
 
-    def connected(self, peer_id: ID) -> bool:
-        return bool(self.host.get_network().get_connections(peer_id))
+    def connected(self, peer_id: ID, direct_only: bool = False) -> bool:
+        conns = self.host.get_network().get_connections(peer_id)
+        return any(not direct_only or c.get_connection_type() is not ConnectionType.RELAYED for c in conns)
 
-    async def connect(self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], timeout: float = 10.0) -> multiaddr.Multiaddr | None:
+    async def connect(
+        self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], timeout: float = 10.0, direct_only: bool = False
+    ) -> multiaddr.Multiaddr | None:
         """Ensure a connection to `peer_id`; returns the address that connected (None: already was).
 
-        Raises DialError naming each address's failure.
+        `direct_only`: a relayed connection does not count, dial anyway. Raises DialError naming
+        each address's failure.
         """
-        if self.connected(peer_id):
+        if self.connected(peer_id, direct_only):
             return None
         while peer_id in self._inflight:
             await self._inflight[peer_id].wait()
-            if self.connected(peer_id):
+            if self.connected(peer_id, direct_only):
                 return None
         done = self._inflight[peer_id] = trio.Event()
         try:

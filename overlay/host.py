@@ -1,11 +1,14 @@
-"""The hardened py-libp2p host: Noise only, Yamux, TCP and WebSocket, one connection per peer.
+"""The hardened py-libp2p host: Noise only, Yamux, TCP and WebSocket, few connections per peer.
 
 We assemble the host ourselves instead of calling `libp2p.new_host()` because its defaults are
 unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
 
 - its listener also offers plaintext and secio (a plaintext dialer can impersonate any peer):
   we offer Noise alone;
-- with 3 connections per peer every dial waits a 250 ms "happy eyeballs" delay: we allow 1;
+- with 3 connections per peer every `dial_peer` waits a 250 ms "happy eyeballs" delay; we dial
+  addresses ourselves and allow 2 per peer: a relayed connection and the direct one that
+  replaces it (the swarm would otherwise close the relayed one with its streams; we retire it
+  once idle, see nat/traversal.py);
 - its auto-connector dials peerstore entries towards the mid-point of its watermarks: we
   replace it with one that never dials (the DHT decides whom to talk to);
 - its swarm keeps each inbound connection's handler task, and its slot in the inbound
@@ -23,10 +26,12 @@ import multiaddr
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.abc import IMuxedConn, IRawConnection
+from libp2p.connection_types import ConnectionType
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -72,6 +77,24 @@ class _Swarm(Swarm):
         # the inbound slot and the task; returning normally would park it until shutdown.
         raise _ConnectionEnded()
 
+    async def add_raw_connection(
+        self, raw: IRawConnection, peer_id: ID | None, addr: multiaddr.Multiaddr, relayed: bool
+    ) -> SwarmConn:
+        """Secure (Noise) and multiplex (Yamux) a connection the swarm's transports did not make
+        (a WebRTC data channel, a relayed stream), and add it like any other.
+
+        `peer_id` is the peer we expect when we initiate (the Noise initiator authenticates it);
+        None when we respond, and the connection belongs to whoever Noise says the remote is.
+        """
+        if raw.is_initiator:
+            assert peer_id is not None, "an outbound connection needs the expected peer ID"
+            conn = await self.upgrade_outbound_raw_conn(raw, peer_id)
+        else:
+            muxed = await super().upgrade_inbound_raw_conn(raw, addr)
+            conn = next(c for c in self.get_connections(muxed.peer_id) if c.muxed_conn is muxed)
+        conn.set_transport_info([addr], ConnectionType.RELAYED if relayed else ConnectionType.DIRECT)
+        return conn
+
 
 def is_websocket(addr: multiaddr.Multiaddr) -> bool:
     return any(p.name in ("ws", "wss") for p in addr.protocols())
@@ -97,7 +120,7 @@ def build_host(
     peerstore.add_key_pair(peer_id, key_pair)
     connection_config = ConnectionConfig(
         max_connections=max_connections,
-        max_connections_per_peer=1,
+        max_connections_per_peer=2,
         min_connections=0,
         low_watermark=0,
         high_watermark=max_connections,

@@ -1,7 +1,16 @@
-"""The node: host, DHT, peer record, join loop and dial-by-peer-ID, assembled and run under trio."""
+"""The node: host, DHT, peer record, join loop, reachability, signalling, relay and dial-by-peer-ID,
+assembled and run under trio.
+
+Reachability decides the node's role. A public node (or one that cannot tell yet, such as the
+first node of a network) answers DHT requests, serves signalling and relaying, and announces
+itself as a signalling node in the DHT. A node behind NAT asks the DHT only, registers with
+`signaling_nodes` signalling nodes, and publishes one relay address per registration instead
+of its unreachable listen addresses.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -14,9 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.peer.id import ID
 
-from overlay.config import Config
+from aiortc import RTCIceServer
+
+from nat.reachability import ReachabilityService
+from nat.relay import RelayService, circuit_addr
+from nat.traversal import Traversal, path_of
+from nat.webrtc import WebRtcConfig
+from overlay.config import Config, parse_host_port
 from overlay.dht import DhtService
-from overlay.dialer import Dialer, strip_p2p
+from overlay.dialer import Dialer, dialable, strip_p2p
 from overlay.errors import DialError, NotFoundError, RecordError
 from overlay.host import build_host
 from overlay.identity import load_or_create_key
@@ -25,6 +40,7 @@ from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import PeerInfo
 from overlay.metrics import Registry
 from overlay.records import MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
+from signaling.service import SignalingService
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +48,8 @@ BOOTSTRAP_BACKOFF = (1.0, 60.0)  # first retry, cap
 BOOTSTRAP_CHECK = 30.0  # how often a joined node checks that its bootstraps are still there
 ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
+REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
+SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # providers: the signalling nodes
 
 
 def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
@@ -76,9 +94,20 @@ class Node:
         self.metrics = Registry()
         self.dialer = Dialer(self.host)
         validator = NamespacedValidator({b"peer": PeerRecordValidator()})
-        self.server = config.dht_mode != "client"
-        self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=self.server)
+        self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=config.dht_mode != "client")
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
+        self.reachability = config.reachability if config.reachability != "auto" else "unknown"
+        self.observed: tuple[str, ...] = ()
+        self.reachability_service = ReachabilityService(self.host, config.network, self.metrics)
+        self.signaling = SignalingService(self.host, self.dialer, config.network, self.metrics, want=config.signaling_nodes)
+        self.signaling.on_registrations = lambda live: self._spawn(self.publish_record)
+        self.signaling.on_need_candidates = lambda: self._spawn(self._find_signaling_nodes)
+        self.relay = RelayService(
+            self.host, config.network, self.metrics, self.signaling.server.is_registered, self.signaling.is_my_relay
+        )
+        self.traversal = Traversal(
+            self.host, self.dialer, self.signaling, self.relay, webrtc_config(config), self.metrics, self._ice_servers_via
+        )
         self.bootstraps = [
             BootstrapState(strip_p2p(a), pid)
             for a in config.bootstrap
@@ -88,6 +117,7 @@ class Node:
         self.started = trio.Event()
         self.stopped = trio.Event()
         self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
         self.record: PeerRecord | None = None
         self.start_time = time.time()
         self.bytes = self.metrics.counter("overlay_stream_bytes_total", "Payload bytes of the node's own protocols")
@@ -102,10 +132,15 @@ class Node:
             with self._scope:
                 async with self.host.run(listen_addrs=list(self.config.listen)):
                     async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         await nursery.start(self.dht.run)
+                        await nursery.start(self.signaling.run)
+                        await nursery.start(self.traversal.run)
+                        await self._set_reachability(self.reachability)
                         await self.publish_record()
                         nursery.start_soon(self._join_loop)
                         nursery.start_soon(self._watch_addresses)
+                        nursery.start_soon(self._watch_reachability)
                         self.started.set()
                         task_status.started()
         finally:
@@ -124,6 +159,90 @@ class Node:
     def connected_peers(self) -> list[ID]:
         return list(self.host.get_network().get_connections_map())
 
+    def _spawn(self, fn) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn)
+
+    # ---- reachability and signalling ---------------------------------------------------------
+
+    @property
+    def public(self) -> bool:
+        """Unknown counts as public: the first node of a network must serve the others."""
+        return self.reachability != "private"
+
+    async def _set_reachability(self, state: str) -> None:
+        """Take the role `state` asks for: serve DHT, signalling and relay, or register with others."""
+        changed = state != self.reachability
+        self.reachability = state
+        if self.config.dht_mode == "auto":
+            self.dht.set_server(self.public)
+        self.signaling.serve(self.public)
+        if self.public:
+            self._spawn(self._announce_signaling)
+        else:
+            self._spawn(self._find_signaling_nodes)
+        if changed:
+            log.info("reachability: %s", state)
+            await self.publish_record()
+
+    async def _watch_reachability(self) -> None:
+        """Ask peers to dial us back (unless forced by config); re-check now and then."""
+        if self.config.reachability != "auto":
+            return
+        while True:
+            peers = [p for p in self.connected_peers() if self.dialer.connected(p, direct_only=True)]
+            if not peers:
+                await trio.sleep(1.0)
+                continue
+            bootstrap_ids = {b.peer_id for b in self.bootstraps}
+            peers.sort(key=lambda p: p not in bootstrap_ids)
+            verdict = await self.reachability_service.ask(peers, self._listen_ports())
+            self.observed = verdict.observed
+            if verdict.reachability != "unknown":
+                await self._set_reachability(verdict.reachability)
+            await trio.sleep(REACHABILITY_RECHECK[verdict.reachability != "unknown"])
+
+    def _listen_ports(self) -> list[tuple[str, int]]:
+        ports: list[tuple[str, int]] = []
+        for addr in self.host.get_addrs():
+            names = [p.name for p in addr.protocols()]
+            if "tcp" in names and "p2p-circuit" not in names:
+                entry = ("ws" if "ws" in names else "tcp", int(addr.value_for_protocol("tcp")))
+                if entry not in ports:
+                    ports.append(entry)
+        return ports[:4]
+
+    async def _announce_signaling(self) -> None:
+        """Public nodes announce themselves as signalling nodes (a DHT provider record)."""
+        with trio.move_on_after(60):
+            if self.bootstraps:
+                await self.joined.wait()
+            await self.dht.provide(SIGNALING_KEY)
+
+    async def _find_signaling_nodes(self) -> None:
+        """Candidates for registration: our bootstraps first, then the DHT's signalling nodes."""
+        candidates = [PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)) for b in self.bootstraps]
+        with trio.move_on_after(30):
+            result = await self.dht.get_providers(SIGNALING_KEY)
+            candidates += list(result.providers)
+        self.signaling.offer_candidates(candidates)
+
+    def _ice_servers_via(self, via: ID) -> tuple[RTCIceServer, ...]:
+        """STUN at the signalling node a WebRTC session is set up through: every public node
+        answers STUN on the UDP port numbered like its TCP port."""
+        for addr in self._peer_addrs(via):
+            names = [p.name for p in addr.protocols()]
+            if names[:2] in (["ip4", "tcp"], ["ip6", "tcp"]) and len(names) == 2:
+                ip, port = addr.value_for_protocol(names[0]), addr.value_for_protocol("tcp")
+                return (RTCIceServer(f"stun:{ip}:{port}"),)
+        return ()
+
+    def _peer_addrs(self, peer: ID) -> list[multiaddr.Multiaddr]:
+        try:
+            return list(self.host.get_peerstore().addrs(peer))
+        except Exception:  # noqa: BLE001 - the peerstore raises when it knows no address
+            return []
+
     # ---- peer record -------------------------------------------------------------------------
 
     async def publish_record(self) -> int:
@@ -138,9 +257,18 @@ class Node:
         return await self.dht.publish(record_key(self.peer_id_bytes), envelope)
 
     def _record_addrs(self) -> tuple[bytes, ...]:
-        """Our listen addresses as the record carries them: at most MAX_RECORD_ADDRS, which a
-        host with many interfaces (container bridges, several IPv6 prefixes) can exceed."""
-        return tuple(a.to_bytes() for a in self.listen_addrs())[:MAX_RECORD_ADDRS]
+        """What the record carries: our listen addresses when public, one relay address per
+        signalling registration when behind NAT; at most MAX_RECORD_ADDRS (a host with many
+        interfaces, container bridges or several IPv6 prefixes, can exceed it)."""
+        if self.public:
+            addrs = self.listen_addrs()
+        else:
+            addrs = []
+            for registration in self.signaling.live.values():
+                relay = ID(registration.peer.peer_id)
+                direct = [a for a in (multiaddr.Multiaddr(b) for b in registration.peer.addrs) if dialable(a)]
+                addrs += [circuit_addr(strip_p2p(a), relay) for a in direct[:1]]
+        return tuple(a.to_bytes() for a in addrs)[:MAX_RECORD_ADDRS]
 
     async def _watch_addresses(self) -> None:
         while True:
@@ -214,22 +342,48 @@ class Node:
             raise NotFoundError(f"no peer record for {peer_id} in the DHT ({result.requests} peers asked)")
         return best
 
-    async def connect(self, peer_id: ID) -> multiaddr.Multiaddr | None:
-        """Dial by peer ID: look the record up, try its addresses; on failure look for a newer record."""
+    async def connect(self, peer_id: ID, timings: dict[str, float] | None = None) -> str | None:
+        """Dial by peer ID: look the record up and follow the dial strategy (direct addresses,
+        else a relay at once and a direct path in the background); on failure look for a newer
+        record. Returns the first path ("direct" or "relayed"), None if already connected.
+        `timings` receives the lookup's duration ("lookup_s")."""
         if self.dialer.connected(peer_id):
             return None
+        start = trio.current_time()
         record = await self.find(peer_id)
+        if timings is not None:
+            timings["lookup_s"] = trio.current_time() - start
         try:
-            return await self.dialer.connect(peer_id, [multiaddr.Multiaddr(a) for a in record.addrs])
+            return await self.traversal.connect(peer_id, [multiaddr.Multiaddr(a) for a in record.addrs])
         except DialError:
             newer = await self.find(peer_id, exhaustive=True)
             if newer.seq <= record.seq:
                 raise
-            return await self.dialer.connect(peer_id, [multiaddr.Multiaddr(a) for a in newer.addrs])
+            return await self.traversal.connect(peer_id, [multiaddr.Multiaddr(a) for a in newer.addrs])
 
     async def ping(self, peer_id: ID) -> float:
         """Round-trip time of one libp2p ping (32 random bytes echoed), in seconds."""
         await self.connect(peer_id)
+        return await self._ping_once(peer_id)
+
+    async def first_stream(self, peer_id: ID) -> dict[str, object]:
+        """Dial by peer ID and complete one ping on a new stream: how long each part took."""
+        timings: dict[str, float] = {}
+        start = trio.current_time()
+        path = await self.connect(peer_id, timings)
+        connected = trio.current_time()
+        rtt = await self._ping_once(peer_id)
+        done = trio.current_time()
+        return {
+            "peer_id": str(peer_id),
+            "path": path or "already connected",
+            "lookup_ms": round(timings.get("lookup_s", 0.0) * 1000, 2),
+            "connect_ms": round((connected - start) * 1000, 2),
+            "first_stream_ms": round((done - start) * 1000, 2),
+            "rtt_ms": round(rtt * 1000, 3),
+        }
+
+    async def _ping_once(self, peer_id: ID) -> float:
         payload = os.urandom(32)
         try:
             with trio.fail_after(PING_TIMEOUT):
@@ -266,7 +420,14 @@ class Node:
             "peer_id": str(self.peer_id),
             "network": self.config.network,
             "addrs": self.full_addrs(),
-            "dht_mode": "server" if self.server else "client",
+            "dht_mode": "server" if self.core.server else "client",
+            "reachability": self.reachability,
+            "observed_addrs": list(self.observed),
+            "signaling": {
+                "serving": self.public,
+                "registered_peers": len(self.signaling.server.registrations),
+                "registered_with": [str(ID(p)) for p in self.signaling.live],
+            },
             "routing_table": len(self.core.table),
             "peers": len(self.connected_peers()),
             "records": len(self.core.records),
@@ -284,9 +445,21 @@ class Node:
         store = self.host.get_peerstore()
         out = []
         for pid in self.connected_peers():
+            conns = self.host.get_network().get_connections(pid)
+            paths = sorted({path_of(c) for c in conns})
             out.append({
                 "peer_id": str(pid),
-                "addrs": [str(strip_p2p(a)) for a in store.addrs(pid)],
+                "addrs": [str(strip_p2p(a)) for a in self._peer_addrs(pid)],
+                "path": next((p for p in ("direct-udp", "direct-tcp", "relayed") if p in paths), ""),
+                "paths": paths,
                 "in_routing_table": pid.to_bytes() in self.core.table,
             })
         return sorted(out, key=lambda p: p["peer_id"])
+
+
+def webrtc_config(config: Config) -> WebRtcConfig:
+    """ICE servers exactly as configured (never a default one), and the chosen interfaces."""
+    servers = [RTCIceServer(f"stun:{host}:{port}") for host, port in (parse_host_port(s, "stun_servers") for s in config.stun_servers)]
+    servers += [RTCIceServer(url, config.turn_username or None, config.turn_password or None) for url in config.turn_servers]
+    loopback = any(i in ("lo", "127.0.0.1", "::1") for i in config.webrtc_interfaces)
+    return WebRtcConfig(tuple(servers), config.webrtc_interfaces, allow_loopback_candidates=loopback)

@@ -317,3 +317,17 @@ def test_record_published_in_a_small_network_is_found_after_it_grows():
     for key, value in keys.items():
         done = net.run_query(reader, reader.get_value(key, net.now, quorum=1))
         assert [v for _, v in done.result.values] == [value], key
+
+
+def test_publish_that_reached_too_few_peers_is_retried_with_backoff():
+    net = KadNet(seed=5)
+    nodes = net.build(12)
+    publisher, others = nodes[0], nodes[1:]
+    net.dead.update(n.local.peer_id for n in others)  # an overloaded or cut-off start
+    done = net.run_query(publisher, publisher.publish(b"/t/p", b"7", net.now))
+    assert done.stored == 0
+    retry_at = publisher.next_timer()
+    assert retry_at is not None and retry_at - net.now <= publisher.config.republish_retry + 1e-9
+    net.dead.clear()
+    net.run_until(lambda: sum(bool(n.records.get(b"/t/p", net.now)) for n in others) >= 6, limit=60)
+    assert net.now < publisher.config.republish_interval, "found well before the periodic republish"

@@ -15,7 +15,8 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from overlay.dht import kad_protocol
 from overlay.errors import DialError, NotFoundError
 from overlay.host import build_host
-from overlay.kademlia.wire import FrameDecoder, Message, MessageType, Record, decode_message, encode_message, frame
+from overlay.framing import FrameDecoder, frame
+from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, Record, decode_message, encode_message
 from overlay.protobuf import encode_varint
 from overlay.records import PeerRecord, record_key, seal_peer_record
 from tests.conftest import cluster, wait_for
@@ -107,7 +108,7 @@ async def test_forged_unsigned_and_stale_records_are_rejected(tmp_path):
                         answer = b""
                 if name == "stale":
                     # accepted as valid but not stored over the newer record: echoed back
-                    assert decode_message(FrameDecoder().feed(answer)[0]).type is MessageType.PUT_VALUE
+                    assert decode_message(FrameDecoder(MAX_MESSAGE_SIZE).feed(answer)[0]).type is MessageType.PUT_VALUE
                 else:
                     assert answer == b"", f"{name} record must be refused"
                 await stream.close()
@@ -196,7 +197,7 @@ async def test_malformed_and_oversized_dht_messages_are_dropped_and_counted(tmp_
             stream = await attacker.new_stream(node.peer_id, [kad_protocol("test")])
             await stream.write(frame(encode_message(Message(MessageType.FIND_NODE, key=b"x"))))
             reply = await stream.read(65536)
-            closer = decode_message(FrameDecoder().feed(reply)[0]).closer_peers
+            closer = decode_message(FrameDecoder(MAX_MESSAGE_SIZE).feed(reply)[0]).closer_peers
             assert [p.peer_id for p in closer] == [peer.peer_id.to_bytes()]
         await wait_for(lambda: node.dht.bad_input.get() == len(bad_inputs), what="bad messages counted")
 

@@ -42,6 +42,7 @@ class KadConfig:
     refresh_max_cpl: int = 15
     record_ttl: float = 2 * 3600.0
     republish_interval: float = 1800.0
+    republish_retry: float = 5.0  # first retry of a publish that reached too few peers; doubles
     provider_ttl: float = 2 * 3600.0
     stale_after: float = 60.0
     max_records: int = 10_000
@@ -129,6 +130,8 @@ class Kademlia:
         self._size_at_publish = 1  # routing-table size when we last published (see _republish_if_grown)
         self._next_refresh: float | None = None
         self._next_republish: float | None = None
+        self._next_retry: float | None = None
+        self._retry_backoff = config.republish_retry
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -298,6 +301,9 @@ class Kademlia:
             self.records.expire(now)
             self.providers.expire(now)
             actions += self._republish_all(now)
+        elif self._next_retry is not None and now >= self._next_retry:
+            self._next_retry = None
+            actions += self._republish_all(now)
         return actions
 
     def _republish_all(self, now: float) -> list[Action]:
@@ -311,6 +317,18 @@ class Kademlia:
         for key in list(self._provided):
             actions += self.provide(key, now)[1]
         return actions
+
+    def _schedule_retry(self, stored: int, now: float) -> None:
+        """Publish again soon, with backoff, when a publish reached fewer than half the peers it
+        should have (at start, an overloaded bootstrap or a lost first answer would otherwise
+        leave the record unfindable until the periodic republish)."""
+        wanted = min(self.config.k, len(self.table))
+        if wanted and stored * 2 < wanted:
+            if self._next_retry is None:
+                self._next_retry = now + self._retry_backoff
+                self._retry_backoff = min(self._retry_backoff * 2, self.config.republish_interval)
+        else:
+            self._retry_backoff = self.config.republish_retry
 
     def _republish_if_grown(self, now: float) -> list[Action]:
         """Republish when our routing table has doubled since the last publish.
@@ -328,7 +346,7 @@ class Kademlia:
         """When handle_timer must be called next (None: nothing scheduled)."""
         while self._timeouts and self._timeouts[0][1] not in self._requests:
             heapq.heappop(self._timeouts)
-        times = [t for t in (self._next_refresh, self._next_republish) if t is not None]
+        times = [t for t in (self._next_refresh, self._next_republish, self._next_retry) if t is not None]
         if self._timeouts:
             times.append(self._timeouts[0][0])
         times.extend(q.deadline for q in self._queries.values())
@@ -403,6 +421,8 @@ class Kademlia:
         if self._queries.pop(query.id, None) is None:
             return []
         result = query.lookup.finish()
+        if query.kind == "put_value" and query.lookup.key in self._published:
+            self._schedule_retry(query.stored, now)
         return [QueryDone(query.id, query.kind, result, query.stored, now - query.started)]
 
     def _send(

@@ -25,10 +25,7 @@ from dataclasses import dataclass
 
 from overlay.errors import DecodeError
 from overlay.protobuf import (
-    MAX_VARINT_BYTES,
     as_int32,
-    decode_varint,
-    encode_varint,
     expect_bytes,
     expect_int,
     field_bytes,
@@ -188,40 +185,3 @@ def decode_message(data: bytes) -> Message:
     except ValueError:
         raise DecodeError(f"unknown message type {type_value}") from None
     return Message(message_type, key, record, tuple(closer), tuple(providers), cluster_level)
-
-
-# ---- framing ----------------------------------------------------------------------------------
-
-
-def frame(payload: bytes) -> bytes:
-    """Prefix `payload` with its length as an unsigned varint, as libp2p Kademlia streams do."""
-    return encode_varint(len(payload)) + payload
-
-
-class FrameDecoder:
-    """Splits a byte stream into varint-length-prefixed frames, without I/O.
-
-    A declared length over `max_size` is refused as soon as the prefix is read, before the frame
-    is buffered. After a DecodeError the stream is out of sync and should be closed.
-    """
-
-    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
-        self.max_size = max_size
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return the frames completed by them, in order."""
-        self._buffer += data
-        frames = []
-        while self._buffer:
-            prefix = bytes(self._buffer[:MAX_VARINT_BYTES])
-            if len(prefix) < MAX_VARINT_BYTES and all(b & 0x80 for b in prefix):
-                break
-            length, start = decode_varint(prefix)
-            if length > self.max_size:
-                raise DecodeError(f"frame of {length} bytes exceeds the limit of {self.max_size}")
-            if len(self._buffer) < start + length:
-                break
-            frames.append(bytes(self._buffer[start : start + length]))
-            del self._buffer[: start + length]
-        return frames

@@ -1,0 +1,236 @@
+"""Reachability by dial-back (`/overlay/<network>/dialback/1.0.0`).
+
+Why not py-libp2p's AutoNAT: its server dials back over the connection the request came in on,
+so it answers PUBLIC even for a closed port. Here the asked peer dials the requester back over
+a fresh TCP (or WebSocket) connection, as a throwaway identity, at the address it observed the
+request coming from and the ports the requester names, and reports whether a Noise handshake
+with the requester's peer ID completed. It dials only the observed address (it cannot be aimed
+at a third party), at most MAX_PORTS ports, at most once per RATE_INTERVAL per requester.
+
+Wire (framed JSON, one message each way):
+    request:  {"ports": [["tcp", 4001], ["ws", 4002]]}
+    response: {"observed": "198.18.2.2", "results": [["tcp", 4001, true], ["ws", 4002, false]]}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.host.basic_host import BasicHost
+from libp2p.peer.id import ID
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.upgrader import TransportUpgrader
+from libp2p.transport.websocket.transport import WebsocketTransport
+
+from overlay.errors import DecodeError
+from overlay.framing import FramedStream
+from overlay.metrics import Registry
+from overlay.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+MAX_PORTS = 4
+MAX_MESSAGE = 1024
+DIAL_TIMEOUT = 5.0
+ASK_TIMEOUT = 12.0
+RATE_INTERVAL = 10.0
+TRANSPORTS = ("tcp", "ws")
+
+
+def dialback_protocol(network: str) -> str:
+    return f"/overlay/{network}/dialback/1.0.0"
+
+
+# ---- wire ---------------------------------------------------------------------------------------
+
+
+def encode_request(ports: Sequence[tuple[str, int]]) -> bytes:
+    return json.dumps({"ports": [list(p) for p in ports]}).encode()
+
+
+def decode_request(data: bytes) -> list[tuple[str, int]]:
+    obj = _json(data)
+    ports = obj.get("ports")
+    if not isinstance(ports, list) or not 1 <= len(ports) <= MAX_PORTS:
+        raise DecodeError(f"dialback: 1 to {MAX_PORTS} ports expected")
+    out = []
+    for item in ports:
+        if not (isinstance(item, list) and len(item) == 2 and item[0] in TRANSPORTS and _port(item[1])):
+            raise DecodeError("dialback: each port is [\"tcp\" or \"ws\", 1-65535]")
+        out.append((item[0], item[1]))
+    return out
+
+
+def encode_response(observed: str, results: Sequence[tuple[str, int, bool]]) -> bytes:
+    return json.dumps({"observed": observed, "results": [list(r) for r in results]}).encode()
+
+
+def decode_response(data: bytes) -> tuple[str, list[tuple[str, int, bool]]]:
+    obj = _json(data)
+    observed, results = obj.get("observed"), obj.get("results")
+    try:
+        ipaddress.ip_address(observed)
+    except (TypeError, ValueError):
+        raise DecodeError("dialback: 'observed' must be an IP address") from None
+    if not isinstance(results, list) or len(results) > MAX_PORTS:
+        raise DecodeError("dialback: bad results")
+    out = []
+    for item in results:
+        if not (isinstance(item, list) and len(item) == 3 and item[0] in TRANSPORTS and _port(item[1]) and isinstance(item[2], bool)):
+            raise DecodeError("dialback: each result is [transport, port, reachable]")
+        out.append((item[0], item[1], item[2]))
+    return observed, out
+
+
+def _json(data: bytes) -> dict:
+    if len(data) > MAX_MESSAGE:
+        raise DecodeError(f"dialback: message over {MAX_MESSAGE} bytes")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise DecodeError("dialback: not JSON") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("dialback: expected a JSON object")
+    return obj
+
+
+def _port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+# ---- verdict (no I/O) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reachability: str  # "public", "private" or "unknown"
+    transports: dict[str, bool]  # per transport: reachable by someone
+    observed: tuple[str, ...]  # our addresses as others saw them
+
+
+def verdict(answers: Sequence[tuple[str, list[tuple[str, int, bool]]]]) -> Verdict:
+    """Public when any peer reached us over TCP; private when peers answered and none did."""
+    transports: dict[str, bool] = {}
+    observed: list[str] = []
+    for seen, results in answers:
+        if seen not in observed:
+            observed.append(seen)
+        for transport, _, ok in results:
+            transports[transport] = transports.get(transport, False) or ok
+    if "tcp" not in transports:
+        state = "unknown"
+    else:
+        state = "public" if transports["tcp"] else "private"
+    return Verdict(state, transports, tuple(observed))
+
+
+# ---- trio adapter ---------------------------------------------------------------------------------
+
+
+def observed_ip(conn) -> str | None:
+    """The remote IP of a direct connection as the socket sees it (not what the peer claims)."""
+    try:
+        address = conn.muxed_conn.secured_conn.get_remote_address()
+    except Exception:  # noqa: BLE001 - muxers and secure sessions differ in what they keep
+        return None
+    return address[0] if address else None
+
+
+class ReachabilityService:
+    def __init__(self, host: BasicHost, network: str, metrics: Registry) -> None:
+        self.host = host
+        self.protocol = dialback_protocol(network)
+        self._rate = RateLimiter(rate=1 / RATE_INTERVAL, burst=1)
+        self.requests = metrics.counter("overlay_dialback_requests_total", "Dial-back requests served, by outcome")
+        host.set_stream_handler(self.protocol, self._serve)
+
+    async def ask(self, peers: Sequence[ID], ports: Sequence[tuple[str, int]]) -> Verdict:
+        """Ask up to three peers to dial us back at `ports`."""
+        answers: list[tuple[str, list[tuple[str, int, bool]]]] = []
+
+        async def one(peer: ID) -> None:
+            framed = None
+            try:
+                with trio.fail_after(ASK_TIMEOUT):
+                    framed = FramedStream(await self.host.new_stream(peer, [self.protocol]), MAX_MESSAGE)
+                    await framed.write(encode_request(ports))
+                    data = await framed.read()
+                if data is not None:
+                    answers.append(decode_response(data))
+            except Exception as e:  # noqa: BLE001 - a peer that cannot answer simply does not count
+                log.debug("dial-back via %s: %s", peer, e or type(e).__name__)
+            finally:
+                if framed is not None:
+                    await framed.close()
+
+        async with trio.open_nursery() as nursery:
+            for peer in list(peers)[:3]:
+                nursery.start_soon(one, peer)
+        return verdict(answers)
+
+    async def _serve(self, stream) -> None:
+        framed = FramedStream(stream, MAX_MESSAGE)
+        requester = stream.muxed_conn.peer_id
+        try:
+            conn = next((c for c in self.host.get_network().get_connections(requester) if c.muxed_conn is stream.muxed_conn), None)
+            ip = observed_ip(conn) if conn is not None else None
+            with trio.fail_after(DIAL_TIMEOUT):
+                data = await framed.read()
+            if data is None:
+                return
+            ports = decode_request(data)
+            if ip is None:
+                self.requests.inc(outcome="no-observed-address")
+                return
+            if not self._rate.allow(requester, trio.current_time()):
+                self.requests.inc(outcome="rate-limited")
+                return
+            results = []
+            async with trio.open_nursery() as nursery:
+                for transport, port in ports:
+                    nursery.start_soon(self._dial_back, requester, ip, transport, port, results)
+            self.requests.inc(outcome="served")
+            await framed.write(encode_response(ip, results))
+        except DecodeError as e:
+            self.requests.inc(outcome="bad-request")
+            log.debug("dial-back request from %s: %s", requester, e)
+        except Exception as e:  # noqa: BLE001 - a broken stream must not reach the swarm
+            log.debug("dial-back for %s: %s", requester, e)
+        finally:
+            await framed.close()
+
+    @staticmethod
+    async def _dial_back(peer: ID, ip: str, transport: str, port: int, results: list) -> None:
+        """A fresh connection as a throwaway identity, ended once Noise has authenticated `peer`."""
+        family = "ip6" if ":" in ip else "ip4"
+        addr = multiaddr.Multiaddr(f"/{family}/{ip}/tcp/{port}" + ("/ws" if transport == "ws" else ""))
+        upgrader = TransportUpgrader(
+            {NOISE_PROTOCOL_ID: NoiseTransport(create_new_key_pair(), noise_privkey=create_x25519_key_pair().private_key)}, {}
+        )
+        raw = None
+        ok = False
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                raw = await (WebsocketTransport(upgrader) if transport == "ws" else TCP()).dial(addr)
+                secured = await upgrader.upgrade_security(raw, True, peer)
+                ok = secured.get_remote_peer() == peer
+        except Exception as e:  # noqa: BLE001 - unreachable is an answer, not an error
+            log.debug("dial-back to %s failed: %s", addr, e or type(e).__name__)
+        finally:
+            if raw is not None:
+                with trio.move_on_after(1):
+                    try:
+                        await raw.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+        results.append((transport, port, ok))

@@ -1,0 +1,261 @@
+"""Relayed connections through a signalling node (`/overlay/<network>/relay/1.0.0`, PROTOCOL.md).
+
+Why our own relay rather than py-libp2p's circuit relay v2: a relay here serves exactly the
+peers registered with the node's signalling server, so registration, relaying and their limits
+are one mechanism with one state (and one model in the simulator); and the relayed connection
+must be added to the swarm as an ordinary Noise + Yamux connection, which we do for WebRTC
+anyway (`overlay.host._Swarm.add_raw_connection`).
+
+`CircuitLimits` is the relay's admission rule without I/O; `RelayService` is the trio adapter:
+it splices hop and stop streams on the relay, accepts stop streams from our own signalling
+nodes, and dials through a relay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.host.basic_host import BasicHost
+from libp2p.io.abc import ReadWriteCloser
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+
+from overlay.errors import DecodeError, DialError
+from overlay.framing import FramedStream
+from overlay.metrics import Registry
+from signaling import messages as m
+from signaling.messages import MAX_FRAME
+
+log = logging.getLogger(__name__)
+
+CONTROL_TIMEOUT = 5.0
+COPY_CHUNK = 64 * 1024
+
+
+def relay_protocol(network: str) -> str:
+    return f"/overlay/{network}/relay/1.0.0"
+
+
+def circuit_addr(relay_addr: multiaddr.Multiaddr, relay: ID) -> multiaddr.Multiaddr:
+    """`<relay addr>/p2p/<relay>/p2p-circuit`: what a registered node publishes per registration."""
+    return multiaddr.Multiaddr(f"{relay_addr}/p2p/{relay}/p2p-circuit")
+
+
+def parse_circuit(addr: multiaddr.Multiaddr) -> tuple[ID, multiaddr.Multiaddr] | None:
+    """(relay peer ID, relay's own address) of a circuit address, None for any other address."""
+    text = str(addr)
+    if not text.endswith("/p2p-circuit"):
+        return None
+    base = text.removesuffix("/p2p-circuit")
+    head, sep, relay = base.rpartition("/p2p/")
+    if not sep:
+        return None
+    try:
+        return ID.from_base58(relay), multiaddr.Multiaddr(head)
+    except Exception:  # noqa: BLE001 - base58 and multiaddr raise several types
+        return None
+
+
+@dataclass(frozen=True)
+class CircuitLimits:
+    """How many relayed connections a relay carries: per registered peer and in all."""
+
+    per_peer: int = 32
+    total: int = 512
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_open", Counter())
+
+    @property
+    def open(self) -> Counter[str]:
+        return self._open  # type: ignore[attr-defined]
+
+    def admit(self, callee: str) -> bool:
+        if self.open[callee] >= self.per_peer or sum(self.open.values()) >= self.total:
+            return False
+        self.open[callee] += 1
+        return True
+
+    def release(self, callee: str) -> None:
+        self.open[callee] -= 1
+        if self.open[callee] <= 0:
+            del self.open[callee]
+
+
+class StreamConnection(ReadWriteCloser):
+    """A libp2p stream carrying another libp2p connection; `prefix` holds bytes already read
+    past the control messages."""
+
+    def __init__(self, framed: FramedStream) -> None:
+        self.stream = framed.stream
+        self._prefix = framed.decoder.take_rest()
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if n is None or n < 0 else n
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        try:
+            return await self.stream.read(n)
+        except StreamEOF:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        await self.stream.write(data)
+
+    async def close(self) -> None:
+        with trio.move_on_after(1):
+            try:
+                await self.stream.close()
+            except Exception:  # noqa: BLE001 - a relayed stream can already be gone
+                pass
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return None
+
+
+class RelayService:
+    def __init__(
+        self,
+        host: BasicHost,
+        network: str,
+        metrics: Registry,
+        is_registered: Callable[[str], bool],
+        is_my_relay: Callable[[ID], bool],
+        limits: CircuitLimits | None = None,
+    ) -> None:
+        """`is_registered(peer)`: whether our signalling server holds a registration of `peer`
+        (we relay only to those); `is_my_relay(peer)`: whether we are registered with `peer`
+        (we accept relayed connections only through those)."""
+        self.host = host
+        self.protocol = relay_protocol(network)
+        self.is_registered = is_registered
+        self.is_my_relay = is_my_relay
+        self.limits = limits or CircuitLimits()
+        self.relayed_bytes = metrics.counter("overlay_relay_bytes_total", "Bytes this node relayed for others")
+        self.refused = metrics.counter("overlay_relay_refused_total", "Relay requests refused, by reason")
+        metrics.gauge("overlay_relay_circuits", "Relayed connections through this node", lambda: sum(self.limits.open.values()))
+        host.set_stream_handler(self.protocol, self._handle)
+
+    # ---- dialing through a relay ------------------------------------------------------------
+
+    async def dial(self, relay: ID, target: ID) -> SwarmConn:
+        """A connection to `target` through `relay` (we must already be connected to `relay`)."""
+        try:
+            with trio.fail_after(CONTROL_TIMEOUT):
+                stream = await self.host.new_stream(relay, [self.protocol])
+                framed = FramedStream(stream, MAX_FRAME)
+                await framed.write(m.encode(m.Connect(str(target))))
+                reply = await _read_message(framed)
+        except (trio.TooSlowError, DecodeError) as e:
+            raise DialError(f"relay {relay}: {e or 'no answer'}") from None
+        except Exception as e:  # noqa: BLE001 - stream errors come in many library types
+            raise DialError(f"relay {relay}: {type(e).__name__}: {e}") from None
+        if not isinstance(reply, m.Connected):
+            await framed.close()
+            reason = f"{reply.code}: {reply.reason}" if isinstance(reply, m.Error) else "unexpected answer"
+            raise DialError(f"relay {relay} refused: {reason}")
+        raw = RawConnection(StreamConnection(framed), True)
+        addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{target}")
+        try:
+            return await self.host.get_network().add_raw_connection(raw, target, addr, relayed=True)
+        except Exception as e:  # noqa: BLE001 - the upgrade raises several library types
+            await framed.close()
+            raise DialError(f"relayed connection to {target} via {relay}: {e}") from None
+
+    # ---- the relay (hop) and the registered node (stop) ------------------------------------
+
+    async def _handle(self, stream) -> None:
+        framed = FramedStream(stream, MAX_FRAME)
+        remote = stream.muxed_conn.peer_id
+        try:
+            with trio.fail_after(CONTROL_TIMEOUT):
+                first = await _read_message(framed)
+            if isinstance(first, m.Connect):
+                await self._hop(framed, remote, first.to)
+            elif isinstance(first, m.Incoming):
+                await self._stop(framed, remote, first.sender)
+            else:
+                await self._refuse(framed, "bad-message", f"{type(first).__name__} cannot start a relay stream")
+        except (trio.TooSlowError, DecodeError) as e:
+            self.refused.inc(reason="bad-message")
+            log.debug("relay stream from %s: %s", remote, e or "timed out")
+        except Exception as e:  # noqa: BLE001 - a broken stream must not reach the swarm
+            log.debug("relay stream from %s ended: %s", remote, e)
+        finally:
+            await framed.close()
+
+    async def _hop(self, caller: FramedStream, caller_id: ID, target: str) -> None:
+        if not self.is_registered(target):
+            return await self._refuse(caller, "not-registered", f"{target} is not registered here")
+        if not self.limits.admit(target):
+            return await self._refuse(caller, "full", "relay circuit limit reached")
+        try:
+            with trio.fail_after(CONTROL_TIMEOUT):
+                callee = FramedStream(await self.host.new_stream(ID.from_base58(target), [self.protocol]), MAX_FRAME)
+                await callee.write(m.encode(m.Incoming(str(caller_id))))
+                reply = await _read_message(callee)
+            if not isinstance(reply, m.Accepted):
+                await callee.close()
+                return await self._refuse(caller, "refused", f"{target} did not accept")
+            await caller.write(m.encode(m.Connected()))
+            await self._splice(caller, callee)
+        finally:
+            self.limits.release(target)
+
+    async def _splice(self, a: FramedStream, b: FramedStream) -> None:
+        async def pump(src: FramedStream, dst: FramedStream) -> None:
+            try:
+                rest = src.decoder.take_rest()
+                if rest:
+                    await dst.stream.write(rest)
+                while True:
+                    try:
+                        data = await src.stream.read(COPY_CHUNK)
+                    except StreamEOF:
+                        break
+                    if not data:
+                        break
+                    await dst.stream.write(data)
+                    self.relayed_bytes.inc(len(data))
+            except Exception as e:  # noqa: BLE001 - either side may reset
+                log.debug("relay: %s", e)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, a, b)
+            nursery.start_soon(pump, b, a)
+        await b.close()
+
+    async def _stop(self, relay: FramedStream, relay_id: ID, caller: str) -> None:
+        if not self.is_my_relay(relay_id):
+            return await self._refuse(relay, "refused", "not one of my signalling nodes")
+        await relay.write(m.encode(m.Accepted()))
+        raw = RawConnection(StreamConnection(relay), False)
+        addr = multiaddr.Multiaddr(f"/p2p/{relay_id}/p2p-circuit/p2p/{caller}")
+        conn = await self.host.get_network().add_raw_connection(raw, None, addr, relayed=True)
+        if str(conn.muxed_conn.peer_id) != caller:
+            log.warning("relayed caller said %s but authenticated as %s", caller, conn.muxed_conn.peer_id)
+        await conn.muxed_conn.event_closed.wait()  # the handler's stream lives as long as the connection
+
+    async def _refuse(self, framed: FramedStream, code: str, reason: str) -> None:
+        self.refused.inc(reason=code)
+        with trio.move_on_after(1):
+            try:
+                await framed.write(m.encode(m.Error(code, reason)))
+            except Exception:  # noqa: BLE001
+                pass
+
+
+async def _read_message(framed: FramedStream) -> m.Message:
+    data = await framed.read()
+    if data is None:
+        raise DecodeError("stream ended before a message")
+    return m.decode(data)

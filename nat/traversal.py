@@ -1,0 +1,261 @@
+"""Reaching peers behind NAT: the trio adapter of the dial strategy (`nat.strategy`).
+
+It carries out the strategy's actions (direct dial, relayed connection, WebRTC upgrade through
+the relay's signalling server), answers WebRTC offers that reach us through our own signalling
+nodes, and retires a relayed connection once a direct one replaces it (new streams already
+prefer the direct one; the relayed one closes when idle, or after RETIRE_AFTER).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import multiaddr
+import trio
+from aiortc import RTCIceServer
+from libp2p.connection_types import ConnectionType
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.peer.id import ID
+
+from nat.relay import RelayService, parse_circuit
+from nat.strategy import (
+    Action, Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded,
+)
+from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession, parse_description
+from overlay.dialer import Dialer, dialable
+from overlay.errors import DecodeError, DialError
+from overlay.metrics import Registry
+from signaling import messages as m
+from signaling.service import SignalingService
+
+log = logging.getLogger(__name__)
+
+UPGRADE_TIMEOUT = 15.0
+RETIRE_AFTER = 30.0
+MAX_ANSWERING = 8
+DIAL_TIMEOUT = 10.0
+
+
+def plan_for(addrs: list[multiaddr.Multiaddr]) -> Plan:
+    direct = tuple(str(a) for a in addrs if dialable(a))
+    relays = []
+    for addr in addrs:
+        circuit = parse_circuit(addr)
+        if circuit is not None:
+            relays.append((circuit[0].to_bytes(), (str(circuit[1]),)))
+    return Plan(direct, tuple(relays))
+
+
+def webrtc_addr(path: PathInfo) -> multiaddr.Multiaddr:
+    ip, port = path.remote or ("0.0.0.0", 0)
+    return multiaddr.Multiaddr(f"/{'ip6' if ':' in ip else 'ip4'}/{ip}/udp/{port}/webrtc")
+
+
+def path_of(conn) -> str:
+    """How a connection runs: "direct-tcp", "direct-udp" (WebRTC) or "relayed"."""
+    if conn.get_connection_type() is ConnectionType.RELAYED:
+        return "relayed"
+    addrs = conn.get_transport_addresses()
+    return "direct-udp" if addrs and "webrtc" in str(addrs[0]) else "direct-tcp"
+
+
+@dataclass
+class _Attempt:
+    connected: trio.Event = field(default_factory=trio.Event)
+    path: str = ""
+    error: str = ""
+
+
+class Traversal:
+    def __init__(
+        self,
+        host: BasicHost,
+        dialer: Dialer,
+        signaling: SignalingService,
+        relay: RelayService,
+        webrtc: WebRtcConfig,
+        metrics: Registry,
+        ice_servers_via: Callable[[ID], tuple[RTCIceServer, ...]],
+    ) -> None:
+        self.host = host
+        self.dialer = dialer
+        self.signaling = signaling
+        self.relay = relay
+        self.webrtc = webrtc
+        self.ice_servers_via = ice_servers_via
+        self._attempts: dict[ID, _Attempt] = {}
+        self._answering = 0
+        self._nursery: trio.Nursery | None = None
+        self.paths = metrics.counter("overlay_connections_total", "Connections made by dialing a peer ID, by first path")
+        self.upgrades = metrics.counter("overlay_upgrades_total", "Attempts to replace a relayed connection by a direct one, by outcome")
+        self.upgrade_seconds = metrics.histogram("overlay_upgrade_seconds", "Time from the relayed connection to the direct one")
+        self.offers_refused = metrics.counter("overlay_webrtc_offers_refused_total", "Incoming WebRTC offers refused, by reason")
+        signaling.on_signal = self.answer
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ---- dialing -----------------------------------------------------------------------------
+
+    async def connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> str:
+        """Connect to `peer` from its record's addresses; returns the first path ("direct" or
+        "relayed"). The strategy goes on in the background (upgrade, relay retirement)."""
+        attempt = self._attempts.get(peer)
+        if attempt is None:
+            assert self._nursery is not None, "Traversal.run() must be started first"
+            attempt = self._attempts[peer] = _Attempt()
+            self._nursery.start_soon(self._drive, peer, DialStrategy(plan_for(addrs)), attempt)
+        await attempt.connected.wait()
+        if attempt.error:
+            raise DialError(f"dial {peer}: {attempt.error}")
+        return attempt.path
+
+    async def _drive(self, peer: ID, strategy: DialStrategy, attempt: _Attempt) -> None:
+        send, receive = trio.open_memory_channel[Callable[[float], list[Action]]](math.inf)
+        relayed_at: list[float] = []
+
+        async def direct(addrs: tuple[str, ...]) -> None:
+            ok = await self._try(self.dialer.connect(peer, [multiaddr.Multiaddr(a) for a in addrs], DIAL_TIMEOUT, direct_only=True))
+            await send.send(lambda now: strategy.direct_done(ok, now))
+
+        async def relayed(relay: bytes, addrs: tuple[str, ...]) -> None:
+            relay_id = ID(relay)
+
+            async def go() -> None:
+                await self.dialer.connect(relay_id, [multiaddr.Multiaddr(a) for a in addrs], DIAL_TIMEOUT)
+                await self.relay.dial(relay_id, peer)
+
+            ok = await self._try(go())
+            if ok:
+                relayed_at.append(trio.current_time())
+            await send.send(lambda now: strategy.relay_done(relay, ok, now))
+
+        async def upgrade(relay: bytes) -> None:
+            ok = await self._try(self.upgrade(peer, ID(relay)))
+            self.upgrades.inc(outcome="direct" if ok else "failed")
+            if ok and relayed_at:
+                self.upgrade_seconds.observe(trio.current_time() - relayed_at[0])
+            await send.send(lambda now: strategy.upgrade_done(ok, now))
+
+        def apply(actions: list[Action]) -> None:
+            for action in actions:
+                if isinstance(action, DialDirect):
+                    nursery.start_soon(direct, action.addrs)
+                elif isinstance(action, DialRelay):
+                    nursery.start_soon(relayed, action.relay, action.addrs)
+                elif isinstance(action, Upgrade):
+                    nursery.start_soon(upgrade, action.relay)
+                elif isinstance(action, Connected):
+                    attempt.path = action.path
+                    self.paths.inc(path=action.path)
+                    self._settle(peer, attempt, "")
+                elif isinstance(action, Failed):
+                    self._settle(peer, attempt, action.reason)
+                elif isinstance(action, Upgraded):
+                    nursery.start_soon(self._retire_relayed, peer)
+                elif isinstance(action, GaveUp):
+                    log.info("no direct path to %s; staying relayed", peer)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                apply(strategy.start(trio.current_time()))
+                while not strategy.finished:
+                    deadline = strategy.next_timer()
+                    event = None
+                    with trio.move_on_at(deadline if deadline is not None else math.inf):
+                        event = await receive.receive()
+                    now = trio.current_time()
+                    apply(event(now) if event is not None else strategy.handle_timer(now))
+        finally:
+            self._settle(peer, attempt, "the dial ended")
+
+    def _settle(self, peer: ID, attempt: _Attempt, error: str) -> None:
+        """The caller may go on (with `error` unless empty); a later connect() starts afresh."""
+        if not attempt.connected.is_set():
+            attempt.error = error
+            attempt.connected.set()
+        if self._attempts.get(peer) is attempt:
+            del self._attempts[peer]
+
+    @staticmethod
+    async def _try(work) -> bool:
+        try:
+            await work
+            return True
+        except Exception as e:  # noqa: BLE001 - each way a path can fail is one failure of it
+            log.debug("path attempt failed: %s", e)
+            return False
+
+    # ---- WebRTC: offering and answering ------------------------------------------------------
+
+    def _config(self, via: ID) -> WebRtcConfig:
+        return replace(self.webrtc, ice_servers=self.ice_servers_via(via) + self.webrtc.ice_servers)
+
+    async def upgrade(self, peer: ID, via: ID) -> None:
+        """A direct WebRTC connection to `peer`, set up through signalling node `via`."""
+        session = WebRtcSession(self._config(via), controlling=True)
+        try:
+            with trio.fail_after(UPGRADE_TIMEOUT):
+                local = await session.gather()
+                answer = await self.signaling.call(via, peer, local.to_json())
+                stream = await session.connect(parse_description(answer, self.webrtc.allow_loopback_candidates))
+                await self.host.get_network().add_raw_connection(
+                    RawConnection(stream, True), peer, webrtc_addr(session.path), relayed=session.path.relayed
+                )
+        except BaseException:
+            await session.close()
+            raise
+        log.info("direct WebRTC path to %s: %s -> %s", peer, session.path.local_type, session.path.remote_type)
+
+    async def answer(self, via: ID, caller: ID, signal: m.Signal) -> None:
+        """An offer that reached us through signalling node `via`."""
+        if signal.kind != "offer":
+            return
+        try:
+            remote = parse_description(signal.body, self.webrtc.allow_loopback_candidates)
+        except DecodeError as e:
+            self.offers_refused.inc(reason="bad-description")
+            await self._try(self.signaling.reply(via, caller, signal.session, "bye", {"reason": str(e)}))
+            return
+        if self._answering >= MAX_ANSWERING:
+            self.offers_refused.inc(reason="busy")
+            await self._try(self.signaling.reply(via, caller, signal.session, "bye", {"reason": "busy"}))
+            return
+        self._answering += 1
+        session = WebRtcSession(self._config(via), controlling=False)
+        try:
+            with trio.fail_after(UPGRADE_TIMEOUT):
+                local = await session.gather()
+                await self.signaling.reply(via, caller, signal.session, "answer", local.to_json())
+                stream = await session.connect(remote)
+                conn = await self.host.get_network().add_raw_connection(
+                    RawConnection(stream, False), None, webrtc_addr(session.path), relayed=session.path.relayed
+                )
+            if conn.muxed_conn.peer_id != caller:
+                log.warning("WebRTC offer from %s, but the peer authenticated as %s", caller, conn.muxed_conn.peer_id)
+                await conn.close()
+        except Exception as e:  # noqa: BLE001 - a failed answer costs only this session
+            log.debug("answering %s failed: %s", caller, e)
+            await session.close()
+        finally:
+            self._answering -= 1
+
+    async def _retire_relayed(self, peer: ID) -> None:
+        deadline = trio.current_time() + RETIRE_AFTER
+        while True:
+            relayed = [c for c in self.host.get_network().get_connections(peer) if c.get_connection_type() is ConnectionType.RELAYED]
+            if not relayed:
+                return
+            if trio.current_time() >= deadline or all(not c.get_streams() for c in relayed):
+                for conn in relayed:
+                    with trio.move_on_after(2):
+                        await conn.close()
+                return
+            await trio.sleep(1.0)

@@ -1,0 +1,5 @@
+"""The network-namespace NAT lab: real kernel NATs between real processes (see NAT-LAB.md)."""
+
+from simulations.natlab.topology import Lab, LabError, LabHost, NatType
+
+__all__ = ["Lab", "LabError", "LabHost", "NatType"]

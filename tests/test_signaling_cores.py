@@ -1,0 +1,267 @@
+"""The signalling message codec, the server's forwarding rules and the registration machine,
+driven directly (no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.errors import DecodeError
+from overlay.kademlia.wire import PeerInfo
+from overlay.records import peer_id_to_str
+from signaling import messages as m
+from signaling.registrations import Changed, NeedCandidates, Register, Registrations
+from signaling.server import Close, ServerLimits, SignalingServer, Write
+
+
+def peer(i: int) -> str:
+    return peer_id_to_str(b"\x00\x24\x08\x01\x12\x20" + i.to_bytes(32, "big"))
+
+
+A, B, C = peer(1), peer(2), peer(3)
+BODY = {"ufrag": "abcd"}
+
+
+# ---- codec -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        m.Register(), m.Registered(60), m.Ping(), m.Pong(), m.Accepted(), m.Connected(),
+        m.Signal("s1", "offer", BODY, to=A), m.Signal("s-2_x", "bye", {}, sender=B),
+        m.Error("not-registered", "gone", "s1"), m.Error("full"), m.Connect(A), m.Incoming(B),
+    ],
+)
+def test_round_trip(msg):
+    assert m.decode(m.encode(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    "obj, reason",
+    [
+        ([], "JSON object"),
+        ({"type": 3}, "string 'type'"),
+        ({"type": "nope"}, "unknown message type"),
+        ({"type": "registered", "ttl": 0}, "ttl"),
+        ({"type": "registered", "ttl": True}, "ttl"),
+        ({"type": "signal", "kind": "offer", "body": {}, "session": "s"}, "exactly one"),
+        ({"type": "signal", "kind": "offer", "body": {}, "session": "s", "to": A, "from": B}, "exactly one"),
+        ({"type": "signal", "kind": "shout", "body": {}, "session": "s", "to": A}, "kind"),
+        ({"type": "signal", "kind": "offer", "body": [], "session": "s", "to": A}, "body"),
+        ({"type": "signal", "kind": "offer", "body": {}, "session": "bad space", "to": A}, "session"),
+        ({"type": "signal", "kind": "offer", "body": {}, "session": "x" * 65, "to": A}, "session"),
+        ({"type": "signal", "kind": "offer", "body": {}, "session": "s", "to": "not-a-peer"}, "'to'"),
+        ({"type": "connect", "to": 5}, "peer ID"),
+        ({"type": "error", "code": "whatever"}, "unknown code"),
+    ],
+)
+def test_bad_messages_are_refused_with_the_reason(obj, reason):
+    with pytest.raises(DecodeError, match=reason):
+        m.decode(json.dumps(obj).encode())
+
+
+def test_size_limit_is_exact():
+    pad = m.MAX_FRAME - len(json.dumps({"type": "ping", "p": ""}, separators=(",", ":")))
+    assert m.decode(json.dumps({"type": "ping", "p": "x" * pad}, separators=(",", ":")).encode()) == m.Ping()
+    with pytest.raises(DecodeError, match="exceeds"):
+        m.decode(json.dumps({"type": "ping", "p": "x" * (pad + 1)}, separators=(",", ":")).encode())
+    with pytest.raises(DecodeError, match="exceeds"):
+        m.encode(m.Signal("s", "offer", {"x": "y" * m.MAX_FRAME}, to=A))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_decode_error(data):
+    try:
+        m.decode(data)
+    except DecodeError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["signal", "error", "registered", "connect", "incoming", "register"]),
+       st.dictionaries(st.sampled_from(["to", "from", "kind", "body", "session", "ttl", "code", "reason"]), json_values))
+def test_arbitrary_fields_decode_or_raise_decode_error(kind, fields):
+    try:
+        m.decode(json.dumps({"type": kind, **fields}).encode())
+    except DecodeError:
+        pass
+
+
+# ---- server ------------------------------------------------------------------------------------
+
+
+def writes(actions, stream=None):
+    return [a.message for a in actions if isinstance(a, Write) and (stream is None or a.stream == stream)]
+
+
+def closes(actions):
+    return [a.stream for a in actions if isinstance(a, Close)]
+
+
+def registered_server(limits: ServerLimits = ServerLimits()) -> SignalingServer:
+    """B registered on stream 1; A's session stream is 2."""
+    s = SignalingServer(limits)
+    s.opened(1, B, 0.0)
+    assert writes(s.message(1, m.Register(), 0.0)) == [m.Registered(limits.ttl)]
+    s.opened(2, A, 0.0)
+    return s
+
+
+def test_offer_answer_and_candidates_are_forwarded_with_the_authenticated_sender():
+    s = registered_server()
+    out = s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert out == [Write(1, m.Signal("s1", "offer", BODY, sender=A))]
+    out = s.message(1, m.Signal("s1", "answer", BODY, to=A), 1.1)
+    assert out == [Write(2, m.Signal("s1", "answer", BODY, sender=B))]
+    out = s.message(2, m.Signal("s1", "candidate", {"candidate": "x"}, to=B), 1.2)
+    assert writes(out, 1) == [m.Signal("s1", "candidate", {"candidate": "x"}, sender=A)]
+    assert s.counters.forwarded == 3
+
+
+def test_offers_for_unregistered_peers_are_refused_and_the_stream_stays_open():
+    s = registered_server()
+    out = s.message(2, m.Signal("s1", "offer", BODY, to=C), 1.0)
+    assert writes(out) == [m.Error("not-registered", f"{C} is not registered here", "s1")] and not closes(out)
+    assert s.counters.dropped["not-registered"] == 1
+
+
+def test_a_registered_peer_reaches_only_callers_with_a_session_to_it():
+    s = registered_server()
+    out = s.message(1, m.Signal("s1", "answer", BODY, to=A), 1.0)
+    assert writes(out) == [m.Error("no-session", "no such session with that caller", "s1")]
+    s.opened(3, C, 0.0)
+    s.message(3, m.Register(), 0.0)
+    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    out = s.message(3, m.Signal("s1", "answer", BODY, to=A), 1.1)  # C answers for B's session
+    assert writes(out)[0].code == "no-session"
+
+
+def test_a_session_continues_only_on_its_own_stream_and_must_start_with_an_offer():
+    s = registered_server()
+    assert writes(s.message(2, m.Signal("s1", "candidate", {}, to=B), 1.0))[0].code == "no-session"
+    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    s.opened(4, A, 1.0)
+    assert writes(s.message(4, m.Signal("s1", "candidate", {}, to=B), 1.1))[0].code == "no-session"
+
+
+def test_flood_of_offers_is_rate_limited_per_peer_and_others_are_served():
+    limits = ServerLimits(rate=1.0, burst=5.0, max_sessions_per_caller=100)
+    s = registered_server(limits)
+    results = [writes(s.message(2, m.Signal(f"s{i}", "offer", BODY, to=B), 1.0)) for i in range(50)]
+    refused = [r for r in results if r and isinstance(r[0], m.Error)]
+    assert len(refused) == 45 and all(r[0].code == "rate-limited" for r in refused)
+    assert s.counters.dropped["rate-limited"] == 45
+    s.opened(5, C, 1.0)
+    assert writes(s.message(5, m.Signal("c1", "offer", BODY, to=B), 1.0)) == [m.Signal("c1", "offer", BODY, sender=C)]
+    assert writes(s.message(2, m.Signal("late", "offer", BODY, to=B), 2.5))[0].kind == "offer", "refilled"
+
+
+def test_sessions_per_caller_and_registrations_are_bounded():
+    s = registered_server(ServerLimits(max_sessions_per_caller=2, max_registrations=1, burst=100))
+    assert writes(s.message(2, m.Signal("a", "offer", BODY, to=B), 1.0))[0].kind == "offer"
+    assert writes(s.message(2, m.Signal("b", "offer", BODY, to=B), 1.0))[0].kind == "offer"
+    assert writes(s.message(2, m.Signal("c", "offer", BODY, to=B), 1.0))[0].code == "full"
+    s.opened(6, C, 1.0)
+    out = s.message(6, m.Register(), 1.0)
+    assert writes(out)[0].code == "full" and closes(out) == [6]
+
+
+def test_registration_expires_without_keepalive_and_pings_keep_it():
+    s = registered_server(ServerLimits(ttl=10))
+    assert writes(s.message(1, m.Ping(), 8.0)) == [m.Pong()]
+    assert not closes(s.handle_timer(15.0))
+    assert s.is_registered(B)
+    out = s.handle_timer(18.5)
+    assert closes(out) == [1] and not s.is_registered(B)
+
+
+def test_callee_leaving_tells_its_callers_and_caller_leaving_ends_its_sessions():
+    s = registered_server()
+    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert writes(s.closed(1, 2.0)) == [m.Error("not-registered", "the peer left", "s1")]
+    s = registered_server()
+    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    s.closed(2, 2.0)
+    assert s.sessions == 0
+
+
+def test_register_again_replaces_the_old_stream():
+    s = registered_server()
+    s.opened(7, B, 1.0)
+    out = s.message(7, m.Register(), 1.0)
+    assert closes(out) == [1] and writes(out, 7) == [m.Registered(60)]
+    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert s.closed(1, 2.0) == [] and s.is_registered(B), "the old stream's close changes nothing"
+
+
+def test_unexpected_messages_close_the_stream():
+    s = registered_server()
+    for msg in (m.Ping(), m.Pong(), m.Connect(B), m.Signal("s", "offer", BODY, sender=B)):
+        s.opened(9, C, 0.0)
+        out = s.message(9, msg, 0.0)
+        assert writes(out)[0].code == "bad-message" and closes(out) == [9]
+        s.closed(9, 0.0)
+
+
+# ---- registrations -----------------------------------------------------------------------------
+
+
+def info(i: int) -> PeerInfo:
+    return PeerInfo(bytes([i]) * 4, (b"addr%d" % i,))
+
+
+def registers(actions):
+    return [a.peer.peer_id for a in actions if isinstance(a, Register)]
+
+
+def test_registers_with_want_candidates_in_the_order_offered():
+    r = Registrations(want=3)
+    out = r.offer([info(i) for i in range(5)], 0.0)
+    assert registers(out) == [info(0).peer_id, info(1).peer_id, info(2).peer_id]
+    assert not [a for a in out if isinstance(a, NeedCandidates)], "enough candidates: no lookup"
+    assert r.succeeded(info(0).peer_id, 0.1) == [Changed((info(0),))]
+
+
+def test_a_lost_registration_is_replaced_and_the_failed_node_backs_off():
+    r = Registrations(want=2, retry=5.0)
+    r.offer([info(i) for i in range(3)], 0.0)
+    r.succeeded(info(0).peer_id, 0.1)
+    r.succeeded(info(1).peer_id, 0.1)
+    out = r.lost(info(0).peer_id, 1.0)
+    assert Changed((info(1),)) in out and registers(out) == [info(2).peer_id]
+    r.lost(info(2).peer_id, 2.0)  # the replacement fails too: nobody left before the backoff ends
+    assert r.next_timer() == 6.0
+    assert registers(r.handle_timer(5.9)) == []
+    assert registers(r.handle_timer(6.0)) == [info(0).peer_id]
+
+
+def test_backoff_doubles_up_to_the_cap():
+    r = Registrations(want=1, retry=5.0, retry_max=12.0)
+    r.offer([info(0)], 0.0)
+    now = 0.0
+    delays = []
+    for _ in range(4):
+        r.lost(info(0).peer_id, now)
+        delays.append(r.next_timer() - now)
+        now = r.next_timer()
+        assert registers(r.handle_timer(now)) == [info(0).peer_id]
+    assert delays == [5.0, 10.0, 12.0, 12.0]
+
+
+def test_asks_for_candidates_at_most_once_per_interval():
+    r = Registrations(want=3, lookup_interval=60.0)
+    assert any(isinstance(a, NeedCandidates) for a in r.offer([info(0)], 0.0))
+    assert not any(isinstance(a, NeedCandidates) for a in r.offer([info(1)], 10.0))
+    assert any(isinstance(a, NeedCandidates) for a in r.offer([], 61.0))
