@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import multiaddr
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 UPGRADE_TIMEOUT = 15.0
 RETIRE_AFTER = 30.0
 MAX_ANSWERING = 8
+MAX_HISTORY = 1024
 DIAL_TIMEOUT = 10.0
 
 
@@ -64,6 +66,21 @@ def path_of(conn) -> str:
 
 
 @dataclass
+class DialRecord:
+    """The last dial of a peer, in seconds from its start: what status and the NAT lab report."""
+
+    started: float
+    first_path: str = ""
+    first: float | None = None
+    direct: float | None = None
+    gave_up: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        ms = lambda t: None if t is None else round((t - self.started) * 1000, 1)  # noqa: E731
+        return {"first_path": self.first_path, "first_ms": ms(self.first), "direct_ms": ms(self.direct), "gave_up": self.gave_up}
+
+
+@dataclass
 class _Attempt:
     connected: trio.Event = field(default_factory=trio.Event)
     path: str = ""
@@ -79,7 +96,7 @@ class Traversal:
         relay: RelayService,
         webrtc: WebRtcConfig,
         metrics: Registry,
-        ice_servers_via: Callable[[ID], tuple[RTCIceServer, ...]],
+        ice_servers_via: Callable[[ID, list[multiaddr.Multiaddr]], tuple[RTCIceServer, ...]],
     ) -> None:
         self.host = host
         self.dialer = dialer
@@ -88,6 +105,8 @@ class Traversal:
         self.webrtc = webrtc
         self.ice_servers_via = ice_servers_via
         self._attempts: dict[ID, _Attempt] = {}
+        self._relay_addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
+        self.history: OrderedDict[ID, DialRecord] = OrderedDict()
         self._answering = 0
         self._nursery: trio.Nursery | None = None
         self.paths = metrics.counter("overlay_connections_total", "Connections made by dialing a peer ID, by first path")
@@ -118,6 +137,10 @@ class Traversal:
         return attempt.path
 
     async def _drive(self, peer: ID, strategy: DialStrategy, attempt: _Attempt) -> None:
+        record = self.history[peer] = DialRecord(trio.current_time())
+        self.history.move_to_end(peer)
+        while len(self.history) > MAX_HISTORY:
+            self.history.popitem(last=False)
         send, receive = trio.open_memory_channel[Callable[[float], list[Action]]](math.inf)
         relayed_at: list[float] = []
 
@@ -127,6 +150,7 @@ class Traversal:
 
         async def relayed(relay: bytes, addrs: tuple[str, ...]) -> None:
             relay_id = ID(relay)
+            self._relay_addrs[relay] = [multiaddr.Multiaddr(a) for a in addrs]
 
             async def go() -> None:
                 await self.dialer.connect(relay_id, [multiaddr.Multiaddr(a) for a in addrs], DIAL_TIMEOUT)
@@ -153,14 +177,19 @@ class Traversal:
                 elif isinstance(action, Upgrade):
                     nursery.start_soon(upgrade, action.relay)
                 elif isinstance(action, Connected):
-                    attempt.path = action.path
+                    attempt.path = record.first_path = action.path
+                    record.first = trio.current_time()
+                    if action.path == "direct":
+                        record.direct = record.first
                     self.paths.inc(path=action.path)
                     self._settle(peer, attempt, "")
                 elif isinstance(action, Failed):
                     self._settle(peer, attempt, action.reason)
                 elif isinstance(action, Upgraded):
+                    record.direct = record.direct or trio.current_time()
                     nursery.start_soon(self._retire_relayed, peer)
                 elif isinstance(action, GaveUp):
+                    record.gave_up = True
                     log.info("no direct path to %s; staying relayed", peer)
 
         try:
@@ -196,7 +225,9 @@ class Traversal:
     # ---- WebRTC: offering and answering ------------------------------------------------------
 
     def _config(self, via: ID) -> WebRtcConfig:
-        return replace(self.webrtc, ice_servers=self.ice_servers_via(via) + self.webrtc.ice_servers)
+        """STUN at the signalling node first (the record told us where it is), then ours."""
+        via_addrs = self._relay_addrs.get(via.to_bytes(), [])
+        return replace(self.webrtc, ice_servers=self.ice_servers_via(via, via_addrs) + self.webrtc.ice_servers)
 
     async def upgrade(self, peer: ID, via: ID) -> None:
         """A direct WebRTC connection to `peer`, set up through signalling node `via`."""

@@ -250,18 +250,16 @@ class WebRtcSession:
 
     async def connect(self, remote: Description) -> DataChannelStream:
         """Run ICE, DTLS and SCTP to an open data channel within the configured timeout."""
-        call = TrioCall()
+        stream = DataChannelStream(self, TrioCall())
         try:
             with trio.fail_after(self.config.timeout):
-                channel = await self.bridge.run(self._connect, remote)
+                await self.bridge.run(self._connect, remote, stream)
         except trio.TooSlowError:
             await self.close()
             raise DialError(f"webrtc: no connection within {self.config.timeout:.0f}s") from None
         except (ConnectionError, OSError) as e:
             await self.close()
             raise DialError(f"webrtc: {e}") from None
-        stream = DataChannelStream(self, channel, call)
-        self.bridge.call_soon(stream.attach)
         return stream
 
     async def close(self) -> None:
@@ -284,7 +282,7 @@ class WebRtcSession:
         candidates = tuple("candidate:" + candidate_to_sdp(c) for c in gatherer.getLocalCandidates())
         return Description(params.usernameFragment, params.password, fingerprints, candidates)
 
-    async def _connect(self, remote: Description) -> RTCDataChannel:
+    async def _connect(self, remote: Description, stream: DataChannelStream) -> None:
         assert self._ice is not None and self._dtls is not None and self._sctp is not None, "gather() first"
         for text in remote.candidates:
             candidate = candidate_from_sdp(text.removeprefix("candidate:"))
@@ -299,13 +297,15 @@ class WebRtcSession:
         await self._dtls.start(RTCDtlsParameters(fingerprints=fingerprints, role="auto"))
         if self._dtls.state != "connected":
             raise ConnectionError(f"DTLS handshake ended in state {self._dtls.state}")
-        await self._sctp.start(RTCSctpCapabilities(maxMessageSize=65536), SCTP_PORT)
+        # The channel and its handlers exist before SCTP starts: the peer's first message can
+        # arrive as soon as the association is up, and aiortc drops data for unknown channels.
         channel = RTCDataChannel(self._sctp, RTCDataChannelParameters(label="overlay", negotiated=True, id=0))
+        stream.attach(channel)
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        await self._sctp.start(RTCSctpCapabilities(maxMessageSize=65536), SCTP_PORT)
         if channel.readyState != "open":
-            opened = asyncio.Event()
-            channel.on("open", opened.set)
             await opened.wait()
-        return channel
 
     async def _stop(self) -> None:
         for transport in (self._sctp, self._dtls, self._ice):
@@ -343,9 +343,9 @@ class DataChannelStream(ReadWriteCloser):
     outgoing frames are scheduled in order with call_soon_threadsafe.
     """
 
-    def __init__(self, session: WebRtcSession, channel: RTCDataChannel, call: TrioCall, window: int = WINDOW) -> None:
+    def __init__(self, session: WebRtcSession, call: TrioCall, window: int = WINDOW) -> None:
         self.session = session
-        self._channel = channel
+        self._channel: RTCDataChannel | None = None
         self._call = call
         self._window = window
         self._buffer = bytearray()
@@ -362,11 +362,10 @@ class DataChannelStream(ReadWriteCloser):
 
     # -- asyncio side: every handler only hands over to trio and never raises --
 
-    def attach(self) -> None:
-        self._channel.on("message", self._on_message_asyncio)
-        self._channel.on("close", self._on_close_asyncio)
-        if self._channel.readyState != "open":
-            self._on_close_asyncio()
+    def attach(self, channel: RTCDataChannel) -> None:
+        self._channel = channel
+        channel.on("message", self._on_message_asyncio)
+        channel.on("close", self._on_close_asyncio)
 
     def _on_message_asyncio(self, data: Any) -> None:
         if isinstance(data, bytes) and data[:1] == bytes([FIN]):
@@ -379,7 +378,7 @@ class DataChannelStream(ReadWriteCloser):
 
     def _send_asyncio(self, frame: bytes) -> None:
         try:
-            if self._channel.readyState == "open":
+            if self._channel is not None and self._channel.readyState == "open":
                 self._channel.send(frame)
         except Exception as e:  # noqa: BLE001 - must not escape into the event loop
             self._call(self._on_broken, f"send failed: {e}")
@@ -390,7 +389,8 @@ class DataChannelStream(ReadWriteCloser):
         except asyncio.TimeoutError:
             pass
         try:
-            self._channel.close()
+            if self._channel is not None:
+                self._channel.close()
         except Exception:  # noqa: BLE001
             pass
         await self.session._stop()

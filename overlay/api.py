@@ -8,9 +8,11 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | GET    | /health                      | {"healthy": "good"/"degraded"/"bad", "reason": ...}      |
 | GET    | /metrics                     | Prometheus text                                          |
 | GET    | /v1/status                   | peer ID, addresses, routing table, bootstraps            |
-| GET    | /v1/peers                    | connected peers                                          |
+| GET    | /v1/peers                    | connected peers: path (direct-tcp/direct-udp/relayed), last dial's timings |
+| DELETE | /v1/peers/{peer_id}          | close every connection to the peer; {"peer_id", "closed"} |
 | GET    | /v1/find/{peer_id}           | {"peer_id", "addrs", "seq"}; 404 when not in the DHT     |
 | POST   | /v1/ping/{peer_id}?count=N   | {"peer_id", "rtt_ms": [...], "errors": [...]}            |
+| GET    | /v1/netcheck                 | reachability, NAT type (STUN), public addresses, signalling registrations |
 | POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
 
 Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
@@ -96,6 +98,15 @@ def build_app(node: Node) -> Starlette:
             raise DialError("; ".join(errors))
         return JSONResponse({"peer_id": str(peer_id), "rtt_ms": rtts, "errors": errors})
 
+    async def netcheck(request: Request) -> Response:
+        return JSONResponse(await node.netcheck())
+
+    async def disconnect(request: Request) -> Response:
+        peer_id = _peer_id(request)
+        closed = len(node.host.get_network().get_connections(peer_id))
+        await node.host.disconnect(peer_id)
+        return JSONResponse({"peer_id": str(peer_id), "closed": closed})
+
     async def connect(request: Request) -> Response:
         return JSONResponse(await node.first_stream(_peer_id(request)))
 
@@ -105,6 +116,8 @@ def build_app(node: Node) -> Starlette:
             Route("/metrics", metrics),
             Route("/v1/status", guarded(status)),
             Route("/v1/peers", guarded(peers)),
+            Route("/v1/netcheck", guarded(netcheck)),
+            Route("/v1/peers/{peer_id}", guarded(disconnect), methods=["DELETE"]),
             Route("/v1/find/{peer_id}", guarded(find)),
             Route("/v1/ping/{peer_id}", guarded(ping), methods=["POST"]),
             Route("/v1/connect/{peer_id}", guarded(connect), methods=["POST"]),

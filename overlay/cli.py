@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     client("status", help="the node's state")
     client("peers", help="connected peers")
     client("find", help="look a peer's record up in the DHT").add_argument("peer_id")
+    client("netcheck", help="reachability, NAT type, public addresses, signalling registrations")
     ping = client("ping", help="dial a peer by ID and measure round trips")
     ping.add_argument("peer_id")
     ping.add_argument("--count", type=int, default=3)
@@ -136,6 +137,7 @@ def _client(args: argparse.Namespace) -> int:
         raise ConfigError("--count must be from 1 to 100")
     path = {
         "status": "/v1/status",
+        "netcheck": "/v1/netcheck",
         "peers": "/v1/peers",
         "find": f"/v1/find/{getattr(args, 'peer_id', '')}",
         "ping": f"/v1/ping/{getattr(args, 'peer_id', '')}?count={getattr(args, 'count', 1)}",
@@ -163,7 +165,17 @@ def _human(command: str, body: Any) -> str:
             lines.append(f"bootstrap:     {b['addr']} {state}")
         return "\n".join(lines)
     if command == "peers":
-        return "\n".join(f"{p['peer_id']} {' '.join(p['addrs'])}" for p in body) or "no peers"
+        return "\n".join(f"{p['peer_id']} {p['path']:<10} {' '.join(p['addrs'])}" for p in body) or "no peers"
+    if command == "netcheck":
+        lines = [f"reachability:  {body['reachability']}", f"UDP:           {body['udp']}",
+                 f"NAT type:      {body['nat_type']} (mapping {body['mapping']}, filtering {body['filtering']})",
+                 f"public addrs:  {', '.join(body['public_addrs'] + body['observed_addrs']) or '-'}",
+                 f"STUN asked:    {', '.join(body['stun_servers']) or '-'}",
+                 f"port mapping:  {body['port_mapping'] or 'none'}",
+                 f"signalling:    {'serving, ' + str(body['signaling']['registered_peers']) + ' registered' if body['signaling']['serving'] else 'not serving'}"]
+        lines += [f"registered at: {r['peer_id']} rtt {r['rtt_ms']} ms" for r in body["signaling"]["registered_with"]]
+        lines += [f"note:          {n}" for n in body["notes"]]
+        return "\n".join(lines)
     if command == "find":
         return "\n".join([body["peer_id"]] + [f"  {a}" for a in body["addrs"]])
     rtts = body["rtt_ms"]

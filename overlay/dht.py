@@ -18,7 +18,7 @@ import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.dialer import Dialer, strip_p2p
+from overlay.dialer import Dialer, known_addrs
 from overlay.errors import DecodeError
 from overlay.kademlia.core import Action, Kademlia, QueryDone, Send
 from overlay.kademlia.lookup import LookupResult
@@ -176,6 +176,9 @@ class DhtService:
     async def get_providers(self, key: bytes, quorum: int = 0) -> LookupResult:
         return (await self.query(lambda now: self.core.get_providers(key, now, quorum))).result
 
+    def unprovide(self, key: bytes) -> None:
+        self._apply(self.core.unprovide(key, self.now()))
+
     def add_address(self, peer: PeerInfo) -> None:
         self._apply(self.core.add_address(peer, self.now()))
 
@@ -247,10 +250,7 @@ class DhtService:
 
     def _known_addrs(self, peer_id: ID) -> tuple[bytes, ...]:
         """The peer's listen addresses as identify reported them (empty until it has)."""
-        try:
-            return tuple(strip_p2p(a).to_bytes() for a in self.host.get_peerstore().addrs(peer_id))
-        except Exception:  # noqa: BLE001 - the peerstore raises when it knows no address yet
-            return ()
+        return tuple(a.to_bytes() for a in known_addrs(self.host, peer_id))
 
     async def _serve(self, stream) -> None:
         peer_id = stream.muxed_conn.peer_id

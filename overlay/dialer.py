@@ -55,6 +55,16 @@ def strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
     return addr
 
 
+def known_addrs(host: BasicHost, peer_id: ID) -> list[multiaddr.Multiaddr]:
+    """A peer's addresses from the peerstore, less unspecified ones: identify passes on a peer's
+    0.0.0.0 listen address, which from here would mean ourselves."""
+    try:
+        addrs = [strip_p2p(a) for a in host.get_peerstore().addrs(peer_id)]
+    except Exception:  # noqa: BLE001 - the peerstore raises when it knows no address yet
+        return []
+    return [a for a in addrs if str(a).split("/")[2:3] not in (["0.0.0.0"], ["::"])]
+
+
 @dataclass
 class DialStats:
     attempts: int = 0

@@ -10,9 +10,11 @@ of its unreachable listen addresses.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -26,12 +28,13 @@ from libp2p.peer.id import ID
 from aiortc import RTCIceServer
 
 from nat.reachability import ReachabilityService
+from nat.stun_io import StunServerCounters, probe_nat, serve_stun
 from nat.relay import RelayService, circuit_addr
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
 from overlay.config import Config, parse_host_port
 from overlay.dht import DhtService
-from overlay.dialer import Dialer, dialable, strip_p2p
+from overlay.dialer import Dialer, dialable, known_addrs, strip_p2p
 from overlay.errors import DialError, NotFoundError, RecordError
 from overlay.host import build_host
 from overlay.identity import load_or_create_key
@@ -49,6 +52,7 @@ BOOTSTRAP_CHECK = 30.0  # how often a joined node checks that its bootstraps are
 ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
 REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
+MAX_STUN_SERVERS = 6
 SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # providers: the signalling nodes
 
 
@@ -105,6 +109,10 @@ class Node:
         self.relay = RelayService(
             self.host, config.network, self.metrics, self.signaling.server.is_registered, self.signaling.is_my_relay
         )
+        self.stun = StunServerCounters()
+        self.metrics.gauge("overlay_stun_answered_total", "STUN binding requests answered", lambda: self.stun.answered)
+        self.metrics.gauge("overlay_stun_dropped_total", "STUN datagrams dropped (malformed or over the rate limit)",
+                           lambda: self.stun.dropped_malformed + self.stun.dropped_rate)
         self.traversal = Traversal(
             self.host, self.dialer, self.signaling, self.relay, webrtc_config(config), self.metrics, self._ice_servers_via
         )
@@ -136,6 +144,7 @@ class Node:
                         await nursery.start(self.dht.run)
                         await nursery.start(self.signaling.run)
                         await nursery.start(self.traversal.run)
+                        nursery.start_soon(self._serve_stun)
                         await self._set_reachability(self.reachability)
                         await self.publish_record()
                         nursery.start_soon(self._join_loop)
@@ -177,9 +186,10 @@ class Node:
         if self.config.dht_mode == "auto":
             self.dht.set_server(self.public)
         self.signaling.serve(self.public)
-        if self.public:
-            self._spawn(self._announce_signaling)
-        else:
+        if state == "public" or (state == "unknown" and not self.bootstraps):
+            self._spawn(self._announce_signaling)  # a node that may be behind NAT must not
+        elif state == "private":
+            self.dht.unprovide(SIGNALING_KEY)
             self._spawn(self._find_signaling_nodes)
         if changed:
             log.info("reachability: %s", state)
@@ -215,8 +225,6 @@ class Node:
     async def _announce_signaling(self) -> None:
         """Public nodes announce themselves as signalling nodes (a DHT provider record)."""
         with trio.move_on_after(60):
-            if self.bootstraps:
-                await self.joined.wait()
             await self.dht.provide(SIGNALING_KEY)
 
     async def _find_signaling_nodes(self) -> None:
@@ -227,21 +235,83 @@ class Node:
             candidates += list(result.providers)
         self.signaling.offer_candidates(candidates)
 
-    def _ice_servers_via(self, via: ID) -> tuple[RTCIceServer, ...]:
+    async def _serve_stun(self) -> None:
+        """Answer STUN on the UDP port numbered like our first TCP port, on each of our IPv4
+        addresses: with two of them, CHANGE-REQUEST can answer from the other (RFC 5780)."""
+        tcp = [a for a in self.listen_addrs() if [p.name for p in a.protocols()] == ["ip4", "tcp"]]
+        if not tcp:
+            return
+        port = int(tcp[0].value_for_protocol("tcp"))
+        socks = []
+        for ip in dict.fromkeys(a.value_for_protocol("ip4") for a in tcp):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                await sock.bind((ip, port))
+            except OSError as e:
+                log.warning("STUN not served on %s:%d: %s", ip, port, e.strerror)
+                sock.close()
+                continue
+            socks.append(sock)
+        if not socks:
+            return
+        with contextlib.ExitStack() as stack:
+            for sock in socks:
+                stack.enter_context(sock)
+            await serve_stun(socks[0], socks[1] if len(socks) > 1 else None, extra_socks=socks[2:], counters=self.stun)
+
+    def stun_servers(self) -> list[tuple[str, int]]:
+        """Where netcheck asks: configured STUN servers, then our bootstraps and signalling nodes
+        (every public node answers STUN on its TCP port number), IPv4, never anything else."""
+        servers = [parse_host_port(s, "stun_servers") for s in self.config.stun_servers]
+        addrs = [b.addr for b in self.bootstraps]
+        for peer in [b.peer_id for b in self.bootstraps] + [ID(p) for p in self.signaling.live]:
+            addrs += self._peer_addrs(peer)
+        for addr in map(strip_p2p, addrs):
+            if [p.name for p in addr.protocols()] == ["ip4", "tcp"]:
+                servers.append((addr.value_for_protocol("ip4"), int(addr.value_for_protocol("tcp"))))
+        return list(dict.fromkeys(servers))[:MAX_STUN_SERVERS]
+
+    async def netcheck(self) -> dict[str, object]:
+        """What `overlay-node netcheck` shows, in the spirit of `tailscale netcheck`."""
+        servers = self.stun_servers()
+        nat = await probe_nat(servers) if servers else None
+        return {
+            "reachability": self.reachability,
+            "observed_addrs": list(self.observed),
+            "udp": nat.udp if nat else None,
+            "nat_type": nat.nat_type if nat else "unknown",
+            "mapping": nat.mapping if nat else "unknown",
+            "filtering": nat.filtering if nat else "unknown",
+            "public_addrs": [f"{ip}:{port}" for ip, port in nat.public_addrs] if nat else [],
+            "notes": list(nat.notes) if nat else ["no STUN server known: no bootstrap, registration or configured server"],
+            "stun_servers": [f"{ip}:{port}" for ip, port in servers],
+            "port_mapping": None,
+            "signaling": {
+                "serving": self.public,
+                "registered_peers": len(self.signaling.server.registrations),
+                "registered_with": [
+                    {"peer_id": str(ID(pid)), "rtt_ms": None if r.rtt is None else round(r.rtt * 1000, 2)}
+                    for pid, r in self.signaling.live.items()
+                ],
+            },
+        }
+
+    def _ice_servers_via(self, via: ID, addrs: list[multiaddr.Multiaddr]) -> tuple[RTCIceServer, ...]:
         """STUN at the signalling node a WebRTC session is set up through: every public node
-        answers STUN on the UDP port numbered like its TCP port."""
-        for addr in self._peer_addrs(via):
+        answers STUN on the UDP port numbered like its TCP port. Its address comes from the
+        record that named it, our registration with it, or the peerstore."""
+        registration = self.signaling.live.get(via.to_bytes())
+        known = list(addrs) + ([multiaddr.Multiaddr(a) for a in registration.peer.addrs] if registration else [])
+        for addr in map(strip_p2p, known + self._peer_addrs(via)):
             names = [p.name for p in addr.protocols()]
-            if names[:2] in (["ip4", "tcp"], ["ip6", "tcp"]) and len(names) == 2:
+            if names in (["ip4", "tcp"], ["ip6", "tcp"]):
                 ip, port = addr.value_for_protocol(names[0]), addr.value_for_protocol("tcp")
-                return (RTCIceServer(f"stun:{ip}:{port}"),)
+                if ip not in ("0.0.0.0", "::"):
+                    return (RTCIceServer(f"stun:{ip}:{port}"),)
         return ()
 
     def _peer_addrs(self, peer: ID) -> list[multiaddr.Multiaddr]:
-        try:
-            return list(self.host.get_peerstore().addrs(peer))
-        except Exception:  # noqa: BLE001 - the peerstore raises when it knows no address
-            return []
+        return known_addrs(self.host, peer)
 
     # ---- peer record -------------------------------------------------------------------------
 
@@ -432,6 +502,7 @@ class Node:
             "peers": len(self.connected_peers()),
             "records": len(self.core.records),
             "record_seq": self.record.seq if self.record else None,
+            "record_addrs": [str(multiaddr.Multiaddr(a)) for a in self.record.addrs] if self.record else [],
             "uptime": round(time.time() - self.start_time, 1),
             "health": self.health(),
             "bootstraps": [
@@ -449,10 +520,11 @@ class Node:
             paths = sorted({path_of(c) for c in conns})
             out.append({
                 "peer_id": str(pid),
-                "addrs": [str(strip_p2p(a)) for a in self._peer_addrs(pid)],
+                "addrs": [str(a) for a in self._peer_addrs(pid)],
                 "path": next((p for p in ("direct-udp", "direct-tcp", "relayed") if p in paths), ""),
                 "paths": paths,
                 "in_routing_table": pid.to_bytes() in self.core.table,
+                "dial": self.traversal.history[pid].to_json() if pid in self.traversal.history else None,
             })
         return sorted(out, key=lambda p: p["peer_id"])
 

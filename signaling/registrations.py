@@ -103,8 +103,8 @@ class Registrations:
     def next_timer(self) -> float | None:
         if len(self._live) + len(self._pending) >= self.want:
             return None
-        waiting = [b.until for p, b in self._backoff.items() if p in self._candidates]
-        return min(waiting, default=None)
+        idle = (p for p in self._candidates if p not in self._live and p not in self._pending)
+        return min((self._backoff[p].until for p in idle if p in self._backoff), default=None)
 
     def _fill(self, now: float) -> list[Action]:
         actions: list[Action] = []

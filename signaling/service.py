@@ -104,10 +104,10 @@ class SignalingService:
                 deadline = min((t for t in (self.server.next_timer(), self.registrations.next_timer()) if t is not None), default=math.inf)
                 with trio.move_on_at(deadline):
                     await self._wakeup.wait()
-                self._wakeup = trio.Event()
                 now = self.now()
                 self._apply(self.server.handle_timer(now))
                 self._apply_registrations(self.registrations.handle_timer(now))
+                self._wakeup = trio.Event()  # after applying: their own wake-ups must not spin us
 
     def serve(self, enabled: bool) -> None:
         """Serve signalling (publicly reachable nodes) or stop accepting new streams."""
@@ -216,7 +216,7 @@ class SignalingService:
             log.info("registered with signalling node %s", pid)
             await self._keep(pid, registration, reply.ttl)
         except Exception as e:  # noqa: BLE001 - each failure just loses this registration
-            log.info("registration with %s ended: %s", pid, e or type(e).__name__)
+            log.info("registration with %s ended: %s", pid, str(e) or type(e).__name__)
         finally:
             self.live.pop(peer.peer_id, None)
             if framed is not None:

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.kademlia.core import KadConfig, Kademlia
+from overlay.kademlia.core import KadConfig, Kademlia, Send
 from overlay.kademlia.lookup import Lookup
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore
@@ -331,3 +331,15 @@ def test_publish_that_reached_too_few_peers_is_retried_with_backoff():
     net.dead.clear()
     net.run_until(lambda: sum(bool(n.records.get(b"/t/p", net.now)) for n in others) >= 6, limit=60)
     assert net.now < publisher.config.republish_interval, "found well before the periodic republish"
+
+
+def test_unprovide_stops_announcing():
+    net = KadNet(seed=8)
+    nodes = net.build(6)
+    net.run_query(nodes[0], nodes[0].provide(b"k", net.now))
+    net.apply(nodes[0].local.peer_id, nodes[0].unprovide(b"k", net.now))
+    assert nodes[0].providers.get(b"k", net.now, 20) == []
+    later = net.now + nodes[0].config.republish_interval
+    actions = nodes[0].handle_timer(later)
+    lookups = [a for a in actions if isinstance(a, Send) and a.message.key == b"k"]
+    assert lookups == [], "nothing is republished for a key we stopped providing"

@@ -265,3 +265,12 @@ def test_asks_for_candidates_at_most_once_per_interval():
     assert any(isinstance(a, NeedCandidates) for a in r.offer([info(0)], 0.0))
     assert not any(isinstance(a, NeedCandidates) for a in r.offer([info(1)], 10.0))
     assert any(isinstance(a, NeedCandidates) for a in r.offer([], 61.0))
+
+
+def test_the_timer_never_points_into_the_past_while_a_retry_is_pending():
+    r = Registrations(want=3, retry=5.0)
+    r.offer([info(0)], 0.0)
+    r.lost(info(0).peer_id, 1.0)
+    assert r.next_timer() == 6.0
+    assert registers(r.handle_timer(6.0)) == [info(0).peer_id]
+    assert r.next_timer() is None, "pending again: nothing to wake up for"

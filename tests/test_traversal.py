@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiaddr
 import pytest
 import trio
+import trio.testing
 
 from nat.relay import parse_circuit
 from overlay.errors import DialError
@@ -100,3 +101,11 @@ async def test_signalling_refuses_bad_input_and_keeps_serving_registrations(tmp_
         await wait_for(lambda: 'reason="bad-description"' in hidden.metrics.render(), what="junk offers refused and counted")
         report = await caller.first_stream(hidden.peer_id)
         assert report["rtt_ms"] > 0, "the node behind NAT is still reachable"
+
+
+async def test_idle_nodes_do_not_spin(tmp_path):
+    """Every task of an idle network blocks (a task that loops without waiting never does)."""
+    async with cluster(tmp_path) as c:
+        boot, hidden, caller = await private_setup(c)
+        with trio.fail_after(20):
+            await trio.testing.wait_all_tasks_blocked(cushion=0.2)

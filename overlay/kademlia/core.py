@@ -176,6 +176,16 @@ class Kademlia:
             self._next_republish = now + self.config.republish_interval
         return self._start("provide", key, MessageType.FIND_NODE, now)
 
+    def unprovide(self, key: bytes, now: float) -> list[Action]:
+        """Stop announcing `key`, ending announcements under way (the records others already
+        hold expire with their TTL)."""
+        self._provided.discard(key)
+        self.providers.remove(key, self.local.peer_id)
+        actions: list[Action] = []
+        for query in [q for q in self._queries.values() if q.kind == "provide" and q.lookup.key == key]:
+            actions += self._finish(query, now)
+        return actions
+
     def set_addrs(self, addrs: tuple[bytes, ...]) -> None:
         self.local = PeerInfo(self.local.peer_id, addrs)
 

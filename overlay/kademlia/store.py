@@ -99,6 +99,13 @@ class ProviderStore:
         entries.move_to_end(provider.peer_id)
         return True
 
+    def remove(self, key: bytes, provider: bytes) -> None:
+        entries = self._providers.get(key)
+        if entries is not None:
+            entries.pop(provider, None)
+            if not entries:
+                del self._providers[key]
+
     def get(self, key: bytes, now: float, limit: int) -> list[PeerInfo]:
         entries = self._providers.get(key, {})
         live = [p for p, expires in reversed(entries.values()) if expires > now]

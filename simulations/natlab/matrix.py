@@ -1,0 +1,180 @@
+"""The NAT lab's connection matrix: real `overlay-node run` processes behind real NATs.
+
+    overlay-node natlab [--json] [--trials 3] [--out FILE]
+
+Builds the lab (`topology.Lab`): `srv` runs the bootstrap (a public node, so also a signalling
+node and STUN server, on two addresses), and eight homes, one per router type on an A side and
+on a B side, each run a node that joins through `srv` and finds out by dial-back whether it is
+reachable. Then, for each of the 16 ordered pairs, A dials B by peer ID `trials` times (closing
+any connection first) and records: connected, first path, time to first stream (lookup, dial
+and one ping round trip on a new stream); after the first trial it waits up to `upgrade_wait`
+seconds for a direct path and records the final path and the time to it. It also asks every
+node's netcheck which NAT type it sees.
+
+Prints a table, returns (and writes with --out/--json) the results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from simulations.natlab.topology import SRV_ADDRS, Lab, LabHost, NatType
+
+TYPES = {"pub": NatType.PUBLIC, "full": NatType.FULL_CONE, "prc": NatType.PORT_RESTRICTED, "sym": NatType.SYMMETRIC}
+NO_DIRECT_PATH = {("prc", "sym"), ("sym", "prc"), ("sym", "sym")}
+PORT = 4001
+API = "127.0.0.1:4080"
+NETWORK = "natlab"
+START_TIMEOUT = 90.0
+
+
+def expected_path(a: str, b: str) -> str:
+    return "relayed" if (a, b) in NO_DIRECT_PATH else "direct"
+
+
+class Matrix:
+    def __init__(self, trials: int = 3, upgrade_wait: float = 12.0, log=print) -> None:
+        self.trials = trials
+        self.upgrade_wait = upgrade_wait
+        self.log = log
+        self.bin = Path(sys.executable).parent / "overlay-node"
+        self.root = Path(tempfile.mkdtemp(prefix="natlab-"))
+        self.lab = Lab(homes={f"{side}-{short}": nat for side in "ab" for short, nat in TYPES.items()})
+        self.ids: dict[str, str] = {}
+
+    def run(self) -> dict[str, Any]:
+        with self.lab:
+            started = time.monotonic()
+            self._start_nodes()
+            setup = time.monotonic() - started
+            netcheck = {name: self._agent(self.lab.host(name), "get", "--path", "/v1/netcheck", "--timeout", "30")
+                        for name in self.lab.homes}
+            pairs = []
+            for a in TYPES:
+                for b in TYPES:
+                    pairs.append(self._pair(a, b))
+                    self.log(_row(pairs[-1]))
+            return {"setup_s": round(setup, 1), "pairs": pairs, "netcheck": netcheck, "summary": summarize(pairs)}
+
+    # ---- nodes -------------------------------------------------------------------------------
+
+    def _node(self, where: LabHost | str, name: str, bootstrap: str | None) -> subprocess.Popen:
+        data = self.root / name
+        ident = subprocess.run([str(self.bin), "id", "--data-dir", str(data)], capture_output=True, text=True, check=True)
+        self.ids[name] = ident.stdout.strip()
+        argv = [str(self.bin), "run", "--data-dir", str(data), "--listen", f"/ip4/0.0.0.0/tcp/{PORT}",
+                "--api", API, "--network", NETWORK, "--log-level", "info"]
+        if bootstrap:
+            argv += ["--bootstrap", bootstrap]
+        log = open(self.root / f"{name}.log", "wb")
+        return self.lab.popen(where, argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def _start_nodes(self) -> None:
+        self._node("srv", "srv", None)
+        self._wait_ready(self.lab.srv, "srv")
+        bootstrap = f"/ip4/{SRV_ADDRS[0]}/tcp/{PORT}/p2p/{self.ids['srv']}"
+        for name in self.lab.homes:
+            self._node(self.lab.host(name), name, bootstrap)
+        for name in self.lab.homes:
+            self._wait_ready(self.lab.host(name), name)
+
+    def _wait_ready(self, where: LabHost, name: str) -> None:
+        result = self._agent(where, "ready", "--timeout", str(START_TIMEOUT))
+        if not result.get("ready"):
+            tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"node {name} did not get ready: {json.dumps(result)[:500]}\n{tail}")
+
+    def _agent(self, where: LabHost, *args: str) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "simulations.natlab.agent", *args, "--api", API]
+        done = self.lab.run(where, argv, timeout=START_TIMEOUT + 30)
+        if done.returncode != 0:
+            return {"ok": False, "error": done.stderr.strip()[-500:]}
+        return json.loads(done.stdout)
+
+    # ---- pairs -------------------------------------------------------------------------------
+
+    def _pair(self, a: str, b: str) -> dict[str, Any]:
+        host, target = self.lab.host(f"a-{a}"), self.ids[f"b-{b}"]
+        trials = []
+        for i in range(self.trials):
+            wait = self.upgrade_wait if i == 0 else 0.0
+            trials.append(self._agent(host, "pair", "--peer", target, "--wait", str(wait)))
+        first = trials[0]
+        ok = [t for t in trials if t.get("ok")]
+        dial = first.get("dial") or {}
+        return {
+            "a": a, "b": b,
+            "connected": len(ok) == len(trials),
+            "first_path": first.get("path"),
+            "final_path": first.get("final_path"),
+            "expected": expected_path(a, b),
+            "first_stream_ms": [t["first_stream_ms"] for t in ok],
+            "median_first_stream_ms": statistics.median(t["first_stream_ms"] for t in ok) if ok else None,
+            "direct_ms": dial.get("direct_ms"),
+            "errors": [t.get("error") for t in trials if not t.get("ok")],
+            "trials": trials,
+        }
+
+
+def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    direct = [p for p in pairs if (p["final_path"] or "").startswith("direct")]
+    relayed = [p for p in pairs if p["final_path"] == "relayed"]
+    as_expected = [p for p in pairs if p["connected"] and
+                   ("relayed" if p["final_path"] == "relayed" else "direct") == p["expected"]]
+    medians = [p["median_first_stream_ms"] for p in pairs if p["median_first_stream_ms"] is not None]
+    return {
+        "connected": sum(p["connected"] for p in pairs),
+        "direct": len(direct),
+        "relayed": len(relayed),
+        "as_expected": len(as_expected),
+        "max_median_first_stream_ms": max(medians, default=None),
+    }
+
+
+def _row(p: dict[str, Any]) -> str:
+    direct = "-" if p["direct_ms"] is None else f"{p['direct_ms']:.0f}"
+    median = "-" if p["median_first_stream_ms"] is None else f"{p['median_first_stream_ms']:.0f}"
+    return (f"{p['a']:>4} -> {p['b']:<4} {'yes' if p['connected'] else 'NO':>9} {p['final_path'] or '-':>11} "
+            f"{p['expected']:>8} {median:>15} {direct:>10}  {'; '.join(map(str, p['errors']))[:60]}")
+
+
+HEADER = f"{'pair':>12} {'connected':>9} {'path':>11} {'expected':>8} {'first stream ms':>15} {'direct ms':>10}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="overlay-node natlab", description="Connection matrix in the NAT lab")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    ok, why = Lab.available()
+    if not ok:
+        print(f"overlay-node natlab: cannot build the lab here: {why}", file=sys.stderr)
+        return 2
+    quiet = args.json
+    if not quiet:
+        print(HEADER)
+    results = Matrix(trials=args.trials, log=(lambda line: None) if quiet else print).run()
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    if quiet:
+        print(json.dumps(results, indent=2))
+    else:
+        s = results["summary"]
+        print(f"\nconnected {s['connected']}/16, direct {s['direct']}, relayed {s['relayed']}, "
+              f"as expected {s['as_expected']}/16, worst median first stream {s['max_median_first_stream_ms']} ms")
+        for name, check in results["netcheck"].items():
+            print(f"netcheck {name}: {check.get('nat_type', check)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
