@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dht-mode", choices=("auto", "server", "client"))
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
+    natlab = sub.add_parser("natlab", help="connection matrix behind real NATs in network namespaces (root)")
+    natlab.add_argument("--json", action="store_true", help="print JSON")
+    natlab.add_argument("--trials", type=int, default=3, help="dials per pair")
+    natlab.add_argument("--out", type=Path, help="also write the JSON here")
+
     ident = sub.add_parser("id", help="print this node's peer ID")
     ident.add_argument("--data-dir", help="where the identity key lives")
 
@@ -193,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "id":
             return _id(args)
+        if args.command == "natlab":
+            from simulations.natlab.matrix import main as natlab
+
+            return natlab((["--json"] if args.json else []) + ["--trials", str(args.trials)] + (["--out", str(args.out)] if args.out else []))
         return _client(args)
     except (ConfigError, DecodeError, RecordError) as e:
         print(f"overlay-node: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ that names the key; nothing downstream re-parses user strings.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -137,7 +138,11 @@ def _convert(key: str, value: Any) -> Any:
     if key == "stun_servers":
         servers = tuple(_as_list(value, key))
         for server in servers:
-            parse_host_port(server, "stun_servers")
+            host, _ = parse_host_port(server, "stun_servers")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"stun_servers: {server!r}: give an IP address (STUN servers are never looked up by name)") from None
         return servers
     if key == "turn_servers":
         servers = tuple(_as_list(value, key))

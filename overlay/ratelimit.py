@@ -19,8 +19,8 @@ class TokenBucket:
     def allow(self, now: float, cost: float = 1.0) -> bool:
         if self.tokens < 0:
             self.tokens, self.stamp = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)  # a clock going backwards refills nothing
         if self.tokens < cost:
             return False
         self.tokens -= cost

@@ -62,6 +62,12 @@ max_connections = 10
         ({"dht_mode": "sometimes"}, "dht_mode"),
         ({"max_connections": 0}, "max_connections"),
         ({"colour": "blue"}, "unknown config key"),
+        ({"stun_servers": ["stun.example.org:3478"]}, "never looked up by name"),
+        ({"stun_servers": ["198.18.1.2"]}, "HOST:PORT"),
+        ({"turn_servers": ["stun:198.18.1.2:3478"]}, "turn_servers"),
+        ({"reachability": "maybe"}, "reachability"),
+        ({"signaling_nodes": 0}, "signaling_nodes"),
+        ({"port_mapping": "yes"}, "port_mapping"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):
