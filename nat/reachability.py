@@ -168,7 +168,7 @@ class ReachabilityService:
                 if data is not None:
                     answers.append(decode_response(data))
             except Exception as e:  # noqa: BLE001 - a peer that cannot answer simply does not count
-                log.debug("dial-back via %s: %s", peer, e or type(e).__name__)
+                log.debug("dial-back via %s: %s", peer, str(e) or type(e).__name__)
             finally:
                 if framed is not None:
                     await framed.close()
@@ -225,7 +225,7 @@ class ReachabilityService:
                 secured = await upgrader.upgrade_security(raw, True, peer)
                 ok = secured.get_remote_peer() == peer
         except Exception as e:  # noqa: BLE001 - unreachable is an answer, not an error
-            log.debug("dial-back to %s failed: %s", addr, e or type(e).__name__)
+            log.debug("dial-back to %s failed: %s", addr, str(e) or type(e).__name__)
         finally:
             if raw is not None:
                 with trio.move_on_after(1):
