@@ -31,7 +31,7 @@ _lock = threading.Lock()
 _bridge: AsyncioBridge | None = None
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep glibc from mmap/munmap-ing asyncio's 256 KiB datagram read buffer on every packet.
 
     asyncio reads each UDP packet into a fresh 256 KiB buffer; above glibc's dynamic mmap
@@ -103,6 +103,6 @@ def get_bridge() -> AsyncioBridge:
     global _bridge
     with _lock:
         if _bridge is None:
-            _tune_malloc()
+            tune_malloc()
             _bridge = AsyncioBridge()
         return _bridge

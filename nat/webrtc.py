@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import struct
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -348,7 +349,9 @@ class DataChannelStream(ReadWriteCloser):
         self._channel: RTCDataChannel | None = None
         self._call = call
         self._window = window
-        self._buffer = bytearray()
+        self._chunks: deque[bytes] = deque()  # received payloads, the first one from _offset
+        self._offset = 0
+        self._buffered = 0
         self._credit = window
         self._consumed = 0
         self._eof = False
@@ -359,6 +362,11 @@ class DataChannelStream(ReadWriteCloser):
         self._write_lock = trio.Lock()
         self._remote_fin = asyncio.Event()
         self.counters = _Counters()
+        # Frames cross threads in batches: one wake-up per burst, not per frame.
+        self._inbox: deque[Any] = deque()
+        self._inbox_scheduled = False
+        self._outbox: deque[bytes] = deque()
+        self._outbox_scheduled = False
 
     # -- asyncio side: every handler only hands over to trio and never raises --
 
@@ -370,16 +378,22 @@ class DataChannelStream(ReadWriteCloser):
     def _on_message_asyncio(self, data: Any) -> None:
         if isinstance(data, bytes) and data[:1] == bytes([FIN]):
             self._remote_fin.set()
-        self._call(self._on_frame, data)
+        self._inbox.append(data)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self._call(self._drain_inbox)
 
     def _on_close_asyncio(self) -> None:
         self._remote_fin.set()
         self._call(self._on_broken, "data channel closed")
 
-    def _send_asyncio(self, frame: bytes) -> None:
+    def _flush_asyncio(self) -> None:
+        self._outbox_scheduled = False
         try:
-            if self._channel is not None and self._channel.readyState == "open":
-                self._channel.send(frame)
+            while self._outbox:
+                frame = self._outbox.popleft()
+                if self._channel is not None and self._channel.readyState == "open":
+                    self._channel.send(frame)
         except Exception as e:  # noqa: BLE001 - must not escape into the event loop
             self._call(self._on_broken, f"send failed: {e}")
 
@@ -397,6 +411,17 @@ class DataChannelStream(ReadWriteCloser):
 
     # -- trio side --
 
+    def _send(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        if not self._outbox_scheduled:
+            self._outbox_scheduled = True
+            self.session.bridge.call_soon(self._flush_asyncio)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        while self._inbox:
+            self._on_frame(self._inbox.popleft())
+
     def _on_frame(self, data: Any) -> None:
         if self._closed:
             return
@@ -404,10 +429,12 @@ class DataChannelStream(ReadWriteCloser):
             self._violation("text or empty frame")
         elif data[0] == DATA:
             payload = data[1:]
-            if len(self._buffer) + len(payload) > self._window:
+            if self._buffered + len(payload) > self._window:
                 self._violation("peer sent beyond its credit")
                 return
-            self._buffer += payload
+            if payload:
+                self._chunks.append(payload)
+                self._buffered += len(payload)
             self.counters.bytes_in += len(payload)
             self._readable.unpark_all()
         elif data[0] == CREDIT and len(data) == 5:
@@ -431,17 +458,30 @@ class DataChannelStream(ReadWriteCloser):
         self._readable.unpark_all()
         self._writable.unpark_all()
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not read yet (at most the window)."""
+        return self._buffered
+
     async def read(self, n: int | None = None) -> bytes:
-        while not self._buffer:
+        """Up to `n` bytes, from one received frame at a time (no copy of the whole buffer)."""
+        while not self._chunks:
             if self._eof or self._closed or self._broken:
                 return b""
             await self._readable.park()
-        size = len(self._buffer) if n is None or n < 0 else min(n, len(self._buffer))
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
+        chunk = self._chunks[0]
+        end = len(chunk) if n is None or n < 0 else min(len(chunk), self._offset + n)
+        data = chunk[self._offset : end] if self._offset or end < len(chunk) else chunk
+        if end == len(chunk):
+            self._chunks.popleft()
+            self._offset = 0
+        else:
+            self._offset = end
+        size = len(data)
+        self._buffered -= size
         self._consumed += size
         if self._consumed >= self._window // 4:
-            self.session.bridge.call_soon(self._send_asyncio, bytes([CREDIT]) + struct.pack(">I", self._consumed))
+            self._send(bytes([CREDIT]) + struct.pack(">I", self._consumed))
             self._consumed = 0
         return data
 
@@ -456,7 +496,7 @@ class DataChannelStream(ReadWriteCloser):
                     raise ConnectionClosedError(f"webrtc connection closed: {self._broken or 'locally'}", transport="webrtc")
                 size = min(len(view) - pos, self._credit, CHUNK)
                 self._credit -= size
-                self.session.bridge.call_soon(self._send_asyncio, bytes([DATA]) + view[pos : pos + size])
+                self._send(bytes([DATA]) + view[pos : pos + size])
                 self.counters.bytes_out += size
                 pos += size
 
@@ -468,9 +508,8 @@ class DataChannelStream(ReadWriteCloser):
         self._closed = True
         self._readable.unpark_all()
         self._writable.unpark_all()
-        bridge = self.session.bridge
-        bridge.call_soon(self._send_asyncio, bytes([FIN]))
-        bridge.call_soon(asyncio.ensure_future, self._shutdown_asyncio())
+        self._send(bytes([FIN]))
+        self.session.bridge.call_soon(asyncio.ensure_future, self._shutdown_asyncio())
         self.session._closed = True
 
     def get_remote_address(self) -> tuple[str, int] | None:

@@ -14,19 +14,24 @@ unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
 - its swarm keeps each inbound connection's handler task, and its slot in the inbound
   limiter, until the whole swarm stops, so a node accepts only a fixed number of inbound
   connections in its lifetime: `_Swarm` ends the handler when its connection closes;
-- dials retry three times with backoff inside the swarm: our dialer has its own strategy.
+- dials retry three times with backoff inside the swarm: our dialer has its own strategy;
+- an exception escaping a stream handler stops the whole connection from accepting streams
+  (measured: after one echo handler raised on a reset stream, every new stream to that peer
+  timed out): `_Host` runs every handler inside a guard that logs, counts and resets instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import logging
 from typing import Any
 
 import multiaddr
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from libp2p.abc import IMuxedConn, IRawConnection
+from libp2p.abc import IMuxedConn, INetStream, IRawConnection
 from libp2p.connection_types import ConnectionType
+from libp2p.custom_types import StreamHandlerFn, TProtocol
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.host.basic_host import BasicHost
@@ -45,6 +50,8 @@ from libp2p.transport.upgrader import TransportUpgrader
 from libp2p.transport.websocket.transport import WebsocketTransport
 
 from overlay.identity import raw_seed
+
+log = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
 
@@ -96,6 +103,27 @@ class _Swarm(Swarm):
         return conn
 
 
+class _Host(BasicHost):
+    """BasicHost whose stream handlers cannot take their connection down with them."""
+
+    handler_failures = 0
+
+    def set_stream_handler(self, protocol_id: TProtocol, stream_handler: StreamHandlerFn) -> None:
+        async def guarded(stream: INetStream) -> None:
+            try:
+                await stream_handler(stream)
+            except Exception as e:  # noqa: BLE001 - whatever a handler raises, the connection stays
+                self.handler_failures += 1
+                log.debug("handler for %s failed: %s: %s", protocol_id, type(e).__name__, e)
+                with trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:  # noqa: BLE001 - the stream may already be gone
+                        pass
+
+        super().set_stream_handler(protocol_id, guarded)
+
+
 def is_websocket(addr: multiaddr.Multiaddr) -> bool:
     return any(p.name in ("ws", "wss") for p in addr.protocols())
 
@@ -134,7 +162,7 @@ def build_host(
         retry_config=RetryConfig(max_retries=0),
         connection_config=connection_config,
     )
-    return BasicHost(network=swarm)
+    return _Host(network=swarm)
 
 
 async def close_quietly(host: BasicHost) -> None:

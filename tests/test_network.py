@@ -215,3 +215,24 @@ async def test_inbound_slots_are_freed_when_connections_close(tmp_path):
                 await client.disconnect(node.peer_id)
             await wait_for(lambda: not node.connected_peers(), what="connection closed")
         await wait_for(lambda: node.host.get_network()._inbound_limiter.borrowed_tokens == 0, what="slots freed")
+
+
+async def test_a_failing_stream_handler_does_not_take_its_connection_down(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await c.start()
+        b = await c.start(join=a)
+        await b.joined.wait()
+
+        async def broken(stream):
+            await stream.read(1)
+            raise RuntimeError("application bug")
+
+        a.host.set_stream_handler("/test/broken/1.0.0", broken)
+        for _ in range(3):
+            stream = await b.host.new_stream(a.peer_id, ["/test/broken/1.0.0"])
+            await stream.write(b"x")
+            await stream.close()
+        with trio.fail_after(15):
+            assert 0 < await b.ping(a.peer_id) < 5, "the connection still opens streams"
+        assert len(b.host.get_network().get_connections(a.peer_id)) == 1
+        await wait_for(lambda: a.host.handler_failures == 3, what="three handler failures counted")

@@ -126,14 +126,14 @@ async def test_paused_reader_holds_at_most_a_window_and_loses_nothing():
             sent.set()
         nursery.start_soon(send)
         # the reader does not read: the writer must stop once its credit is spent
-        await wait_for(lambda: a._credit == 0 and len(b._buffer) == WINDOW, what="writer blocked on credit")
+        await wait_for(lambda: a._credit == 0 and b.buffered == WINDOW, what="writer blocked on credit")
         assert not sent.is_set()
         digest = hashlib.sha256()
         got = 0
         while got < len(data):
             chunk = await b.read(65536)
             assert chunk
-            assert len(b._buffer) <= WINDOW
+            assert b.buffered <= WINDOW
             digest.update(chunk)
             got += len(chunk)
     assert got == len(data) and digest.digest() == hashlib.sha256(data).digest()
