@@ -105,7 +105,7 @@ class Traversal:
         self.webrtc = webrtc
         self.ice_servers_via = ice_servers_via
         self._attempts: dict[ID, _Attempt] = {}
-        self._relay_addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
+        self._relay_addrs: OrderedDict[bytes, list[multiaddr.Multiaddr]] = OrderedDict()  # as records name them
         self.history: OrderedDict[ID, DialRecord] = OrderedDict()
         self._answering = 0
         self._nursery: trio.Nursery | None = None
@@ -151,6 +151,9 @@ class Traversal:
         async def relayed(relay: bytes, addrs: tuple[str, ...]) -> None:
             relay_id = ID(relay)
             self._relay_addrs[relay] = [multiaddr.Multiaddr(a) for a in addrs]
+            self._relay_addrs.move_to_end(relay)
+            while len(self._relay_addrs) > MAX_HISTORY:
+                self._relay_addrs.popitem(last=False)
 
             async def go() -> None:
                 await self.dialer.connect(relay_id, [multiaddr.Multiaddr(a) for a in addrs], DIAL_TIMEOUT)

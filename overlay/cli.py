@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--network", help="network name; nodes of different names never meet")
     run.add_argument("--dht-mode", choices=("auto", "server", "client"))
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--reachability", choices=("auto", "public", "private"), help="measured by dial-back unless forced")
+    run.add_argument("--signaling-nodes", type=int, metavar="K", help="signalling nodes to register with behind NAT (default 3)")
+    run.add_argument("--stun-server", action="append", metavar="IP:PORT", help="STUN server besides the overlay's public nodes")
+    run.add_argument("--webrtc-interface", action="append", metavar="NAME|IP", help="gather WebRTC candidates here only")
+    run.add_argument("--no-port-mapping", action="store_true", help="do not ask the gateway for a port mapping")
 
     natlab = sub.add_parser("natlab", help="connection matrix behind real NATs in network namespaces (root)")
     natlab.add_argument("--json", action="store_true", help="print JSON")
@@ -76,6 +81,11 @@ def _run(args: argparse.Namespace) -> int:
             "network": args.network,
             "dht_mode": args.dht_mode,
             "log_level": args.log_level,
+            "reachability": args.reachability,
+            "signaling_nodes": args.signaling_nodes,
+            "stun_servers": args.stun_server,
+            "webrtc_interfaces": args.webrtc_interface,
+            "port_mapping": False if args.no_port_mapping else None,
         },
     )
     import trio  # the node's imports are heavy (~80 MB); client commands do without them

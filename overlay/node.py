@@ -27,6 +27,7 @@ from libp2p.peer.id import ID
 
 from aiortc import RTCIceServer
 
+from nat.portmap import NatPmpClient, PortMapError, default_gateway
 from nat.reachability import ReachabilityService
 from nat.stun_io import StunServerCounters, probe_nat, serve_stun
 from nat.relay import RelayService, circuit_addr
@@ -53,6 +54,7 @@ ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
 REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
 MAX_STUN_SERVERS = 6
+PORT_MAP_LIFETIME = 7200
 SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # providers: the signalling nodes
 
 
@@ -102,6 +104,9 @@ class Node:
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
         self.reachability = config.reachability if config.reachability != "auto" else "unknown"
         self.observed: tuple[str, ...] = ()
+        self.port_mapping: dict[str, object] | None = None
+        self.mapped_addrs: list[multiaddr.Multiaddr] = []
+        self._recheck = trio.Event()
         self.reachability_service = ReachabilityService(self.host, config.network, self.metrics)
         self.signaling = SignalingService(self.host, self.dialer, config.network, self.metrics, want=config.signaling_nodes)
         self.signaling.on_registrations = lambda live: self._spawn(self.publish_record)
@@ -191,6 +196,9 @@ class Node:
         elif state == "private":
             self.dht.unprovide(SIGNALING_KEY)
             self._spawn(self._find_signaling_nodes)
+            if self.config.port_mapping and self.port_mapping is None:
+                self.port_mapping = {"state": "trying"}
+                self._spawn(self._map_ports)
         if changed:
             log.info("reachability: %s", state)
             await self.publish_record()
@@ -210,17 +218,49 @@ class Node:
             self.observed = verdict.observed
             if verdict.reachability != "unknown":
                 await self._set_reachability(verdict.reachability)
-            await trio.sleep(REACHABILITY_RECHECK[verdict.reachability != "unknown"])
+            with trio.move_on_after(REACHABILITY_RECHECK[verdict.reachability != "unknown"]):
+                await self._recheck.wait()
+            self._recheck = trio.Event()
 
     def _listen_ports(self) -> list[tuple[str, int]]:
+        """Where dial-back should try us: our listen ports, and the ports our gateway mapped."""
         ports: list[tuple[str, int]] = []
-        for addr in self.host.get_addrs():
+        for addr in self.mapped_addrs + list(self.host.get_addrs()):
             names = [p.name for p in addr.protocols()]
             if "tcp" in names and "p2p-circuit" not in names:
                 entry = ("ws" if "ws" in names else "tcp", int(addr.value_for_protocol("tcp")))
                 if entry not in ports:
                     ports.append(entry)
         return ports[:4]
+
+    async def _map_ports(self) -> None:
+        """Ask the gateway (NAT-PMP) to forward our TCP port, and the UDP port STUN answers on;
+        a mapped address joins our record and reachability is checked again through it."""
+        gateway = default_gateway()
+        tcp = [a for a in self.listen_addrs() if [p.name for p in a.protocols()] == ["ip4", "tcp"]]
+        if gateway is None or not tcp:
+            self.port_mapping = {"state": "no gateway" if gateway is None else "no TCP listener"}
+            return
+        port = int(tcp[0].value_for_protocol("tcp"))
+        client = NatPmpClient(gateway)
+        while True:
+            try:
+                external = await client.external_address()
+                mapping = await client.map("tcp", port, PORT_MAP_LIFETIME)
+                with contextlib.suppress(PortMapError):
+                    await client.map("udp", port, PORT_MAP_LIFETIME)
+            except PortMapError as e:
+                self.port_mapping = {"state": "none", "protocol": "NAT-PMP", "gateway": gateway, "error": str(e)}
+                log.info("no port mapping: %s", e)
+                return
+            self.port_mapping = {"state": "mapped", "protocol": "NAT-PMP", "gateway": gateway,
+                                 "external": f"{external.address}:{mapping.external_port}", "lifetime": mapping.lifetime}
+            addr = multiaddr.Multiaddr(f"/ip4/{external.address}/tcp/{mapping.external_port}")
+            if self.mapped_addrs != [addr]:
+                log.info("gateway %s maps %s to our port %d", gateway, addr, port)
+                self.mapped_addrs = [addr]
+                self._recheck.set()
+            await trio.sleep(max(mapping.lifetime / 2, 60))
 
     async def _announce_signaling(self) -> None:
         """Public nodes announce themselves as signalling nodes (a DHT provider record)."""
@@ -285,7 +325,7 @@ class Node:
             "public_addrs": [f"{ip}:{port}" for ip, port in nat.public_addrs] if nat else [],
             "notes": list(nat.notes) if nat else ["no STUN server known: no bootstrap, registration or configured server"],
             "stun_servers": [f"{ip}:{port}" for ip, port in servers],
-            "port_mapping": None,
+            "port_mapping": self.port_mapping,
             "signaling": {
                 "serving": self.public,
                 "registered_peers": len(self.signaling.server.registrations),
@@ -331,7 +371,7 @@ class Node:
         signalling registration when behind NAT; at most MAX_RECORD_ADDRS (a host with many
         interfaces, container bridges or several IPv6 prefixes, can exceed it)."""
         if self.public:
-            addrs = self.listen_addrs()
+            addrs = self.mapped_addrs + self.listen_addrs()
         else:
             addrs = []
             for registration in self.signaling.live.values():

@@ -40,7 +40,8 @@ class Cluster:
 
     async def start(self, join: Node | None = None, **overrides) -> Node:
         n = next(self._ids)
-        fields = {"data_dir": self.root / f"node{n}", "listen": LOOPBACK, "network": "test"}
+        # never ask this machine's real gateway for a port mapping (nor anything off loopback)
+        fields = {"data_dir": self.root / f"node{n}", "listen": LOOPBACK, "network": "test", "port_mapping": False}
         if join is not None:
             fields["bootstrap"] = (multiaddr.Multiaddr(join.full_addrs()[0]),)
         fields.update(overrides)

@@ -24,7 +24,7 @@ class Proc:
     def __init__(self, args: list[str], data_dir: Path) -> None:
         self.popen = subprocess.Popen(
             [CLI, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
-             "--api", "127.0.0.1:0", "--network", "e2e", *args],
+             "--api", "127.0.0.1:0", "--network", "e2e", "--no-port-mapping", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.peer_id = ""
