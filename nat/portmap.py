@@ -18,16 +18,23 @@ The codec has no I/O; `NatPmpClient` is its trio adapter; the gateway is the def
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import multiaddr
 import trio
 
 from overlay.errors import DecodeError
 
+log = logging.getLogger(__name__)
+
 PORT = 5351
+LIFETIME = 7200
 OP_EXTERNAL, OP_UDP, OP_TCP = 0, 1, 2
 RESULTS = {0: "success", 1: "unsupported version", 2: "refused", 3: "network failure",
            4: "out of resources", 5: "unsupported opcode"}
@@ -134,3 +141,32 @@ class NatPmpClient:
                             return answer
                 timeout *= 2
         raise PortMapError(f"NAT-PMP: no answer from {self.gateway[0]}")
+
+
+async def keep_port_mapping(
+    port: int, changed: Callable[[dict[str, object], multiaddr.Multiaddr | None], None], client: NatPmpClient | None = None
+) -> None:
+    """Keep TCP `port` (and the UDP port numbered like it, where STUN answers) mapped on the
+    gateway (the default route's unless `client` says otherwise), renewing at half the lifetime;
+    report each state and the mapped address. Returns when the gateway offers no mapping."""
+    if client is None:
+        gateway = default_gateway()
+        if gateway is None:
+            changed({"state": "no gateway"}, None)
+            return
+        client = NatPmpClient(gateway)
+    gateway = client.gateway[0]
+    while True:
+        try:
+            external = await client.external_address()
+            mapping = await client.map("tcp", port, LIFETIME)
+            with contextlib.suppress(PortMapError):
+                await client.map("udp", port, LIFETIME)
+        except PortMapError as e:
+            log.info("no port mapping: %s", e)
+            changed({"state": "none", "protocol": "NAT-PMP", "gateway": gateway, "error": str(e)}, None)
+            return
+        changed({"state": "mapped", "protocol": "NAT-PMP", "gateway": gateway,
+                 "external": f"{external.address}:{mapping.external_port}", "lifetime": mapping.lifetime},
+                multiaddr.Multiaddr(f"/ip4/{external.address}/tcp/{mapping.external_port}"))
+        await trio.sleep(max(mapping.lifetime / 2, 60))

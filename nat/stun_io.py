@@ -30,6 +30,7 @@ import socket as stdlib_socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import multiaddr
 import trio
 
 from nat.classify import (
@@ -218,6 +219,32 @@ async def _serve_socket(socks: list[trio.socket.SocketType], endpoints: list[Add
             counters.rejected += 1
         else:
             counters.answered += 1
+
+
+async def serve_stun_on_tcp_ports(tcp_addrs: Sequence[multiaddr.Multiaddr], counters: StunServerCounters) -> None:
+    """Answer STUN on the UDP port numbered like the first TCP address's port, on each of their
+    IPv4 addresses (every public node does, so peers know where to ask): with two addresses,
+    CHANGE-REQUEST can answer from the other (RFC 5780). Ports that cannot be bound are skipped."""
+    if not tcp_addrs:
+        return
+    port = int(tcp_addrs[0].value_for_protocol("tcp"))
+    socks = []
+    for ip in dict.fromkeys(a.value_for_protocol("ip4") for a in tcp_addrs):
+        sock = trio.socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM)
+        try:
+            await sock.bind((ip, port))
+        except OSError as e:
+            log.warning("STUN not served on %s:%d: %s", ip, port, e.strerror)
+            sock.close()
+            continue
+        socks.append(sock)
+    if not socks:
+        return
+    try:
+        await serve_stun(socks[0], socks[1] if len(socks) > 1 else None, extra_socks=socks[2:], counters=counters)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 # ---- client ---------------------------------------------------------------------------------

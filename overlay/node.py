@@ -10,11 +10,9 @@ of its unreachable listen addresses.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -27,9 +25,9 @@ from libp2p.peer.id import ID
 
 from aiortc import RTCIceServer
 
-from nat.portmap import NatPmpClient, PortMapError, default_gateway
+from nat.portmap import keep_port_mapping
 from nat.reachability import ReachabilityService
-from nat.stun_io import StunServerCounters, probe_nat, serve_stun
+from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
 from nat.relay import RelayService, circuit_addr
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
@@ -54,7 +52,6 @@ ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
 REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
 MAX_STUN_SERVERS = 6
-PORT_MAP_LIFETIME = 7200
 SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # providers: the signalling nodes
 
 
@@ -149,7 +146,7 @@ class Node:
                         await nursery.start(self.dht.run)
                         await nursery.start(self.signaling.run)
                         await nursery.start(self.traversal.run)
-                        nursery.start_soon(self._serve_stun)
+                        nursery.start_soon(serve_stun_on_tcp_ports, self._tcp_ipv4(), self.stun)
                         await self._set_reachability(self.reachability)
                         await self.publish_record()
                         nursery.start_soon(self._join_loop)
@@ -234,33 +231,21 @@ class Node:
         return ports[:4]
 
     async def _map_ports(self) -> None:
-        """Ask the gateway (NAT-PMP) to forward our TCP port, and the UDP port STUN answers on;
-        a mapped address joins our record and reachability is checked again through it."""
-        gateway = default_gateway()
-        tcp = [a for a in self.listen_addrs() if [p.name for p in a.protocols()] == ["ip4", "tcp"]]
-        if gateway is None or not tcp:
-            self.port_mapping = {"state": "no gateway" if gateway is None else "no TCP listener"}
+        """Ask the gateway to forward our TCP port; a mapped address joins our record and
+        reachability is checked again through it."""
+        tcp = self._tcp_ipv4()
+        if not tcp:
+            self.port_mapping = {"state": "no TCP listener"}
             return
-        port = int(tcp[0].value_for_protocol("tcp"))
-        client = NatPmpClient(gateway)
-        while True:
-            try:
-                external = await client.external_address()
-                mapping = await client.map("tcp", port, PORT_MAP_LIFETIME)
-                with contextlib.suppress(PortMapError):
-                    await client.map("udp", port, PORT_MAP_LIFETIME)
-            except PortMapError as e:
-                self.port_mapping = {"state": "none", "protocol": "NAT-PMP", "gateway": gateway, "error": str(e)}
-                log.info("no port mapping: %s", e)
-                return
-            self.port_mapping = {"state": "mapped", "protocol": "NAT-PMP", "gateway": gateway,
-                                 "external": f"{external.address}:{mapping.external_port}", "lifetime": mapping.lifetime}
-            addr = multiaddr.Multiaddr(f"/ip4/{external.address}/tcp/{mapping.external_port}")
-            if self.mapped_addrs != [addr]:
-                log.info("gateway %s maps %s to our port %d", gateway, addr, port)
+
+        def changed(state: dict[str, object], addr: multiaddr.Multiaddr | None) -> None:
+            self.port_mapping = state
+            if addr is not None and self.mapped_addrs != [addr]:
+                log.info("gateway maps %s to our port", addr)
                 self.mapped_addrs = [addr]
                 self._recheck.set()
-            await trio.sleep(max(mapping.lifetime / 2, 60))
+
+        await keep_port_mapping(int(tcp[0].value_for_protocol("tcp")), changed)
 
     async def _announce_signaling(self) -> None:
         """Public nodes announce themselves as signalling nodes (a DHT provider record)."""
@@ -275,29 +260,8 @@ class Node:
             candidates += list(result.providers)
         self.signaling.offer_candidates(candidates)
 
-    async def _serve_stun(self) -> None:
-        """Answer STUN on the UDP port numbered like our first TCP port, on each of our IPv4
-        addresses: with two of them, CHANGE-REQUEST can answer from the other (RFC 5780)."""
-        tcp = [a for a in self.listen_addrs() if [p.name for p in a.protocols()] == ["ip4", "tcp"]]
-        if not tcp:
-            return
-        port = int(tcp[0].value_for_protocol("tcp"))
-        socks = []
-        for ip in dict.fromkeys(a.value_for_protocol("ip4") for a in tcp):
-            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                await sock.bind((ip, port))
-            except OSError as e:
-                log.warning("STUN not served on %s:%d: %s", ip, port, e.strerror)
-                sock.close()
-                continue
-            socks.append(sock)
-        if not socks:
-            return
-        with contextlib.ExitStack() as stack:
-            for sock in socks:
-                stack.enter_context(sock)
-            await serve_stun(socks[0], socks[1] if len(socks) > 1 else None, extra_socks=socks[2:], counters=self.stun)
+    def _tcp_ipv4(self) -> list[multiaddr.Multiaddr]:
+        return [a for a in self.listen_addrs() if [p.name for p in a.protocols()] == ["ip4", "tcp"]]
 
     def stun_servers(self) -> list[tuple[str, int]]:
         """Where netcheck asks: configured STUN servers, then our bootstraps and signalling nodes

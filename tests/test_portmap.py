@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nat.portmap import (
-    ExternalAddress, Mapping, NatPmpClient, PortMapError, decode_response, default_gateway,
+    ExternalAddress, Mapping, NatPmpClient, PortMapError, decode_response, default_gateway, keep_port_mapping,
     encode_external_request, encode_mapping_request,
 )
 from overlay.errors import DecodeError
@@ -112,3 +112,32 @@ async def test_refusal_and_silence_are_errors_in_bounded_time(gateway):
                 await client.external_address()
         assert [s for s in seen if s == encode_external_request()] == [encode_external_request()] * 3, "three tries"
         nursery.cancel_scope.cancel()
+
+
+async def test_keep_port_mapping_reports_the_mapped_address_or_why_not(gateway):
+    client = NatPmpClient("127.0.0.1", gateway.getsockname()[1])
+    answers = {
+        0: [bytes.fromhex("00800000" "00000001" "c6120302")],
+        2: [struct.pack(">BBHIHHI", 0, 130, 0, 1, 4001, 4001, 7200)],
+        1: [struct.pack(">BBHIHHI", 0, 129, 0, 1, 4001, 4001, 7200)],
+    }
+    reports: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, gateway, answers, [])
+        with trio.move_on_after(5):
+            nursery.start_soon(keep_port_mapping, 4001, lambda state, addr: reports.append((state, addr)), client)
+            while not reports:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    state, addr = reports[0]
+    assert state["state"] == "mapped" and state["external"] == "198.18.3.2:4001"
+    assert str(addr) == "/ip4/198.18.3.2/tcp/4001"
+
+    answers[2] = [struct.pack(">BBHIHHI", 0, 130, 2, 1, 4001, 0, 0)]  # refused
+    reports.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, gateway, answers, [])
+        with trio.fail_after(5):
+            await keep_port_mapping(4001, lambda state, addr: reports.append((state, addr)), client)
+        nursery.cancel_scope.cancel()
+    assert reports == [({"state": "none", "protocol": "NAT-PMP", "gateway": "127.0.0.1", "error": "NAT-PMP: refused"}, None)]
