@@ -12,13 +12,15 @@ homes behind full-cone NATs, A and B, so that the overlay's path between them en
   got) and 64-byte round trips for `--seconds`; then a transfer during which B stops reading for
   3 s, to show no byte is lost behind a paused reader;
 - bare: plain asyncio aiortc (RTCPeerConnection, one data channel, the same STUN server, the
-  same malloc setting), 16 KiB messages with bufferedAmount flow control, the same measures.
+  same malloc setting), 16 KiB messages with bufferedAmount flow control, the same measures;
+- py-libp2p's WebRTC-direct transport (hosts from its `new_host`, B listening on UDP 9090, which
+  B's full-cone NAT forwards), the same stream measures as ours: the peer figure.
 
 Each measure runs `--runs` times, alternating ours and bare; medians are reported, and the ratio
 ours/bare. `--matrix` also runs the 16-pair NAT matrix for time to first stream and to the direct
 path per pair. Prints a table, writes JSON (default benchmarks/results/webrtc-<date>.json).
 
-Roles (internal): `--role ours-b|ours-a|bare-answer|bare-offer` run inside a namespace and
+Roles (internal): `--role ours-b|ours-a|bare-answer|bare-offer|libp2p-b|libp2p-a` run inside a namespace and
 talk to this script over stdin/stdout, one JSON line per message.
 """
 
@@ -50,6 +52,83 @@ def emit(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
+# ---- libp2p streams: the measures ours and py-libp2p's WebRTC-direct share ---------------------
+
+
+async def read_exactly(stream, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        out += await stream.read(n - len(out))
+    return out
+
+
+async def sink(stream) -> None:
+    """8-byte length and a pause flag, then that many bytes; answers their SHA-256."""
+    import trio
+
+    header = await read_exactly(stream, 9)
+    total, pause = int.from_bytes(header[:8], "big"), header[8]
+    digest, got, paused = hashlib.sha256(), 0, False
+    while got < total:
+        if pause and not paused and got >= PAUSE_AFTER:
+            paused = True
+            await trio.sleep(PAUSE)
+        data = await stream.read(min(CHUNK, total - got))
+        digest.update(data)
+        got += len(data)
+    await stream.write(digest.digest())
+
+
+async def echo(stream) -> None:
+    while True:
+        await stream.write(await read_exactly(stream, 64))
+
+
+async def bulk(host, peer, total: int, pause: bool) -> dict[str, Any]:
+    data = os.urandom(CHUNK)
+    digest = hashlib.sha256()
+    stream = await host.new_stream(peer, [SINK])
+    start = time.perf_counter()
+    await stream.write(total.to_bytes(8, "big") + bytes([pause]))
+    sent = 0
+    while sent < total:
+        piece = data[: min(CHUNK, total - sent)]
+        await stream.write(piece)
+        digest.update(piece)
+        sent += len(piece)
+    answer = await read_exactly(stream, 32)
+    seconds = time.perf_counter() - start
+    await stream.close()
+    return {"measure": "paused" if pause else "bulk", "bytes": total, "seconds": seconds,
+            "mb_s": total / seconds / 1e6, "intact": answer == digest.digest()}
+
+
+async def rtt(host, peer, seconds: float) -> dict[str, Any]:
+    stream = await host.new_stream(peer, [ECHO])
+    payload = os.urandom(64)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        await stream.write(payload)
+        assert await read_exactly(stream, 64) == payload
+        count += 1
+    await stream.reset()
+    return {"measure": "rtt", "round_trips_s": count / (time.perf_counter() - start)}
+
+
+async def serve_measures(host, peer, args: argparse.Namespace, paused: bool = True) -> None:
+    """Run the measures the orchestrator asks for (bulk or rtt, 2 x --runs), then a paused one."""
+    import trio
+
+    for _ in range(2 * args.runs):
+        command = json.loads(await trio.to_thread.run_sync(sys.stdin.readline))
+        if command["measure"] == "bulk":
+            emit(await bulk(host, peer, args.mib * 1024 * 1024, pause=False))
+        elif command["measure"] == "rtt":
+            emit(await rtt(host, peer, args.seconds))
+    if paused:
+        emit(await bulk(host, peer, 32 * 1024 * 1024, pause=True))
+
+
 # ---- ours: a node in each namespace ---------------------------------------------------------------
 
 
@@ -62,31 +141,6 @@ def role_ours(args: argparse.Namespace) -> None:
     from overlay.node import Node
 
     setup_logging("warning")
-
-    async def sink(stream) -> None:
-        """8-byte length, then that many bytes; answers their SHA-256. May pause mid-way."""
-        header = await read_exactly(stream, 9)
-        total, pause = int.from_bytes(header[:8], "big"), header[8]
-        digest, got, paused = hashlib.sha256(), 0, False
-        while got < total:
-            if pause and not paused and got >= PAUSE_AFTER:
-                paused = True
-                await trio.sleep(PAUSE)
-            data = await stream.read(min(CHUNK, total - got))
-            digest.update(data)
-            got += len(data)
-        await stream.write(digest.digest())
-
-    async def echo(stream) -> None:
-        while True:
-            data = await read_exactly(stream, 64)
-            await stream.write(data)
-
-    async def read_exactly(stream, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += await stream.read(n - len(out))
-        return out
 
     async def main() -> None:
         config = Config(data_dir=Path(args.data_dir), listen=(multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/4001"),),
@@ -102,23 +156,14 @@ def role_ours(args: argparse.Namespace) -> None:
                     await trio.sleep(0.05)
             emit({"peer_id": str(node.peer_id)})
             if args.role == "ours-a":
-                await measure(node, args)
+                from libp2p.peer.id import ID
+
+                peer = ID.from_base58(args.peer)
+                await wait_direct(node, peer)
+                emit({"ready": True, "path": "direct-udp"})
+                await serve_measures(node.host, peer, args)
             await trio.to_thread.run_sync(sys.stdin.readline)  # until the orchestrator says stop
             nursery.cancel_scope.cancel()
-
-    async def measure(node, args) -> None:
-        from libp2p.peer.id import ID
-
-        peer = ID.from_base58(args.peer)
-        await wait_direct(node, peer)
-        emit({"ready": True, "path": "direct-udp"})
-        for _ in range(2 * args.runs):  # bulk runs, then round-trip runs
-            command = json.loads(await trio.to_thread.run_sync(sys.stdin.readline))
-            if command["measure"] == "bulk":
-                emit(await bulk(node, peer, args.mib * 1024 * 1024, pause=False))
-            elif command["measure"] == "rtt":
-                emit(await rtt(node, peer, args.seconds))
-        emit(await bulk(node, peer, 32 * 1024 * 1024, pause=True))
 
     async def wait_direct(node, peer) -> None:
         with trio.fail_after(60):
@@ -128,34 +173,41 @@ def role_ours(args: argparse.Namespace) -> None:
             while "relayed" in next(p["paths"] for p in node.peers() if p["peer_id"] == str(peer)):
                 await trio.sleep(0.1)  # measure on the WebRTC connection alone
 
-    async def bulk(node, peer, total: int, pause: bool) -> dict[str, Any]:
-        data = os.urandom(CHUNK)
-        digest = hashlib.sha256()
-        stream = await node.host.new_stream(peer, [SINK])
-        start = time.perf_counter()
-        await stream.write(total.to_bytes(8, "big") + bytes([pause]))
-        sent = 0
-        while sent < total:
-            piece = data[: min(CHUNK, total - sent)]
-            await stream.write(piece)
-            digest.update(piece)
-            sent += len(piece)
-        answer = await read_exactly(stream, 32)
-        seconds = time.perf_counter() - start
-        await stream.close()
-        return {"measure": "paused" if pause else "bulk", "bytes": total, "seconds": seconds,
-                "mb_s": total / seconds / 1e6, "intact": answer == digest.digest()}
+    trio.run(main)
 
-    async def rtt(node, peer, seconds: float) -> dict[str, Any]:
-        stream = await node.host.new_stream(peer, [ECHO])
-        payload = os.urandom(64)
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            await stream.write(payload)
-            assert await read_exactly(stream, 64) == payload
-            count += 1
-        await stream.reset()
-        return {"measure": "rtt", "round_trips_s": count / (time.perf_counter() - start)}
+
+# ---- py-libp2p's WebRTC-direct transport (the peer figure) ---------------------------------------
+
+
+def role_libp2p(args: argparse.Namespace) -> None:
+    """A py-libp2p host with its own WebRTC-direct transport, as its `new_host` builds it."""
+    import logging
+
+    import multiaddr
+    import trio
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+
+    logging.getLogger("libp2p").setLevel(logging.ERROR)
+
+    async def main() -> None:
+        listen = [multiaddr.Multiaddr("/ip4/0.0.0.0/udp/9090/webrtc-direct")] if args.role == "libp2p-b" else []
+        host = new_host(key_pair=create_new_key_pair(), listen_addrs=listen, enable_tcp=False, enable_webrtc=True)
+        async with host.run(listen_addrs=listen):
+            if args.role == "libp2p-b":
+                host.set_stream_handler(SINK, sink)
+                host.set_stream_handler(ECHO, echo)
+                emit({"addrs": [str(a) for a in host.get_addrs()]})
+            else:
+                target = multiaddr.Multiaddr(args.peer)
+                peer = ID.from_base58(target.value_for_protocol("p2p"))
+                with trio.fail_after(30):
+                    await host.connect(PeerInfo(peer, [target]))
+                emit({"ready": True})
+                await serve_measures(host, peer, args, paused=False)
+            await trio.to_thread.run_sync(sys.stdin.readline)
 
     trio.run(main)
 
@@ -333,17 +385,32 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         answer.send(offer.read())
         offer.send(answer.read())
         assert offer.read()["ready"]
-        ours: list[dict[str, Any]] = []
-        bare: list[dict[str, Any]] = []
+        roles = [(a, ours := []), (offer, bare := [])]
+        peer_error = ""
+        try:  # py-libp2p's own WebRTC-direct, B's listener reached through its full-cone NAT
+            listener = Role(lab, lab.host("b"), ["--role", "libp2p-b", *common])
+            addr = listener.read(timeout=60)["addrs"][0]
+            addr = "/ip4/" + lab.host("b").public_ip + "/" + addr.split("/", 3)[3]
+            dialer = Role(lab, lab.host("a"), ["--role", "libp2p-a", "--peer", addr, *common])
+            assert dialer.read(timeout=60).get("ready")
+            roles.append((dialer, libp2p := []))
+        except (RuntimeError, AssertionError, KeyError) as e:
+            peer_error, libp2p = f"py-libp2p WebRTC-direct did not connect: {e}", []
         for measure in ("bulk", "rtt"):
             for _ in range(args.runs):
-                for role, results in ((a, ours), (offer, bare)):
+                for role, results in list(roles):
                     role.send({"measure": measure})
-                    results.append(role.read())
+                    try:
+                        results.append(role.read())
+                    except RuntimeError as e:  # the peer figure may fail; ours and bare may not
+                        if role is a or role is offer:
+                            raise
+                        peer_error = f"py-libp2p WebRTC-direct failed during {measure}: {e}"
+                        roles.remove((role, results))
         paused = a.read(timeout=300)
-        offer.send({"stop": True})
-        for role in (a, b):
+        for role, _ in roles:
             role.send({"stop": True})
+        b.send({"stop": True})
     bulk_ours = [r for r in ours if r["measure"] == "bulk"]
     bulk_bare = [r for r in bare if r["measure"] == "bulk"]
     rtt_ours = [r for r in ours if r["measure"] == "rtt"]
@@ -356,7 +423,15 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     }
     summary["throughput_ratio"] = round(summary["ours_mb_s"] / summary["bare_mb_s"], 3)
     summary["round_trip_ratio"] = round(summary["ours_round_trips_s"] / summary["bare_round_trips_s"], 3)
-    return {"summary": summary, "ours": ours, "bare": bare, "paused": paused}
+    bulk_peer = [r for r in libp2p if r["measure"] == "bulk"]
+    rtt_peer = [r for r in libp2p if r["measure"] == "rtt"]
+    summary["py_libp2p_webrtc_direct"] = {
+        "mb_s": median(bulk_peer, "mb_s") if bulk_peer else None,
+        "round_trips_s": median(rtt_peer, "round_trips_s") if rtt_peer else None,
+        "intact": [r["intact"] for r in bulk_peer],
+        "error": peer_error,
+    }
+    return {"summary": summary, "ours": ours, "bare": bare, "py_libp2p": libp2p, "paused": paused}
 
 
 def main() -> None:
@@ -376,6 +451,8 @@ def main() -> None:
         return role_ours(args)
     if args.role in ("bare-offer", "bare-answer"):
         return role_bare(args)
+    if args.role in ("libp2p-a", "libp2p-b"):
+        return role_libp2p(args)
     result = {"machine": machine(), "command": sys.argv, **orchestrate(args)}
     if args.matrix:
         from simulations.natlab.matrix import Matrix
@@ -385,6 +462,9 @@ def main() -> None:
     print(f"{'path':<28} {'MB/s':>8} {'round trips/s':>14}")
     print(f"{'overlay WebRTC (Noise+Yamux)':<28} {s['ours_mb_s']:>8} {s['ours_round_trips_s']:>14}")
     print(f"{'bare aiortc data channel':<28} {s['bare_mb_s']:>8} {s['bare_round_trips_s']:>14}")
+    peer = s["py_libp2p_webrtc_direct"]
+    print(f"{'py-libp2p WebRTC-direct':<28} {peer['mb_s'] or '-':>8} {peer['round_trips_s'] or '-':>14}  "
+          f"intact {peer['intact']} {peer['error']}")
     print(f"ratio ours/bare: throughput {s['throughput_ratio']}x, round trips {s['round_trip_ratio']}x; "
           f"every transfer intact: {s['all_intact']}; reader paused {PAUSE:.0f}s: intact {s['paused_reader']['intact']}")
     out = args.out or ROOT / "benchmarks" / "results" / f"webrtc-{time.strftime('%Y%m%d-%H%M%S')}.json"
