@@ -244,6 +244,7 @@ class WebRtcSession:
         self._dtls: RTCDtlsTransport | None = None
         self._sctp: RTCSctpTransport | None = None
         self._closed = False
+        self.stopped = False  # every transport stopped (set on the asyncio thread)
         self.path = PathInfo()
 
     async def gather(self) -> Description:
@@ -315,6 +316,7 @@ class WebRtcSession:
                     await transport.stop()
                 except Exception as e:  # noqa: BLE001 - teardown of a half-built session
                     log.debug("webrtc: stopping %s: %s", type(transport).__name__, e)
+        self.stopped = True
 
 
 def _selected_path(ice: RTCIceTransport) -> PathInfo:

@@ -20,6 +20,23 @@ from tests.conftest import cluster, wait_for
 LOOPBACK = WebRtcConfig(interfaces=("127.0.0.1",), allow_loopback_candidates=True)
 
 
+@pytest.fixture
+async def pairs():
+    """Makes connected stream pairs; closes them all after the test and waits until their
+    sessions have stopped, so none keeps running on the shared asyncio thread."""
+    made = []
+
+    async def make(config: WebRtcConfig = LOOPBACK):
+        pair = await connected_pair(config)
+        made.append(pair)
+        return pair
+
+    yield make
+    for stream in [s for pair in made for s in pair]:
+        await stream.close()
+    await wait_for(lambda: all(s.session.stopped for pair in made for s in pair), what="sessions stopped")
+
+
 async def connected_pair(config: WebRtcConfig = LOOPBACK):
     a, b = WebRtcSession(config, controlling=True), WebRtcSession(config, controlling=False)
     da, db = await a.gather(), await b.gather()
@@ -101,8 +118,8 @@ def test_a_good_description_with_one_field_replaced_parses_or_raises_decode_erro
 # ---- the byte stream ----------------------------------------------------------------------------
 
 
-async def test_bytes_arrive_in_order_and_close_is_eof():
-    a, b = await connected_pair()
+async def test_bytes_arrive_in_order_and_close_is_eof(pairs):
+    a, b = await pairs()
     data = os.urandom(3 * WINDOW + 12345)
     received = bytearray()
     async with trio.open_nursery() as nursery:
@@ -116,8 +133,8 @@ async def test_bytes_arrive_in_order_and_close_is_eof():
     await b.close()
 
 
-async def test_paused_reader_holds_at_most_a_window_and_loses_nothing():
-    a, b = await connected_pair()
+async def test_paused_reader_holds_at_most_a_window_and_loses_nothing(pairs):
+    a, b = await pairs()
     data = os.urandom(4 * WINDOW)
     sent = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -141,8 +158,8 @@ async def test_paused_reader_holds_at_most_a_window_and_loses_nothing():
     await b.close()
 
 
-async def test_writer_sees_the_remote_close():
-    a, b = await connected_pair()
+async def test_writer_sees_the_remote_close(pairs):
+    a, b = await pairs()
     await b.close()
     with pytest.raises(Exception, match="closed"):
         with trio.fail_after(10):
@@ -152,8 +169,8 @@ async def test_writer_sees_the_remote_close():
     await a.close()
 
 
-async def test_credit_overrun_closes_the_connection_and_is_counted():
-    a, b = await connected_pair()
+async def test_credit_overrun_closes_the_connection_and_is_counted(pairs):
+    a, b = await pairs()
     b._on_frame(b"\x00" + b"x" * (WINDOW + 1))  # as if the peer ignored its credit
     assert b.counters.violations == 1
     assert await b.read() == b""
@@ -163,10 +180,10 @@ async def test_credit_overrun_closes_the_connection_and_is_counted():
 # ---- a libp2p connection over the data channel --------------------------------------------------
 
 
-async def test_noise_and_yamux_over_a_data_channel_carry_the_nodes_protocols(tmp_path):
+async def test_noise_and_yamux_over_a_data_channel_carry_the_nodes_protocols(tmp_path, pairs):
     async with cluster(tmp_path) as c:
         alice, bob = await c.start(), await c.start()
-        sa, sb = await connected_pair()
+        sa, sb = await pairs()
         addr = multiaddr.Multiaddr("/ip4/127.0.0.1/udp/1/webrtc")
         conns = {}
         async with trio.open_nursery() as nursery:
