@@ -128,6 +128,7 @@ class Node:
         self.stopped = trio.Event()
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self._role: str | None = None  # the reachability whose role we have taken
         self.record: PeerRecord | None = None
         self.start_time = time.time()
         self.bytes = self.metrics.counter("overlay_stream_bytes_total", "Payload bytes of the node's own protocols")
@@ -182,9 +183,12 @@ class Node:
         return self.reachability != "private"
 
     async def _set_reachability(self, state: str) -> None:
-        """Take the role `state` asks for: serve DHT, signalling and relay, or register with others."""
-        changed = state != self.reachability
-        self.reachability = state
+        """Take the role `state` asks for: serve DHT, signalling and relay, or register with others.
+        Only a change does anything (re-checks confirm the same state most of the time)."""
+        if state == self._role:
+            return
+        changed = self._role is not None
+        self._role = self.reachability = state
         if self.config.dht_mode == "auto":
             self.dht.set_server(self.public)
         self.signaling.serve(self.public)
@@ -517,7 +521,6 @@ class Node:
         }
 
     def peers(self) -> list[dict]:
-        store = self.host.get_peerstore()
         out = []
         for pid in self.connected_peers():
             conns = self.host.get_network().get_connections(pid)

@@ -28,7 +28,7 @@ from overlay.metrics import Registry
 from signaling import messages as m
 from signaling.messages import MAX_FRAME
 from signaling.registrations import Changed, NeedCandidates, Register, Registrations
-from signaling.server import Action, Close, ServerLimits, SignalingServer, Write
+from signaling.server import Action, ServerLimits, SignalingServer, Write
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from libp2p.network.connection.raw_connection import RawConnection
 
-from nat.webrtc import WINDOW, Description, WebRtcConfig, WebRtcSession, parse_description
+from nat.webrtc import WINDOW, WebRtcConfig, WebRtcSession, parse_description
 from overlay.errors import DecodeError
 from tests.conftest import cluster, wait_for
 
