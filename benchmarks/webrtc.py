@@ -7,17 +7,19 @@ homes behind full-cone NATs, A and B, so that the overlay's path between them en
 (UDP). In the same run, between the same two namespaces:
 
 - ours: two nodes (`overlay.node.Node`, in-process in each namespace) connect by peer ID; once
-  the path is direct-udp, A opens libp2p streams to B (Noise + Yamux over the data channel, trio,
-  the asyncio bridge) and measures bulk throughput (`--mib` MiB, B checks a SHA-256 of what it
-  got) and 64-byte round trips for `--seconds`; then a transfer during which B stops reading for
+  the path is direct-udp, A opens libp2p streams to B (a data channel each, after one Noise
+  handshake; trio, the asyncio bridge) and measures bulk throughput (`--mib` MiB, B checks a
+  SHA-256 of what it got) and 64-byte round trips for `--seconds`; then a transfer during which B stops reading for
   3 s, to show no byte is lost behind a paused reader;
 - bare: plain asyncio aiortc (RTCPeerConnection, one data channel, the same STUN server, the
-  same malloc setting), 16 KiB messages with bufferedAmount flow control, the same measures;
+  same malloc setting), bufferedAmount flow control, the same measures, with 16 KiB messages
+  (the interoperable size) and with 64 KiB messages (the size ours sends); the faster of the two
+  is the baseline;
 - py-libp2p's WebRTC-direct transport (hosts from its `new_host`, B listening on UDP 9090, which
   B's full-cone NAT forwards), the same stream measures as ours: the peer figure.
 
-Each measure runs `--runs` times, alternating ours and bare; medians are reported, and the ratio
-ours/bare. `--matrix` also runs the 16-pair NAT matrix for time to first stream and to the direct
+Each measure runs `--runs` times, alternating the paths; medians are reported, and the ratio
+ours/bare, with the ratio of each run of ours to the bare run next to it. `--matrix` also runs the 16-pair NAT matrix for time to first stream and to the direct
 path per pair. Prints a table, writes JSON (default benchmarks/results/webrtc-<date>.json).
 
 Roles (internal): `--role ours-b|ours-a|bare-answer|bare-offer|libp2p-b|libp2p-a` run inside a namespace and
@@ -265,10 +267,10 @@ def role_bare(args: argparse.Namespace) -> None:
             await serve(channel, inbox)
         else:
             emit({"ready": True})
-            for _ in range(2 * args.runs):  # bulk runs, then round-trip runs
+            for _ in range(3 * args.runs):  # bulk runs (two message sizes), then round-trip runs
                 command = json.loads(await loop_input.get())
                 if command["measure"] == "bulk":
-                    emit(await bulk(channel, inbox, args.mib * 1024 * 1024))
+                    emit(await bulk(channel, inbox, args.mib * 1024 * 1024, command["message"]))
                 elif command["measure"] == "rtt":
                     emit(await rtt(channel, inbox, args.seconds))
             await loop_input.get()
@@ -289,8 +291,8 @@ def role_bare(args: argparse.Namespace) -> None:
             else:
                 channel.send(message)
 
-    async def bulk(channel, inbox: asyncio.Queue, total: int) -> dict[str, Any]:
-        data, digest = os.urandom(16 * 1024), hashlib.sha256()
+    async def bulk(channel, inbox: asyncio.Queue, total: int, message: int) -> dict[str, Any]:
+        data, digest = os.urandom(message), hashlib.sha256()
         low = asyncio.Event()
         channel.bufferedAmountLowThreshold = 256 * 1024
         channel.on("bufferedamountlow", low.set)
@@ -307,8 +309,8 @@ def role_bare(args: argparse.Namespace) -> None:
             sent += len(piece)
         answer = await inbox.get()
         seconds = time.perf_counter() - start
-        return {"measure": "bulk", "bytes": total, "seconds": seconds, "mb_s": total / seconds / 1e6,
-                "intact": answer == digest.digest()}
+        return {"measure": "bulk", "bytes": total, "message": message, "seconds": seconds,
+                "mb_s": total / seconds / 1e6, "intact": answer == digest.digest()}
 
     async def rtt(channel, inbox: asyncio.Queue, seconds: float) -> dict[str, Any]:
         payload = b"E" + os.urandom(63)
@@ -385,7 +387,9 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         answer.send(offer.read())
         offer.send(answer.read())
         assert offer.read()["ready"]
-        roles = [(a, ours := []), (offer, bare := [])]
+        # (role, its results, the command's extra fields); bare runs once per message size
+        roles = [(a, ours := [], {}), (offer, bare := [], {"message": 16 * 1024}),
+                 (offer, bare, {"message": 64 * 1024})]
         peer_error = ""
         try:  # py-libp2p's own WebRTC-direct, B's listener reached through its full-cone NAT
             listener = Role(lab, lab.host("b"), ["--role", "libp2p-b", *common])
@@ -393,32 +397,41 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             addr = "/ip4/" + lab.host("b").public_ip + "/" + addr.split("/", 3)[3]
             dialer = Role(lab, lab.host("a"), ["--role", "libp2p-a", "--peer", addr, *common])
             assert dialer.read(timeout=60).get("ready")
-            roles.append((dialer, libp2p := []))
+            roles.append((dialer, libp2p := [], {}))
         except (RuntimeError, AssertionError, KeyError) as e:
             peer_error, libp2p = f"py-libp2p WebRTC-direct did not connect: {e}", []
         for measure in ("bulk", "rtt"):
             for _ in range(args.runs):
-                for role, results in list(roles):
-                    role.send({"measure": measure})
+                for entry in list(roles):
+                    role, results, extra = entry
+                    if measure == "rtt" and extra.get("message") == 64 * 1024:
+                        continue  # round trips carry 64 bytes whatever the bulk message size
+                    role.send({"measure": measure, **extra})
                     try:
                         results.append(role.read())
                     except RuntimeError as e:  # the peer figure may fail; ours and bare may not
                         if role is a or role is offer:
                             raise
                         peer_error = f"py-libp2p WebRTC-direct failed during {measure}: {e}"
-                        roles.remove((role, results))
+                        roles.remove(entry)
         paused = a.read(timeout=300)
-        for role, _ in roles:
+        for role in {entry[0] for entry in roles}:
             role.send({"stop": True})
         b.send({"stop": True})
     bulk_ours = [r for r in ours if r["measure"] == "bulk"]
-    bulk_bare = [r for r in bare if r["measure"] == "bulk"]
+    bare_by_size = {size: [r for r in bare if r["measure"] == "bulk" and r["message"] == size]
+                    for size in (16 * 1024, 64 * 1024)}
+    baseline = max(bare_by_size, key=lambda size: median(bare_by_size[size], "mb_s"))
+    bulk_bare = bare_by_size[baseline]
     rtt_ours = [r for r in ours if r["measure"] == "rtt"]
     rtt_bare = [r for r in bare if r["measure"] == "rtt"]
     summary = {
         "ours_mb_s": median(bulk_ours, "mb_s"), "bare_mb_s": median(bulk_bare, "mb_s"),
+        "bare_mb_s_by_message": {str(size): median(runs, "mb_s") for size, runs in bare_by_size.items()},
+        "bare_baseline_message": baseline,
+        "run_ratios": [round(o["mb_s"] / b["mb_s"], 2) for o, b in zip(bulk_ours, bulk_bare)],
         "ours_round_trips_s": median(rtt_ours, "round_trips_s"), "bare_round_trips_s": median(rtt_bare, "round_trips_s"),
-        "all_intact": all(r["intact"] for r in bulk_ours + bulk_bare),
+        "all_intact": all(r["intact"] for r in ours + bare if r["measure"] == "bulk"),
         "paused_reader": {"bytes": paused["bytes"], "pause_s": PAUSE, "intact": paused["intact"], "mb_s": round(paused["mb_s"], 2)},
     }
     summary["throughput_ratio"] = round(summary["ours_mb_s"] / summary["bare_mb_s"], 3)
@@ -460,12 +473,15 @@ def main() -> None:
         result["matrix"] = Matrix(trials=3, log=lambda line: None).run()
     s = result["summary"]
     print(f"{'path':<28} {'MB/s':>8} {'round trips/s':>14}")
-    print(f"{'overlay WebRTC (Noise+Yamux)':<28} {s['ours_mb_s']:>8} {s['ours_round_trips_s']:>14}")
-    print(f"{'bare aiortc data channel':<28} {s['bare_mb_s']:>8} {s['bare_round_trips_s']:>14}")
+    print(f"{'overlay WebRTC stream':<28} {s['ours_mb_s']:>8} {s['ours_round_trips_s']:>14}")
+    for size, mb_s in s["bare_mb_s_by_message"].items():
+        label = f"bare aiortc, {int(size) // 1024} KiB messages"
+        print(f"{label:<28} {mb_s:>8} {s['bare_round_trips_s'] if int(size) == 16 * 1024 else '':>14}")
     peer = s["py_libp2p_webrtc_direct"]
     print(f"{'py-libp2p WebRTC-direct':<28} {peer['mb_s'] or '-':>8} {peer['round_trips_s'] or '-':>14}  "
           f"intact {peer['intact']} {peer['error']}")
-    print(f"ratio ours/bare: throughput {s['throughput_ratio']}x, round trips {s['round_trip_ratio']}x; "
+    print(f"ratio ours/bare (bare's faster size, {s['bare_baseline_message'] // 1024} KiB): throughput "
+          f"{s['throughput_ratio']}x (runs {s['run_ratios']}), round trips {s['round_trip_ratio']}x; "
           f"every transfer intact: {s['all_intact']}; reader paused {PAUSE:.0f}s: intact {s['paused_reader']['intact']}")
     out = args.out or ROOT / "benchmarks" / "results" / f"webrtc-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 Why our own relay rather than py-libp2p's circuit relay v2: a relay here serves exactly the
 peers registered with the node's signalling server, so registration, relaying and their limits
 are one mechanism with one state (and one model in the simulator); and the relayed connection
-must be added to the swarm as an ordinary Noise + Yamux connection, which we do for WebRTC
-anyway (`overlay.host._Swarm.add_raw_connection`).
+is added to the swarm as an ordinary Noise + Yamux connection
+(`overlay.host._Swarm.add_raw_connection`).
 
 `CircuitLimits` is the relay's admission rule without I/O; `RelayService` is the trio adapter:
 it splices hop and stop streams on the relay, accepts stop streams from our own signalling

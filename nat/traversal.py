@@ -19,7 +19,6 @@ import trio
 from aiortc import RTCIceServer
 from libp2p.connection_types import ConnectionType
 from libp2p.host.basic_host import BasicHost
-from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 
 from nat.relay import RelayService, parse_circuit
@@ -27,6 +26,7 @@ from nat.strategy import (
     Action, Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded,
 )
 from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession, parse_description
+from nat.webrtc_conn import add_webrtc_connection
 from overlay.dialer import Dialer, dialable
 from overlay.errors import DecodeError, DialError
 from overlay.metrics import Registry
@@ -239,9 +239,9 @@ class Traversal:
             with trio.fail_after(UPGRADE_TIMEOUT):
                 local = await session.gather()
                 answer = await self.signaling.call(via, peer, local.to_json())
-                stream = await session.connect(parse_description(answer, self.webrtc.allow_loopback_candidates))
-                await self.host.get_network().add_raw_connection(
-                    RawConnection(stream, True), peer, webrtc_addr(session.path), relayed=session.path.relayed
+                control = await session.connect(parse_description(answer, self.webrtc.allow_loopback_candidates))
+                await add_webrtc_connection(
+                    self.host.get_network(), session, control, peer, webrtc_addr(session.path), session.path.relayed
                 )
         except BaseException:
             await session.close()
@@ -268,9 +268,9 @@ class Traversal:
             with trio.fail_after(UPGRADE_TIMEOUT):
                 local = await session.gather()
                 await self.signaling.reply(via, caller, signal.session, "answer", local.to_json())
-                stream = await session.connect(remote)
-                conn = await self.host.get_network().add_raw_connection(
-                    RawConnection(stream, False), None, webrtc_addr(session.path), relayed=session.path.relayed
+                control = await session.connect(remote)
+                conn = await add_webrtc_connection(
+                    self.host.get_network(), session, control, None, webrtc_addr(session.path), session.path.relayed
                 )
             if conn.muxed_conn.peer_id != caller:
                 log.warning("WebRTC offer from %s, but the peer authenticated as %s", caller, conn.muxed_conn.peer_id)

@@ -1,11 +1,17 @@
-"""WebRTC connections: one aiortc data channel carrying a byte stream that Noise and Yamux run over.
+"""WebRTC connections: aiortc data channels, one per libp2p stream, as in libp2p's /webrtc spec.
 
 Why aiortc's ORTC objects (gatherer, ICE, DTLS, SCTP transports) instead of RTCPeerConnection:
 we exchange a compact description instead of SDP (see `Description`), and we need our own ICE
 gatherer to choose interfaces, which RTCPeerConnection builds internally.
 
-Byte stream over the data channel (`DataChannelStream`), one channel per connection
-(negotiated, id 0, ordered, reliable). Each data-channel message is one frame:
+Channels. Channel 0 (negotiated, ordered, reliable) is the control channel: the Noise handshake
+runs on it and binds the peer IDs to the DTLS certificates (nat/webrtc_conn.py), and its end is
+the connection's end. Every stream is a further channel, opened in-band (RFC 8832 DCEP, ordered,
+reliable) by the side that opens the stream. DTLS already encrypts and authenticates every
+channel, so streams carry plain bytes: no second encryption and no second multiplexer, which
+is what made a single Noise + Yamux channel cost a third of the bare data channel's throughput.
+
+Each data-channel message on a channel is one frame:
 
     0x00 payload...        DATA: stream bytes (at most CHUNK bytes of payload)
     0x01 u32 (big endian)  CREDIT: the receiver has consumed that many more bytes
@@ -14,12 +20,10 @@ Byte stream over the data channel (`DataChannelStream`), one channel per connect
 A sender may have at most WINDOW bytes of DATA payload that the receiver has not credited yet.
 aiortc returns SCTP receive window as soon as a message is handed over, read or not, so without
 this window a paused reader's buffer grows without bound; with it, a paused reader holds at most
-WINDOW bytes and loses none. A peer exceeding its credit, or sending a frame we do not know, is
-a protocol violation: the connection is closed.
-
-The noise-secured, yamux-multiplexed libp2p connection on top authenticates the remote peer ID
-end to end, so neither the signalling node that carried the descriptions nor anyone on the path
-can stand in for the peer.
+WINDOW bytes per stream (and a connection at most MAX_STREAMS streams) and loses none. A peer
+exceeding its credit, sending DATA after FIN or a frame we do not know resets the stream.
+Once both FINs are through, each side closes the channel (an SCTP stream reset); a channel
+closed before that is a reset.
 """
 
 from __future__ import annotations
@@ -63,10 +67,11 @@ from overlay.errors import DecodeError, DialError
 log = logging.getLogger(__name__)
 
 DATA, CREDIT, FIN = 0, 1, 2
-WINDOW = 1 << 20
-CHUNK = 16 * 1024
+WINDOW = 1 << 20  # per stream
+MAX_STREAMS = 256  # open streams per connection, each way together
+MAX_PENDING_STREAMS = 32  # opened by the peer, not accepted yet
+CHUNK = 65535  # DATA payload per message: our SCTP capabilities allow 65,536-byte messages
 SCTP_PORT = 5000
-CLOSE_GRACE = 2.0
 
 MAX_DESCRIPTION = 8 * 1024
 MAX_CANDIDATES = 16
@@ -230,45 +235,94 @@ class PathInfo:
 
 
 class WebRtcSession:
-    """One ICE/DTLS/SCTP association with one data channel.
+    """One ICE/DTLS/SCTP association and its data channels.
 
-    `gather()` then `connect(remote)`; `close()` at any point frees the sockets. The controlling
-    side (the one that sends the offer) is also the Noise initiator.
+    `gather()` then `connect(remote)`, which returns the control channel (negotiated, id 0) that
+    the Noise handshake runs on; streams are further data channels (`open_stream`,
+    `accept_stream`). `close()` at any point frees the sockets. The controlling side (the one
+    that sends the offer) is also the Noise initiator.
     """
 
     def __init__(self, config: WebRtcConfig, controlling: bool, bridge: AsyncioBridge | None = None) -> None:
         self.config = config
         self.controlling = controlling
         self.bridge = bridge or get_bridge()
+        self._call = TrioCall()
         self._ice: RTCIceTransport | None = None
         self._dtls: RTCDtlsTransport | None = None
         self._sctp: RTCSctpTransport | None = None
         self._closed = False
         self.stopped = False  # every transport stopped (set on the asyncio thread)
         self.path = PathInfo()
+        self.remote_fingerprints: tuple[tuple[str, str], ...] = ()
+        self.streams: set[DataChannelStream] = set()  # open streams, the control channel excluded
+        self.streams_refused = 0
+        self._incoming_send, self._incoming = trio.open_memory_channel[DataChannelStream](MAX_PENDING_STREAMS)
 
     async def gather(self) -> Description:
         return await self.bridge.run(self._gather)
 
     async def connect(self, remote: Description) -> DataChannelStream:
-        """Run ICE, DTLS and SCTP to an open data channel within the configured timeout."""
-        stream = DataChannelStream(self, TrioCall())
+        """Run ICE, DTLS and SCTP within the configured timeout; returns the open control channel."""
+        control = DataChannelStream(self)
         try:
             with trio.fail_after(self.config.timeout):
-                await self.bridge.run(self._connect, remote, stream)
+                await self.bridge.run(self._connect, remote, control)
         except trio.TooSlowError:
             await self.close()
             raise DialError(f"webrtc: no connection within {self.config.timeout:.0f}s") from None
         except (ConnectionError, OSError) as e:
             await self.close()
             raise DialError(f"webrtc: {e}") from None
+        self.remote_fingerprints = remote.fingerprints
+        return control
+
+    def local_fingerprints(self) -> tuple[tuple[str, str], ...]:
+        assert self._dtls is not None, "gather() first"
+        return tuple((f.algorithm, f.value) for f in self._dtls.getLocalParameters().fingerprints)
+
+    async def open_stream(self) -> DataChannelStream:
+        """A new data channel (announced to the peer in-band, RFC 8832), open for writing."""
+        if self._closed:
+            raise ConnectionClosedError("webrtc connection closed", transport="webrtc")
+        if len(self.streams) >= MAX_STREAMS:
+            raise ConnectionClosedError(f"webrtc: {MAX_STREAMS} streams open already", transport="webrtc")
+        stream = DataChannelStream(self)
+        self.streams.add(stream)
+        try:
+            with trio.fail_after(self.config.timeout):
+                await self.bridge.run(self._open_channel, stream)
+        except (trio.TooSlowError, ConnectionError) as e:
+            stream._release()
+            raise ConnectionClosedError(f"webrtc: no stream: {e or 'timed out'}", transport="webrtc") from None
         return stream
+
+    async def accept_stream(self) -> DataChannelStream:
+        """The next data channel the peer opened; EndOfChannel once the session is closed."""
+        return await self._incoming.receive()
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._incoming_send.close()
+            for stream in list(self.streams):
+                stream._on_broken("connection closed")
             with trio.move_on_after(5):
                 await self.bridge.run(self._stop)
+
+    def _accept(self, stream: DataChannelStream) -> None:
+        """trio side of an incoming channel: queued for accept_stream, or refused and counted."""
+        if self._closed or len(self.streams) >= MAX_STREAMS:
+            self.streams_refused += 1
+            stream._reset_now("refused")
+            return
+        try:
+            self._incoming_send.send_nowait(stream)
+        except trio.WouldBlock:
+            self.streams_refused += 1
+            stream._reset_now("refused")
+            return
+        self.streams.add(stream)
 
     # -- asyncio side --
 
@@ -280,11 +334,10 @@ class WebRtcSession:
         self._sctp = RTCSctpTransport(self._dtls, SCTP_PORT)
         await gatherer.gather()
         params = gatherer.getLocalParameters()
-        fingerprints = tuple((f.algorithm, f.value) for f in self._dtls.getLocalParameters().fingerprints)
         candidates = tuple("candidate:" + candidate_to_sdp(c) for c in gatherer.getLocalCandidates())
-        return Description(params.usernameFragment, params.password, fingerprints, candidates)
+        return Description(params.usernameFragment, params.password, self.local_fingerprints(), candidates)
 
-    async def _connect(self, remote: Description, stream: DataChannelStream) -> None:
+    async def _connect(self, remote: Description, control: DataChannelStream) -> None:
         assert self._ice is not None and self._dtls is not None and self._sctp is not None, "gather() first"
         for text in remote.candidates:
             candidate = candidate_from_sdp(text.removeprefix("candidate:"))
@@ -299,15 +352,34 @@ class WebRtcSession:
         await self._dtls.start(RTCDtlsParameters(fingerprints=fingerprints, role="auto"))
         if self._dtls.state != "connected":
             raise ConnectionError(f"DTLS handshake ended in state {self._dtls.state}")
-        # The channel and its handlers exist before SCTP starts: the peer's first message can
+        # The channels and their handlers exist before SCTP starts: the peer's first message can
         # arrive as soon as the association is up, and aiortc drops data for unknown channels.
         channel = RTCDataChannel(self._sctp, RTCDataChannelParameters(label="overlay", negotiated=True, id=0))
-        stream.attach(channel)
+        control.attach(channel)
+        self._sctp.on("datachannel", self._on_datachannel_asyncio)
         opened = asyncio.Event()
         channel.on("open", opened.set)
         await self._sctp.start(RTCSctpCapabilities(maxMessageSize=65536), SCTP_PORT)
         if channel.readyState != "open":
             await opened.wait()
+
+    def _on_datachannel_asyncio(self, channel: RTCDataChannel) -> None:
+        # Handlers are attached here, synchronously, before the channel's first message is emitted.
+        stream = DataChannelStream(self)
+        stream.attach(channel)
+        self._call(self._accept, stream)
+
+    async def _open_channel(self, stream: DataChannelStream) -> None:
+        assert self._sctp is not None
+        channel = RTCDataChannel(self._sctp, RTCDataChannelParameters(label="", ordered=True))
+        stream.attach(channel)
+        if channel.readyState != "open":
+            settled = asyncio.Event()
+            channel.on("open", settled.set)
+            channel.on("close", settled.set)
+            await settled.wait()
+        if channel.readyState != "open":
+            raise ConnectionError("the peer closed the new data channel")
 
     async def _stop(self) -> None:
         for transport in (self._sctp, self._dtls, self._ice):
@@ -340,35 +412,38 @@ class _Counters:
 
 
 class DataChannelStream(ReadWriteCloser):
-    """The trio side of the byte stream; the data channel itself is only touched on the asyncio loop.
+    """One data channel as a byte stream, on the trio side; the channel itself is only touched on
+    the asyncio loop.
 
-    Incoming frames are handed over one by one in order (trio's run_sync_soon queue is FIFO);
-    outgoing frames are scheduled in order with call_soon_threadsafe.
+    Frames cross threads in batches, in order, one wake-up per burst: incoming ones through
+    trio's run_sync_soon queue (FIFO), outgoing ones through call_soon_threadsafe.
+    `close()` ends our direction (FIN) and reading goes on until the peer's FIN; once both are
+    through, the channel is closed and its SCTP stream released. `reset()` ends both at once.
+    `read()` returns b"" at the end either way: `eof` tells a clean end from a reset.
     """
 
-    def __init__(self, session: WebRtcSession, call: TrioCall, window: int = WINDOW) -> None:
+    def __init__(self, session: WebRtcSession, window: int = WINDOW) -> None:
         self.session = session
         self._channel: RTCDataChannel | None = None
-        self._call = call
+        self._call = session._call
         self._window = window
         self._chunks: deque[bytes] = deque()  # received payloads, the first one from _offset
         self._offset = 0
         self._buffered = 0
         self._credit = window
         self._consumed = 0
-        self._eof = False
-        self._closed = False  # by us
-        self._broken: str | None = None  # by the remote or the transport
+        self.eof = False  # the peer's FIN arrived
+        self._write_closed = False  # our FIN is queued
+        self._broken: str | None = None  # reset, by either side, or the transport went away
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
         self._write_lock = trio.Lock()
-        self._remote_fin = asyncio.Event()
         self.counters = _Counters()
-        # Frames cross threads in batches: one wake-up per burst, not per frame.
         self._inbox: deque[Any] = deque()
         self._inbox_scheduled = False
-        self._outbox: deque[bytes] = deque()
+        self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_scheduled = False
+        self._send_failed = False  # asyncio side
 
     # -- asyncio side: every handler only hands over to trio and never raises --
 
@@ -378,42 +453,65 @@ class DataChannelStream(ReadWriteCloser):
         channel.on("close", self._on_close_asyncio)
 
     def _on_message_asyncio(self, data: Any) -> None:
-        if isinstance(data, bytes) and data[:1] == bytes([FIN]):
-            self._remote_fin.set()
         self._inbox.append(data)
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
             self._call(self._drain_inbox)
 
     def _on_close_asyncio(self) -> None:
-        self._remote_fin.set()
-        self._call(self._on_broken, "data channel closed")
+        self._call(self._on_channel_closed)
 
     def _flush_asyncio(self) -> None:
+        """Send what the trio side queued, packing consecutive stream bytes into full messages.
+
+        Every data-channel message costs a wake-up of the receiving trio thread and a share of
+        the GIL there, and writes (a Noise message is up to 65,537 bytes with its length) do not
+        divide into messages: packing them halves the message count of a bulk transfer.
+        """
         self._outbox_scheduled = False
+        outbox, send = self._outbox, self._send_asyncio
+        data = bytearray([DATA])
+        while outbox:
+            item = outbox.popleft()
+            if isinstance(item, memoryview):  # stream bytes
+                while item:
+                    room = CHUNK + 1 - len(data)
+                    data += item[:room]
+                    item = item[room:]
+                    if len(data) == CHUNK + 1:
+                        send(bytes(data))
+                        data = bytearray([DATA])
+            else:  # a control frame, after the bytes queued before it
+                if len(data) > 1:
+                    send(bytes(data))
+                    data = bytearray([DATA])
+                send(item)
+        if len(data) > 1:
+            send(bytes(data))
+
+    def _send_asyncio(self, frame: bytes) -> None:
+        if self._send_failed or self._channel is None or self._channel.readyState != "open":
+            return
         try:
-            while self._outbox:
-                frame = self._outbox.popleft()
-                if self._channel is not None and self._channel.readyState == "open":
-                    self._channel.send(frame)
+            self._channel.send(frame)
         except Exception as e:  # noqa: BLE001 - must not escape into the event loop
+            self._send_failed = True
             self._call(self._on_broken, f"send failed: {e}")
 
-    async def _shutdown_asyncio(self) -> None:
-        try:
-            await asyncio.wait_for(self._remote_fin.wait(), CLOSE_GRACE)
-        except asyncio.TimeoutError:
-            pass
-        try:
-            if self._channel is not None:
+    def _close_channel_asyncio(self) -> None:
+        """Close the channel behind the frames queued before (aiortc resets the SCTP stream once
+        they are sent)."""
+        self._flush_asyncio()
+        if self._channel is not None:
+            try:
                 self._channel.close()
-        except Exception:  # noqa: BLE001
-            pass
-        await self.session._stop()
+            except Exception as e:  # noqa: BLE001 - the association may be gone already
+                log.debug("webrtc: closing a data channel: %s", e)
 
     # -- trio side --
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frame: bytes | memoryview) -> None:
+        """Queue a control frame (bytes) or stream bytes (a memoryview) for the asyncio side."""
         self._outbox.append(frame)
         if not self._outbox_scheduled:
             self._outbox_scheduled = True
@@ -425,34 +523,40 @@ class DataChannelStream(ReadWriteCloser):
             self._on_frame(self._inbox.popleft())
 
     def _on_frame(self, data: Any) -> None:
-        if self._closed:
+        if self._broken:
             return
         if not isinstance(data, bytes) or not data:
             self._violation("text or empty frame")
         elif data[0] == DATA:
             payload = data[1:]
-            if self._buffered + len(payload) > self._window:
+            if self.eof:
+                self._violation("data after FIN")
+            elif self._buffered + len(payload) > self._window:
                 self._violation("peer sent beyond its credit")
-                return
-            if payload:
+            elif payload:
                 self._chunks.append(payload)
                 self._buffered += len(payload)
-            self.counters.bytes_in += len(payload)
-            self._readable.unpark_all()
+                self.counters.bytes_in += len(payload)
+                self._readable.unpark_all()
         elif data[0] == CREDIT and len(data) == 5:
             self._credit += struct.unpack(">I", data[1:])[0]
             self._writable.unpark_all()
         elif data[0] == FIN and len(data) == 1:
-            self._eof = True
+            self.eof = True
             self._readable.unpark_all()
+            self._maybe_done()
         else:
             self._violation(f"unknown frame type {data[0]}")
 
     def _violation(self, why: str) -> None:
         self.counters.violations += 1
-        log.warning("webrtc: closing the connection: %s", why)
-        self._on_broken(why)
-        trio.lowlevel.spawn_system_task(self.close)
+        log.warning("webrtc: resetting a stream: %s", why)
+        self._reset_now(why)
+
+    def _on_channel_closed(self) -> None:
+        if not (self.eof and self._write_closed):
+            self._on_broken("reset by the peer")
+        self._release()
 
     def _on_broken(self, why: str) -> None:
         if self._broken is None:
@@ -460,15 +564,34 @@ class DataChannelStream(ReadWriteCloser):
         self._readable.unpark_all()
         self._writable.unpark_all()
 
+    def _reset_now(self, why: str) -> None:
+        self._on_broken(why)
+        self._chunks.clear()
+        self._buffered = 0
+        self._release()
+        self.session.bridge.call_soon(self._close_channel_asyncio)
+
+    def _maybe_done(self) -> None:
+        if self.eof and self._write_closed and not self._broken:
+            self._release()
+            self.session.bridge.call_soon(self._close_channel_asyncio)
+
+    def _release(self) -> None:
+        self.session.streams.discard(self)
+
     @property
     def buffered(self) -> int:
         """Received bytes not read yet (at most the window)."""
         return self._buffered
 
+    @property
+    def broken(self) -> str | None:
+        return self._broken
+
     async def read(self, n: int | None = None) -> bytes:
         """Up to `n` bytes, from one received frame at a time (no copy of the whole buffer)."""
         while not self._chunks:
-            if self._eof or self._closed or self._broken:
+            if self.eof or self._broken:
                 return b""
             await self._readable.park()
         chunk = self._chunks[0]
@@ -482,37 +605,39 @@ class DataChannelStream(ReadWriteCloser):
         size = len(data)
         self._buffered -= size
         self._consumed += size
-        if self._consumed >= self._window // 4:
+        if self._consumed >= self._window // 4 and not self.eof:
             self._send(bytes([CREDIT]) + struct.pack(">I", self._consumed))
             self._consumed = 0
         return data
 
     async def write(self, data: bytes) -> None:
-        view = memoryview(data)
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))  # queued, not copied
         async with self._write_lock:
             pos = 0
             while pos < len(view):
-                while self._credit <= 0 and not (self._closed or self._broken):
+                while self._credit <= 0 and not (self._write_closed or self._broken):
                     await self._writable.park()
-                if self._closed or self._broken:
-                    raise ConnectionClosedError(f"webrtc connection closed: {self._broken or 'locally'}", transport="webrtc")
-                size = min(len(view) - pos, self._credit, CHUNK)
+                if self._write_closed or self._broken:
+                    why = self._broken or "closed for writing"
+                    raise ConnectionClosedError(f"webrtc stream: {why}", transport="webrtc")
+                size = min(len(view) - pos, self._credit)
                 self._credit -= size
-                self._send(bytes([DATA]) + view[pos : pos + size])
+                self._send(view[pos : pos + size])
                 self.counters.bytes_out += size
                 pos += size
 
     async def close(self) -> None:
-        """Send FIN behind the data already queued, then tear the association down once the peer
-        has answered with its FIN (or after CLOSE_GRACE), so the last bytes arrive first."""
-        if self._closed:
+        """FIN behind the bytes already queued; reading goes on until the peer's FIN."""
+        if self._write_closed or self._broken:
             return
-        self._closed = True
-        self._readable.unpark_all()
+        self._write_closed = True
         self._writable.unpark_all()
         self._send(bytes([FIN]))
-        self.session.bridge.call_soon(asyncio.ensure_future, self._shutdown_asyncio())
-        self.session._closed = True
+        self._maybe_done()
+
+    async def reset(self) -> None:
+        if not self._broken:
+            self._reset_now("reset locally")
 
     def get_remote_address(self) -> tuple[str, int] | None:
         return self.session.path.remote

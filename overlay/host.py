@@ -88,7 +88,7 @@ class _Swarm(Swarm):
         self, raw: IRawConnection, peer_id: ID | None, addr: multiaddr.Multiaddr, relayed: bool
     ) -> SwarmConn:
         """Secure (Noise) and multiplex (Yamux) a connection the swarm's transports did not make
-        (a WebRTC data channel, a relayed stream), and add it like any other.
+        (a relayed stream), and add it like any other.
 
         `peer_id` is the peer we expect when we initiate (the Noise initiator authenticates it);
         None when we respond, and the connection belongs to whoever Noise says the remote is.

@@ -1,5 +1,5 @@
-"""WebRTC connections: the description codec, the credit-windowed byte stream, and a libp2p
-connection (Noise + Yamux) over a data channel between two nodes on loopback."""
+"""WebRTC connections: the description codec, data-channel streams (credit window, half-close,
+reset, limits), and a libp2p connection over a session between two nodes on loopback."""
 
 from __future__ import annotations
 
@@ -11,19 +11,20 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from libp2p.network.connection.raw_connection import RawConnection
 
+import nat.webrtc
 from nat.webrtc import WINDOW, WebRtcConfig, WebRtcSession, parse_description
-from overlay.errors import DecodeError
+from nat.webrtc_conn import add_webrtc_connection
+from overlay.errors import DecodeError, DialError
 from tests.conftest import cluster, wait_for
 
 LOOPBACK = WebRtcConfig(interfaces=("127.0.0.1",), allow_loopback_candidates=True)
 
 
 @pytest.fixture
-async def pairs():
-    """Makes connected stream pairs; closes them all after the test and waits until their
-    sessions have stopped, so none keeps running on the shared asyncio thread."""
+async def sessions():
+    """Makes connected session pairs (with their control channels); closes them all after the
+    test and waits until they have stopped, so none keeps running on the shared asyncio thread."""
     made = []
 
     async def make(config: WebRtcConfig = LOOPBACK):
@@ -32,9 +33,9 @@ async def pairs():
         return pair
 
     yield make
-    for stream in [s for pair in made for s in pair]:
-        await stream.close()
-    await wait_for(lambda: all(s.session.stopped for pair in made for s in pair), what="sessions stopped")
+    for session, _ in [s for pair in made for s in pair]:
+        await session.close()
+    await wait_for(lambda: all(session.stopped for pair in made for session, _ in pair), what="sessions stopped")
 
 
 async def connected_pair(config: WebRtcConfig = LOOPBACK):
@@ -42,13 +43,22 @@ async def connected_pair(config: WebRtcConfig = LOOPBACK):
     da, db = await a.gather(), await b.gather()
     da = parse_description(da.to_json(), allow_loopback=True)
     db = parse_description(db.to_json(), allow_loopback=True)
-    streams = {}
+    control = {}
     async with trio.open_nursery() as nursery:
         async def connect(session, remote, name):
-            streams[name] = await session.connect(remote)
+            control[name] = await session.connect(remote)
         nursery.start_soon(connect, a, db, "a")
         nursery.start_soon(connect, b, da, "b")
-    return streams["a"], streams["b"]
+    return (a, control["a"]), (b, control["b"])
+
+
+async def stream_pair(sessions):
+    """A stream opened by one side and accepted by the other."""
+    (a, _), (b, _) = await sessions()
+    sa = await a.open_stream()
+    with trio.fail_after(5):
+        sb = await b.accept_stream()
+    return sa, sb
 
 
 # ---- descriptions -------------------------------------------------------------------------------
@@ -115,12 +125,12 @@ def test_a_good_description_with_one_field_replaced_parses_or_raises_decode_erro
         pass
 
 
-# ---- the byte stream ----------------------------------------------------------------------------
+# ---- streams over data channels ------------------------------------------------------------------
 
 
-async def test_bytes_arrive_in_order_and_close_is_eof(pairs):
-    a, b = await pairs()
-    data = os.urandom(3 * WINDOW + 12345)
+async def test_bytes_arrive_in_order_each_way_and_close_is_a_half_close(sessions):
+    a, b = await stream_pair(sessions)
+    data, reply = os.urandom(3 * WINDOW + 12345), os.urandom(70000)
     received = bytearray()
     async with trio.open_nursery() as nursery:
         async def send():
@@ -129,12 +139,18 @@ async def test_bytes_arrive_in_order_and_close_is_eof(pairs):
         nursery.start_soon(send)
         while chunk := await b.read(65536):
             received += chunk
-    assert bytes(received) == data
+    assert bytes(received) == data and b.eof
+    await b.write(reply)  # a closed only its own direction
     await b.close()
+    answer = bytearray()
+    while chunk := await a.read():
+        answer += chunk
+    assert bytes(answer) == reply and a.eof
+    await wait_for(lambda: not a.session.streams and not b.session.streams, what="both streams released")
 
 
-async def test_paused_reader_holds_at_most_a_window_and_loses_nothing(pairs):
-    a, b = await pairs()
+async def test_paused_reader_holds_at_most_a_window_and_loses_nothing(sessions):
+    a, b = await stream_pair(sessions)
     data = os.urandom(4 * WINDOW)
     sent = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -154,44 +170,115 @@ async def test_paused_reader_holds_at_most_a_window_and_loses_nothing(pairs):
             digest.update(chunk)
             got += len(chunk)
     assert got == len(data) and digest.digest() == hashlib.sha256(data).digest()
-    await a.close()
-    await b.close()
 
 
-async def test_writer_sees_the_remote_close(pairs):
-    a, b = await pairs()
-    await b.close()
-    with pytest.raises(Exception, match="closed"):
+async def test_a_reset_reaches_the_other_side_and_is_not_an_end_of_stream(sessions):
+    a, b = await stream_pair(sessions)
+    await a.write(b"x" * 1000)
+    await a.reset()
+    with pytest.raises(Exception, match="reset"):
         with trio.fail_after(10):
             while True:
-                await a.write(b"x" * 65536)
-    assert await a.read() == b""
-    await a.close()
+                await b.write(b"y" * 65536)
+    await wait_for(lambda: b.broken is not None, what="reset seen")
+    assert not b.eof
+    await wait_for(lambda: not a.session.streams and not b.session.streams, what="both streams released")
 
 
-async def test_credit_overrun_closes_the_connection_and_is_counted(pairs):
-    a, b = await pairs()
-    b._on_frame(b"\x00" + b"x" * (WINDOW + 1))  # as if the peer ignored its credit
-    assert b.counters.violations == 1
-    assert await b.read() == b""
-    await a.close()
+async def test_credit_overrun_resets_that_stream_only(sessions):
+    (a, _), (b, _) = await sessions()
+    bad, other = await a.open_stream(), await a.open_stream()
+    with trio.fail_after(5):
+        bad_b, other_b = await b.accept_stream(), await b.accept_stream()
+    bad_b._on_frame(b"\x00" + b"x" * (WINDOW + 1))  # as if the peer ignored its credit
+    assert bad_b.counters.violations == 1 and bad_b.broken
+    assert await bad_b.read() == b"" and not bad_b.eof
+    await other.write(b"still here")
+    with trio.fail_after(5):
+        assert await other_b.read() == b"still here"
 
 
-# ---- a libp2p connection over the data channel --------------------------------------------------
+async def test_many_streams_at_once_each_arrive_intact(sessions):
+    (a, _), (b, _) = await sessions()
+    payloads = [os.urandom(100_000 + i) for i in range(20)]
+    results = {}
+    async with trio.open_nursery() as nursery:
+        async def send(data):
+            stream = await a.open_stream()
+            await stream.write(len(data).to_bytes(4, "big") + data)
+            await stream.close()
+
+        async def receive(stream):
+            got = bytearray()
+            while chunk := await stream.read():
+                got += chunk
+            results[int.from_bytes(got[:4], "big")] = bytes(got[4:])
+            await stream.close()
+
+        async def accept():
+            for _ in payloads:
+                nursery.start_soon(receive, await b.accept_stream())
+
+        nursery.start_soon(accept)
+        for data in payloads:
+            nursery.start_soon(send, data)
+    assert [results[len(d)] == d for d in payloads] == [True] * len(payloads)
 
 
-async def test_noise_and_yamux_over_a_data_channel_carry_the_nodes_protocols(tmp_path, pairs):
+async def test_streams_beyond_the_limit_are_refused_and_counted(sessions, monkeypatch):
+    monkeypatch.setattr(nat.webrtc, "MAX_STREAMS", 3)
+    (a, _), (b, _) = await sessions()
+    opened = [await a.open_stream() for _ in range(3)]
+    with pytest.raises(Exception, match="3 streams open"):
+        await a.open_stream()
+    accepted = [await b.accept_stream() for _ in range(3)]
+    await opened[0].reset()  # frees a slot on both sides
+    await wait_for(lambda: len(a.streams) == 2 and len(b.streams) == 2, what="slot freed")
+    b.streams.add(nat.webrtc.DataChannelStream(b))  # b is full again; a believes it has room
+    extra = await a.open_stream()
+    await wait_for(lambda: b.streams_refused == 1 and extra.broken is not None, what="refusal")
+    assert len(accepted) == 3
+
+
+# ---- a libp2p connection over a session ------------------------------------------------------------
+
+
+async def test_a_session_is_a_libp2p_connection_with_a_channel_per_stream(tmp_path, sessions):
     async with cluster(tmp_path) as c:
         alice, bob = await c.start(), await c.start()
-        sa, sb = await pairs()
+        (sa, ca), (sb, cb) = await sessions()
         addr = multiaddr.Multiaddr("/ip4/127.0.0.1/udp/1/webrtc")
         conns = {}
         async with trio.open_nursery() as nursery:
-            async def add(node, raw, peer, name):
-                conns[name] = await node.host.get_network().add_raw_connection(raw, peer, addr, relayed=False)
-            nursery.start_soon(add, alice, RawConnection(sa, True), bob.peer_id, "a")
-            nursery.start_soon(add, bob, RawConnection(sb, False), None, "b")
+            async def add(node, session, control, peer, name):
+                conns[name] = await add_webrtc_connection(node.host.get_network(), session, control, peer, addr, False)
+            nursery.start_soon(add, alice, sa, ca, bob.peer_id, "a")
+            nursery.start_soon(add, bob, sb, cb, None, "b")
         assert conns["b"].muxed_conn.peer_id == alice.peer_id, "Noise names the remote"
         rtt = await alice.ping(bob.peer_id)
         assert 0 < rtt < 5
+        assert len(sa.streams) <= 1, "a ping is one data channel, released when done"
         assert [str(c.get_connection_type().value) for c in alice.host.get_network().get_connections(bob.peer_id)] == ["direct"]
+        await conns["a"].close()
+        await wait_for(lambda: not bob.host.get_network().get_connections(alice.peer_id), what="the peer sees the end")
+
+
+async def test_a_certificate_the_peer_does_not_state_as_its_own_is_refused(tmp_path, sessions):
+    async with cluster(tmp_path) as c:
+        alice, bob = await c.start(), await c.start()
+        (sa, ca), (sb, cb) = await sessions()
+        # as if signalling had carried another certificate's fingerprint to bob
+        sb.remote_fingerprints = (("sha-256", ":".join(["AB"] * 32)),)
+        addr = multiaddr.Multiaddr("/ip4/127.0.0.1/udp/1/webrtc")
+        errors = []
+        async with trio.open_nursery() as nursery:
+            async def add(node, session, control, peer):
+                try:
+                    await add_webrtc_connection(node.host.get_network(), session, control, peer, addr, False)
+                except Exception as e:  # noqa: BLE001 - both sides must fail; the test says how
+                    errors.append(e)
+            nursery.start_soon(add, alice, sa, ca, bob.peer_id)
+            nursery.start_soon(add, bob, sb, cb, None)
+        assert any(isinstance(e, DialError) and "certificate" in str(e) for e in errors)
+        assert not alice.host.get_network().get_connections(bob.peer_id)
+        assert not bob.host.get_network().get_connections(alice.peer_id)
