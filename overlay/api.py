@@ -14,6 +14,8 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | POST   | /v1/ping/{peer_id}?count=N   | {"peer_id", "rtt_ms": [...], "errors": [...]}            |
 | GET    | /v1/netcheck                 | reachability, NAT type (STUN), public addresses, signalling registrations |
 | POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
+| GET    | /v1/channels                 | node-stats, plus "reserved" (every reservation) and "open_elsewhere" (channel -> nodes) |
+| WS     | /connect                     | seed 003's client protocol (overlay/channels/client.py)  |
 
 Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
 """
@@ -30,7 +32,10 @@ from libp2p.peer.id import ID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from overlay.channels.client import MAX_CLIENT_FRAME
 
 from overlay.errors import DialError, NotFoundError, OverlayError
 from overlay.node import Node
@@ -110,6 +115,41 @@ def build_app(node: Node) -> Starlette:
     async def connect(request: Request) -> Response:
         return JSONResponse(await node.first_stream(_peer_id(request)))
 
+    async def channels(request: Request) -> Response:
+        table = node.channels.table
+        return JSONResponse({**node.channels.node_stats(), "reserved": table.listing(open_only=False),
+                             "open_elsewhere": {name: table.open_elsewhere(name) for name in table.channels}})
+
+    async def channel_client(websocket: WebSocket) -> None:
+        """One WS /connect client: its frames in order, answers and channel messages out through
+        one bounded queue (a client that does not read loses messages, counted, not memory)."""
+        await websocket.accept()
+        client, outbox = node.channels.new_client()
+
+        async def pump() -> None:
+            try:
+                async for text in outbox:
+                    await websocket.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    frame = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
+                    reply = await node.channels.handle_client_frame(client, frame)
+                    if reply is not None:
+                        await client.send.send(reply)
+                nursery.cancel_scope.cancel()
+        except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            node.channels.drop_client(client)
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -121,6 +161,8 @@ def build_app(node: Node) -> Starlette:
             Route("/v1/find/{peer_id}", guarded(find)),
             Route("/v1/ping/{peer_id}", guarded(ping), methods=["POST"]),
             Route("/v1/connect/{peer_id}", guarded(connect), methods=["POST"]),
+            Route("/v1/channels", guarded(channels)),
+            WebSocketRoute("/connect", channel_client),
         ]
     )
 
@@ -133,6 +175,7 @@ async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_ST
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
+    config.websocket_max_message_size = MAX_CLIENT_FRAME  # larger frames close the socket (1009)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, build_app(node), config)
         task_status.started(bound[0] if bound else f"http://{host}:{port}")

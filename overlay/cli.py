@@ -67,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     ping = client("ping", help="dial a peer by ID and measure round trips")
     ping.add_argument("peer_id")
     ping.add_argument("--count", type=int, default=3)
+
+    channel = sub.add_parser("channel", help="use a channel through the node's WS /connect")
+    actions = channel.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listen = actions.add_parser("listen", help="subscribe and print each message (one line each) until interrupted")
+    send = actions.add_parser("send", help="subscribe, send one message, leave")
+    for c in (listen, send):
+        c.add_argument("channel")
+        c.add_argument("--password", help="the channel's password (the first subscriber sets it)")
+        c.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="the node's local API")
+    listen.add_argument("--json", action="store_true", help="print each message as the JSON the node sent")
+    send.add_argument("message")
     return p
 
 
@@ -168,6 +179,52 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(args: argparse.Namespace) -> int:
+    """`channel listen` / `channel send`: seed 003's client protocol over WS /connect."""
+    import trio
+    from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+    host, port = parse_host_port(args.api)
+
+    async def request(ws, command: str, **data: str) -> dict:
+        await ws.send_message(json.dumps({"command": command, "data": data, "nonce": command}))
+        while True:
+            reply = json.loads(await ws.get_message())
+            if reply.get("type") == "response" and reply.get("nonce") == command:
+                return reply["data"]
+
+    async def run() -> int:
+        async with open_websocket_url(f"ws://{host}:{port}/connect") as ws:
+            subscribe = {"topic": args.channel} | ({"password": args.password} if args.password else {})
+            answer = await request(ws, "subscribe", **subscribe)
+            if not answer.get("ok"):
+                raise OverlayError(f"channel {args.channel}: {answer.get('reason')}")
+            if args.action == "send":
+                answer = await request(ws, "send", channel=args.channel, message=args.message)
+                if not answer.get("ok"):
+                    raise OverlayError(f"channel {args.channel}: {answer.get('reason')}")
+                return 0
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    async def stop() -> None:
+                        async for _ in signals:
+                            nursery.cancel_scope.cancel()
+                    nursery.start_soon(stop)
+                    while True:
+                        text = await ws.get_message()
+                        reply = json.loads(text)
+                        if reply.get("type") == "message":
+                            print(text if args.json else reply["data"]["message"], flush=True)
+                        elif reply.get("type") == "response" and reply["data"].get("reason"):
+                            print(f"overlay-node: channel {args.channel}: {reply['data']['reason']}", file=sys.stderr)
+            return 0
+
+    try:
+        return trio.run(run)
+    except (OSError, HandshakeError, ConnectionClosed) as e:
+        raise OverlayError(f"cannot use the node's WS /connect at {host}:{port} ({str(e) or type(e).__name__}); is `overlay-node run` running?") from None
+
+
 def _human(command: str, body: Any) -> str:
     if command == "status":
         lines = [f"peer id:       {body['peer_id']}", f"network:       {body['network']}",
@@ -208,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "id":
             return _id(args)
+        if args.command == "channel":
+            return _channel(args)
         if args.command == "natlab":
             from simulations.natlab.matrix import main as natlab
 

@@ -53,7 +53,9 @@ class Config:
     turn_username: str = ""
     turn_password: str = ""
     webrtc_interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: all but loopback
-    port_mapping: bool = True  # try UPnP-IGD / NAT-PMP on the gateway
+    port_mapping: bool = True  # try NAT-PMP on the gateway
+    inm_peers: int = 8  # nodes to keep an INM link with (channels, seed 003)
+    network_token: str = ""  # if set, INM handshakes must carry it (a private network)
 
     @property
     def api_url(self) -> str:
@@ -159,6 +161,12 @@ def _convert(key: str, value: Any) -> Any:
     if key == "port_mapping":
         if not isinstance(value, bool):
             raise ConfigError("port_mapping: expected true or false")
+        return value
+    if key == "inm_peers":
+        return _whole(key, value, 1, 64)
+    if key == "network_token":
+        if not isinstance(value, str) or len(value) > 256 or not value.isprintable():
+            raise ConfigError("network_token: expected printable text of at most 256 characters")
         return value
     if key == "max_connections":
         return _whole(key, value, 1, 100_000)

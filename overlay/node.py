@@ -31,11 +31,12 @@ from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
 from nat.relay import RelayService, circuit_addr
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
+from overlay.channels.service import ChannelService
 from overlay.config import Config, parse_host_port
 from overlay.dht import DhtService
 from overlay.dialer import Dialer, dialable, known_addrs, strip_p2p
 from overlay.errors import DialError, NotFoundError, RecordError
-from overlay.host import build_host
+from overlay.host import build_host, close_quietly
 from overlay.identity import load_or_create_key
 from overlay.kademlia.core import KadConfig, Kademlia
 from overlay.kademlia.store import NamespacedValidator
@@ -118,6 +119,7 @@ class Node:
         self.traversal = Traversal(
             self.host, self.dialer, self.signaling, self.relay, webrtc_config(config), self.metrics, self._ice_servers_via
         )
+        self.channels = ChannelService(self, self.metrics, want=config.inm_peers, token=config.network_token)
         self.bootstraps = [
             BootstrapState(strip_p2p(a), pid)
             for a in config.bootstrap
@@ -147,6 +149,7 @@ class Node:
                         await nursery.start(self.dht.run)
                         await nursery.start(self.signaling.run)
                         await nursery.start(self.traversal.run)
+                        await nursery.start(self.channels.run)
                         nursery.start_soon(serve_stun_on_tcp_ports, self._tcp_ipv4(), self.stun)
                         await self._set_reachability(self.reachability)
                         await self.publish_record()
@@ -156,6 +159,8 @@ class Node:
                         self.started.set()
                         task_status.started()
         finally:
+            with trio.CancelScope(shield=True):  # peers see the connections end, also in-process
+                await close_quietly(self.host)
             self.stopped.set()
 
     def stop(self) -> None:
@@ -488,9 +493,13 @@ class Node:
     # ---- views -------------------------------------------------------------------------------
 
     def health(self) -> dict[str, str]:
-        """Seed 003's health states; "no peers" only matters when bootstraps are configured."""
-        if self.bootstraps and not self.connected_peers():
-            return {"healthy": "degraded", "reason": "no peers"}
+        """Seed 003's health states, the most serious first; "no peers" only matters when
+        bootstraps are configured (a lone node is healthy)."""
+        problem = self.channels.health()
+        if self.bootstraps and not self.connected_peers() and (problem is None or problem[0] != "bad"):
+            problem = ("degraded", "no peers")
+        if problem is not None:
+            return {"healthy": problem[0], "reason": problem[1]}
         return {"healthy": "good", "reason": "healthy"}
 
     def status(self) -> dict:

@@ -41,6 +41,7 @@ async def test_api_routes_and_errors(tmp_path):
         b = await c.start(join=a, api=("127.0.0.1", 0))
         await wait_for(lambda: b.joined.is_set(), what="join")
         url = await c.nursery.start(serve_api, b)
+        await wait_for(lambda: b.channels.neighbours(), what="an INM neighbour (else: no peers)")
 
         assert await call("GET", f"{url}/health") == (200, {"healthy": "good", "reason": "healthy"})
         status, body = await call("GET", f"{url}/v1/status")

@@ -132,6 +132,25 @@ def test_three_processes_find_and_ping_each_other(tmp_path, procs):
         assert "Traceback" not in err
 
 
+def test_channel_listen_and_send_across_two_processes(tmp_path, procs):
+    a = procs([], tmp_path / "a")
+    b = procs(["--bootstrap", a.addrs[0]], tmp_path / "b")
+    wait_until(lambda: "overlay_inm_neighbours 1" in urllib.request.urlopen(f"http://{b.api}/metrics", timeout=10).read().decode())
+    listener = subprocess.Popen([CLI, "channel", "listen", "news", "--password", "pw", "--api", a.api],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: get_json(b.api, "/v1/channels")["open_elsewhere"].get("news") == [a.peer_id])
+        wrong = cli("channel", "send", "news", "hello", "--password", "nope", "--api", b.api)
+        assert wrong.returncode == 1 and "invalid password" in wrong.stderr
+        sent = cli("channel", "send", "news", "hello there", "--password", "pw", "--api", b.api)
+        assert sent.returncode == 0, sent.stderr
+        line = listener.stdout.readline()
+        assert line == "hello there\n"
+    finally:
+        listener.send_signal(signal.SIGINT)
+        assert listener.wait(timeout=20) == 0, listener.stderr.read()
+
+
 def test_restart_keeps_peer_id_and_id_command_agrees(tmp_path, procs):
     first = procs([], tmp_path / "n")
     code, err = first.stop()

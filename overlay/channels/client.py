@@ -1,0 +1,109 @@
+"""The client protocol of `WS /connect` (seed 003), as a codec without I/O.
+
+Client -> node, one JSON text frame each (at most MAX_CLIENT_FRAME bytes):
+
+    {"command": "subscribe",   "data": {"topic": "<channel>", "password": "<optional>"}, "nonce": "..."}
+    {"command": "unsubscribe", "data": {"topic": "<channel>"}, "nonce": "..."}
+    {"command": "list",        "data": {}, "nonce": "..."}
+    {"command": "send",        "data": {"channel": "<channel>", "message": "<text>"}, "nonce": "..."}
+
+Node -> client:
+
+    {"type": "response", "data": {"ok": true} | {"ok": false, "reason": "..."} | {"channels": [...]}, "nonce": "..."}
+    {"type": "message",  "data": {"channel": "<channel>", "message": "<text>"}, "nonce": "<the sender's nonce>"}
+
+`topic` and `channel` name the same thing: the seed says `topic` when subscribing and `channel`
+when sending; both keys are accepted in every command (`channel` wins if both are given), and
+the node always answers with `channel`. `nonce` is optional (at most 64 characters) and echoed.
+A message is text, at most MAX_MESSAGE bytes in UTF-8 (the seed's examples are text; binary
+payloads travel base64-encoded by the client).
+
+Failure reasons: "invalid password", "not subscribed", "malformed json", "unknown command",
+"invalid channel", "invalid password field", "message too large", "invalid message",
+"too many channels", "rate limited".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from overlay.channels.table import MAX_PASSWORD, valid_channel_name
+
+MAX_CLIENT_FRAME = 96 * 1024
+MAX_MESSAGE = 64 * 1024
+MAX_NONCE = 64
+COMMANDS = ("subscribe", "unsubscribe", "list", "send")
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    nonce: str | None
+    channel: str = ""
+    password: str | None = None
+    message: str = ""
+
+
+class ClientError(Exception):
+    """A request the node answers with {"ok": false, "reason": str(e)}, echoing `nonce`."""
+
+    def __init__(self, reason: str, nonce: str | None = None) -> None:
+        super().__init__(reason)
+        self.nonce = nonce
+
+
+def decode_request(text: str | bytes) -> Request:
+    if len(text) > MAX_CLIENT_FRAME:
+        raise ClientError("message too large")
+    try:
+        obj = json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        raise ClientError("malformed json") from None
+    if not isinstance(obj, dict):
+        raise ClientError("malformed json")
+    nonce = obj.get("nonce")
+    if nonce is not None and not (isinstance(nonce, str) and len(nonce) <= MAX_NONCE):
+        raise ClientError(f"nonce must be a string of at most {MAX_NONCE} characters")
+    command = obj.get("command")
+    if command not in COMMANDS:
+        raise ClientError("unknown command", nonce)
+    data = obj.get("data", {})
+    if not isinstance(data, dict):
+        raise ClientError("malformed json", nonce)
+    if command == "list":
+        return Request(command, nonce)
+    channel = data.get("channel", data.get("topic"))
+    if not valid_channel_name(channel):
+        raise ClientError("invalid channel", nonce)
+    if command == "send":
+        message = data.get("message")
+        if not isinstance(message, str):
+            raise ClientError("invalid message", nonce)
+        if len(message.encode()) > MAX_MESSAGE:
+            raise ClientError("message too large", nonce)
+        return Request(command, nonce, channel, message=message)
+    password = data.get("password")
+    if password is not None and not (isinstance(password, str) and len(password) <= MAX_PASSWORD):
+        raise ClientError("invalid password field", nonce)
+    return Request(command, nonce, channel, password=password or None)
+
+
+def response(nonce: str | None, data: dict[str, Any]) -> str:
+    out: dict[str, Any] = {"type": "response", "data": data}
+    if nonce is not None:
+        out["nonce"] = nonce
+    return json.dumps(out, separators=(",", ":"))
+
+
+def ok(nonce: str | None) -> str:
+    return response(nonce, {"ok": True})
+
+
+def failure(nonce: str | None, reason: str) -> str:
+    return response(nonce, {"ok": False, "reason": reason})
+
+
+def message(channel: str, text: str, nonce: str) -> str:
+    return json.dumps({"type": "message", "data": {"channel": channel, "message": text}, "nonce": nonce}, separators=(",", ":"))

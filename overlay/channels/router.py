@@ -1,0 +1,103 @@
+"""Where an intra-node message goes next, without I/O: de-duplication, broadcast, per-link queues.
+
+- An envelope is handled once: (source, nonce) pairs seen in the last SEEN_FOR seconds (at most
+  MAX_SEEN of them) are dropped and counted as duplicates, which is also what a replayed
+  envelope is.
+- "*" reaches every node once: each node handles it and forwards it to each of its INM
+  neighbours but the one it came from (flooding over the neighbour graph, de-duplicated).
+  Only control traffic is broadcast; channel messages go to the nodes where the channel is
+  open (table.py), one unicast each.
+- A unicast goes straight to its destination, over its link if there is one, else by dialing the
+  peer ID (the adapter's job); a node that receives an envelope for someone else forwards it
+  only over an existing link, else drops it and counts it.
+- `LinkQueue`: what waits to be written to one neighbour, bounded in envelopes and bytes; when
+  full, channel messages are dropped (newest first, counted per channel) while control traffic
+  gets a reserve of its own, so a slow neighbour cannot stall or bloat anyone else.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from overlay.channels.inm import BROADCAST, Inm
+
+SEEN_FOR = 600.0
+MAX_SEEN = 200_000
+MAX_QUEUE = 10_000  # envelopes per link
+MAX_QUEUE_BYTES = 16 * 1024 * 1024
+CONTROL_RESERVE = 1_000  # envelopes beyond MAX_QUEUE kept for commands and responses
+
+
+@dataclass(frozen=True)
+class Route:
+    handle: bool  # handle it here
+    forward: tuple[str, ...] = ()  # neighbours to pass it to
+    dropped: str = ""  # why nothing happens, for the counters
+
+
+class InmRouter:
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.duplicates = 0
+        self.unroutable = 0
+
+    def seen(self, inm: Inm, now: float) -> bool:
+        """Record the envelope; True if it was handled before."""
+        while self._seen and (len(self._seen) >= MAX_SEEN or next(iter(self._seen.values())) < now - SEEN_FOR):
+            self._seen.popitem(last=False)
+        key = (inm.source, inm.nonce)
+        if key in self._seen:
+            return True
+        self._seen[key] = now
+        return False
+
+    def route(self, inm: Inm, came_from: str | None, neighbours: list[str], now: float) -> Route:
+        """For an envelope received from neighbour `came_from` (None: made here)."""
+        if came_from is not None and self.seen(inm, now):
+            self.duplicates += 1
+            return Route(False, dropped="duplicate")
+        if came_from is None:
+            self.seen(inm, now)  # our own broadcast coming back is a duplicate
+        if inm.destination == BROADCAST:
+            targets = tuple(n for n in neighbours if n != came_from and n != inm.source)
+            return Route(came_from is not None, targets)
+        if inm.destination == self.me:
+            return Route(True)
+        if came_from is None or inm.destination in neighbours:
+            return Route(False, (inm.destination,))
+        self.unroutable += 1
+        return Route(False, dropped="no route")
+
+
+@dataclass
+class LinkQueue:
+    """Envelopes (already encoded) waiting for one neighbour's writer."""
+
+    items: deque[tuple[bytes, str]] = field(default_factory=deque)  # (frame, channel or "")
+    size: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # channel ("" for control) -> count
+
+    def put(self, frame: bytes, channel: str = "") -> bool:
+        limit = MAX_QUEUE if channel else MAX_QUEUE + CONTROL_RESERVE
+        if len(self.items) >= limit or self.size + len(frame) > MAX_QUEUE_BYTES:
+            self.dropped[channel] = self.dropped.get(channel, 0) + 1
+            return False
+        self.items.append((frame, channel))
+        self.size += len(frame)
+        return True
+
+    def take(self, max_bytes: int = 256 * 1024) -> list[bytes]:
+        """Frames to write in one go (at least one if any wait)."""
+        out: list[bytes] = []
+        taken = 0
+        while self.items and (not out or taken + len(self.items[0][0]) <= max_bytes):
+            frame, _ = self.items.popleft()
+            out.append(frame)
+            taken += len(frame)
+        self.size -= taken
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
