@@ -139,7 +139,7 @@ async def test_flow_remote_connection_and_the_commands(tmp_path):
         latency = await svc.command(B, {"command": "get-latency", "node": A})
         assert latency["ok"] is True and 0 < latency["latency"] < 1000
         stats = await svc.command(A, {"command": "node-stats"})
-        assert set(stats) == {"relay", "network", "channels"} and set(stats["network"]) == {"packets", "bandwidth"}
+        assert set(stats) == {"relay", "network", "channels", "dropped"} and set(stats["network"]) == {"packets", "bandwidth"}
         host = await svc.command(A, {"command": "host-stats"})
         assert set(host) == {"cpu", "mem", "disk", "network"} and host["mem"]["total"] > 0
         assert await svc.command(A, {"command": "nonsense"}) == {"ok": False, "reason": "unknown command"}
@@ -282,3 +282,37 @@ async def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_
         assert svc._accept_handshake(peer, hello(peer, "secret"))
         assert not svc._accept_handshake(peer, hello(peer, "wrong"))
         assert not svc._accept_handshake(peer, b"\xff")
+
+
+async def test_a_client_that_does_not_read_loses_messages_counted_and_stalls_no_one(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        async with client(node) as sender, client(node) as fast, open_websocket_url(node.ws_url, message_queue_size=1) as slow:
+            await slow.send_message(json.dumps({"command": "subscribe", "data": {"topic": "t"}}))
+            for cl in (sender, fast):
+                assert (await cl.call("subscribe", topic="t"))["data"] == OK
+            total, payload = 6000, "x" * 4000
+            received = 0
+
+            async def read_fast() -> None:
+                nonlocal received
+                while received < total:
+                    if (await fast.next())["data"]["message"] == payload:
+                        received += 1
+
+            async def read_answers() -> None:
+                for _ in range(total):
+                    assert (await sender.next("response"))["data"] == OK
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_fast)
+                nursery.start_soon(read_answers)
+                for i in range(total):
+                    await sender.ws.send_message(json.dumps({"command": "send", "data": {"channel": "t", "message": payload}}))
+                    if i % 200 == 199:  # a reader that keeps up: never more than 400 behind
+                        await wait_for(lambda: received > i - 200, what="the fast reader keeps up")
+            assert received == total
+            stats = node.channels.node_stats()
+            assert stats["dropped"]["clients"] > 0
+            slow_client = max(node.channels.clients.values(), key=lambda cl: cl.dropped)
+            assert slow_client.send.statistics().current_buffer_used <= 1024

@@ -33,7 +33,7 @@ from libp2p.peer.id import ID
 from overlay.channels import client as cp
 from overlay.channels.inm import BROADCAST, Inm, decode, new_nonce
 from overlay.channels.router import InmRouter, LinkQueue
-from overlay.channels.stats import HOST_SAMPLE, HostStats, Traffic
+from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import REFRESH, ChannelTable, Reservation, hash_password, valid_channel_name, valid_hash
 from overlay.errors import DecodeError, DialError, OverlayError
 from overlay.framing import FramedStream, frame
@@ -96,9 +96,11 @@ class ChannelService:
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
         self._client_ids = itertools.count(1)
+        self._client_drops_gone = 0
         self._waiting: dict[str, tuple[float, Callable[[Inm], None]]] = {}
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (node, expiry)
         self._not_nodes: dict[str, float] = {}  # peers that do not speak INM, until when
+        self._lost: dict[str, int] = {}  # drops of links that are gone, by channel
         self.traffic = Traffic()
         self.channel_traffic: dict[str, Traffic] = {}
         self.host_stats = HostStats()
@@ -112,7 +114,13 @@ class ChannelService:
         metrics.gauge("overlay_channels_open", "Channels open on this node", lambda: len(self.table.open_here()))
         metrics.gauge("overlay_channels_reserved", "Channels reserved in the network", lambda: len(self.table.channels))
         metrics.gauge("overlay_inm_link_dropped_total", "Envelopes dropped on full link queues",
-                      lambda: sum(sum(l.queue.dropped.values()) for l in self.links.values()))
+                      lambda: sum(self.link_drops().values()))
+        # node-stats' network figures (seed 003), the same numbers as the command answers
+        for window in WINDOWS:
+            metrics.gauge(f"overlay_channel_packets_{window}s", f"Channel messages through this node in the last {window} s",
+                          lambda w=window: self.traffic.summary(trio.current_time())["packets"][f"{w}s"])
+            metrics.gauge(f"overlay_channel_bandwidth_{window}s_kbytes", f"Channel message kB/s through this node over the last {window} s",
+                          lambda w=window: self.traffic.summary(trio.current_time())["bandwidth"][f"{w}s"])
 
     # ---- lifecycle ----
 
@@ -124,6 +132,14 @@ class ChannelService:
             nursery.start_soon(self._refresh)
             nursery.start_soon(self._measure)
             task_status.started()
+
+    def link_drops(self) -> dict[str, int]:
+        """Channel messages (by channel; "" for control) dropped on full or lost links."""
+        out = dict(self._lost)
+        for link in self.links.values():
+            for channel, n in link.queue.dropped.items():
+                out[channel] = out.get(channel, 0) + n
+        return out
 
     def neighbours(self) -> list[str]:
         return [p for p, link in self.links.items() if link.ready.is_set()]
@@ -155,8 +171,11 @@ class ChannelService:
         finally:
             if self.links.get(peer) is link:
                 del self.links[peer]
+                for channel, n in link.queue.dropped.items():
+                    self._lost[channel] = self._lost.get(channel, 0) + n
                 for _, channel in link.queue.items:
-                    self.dropped.inc(reason="link lost" if channel else "link lost (control)")
+                    self._lost[channel] = self._lost.get(channel, 0) + 1
+                    self.dropped.inc(reason="link lost")
                 self.table.forget_node(peer)
 
     async def _serve_link(self, link: Link) -> None:
@@ -513,7 +532,8 @@ class ChannelService:
         return client, receive
 
     def drop_client(self, client: Client) -> None:
-        self.clients.pop(client.id, None)
+        if self.clients.pop(client.id, None) is not None:
+            self._client_drops_gone += client.dropped
         client.send.close()
         for name in self.table.drop_client(client.id, trio.current_time()):
             self._announce_closed(name)
@@ -558,6 +578,10 @@ class ChannelService:
             },
             "network": self.traffic.summary(now),
             "channels": {name: self.channel_traffic.get(name, Traffic()).summary(now) for name in open_here},
+            "dropped": {  # an addition to the seed: what slow clients and links lost
+                "clients": sum(c.dropped for c in self.clients.values()) + self._client_drops_gone,
+                "links": self.link_drops(),
+            },
         }
 
     async def latency(self, peer: str) -> float | None:
