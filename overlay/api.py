@@ -130,7 +130,13 @@ def build_app(node: Node) -> Starlette:
             try:
                 async for text in outbox:
                     await websocket.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
+                    while True:  # what else is queued goes out without parking in between
+                        try:
+                            text = outbox.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        await websocket.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError, trio.EndOfChannel):
                 pass
 
         try:

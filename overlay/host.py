@@ -17,13 +17,18 @@ unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
 - dials retry three times with backoff inside the swarm: our dialer has its own strategy;
 - an exception escaping a stream handler stops the whole connection from accepting streams
   (measured: after one echo handler raised on a reset stream, every new stream to that peer
-  timed out): `_Host` runs every handler inside a guard that logs, counts and resets instead.
+  timed out): `_Host` runs every handler inside a guard that logs, counts and resets instead;
+- its Yamux sends a window update after every read (`PY_YAMUX_RELEASE_ON_READ`, on by
+  default): a node relaying a steady flow of small messages wrote one extra Noise message and
+  syscall per read. We turn it off (the library's own knob, unless the environment sets it), so
+  updates go out once half the window is consumed, as go-yamux does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import logging
+import os
 from typing import Any
 
 import multiaddr
@@ -54,6 +59,7 @@ from overlay.identity import raw_seed
 log = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # see the module docstring
 
 
 class _ConnectionEnded(Exception):

@@ -8,7 +8,6 @@ from functools import partial
 
 import pytest
 import trio
-from libp2p.peer.id import ID
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from overlay.api import serve_api

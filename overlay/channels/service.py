@@ -4,10 +4,23 @@ The trio adapter around the cores (table.py, router.py): it owns the streams, th
 the clocks; every decision is the cores'. PROTOCOL.md in this directory is the wire format.
 
 Links. Each node keeps an INM link to each neighbour: our outbound stream carries our envelopes
-to it (one writer task draining the link's bounded queue, several frames per write), its
+to it (one writer task draining the link's bounded queue, at most one write per COALESCE), its
 outbound stream carries its envelopes to us. A node seeks `want` neighbours among the peers it
 is connected to (its bootstraps and DHT peers) and accepts up to `max_links`; a destination that
 is not a neighbour is dialed by peer ID and becomes one.
+
+Why channel messages go by direct fan-out from the publisher's node (one unicast per node where
+the channel is open) and not by gossipsub or a tree, measured with benchmarks/channels.py (10
+node processes on one 2-core machine, docs/benchmarks.md):
+- py-libp2p's gossipsub, with its limits lifted, sustained 20 msg/s; this sustained 500 msg/s
+  (p99 24 ms). Gossipsub sends each message to D mesh peers per hop, N*D copies where we send
+  N-1, verifies every RPC, and reaches nodes without subscribers.
+- Order and exactly-once come for free: one publisher's messages to one node share one link,
+  which is FIFO, and each node gets one copy.
+- A tree would spread the publisher node's writes over more nodes, but the limit measured is the
+  whole machine's CPU (about 170 us per message in every receiving node, mostly py-libp2p's
+  stream layers and the WebSocket send), which a tree does not reduce; it would add a hop of
+  latency. Worth revisiting for channels open on hundreds of nodes.
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from overlay.channels.inm import BROADCAST, Inm, decode, new_nonce
 from overlay.channels.router import InmRouter, LinkQueue
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import REFRESH, ChannelTable, Reservation, hash_password, valid_channel_name, valid_hash
-from overlay.errors import DecodeError, DialError, OverlayError
+from overlay.errors import DecodeError, DialError
 from overlay.framing import FramedStream, frame
 from overlay.metrics import Registry
 from overlay.ratelimit import TokenBucket
@@ -49,7 +62,8 @@ HIGH_LATENCY = 0.010  # seconds, seed 003's "high latency"
 LATENCY_EVERY = 15.0
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
-RETRY = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a link with envelopes waiting
+RETRY = (0.5, 1.0, 2.0, 5.0)
+COALESCE = 0.010  # seconds between two writes on one link  # reconnect delays of a link with envelopes waiting
 ANNOUNCE = "channel-open"  # extension: where a channel is open (no response)
 
 
@@ -161,7 +175,7 @@ class ChannelService:
             while link.failures <= len(RETRY):
                 try:
                     await self._serve_link(link)
-                except (OverlayError, Exception) as e:  # noqa: BLE001 - any stream failure ends this attempt
+                except Exception as e:  # noqa: BLE001 - any stream or dial failure ends this attempt
                     log.debug("inm link to %s failed: %s", peer, e)
                 link.ready = trio.Event()
                 link.failures += 1
@@ -196,11 +210,17 @@ class ChannelService:
             link.ready.set()
             link.failures = 0
             self._spawn(self._onboard, peer)
+            last = -COALESCE
             while True:
                 while not link.queue:
                     link.wake = trio.Event()
                     await link.wake.wait()
+                # At most one write per COALESCE seconds: each write costs a Yamux frame, a Noise
+                # message and a syscall, which at one envelope per write was most of a busy
+                # publisher node's CPU (profile in docs/benchmarks.md).
+                await trio.sleep_until(last + COALESCE)
                 batch = link.queue.take()
+                last = trio.current_time()
                 await stream.write(b"".join(batch))
         finally:
             with trio.move_on_after(1):
@@ -588,7 +608,7 @@ class ChannelService:
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
                 rtt = await self.node.ping(ID.from_base58(peer))
-        except (OverlayError, trio.TooSlowError, Exception):  # noqa: BLE001 - any failure: unknown
+        except Exception:  # noqa: BLE001 - unreachable or slow: no figure
             return None
         link = self.links.get(peer)
         if link is not None:
