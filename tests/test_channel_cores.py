@@ -235,3 +235,17 @@ def test_link_queue_drops_channel_messages_first_and_counts_them():
     assert not queue.put(b"c") and queue.dropped == {"chan": 1, "": 1}
     batch = queue.take(max_bytes=100)
     assert len(batch) == 100 and len(queue) == MAX_QUEUE + CONTROL_RESERVE - 100
+
+
+def test_announcements_repair_reservations_that_diverged_during_a_partition():
+    left, right = ChannelTable("node-a"), ChannelTable("node-b")
+    left.subscribe("c1", "chan", "ha", now=0, wall_ms=100)  # each side reserved it alone
+    right.subscribe("c2", "chan", "hb", now=0, wall_ms=200)
+    # the partition heals: each side's periodic announcement reaches the other
+    ra, rb = left.reservation("chan"), right.reservation("chan")
+    change_right = right.announce("node-a", "chan", ra, True, now=30)
+    change_left = left.announce("node-b", "chan", rb, True, now=30)
+    assert left.reservation("chan") == right.reservation("chan") == Reservation(100, "node-a", "ha")
+    assert change_right.evicted == frozenset({"c2"}) and change_right.closed and not change_left.evicted
+    assert left.open_elsewhere("chan") == [], "node-b's clients were under the losing password"
+    assert right.open_elsewhere("chan") == ["node-a"]

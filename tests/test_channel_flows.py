@@ -86,7 +86,8 @@ async def test_flow_new_client_multi_node(tmp_path):
     async with cluster(tmp_path) as c:
         a = await start(c)
         b = await start(c, join=a)
-        await wait_for(lambda: neighbours(a, b), what="INM link")
+        bystander = await start(c, join=a)  # no clients: must see no channel message
+        await wait_for(lambda: neighbours(a, b) and neighbours(a, bystander), what="INM links")
         async with client(a) as c1, client(b) as c2:
             assert (await c1.call("subscribe", topic="channel", password="passwd"))["data"] == OK
             await wait_for(lambda: b.channels.table.reservation("channel") is not None, what="B reserves the channel")
@@ -100,6 +101,8 @@ async def test_flow_new_client_multi_node(tmp_path):
             for i in range(50):
                 assert (await c2.call("send", channel="channel", message=f"m{i}", nonce=str(i)))["data"] == OK
             assert [(await c1.next())["data"]["message"] for _ in range(50)] == [f"m{i}" for i in range(50)]
+        assert bystander.channels.received.get(type="message") == 0, "messages go only where the channel is open"
+        assert bystander.channels.table.reservation("channel") is not None, "reservations do reach every node"
         stored = a.channels.table.reservation("channel").password
         assert stored == hash_password("channel", "passwd") and "passwd" not in json.dumps(a.channels.table.listing(False))
 
