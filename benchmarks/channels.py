@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import queue
 import signal
 import statistics
@@ -44,6 +42,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, write_result  # noqa: E402 - after the path is set
 
 SIZE = 256
 SUSTAINED_P99_MS = 250.0
@@ -69,6 +69,9 @@ class Tally:
     """What one subscriber got: distinct sequence numbers and latencies."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.seen: set[int] = set()
         self.duplicates = 0
         self.latencies: list[float] = []
@@ -111,8 +114,8 @@ def role_subscribers(args: argparse.Namespace) -> None:
                     return
                 command = json.loads(line)["cmd"]
                 if command == "reset":
-                    for i in range(len(tallies)):
-                        tallies[i].__init__()
+                    for tally in tallies:
+                        tally.reset()
                 emit(report(tallies))
 
     async def subscriber(url: str, tally: Tally, ready) -> None:
@@ -260,7 +263,7 @@ def role_gossip(args: argparse.Namespace) -> None:
                                 return
                             command = json.loads(line)
                             if command["cmd"] == "reset":
-                                tally.__init__()
+                                tally.reset()
                                 emit(report([tally]))
                             elif command["cmd"] == "publish":
                                 sent = await paced(command["rate"], command["seconds"],
@@ -466,10 +469,6 @@ def run_gossipsub(args: argparse.Namespace, rates: list[int]) -> dict[str, Any]:
             proc.stop()
 
 
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "nproc": os.cpu_count(), "cpu": cpu,
-            "python": platform.python_version(), "kernel": platform.release()}
 
 
 def main() -> None:
@@ -506,10 +505,7 @@ def main() -> None:
                      (f"py-libp2p gossipsub ({args.nodes} nodes)", gossip)):
         print(f"{label:<34} {r['max_sustained_rate']:>16} {str(r['p50_ms_at_1000']):>13} {str(r['p99_ms_at_1000']):>13}")
     print(f"ours / bare websockets: {result['ratio_to_bare']}x")
-    out = args.out or ROOT / "benchmarks" / "results" / f"channels-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result("channels", result, args.out)
 
 
 if __name__ == "__main__":

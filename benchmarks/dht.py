@@ -40,7 +40,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -368,21 +367,6 @@ IMPLS: dict[str, Callable[[int, int, int], dict[str, Any]]] = {
 # ---- parent ---------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "loadavg_at_start": os.getloadavg(),
-    }
 
 
 def failure(stderr: str, code: int) -> str:
@@ -470,6 +454,9 @@ def main() -> None:
     unknown = [n for n in args.impls.split(",") if n not in IMPLS]
     if unknown:
         p.error(f"unknown implementation(s) {', '.join(unknown)}; known: {', '.join(IMPLS)}")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import machine
+
     info = machine()
     results: dict[str, dict[str, Any]] = {}
     for name in args.impls.split(","):

@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, write_result  # noqa: E402 - after the path is set
 
 CHUNK = 64 * 1024
 PAUSE_AFTER = 8 * 1024 * 1024
@@ -353,10 +354,6 @@ class Role:
         self.proc.stdin.flush()
 
 
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "nproc": os.cpu_count(), "cpu": cpu,
-            "python": platform.python_version(), "kernel": platform.release()}
 
 
 def median(results: list[dict[str, Any]], key: str) -> float:
@@ -483,10 +480,7 @@ def main() -> None:
     print(f"ratio ours/bare (bare's faster size, {s['bare_baseline_message'] // 1024} KiB): throughput "
           f"{s['throughput_ratio']}x (runs {s['run_ratios']}), round trips {s['round_trip_ratio']}x; "
           f"every transfer intact: {s['all_intact']}; reader paused {PAUSE:.0f}s: intact {s['paused_reader']['intact']}")
-    out = args.out or ROOT / "benchmarks" / "results" / f"webrtc-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result("webrtc", result, args.out)
 
 
 if __name__ == "__main__":

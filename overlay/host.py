@@ -15,6 +15,8 @@ unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
   limiter, until the whole swarm stops, so a node accepts only a fixed number of inbound
   connections in its lifetime: `_Swarm` ends the handler when its connection closes;
 - dials retry three times with backoff inside the swarm: our dialer has its own strategy;
+- a connection whose upgrade completes while the swarm shuts down is logged with a traceback:
+  `_Swarm.add_conn` refuses it quietly instead;
 - an exception escaping a stream handler stops the whole connection from accepting streams
   (measured: after one echo handler raised on a reset stream, every new stream to that peer
   timed out): `_Host` runs every handler inside a guard that logs, counts and resets instead;
@@ -43,6 +45,7 @@ from libp2p.host.basic_host import BasicHost
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore
@@ -89,6 +92,18 @@ class _Swarm(Swarm):
         # The base handler catches this, closes the raw connection and returns, which frees
         # the inbound slot and the task; returning normally would park it until shutdown.
         raise _ConnectionEnded()
+
+    async def add_conn(self, muxed_conn: IMuxedConn, direction: str = "unknown") -> SwarmConn:
+        """Refuse, quietly, a connection that completes its upgrade while the swarm shuts down:
+        the base class would log a warning with a traceback for every such race."""
+        if getattr(self, "manager", None) is not None and not self.manager.is_running:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await muxed_conn.close()
+                except Exception:  # noqa: BLE001 - it is being thrown away
+                    pass
+            raise SwarmException("the swarm is shutting down")
+        return await super().add_conn(muxed_conn, direction)
 
     async def add_raw_connection(
         self, raw: IRawConnection, peer_id: ID | None, addr: multiaddr.Multiaddr, relayed: bool
