@@ -60,7 +60,7 @@ def peer_id_from_public_key(pub: Ed25519PublicKey) -> bytes:
     return bytes([_IDENTITY]) + encode_varint(len(encoded)) + encoded
 
 
-def _public_key_from_protobuf(data: bytes) -> Ed25519PublicKey:
+def public_key_from_protobuf(data: bytes) -> Ed25519PublicKey:
     key_type, raw = None, b""
     for number, wire_type, value in iter_fields(data):
         if number == 1:
@@ -80,7 +80,7 @@ def public_key_from_peer_id(peer_id: bytes) -> Ed25519PublicKey:
     if len(peer_id) < 2 or peer_id[0] != _IDENTITY or peer_id[1] != len(peer_id) - 2:
         raise RecordError("peer ID does not embed its public key (not an identity multihash)")
     try:
-        key = _public_key_from_protobuf(peer_id[2:])
+        key = public_key_from_protobuf(peer_id[2:])
     except DecodeError as e:
         raise RecordError(f"peer ID holds a malformed public key: {e}") from None
     if peer_id_from_public_key(key) != peer_id:
@@ -186,7 +186,7 @@ def open_peer_record(data: bytes) -> PeerRecord:
             raise RecordError("envelope lacks a public key, payload type, payload or signature")
         if fields[2] != PAYLOAD_TYPE:
             raise RecordError("envelope does not carry a peer record (wrong payload type)")
-        public_key = _public_key_from_protobuf(fields[1])
+        public_key = public_key_from_protobuf(fields[1])
         try:
             public_key.verify(fields[5], _signed_bytes(fields[3]))
         except InvalidSignature:

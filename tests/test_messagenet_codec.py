@@ -1,0 +1,106 @@
+"""MessageNet relayer frames and SignedMessage (seed 000): dispatch bytes, the seed's JSON, bad
+input with its reason, signatures bound to the sender's peer ID (hypothesis on the decoders)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.errors import DecodeError
+from overlay.messagenet import relayer as r
+from overlay.records import peer_id_from_public_key, peer_id_to_str
+
+KEY = Ed25519PrivateKey.generate()
+ME = peer_id_from_public_key(KEY.public_key())
+OTHER = peer_id_from_public_key(Ed25519PrivateKey.generate().public_key())
+B64 = lambda data: base64.b64encode(data).decode()
+
+
+def frame(action: int, **body) -> bytes:
+    return bytes([action]) + json.dumps(body).encode()
+
+
+def test_each_action_decodes_with_the_seeds_field_names():
+    node = peer_id_to_str(OTHER)
+    assert r.decode_request(frame(r.REGISTER, relayer_id=7)) == r.Request(r.REGISTER, 7)
+    assert r.decode_request(frame(r.SEND_TO_VALIDATOR, relayer_id=7, node_id=node, raw_data=B64(b"hi"), id=3)) == \
+        r.Request(r.SEND_TO_VALIDATOR, 7, OTHER, b"hi", 3)
+    assert r.decode_request(frame(r.SEND_TO_PEERS, relayer_id=7, raw_data=B64(b"all"))) == r.Request(r.SEND_TO_PEERS, 7, None, b"all")
+    signed = r.decode_request(frame(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=1, node_id=node, identification_byte=9, msg_bytes=B64(b"m")))
+    assert signed.data == b"\x09m" and signed.signed and signed.unicast
+    broadcast = r.decode_request(frame(r.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=255, msg_bytes=B64(b"")))
+    assert broadcast.data == b"\xff" and broadcast.signed and not broadcast.unicast
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"", "dispatch byte"),
+        (b"\x99{}", "unknown dispatch byte 0x99"),
+        (b"\x01not json", "not JSON"),
+        (b"\x01[1]", "JSON object"),
+        (frame(r.REGISTER, relayer_id="7"), "relayer_id must be an integer"),
+        (frame(r.REGISTER, relayer_id=1.5), "relayer_id must be an integer"),
+        (frame(r.REGISTER, relayer_id=True), "relayer_id must be an integer"),
+        (frame(r.REGISTER, relayer_id=-1), "relayer_id must be an integer"),
+        (frame(r.SEND_TO_VALIDATOR, relayer_id=1, node_id="nope", raw_data="aGk="), "invalid peer ID"),
+        (frame(r.SEND_TO_PEERS, relayer_id=1, raw_data="!!"), "raw_data is not valid base64"),
+        (frame(r.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=256, msg_bytes=""), "identification_byte"),
+        (b"\x01" + b" " * r.MAX_RELAYER_FRAME, "larger than"),
+    ],
+)
+def test_bad_frames_say_why(raw, reason):
+    with pytest.raises(DecodeError, match=reason):
+        r.decode_request(raw)
+
+
+def test_node_frames_are_dispatch_byte_and_json():
+    sent = r.to_client(7, "12D3KooWsender", b"\x00\xff")
+    assert sent[0] == r.SEND_TO_CLIENT and json.loads(sent[1:]) == {"relayer_id": 7, "node_id": "12D3KooWsender", "data": "AP8="}
+    assert json.loads(r.delivery(3, None)[1:]) == {"id": 3, "ok": True}
+    assert json.loads(r.delivery(3, "no such relayer")[1:]) == {"id": 3, "ok": False, "error": "no such relayer"}
+    assert r.error("x")[0] == r.ERROR
+
+
+def test_a_signed_message_verifies_only_from_its_signer():
+    signed = r.sign(KEY, b"\x07payload")
+    assert r.verify(signed, ME) == b"\x07payload"
+    with pytest.raises(DecodeError, match="not the sender's"):
+        r.verify(signed, OTHER)
+    body = json.loads(signed)
+    body["unsignedMessage"] = B64(b"\x07tampered")
+    with pytest.raises(DecodeError, match="bad signature"):
+        r.verify(json.dumps(body).encode(), ME)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_raise_decode_error(raw):
+    for decoder in (r.decode_request, lambda b: r.verify(b, ME)):
+        try:
+            decoder(raw)
+        except DecodeError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(r.ACTIONS)), st.dictionaries(st.sampled_from(
+    ["relayer_id", "node_id", "raw_data", "identification_byte", "msg_bytes", "id"]), json_values))
+def test_any_json_under_a_known_dispatch_byte_decodes_or_raises_decode_error(action, body):
+    try:
+        request = r.decode_request(bytes([action]) + json.dumps(body).encode())
+    except DecodeError:
+        return
+    assert request.action == action and isinstance(request.relayer_id, int)
