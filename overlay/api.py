@@ -16,6 +16,7 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
 | GET    | /v1/channels                 | node-stats, plus "reserved" (every reservation) and "open_elsewhere" (channel -> nodes) |
 | WS     | /connect                     | seed 003's client protocol (overlay/channels/client.py)  |
+| WS     | /relayer                     | seed 000's MessageNet relayers, binary frames (overlay/messagenet/relayer.py) |
 
 Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
 """
@@ -36,6 +37,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from overlay.channels.client import MAX_CLIENT_FRAME
+from overlay.messagenet.relayer import MAX_RELAYER_FRAME
+from overlay.messagenet.relayer import error as relayer_error
 
 from overlay.errors import DialError, NotFoundError, OverlayError
 from overlay.node import Node
@@ -147,6 +150,9 @@ def build_app(node: Node) -> Starlette:
                     if message["type"] == "websocket.disconnect":
                         break
                     frame = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
+                    if len(frame) > MAX_CLIENT_FRAME:
+                        await websocket.close(code=1009)  # message too big (RFC 6455)
+                        break
                     reply = await node.channels.handle_client_frame(client, frame)
                     if reply is not None:
                         await client.send.send(reply)
@@ -155,6 +161,36 @@ def build_app(node: Node) -> Starlette:
             pass
         finally:
             node.channels.drop_client(client)
+
+    async def relayer_socket(websocket: WebSocket) -> None:
+        """One MessageNet relayer connection: binary frames, dispatched on their first byte."""
+        await websocket.accept()
+        service = node.relayers
+        sock, outbox = service.open_socket()
+
+        async def pump() -> None:
+            try:
+                async for frame in outbox:
+                    await websocket.send_bytes(frame)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    if message.get("bytes") is None:
+                        await sock.send.send(relayer_error("binary frames only"))
+                        continue
+                    await service.handle_frame(sock, message["bytes"], nursery)
+                nursery.cancel_scope.cancel()
+        except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            service.close_socket(sock)
 
     return Starlette(
         routes=[
@@ -169,6 +205,7 @@ def build_app(node: Node) -> Starlette:
             Route("/v1/connect/{peer_id}", guarded(connect), methods=["POST"]),
             Route("/v1/channels", guarded(channels)),
             WebSocketRoute("/connect", channel_client),
+            WebSocketRoute("/relayer", relayer_socket),
         ]
     )
 
@@ -181,7 +218,7 @@ async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_ST
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
-    config.websocket_max_message_size = MAX_CLIENT_FRAME  # larger frames close the socket (1009)
+    config.websocket_max_message_size = MAX_RELAYER_FRAME  # larger frames close the socket (1009)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, build_app(node), config)
         task_status.started(bound[0] if bound else f"http://{host}:{port}")

@@ -56,6 +56,7 @@ class Config:
     port_mapping: bool = True  # try NAT-PMP on the gateway
     inm_peers: int = 8  # nodes to keep an INM link with (channels, seed 003)
     network_token: str = ""  # if set, INM handshakes must carry it (a private network)
+    relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
 
     @property
     def api_url(self) -> str:
@@ -162,6 +163,8 @@ def _convert(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError("port_mapping: expected true or false")
         return value
+    if key == "relayer_hold":
+        return _whole(key, value, 0, 86_400)
     if key == "inm_peers":
         return _whole(key, value, 1, 64)
     if key == "network_token":

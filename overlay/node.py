@@ -32,6 +32,7 @@ from nat.relay import RelayService, circuit_addr
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
 from overlay.channels.service import ChannelService
+from overlay.messagenet.service import RelayerService
 from overlay.config import Config, parse_host_port
 from overlay.dht import DhtService
 from overlay.dialer import Dialer, dialable, known_addrs, strip_p2p
@@ -120,6 +121,7 @@ class Node:
             self.host, self.dialer, self.signaling, self.relay, webrtc_config(config), self.metrics, self._ice_servers_via
         )
         self.channels = ChannelService(self, self.metrics, want=config.inm_peers, token=config.network_token)
+        self.relayers = RelayerService(self, self.metrics, hold=config.relayer_hold)
         self.bootstraps = [
             BootstrapState(strip_p2p(a), pid)
             for a in config.bootstrap

@@ -109,6 +109,7 @@ class ChannelService:
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
+        self.extensions: dict[str, Callable[[Inm], dict | None]] = {}  # command -> handler (None: no answer)
         self._client_ids = itertools.count(1)
         self._client_drops_gone = 0
         self._waiting: dict[str, tuple[float, Callable[[Inm], None]]] = {}
@@ -341,11 +342,11 @@ class ChannelService:
             self._waiting.pop(nonce, None)
         return got[0] if isinstance(got[0], dict) else {}
 
-    def broadcast(self, data: dict, on_response: Callable[[Inm], None] | None = None) -> None:
-        """A command to every node; their responses go to `on_response` for COMMAND_TIMEOUT
-        seconds (announcements have none)."""
+    def broadcast(self, data: dict, on_response: Callable[[Inm], None] | None = None, answered: bool = True) -> None:
+        """A command to every node, each once; their responses go to `on_response` for
+        COMMAND_TIMEOUT seconds (announcements and `answered=False` commands have none)."""
         nonce = new_nonce()
-        if data.get("command") != ANNOUNCE:
+        if answered and data.get("command") != ANNOUNCE:
             self._waiting[nonce] = (trio.current_time() + COMMAND_TIMEOUT, on_response or (lambda inm: None))
         self.send(Inm(self.me, BROADCAST, "command", nonce, data))
 
@@ -363,6 +364,11 @@ class ChannelService:
         name = data.get("command") if isinstance(data, dict) else None
         if name == ANNOUNCE:
             self._on_announce(inm.source, data)
+            return
+        if name in self.extensions:  # other protocols' commands (overlay/messagenet)
+            reply = self.extensions[name](inm)
+            if reply is not None:
+                self.send(inm.reply(self.me, reply))
             return
         handler = {
             "get-connection-token": self._cmd_token,

@@ -1,0 +1,178 @@
+"""MessageNet on the overlay (seed 000): relayers on `WS /relayer`, their messages between nodes.
+
+Between nodes, MessageNet messages are intra-node messages (overlay/channels/PROTOCOL.md) with two
+commands of their own, so they use the INM links, dialing by peer ID, and the de-duplicated
+broadcast that reaches every node once:
+
+    {"command": "relayer-deliver", "relayer_id": int, "data": base64, "signed": bool}
+        unicast (SendToValidator, SignAndSendToValidator), answered {"ok": true, "held": bool}
+        or {"ok": false, "error": "no such relayer" | "bad signature" | "malformed"}
+    {"command": "relayer-broadcast", "relayer_id": int, "data": base64, "signed": bool}
+        to "*" (SendToPeers, SignAndSendToPeers), not answered
+
+`signed` data is a SignedMessage (relayer.py) that the receiver verifies against the sending
+node's peer ID before delivery; what fails is dropped and counted.
+
+Relayers a node knows are those that registered since it started. A message for a known relayer
+that is not connected waits in a queue of at most `max_held` messages for `hold` seconds, then is
+dropped and counted; a message for an unknown relayer is refused ("no such relayer").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+
+from overlay.channels.inm import Inm
+from overlay.errors import DecodeError, DialError
+from overlay.messagenet import relayer as r
+from overlay.metrics import Registry
+from overlay.records import peer_id_from_str, peer_id_to_str
+
+log = logging.getLogger(__name__)
+
+DELIVER, BROADCAST = "relayer-deliver", "relayer-broadcast"
+UNICAST_TIMEOUT = 10.0
+SOCKET_QUEUE = 1024
+MAX_IN_FLIGHT = 64  # unicasts one socket may have waiting for a delivery report
+
+
+@dataclass(eq=False)
+class RelayerSocket:
+    """One `WS /relayer` connection: frames to it wait in a bounded channel."""
+
+    send: trio.MemorySendChannel[bytes]
+    ids: set[int] = field(default_factory=set)
+    in_flight: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(MAX_IN_FLIGHT))
+
+
+class RelayerService:
+    def __init__(self, node, metrics: Registry, hold: float = 60.0, max_held: int = 1000) -> None:
+        self.node = node
+        self.hold = hold
+        self.max_held = max_held
+        self.relayers: dict[int, RelayerSocket] = {}
+        self.known: set[int] = set()
+        self.held: dict[int, deque[tuple[float, bytes]]] = {}
+        self.dropped = metrics.counter("overlay_relayer_dropped_total", "MessageNet messages dropped, by reason")
+        self.delivered = metrics.counter("overlay_relayer_delivered_total", "MessageNet messages handed to local relayers")
+        node.channels.extensions[DELIVER] = self._on_deliver
+        node.channels.extensions[BROADCAST] = self._on_broadcast
+
+    # ---- local relayers ----
+
+    def open_socket(self) -> tuple[RelayerSocket, trio.MemoryReceiveChannel[bytes]]:
+        send, receive = trio.open_memory_channel[bytes](SOCKET_QUEUE)
+        return RelayerSocket(send), receive
+
+    def close_socket(self, sock: RelayerSocket) -> None:
+        for relayer_id in sock.ids:
+            if self.relayers.get(relayer_id) is sock:
+                del self.relayers[relayer_id]
+        sock.send.close()
+
+    async def handle_frame(self, sock: RelayerSocket, frame: bytes, nursery: trio.Nursery) -> None:
+        """One frame from a relayer; answers (errors, delivery reports) go to its queue."""
+        try:
+            request = r.decode_request(frame)
+        except DecodeError as e:
+            self._to_socket(sock, r.error(str(e)))
+            return
+        if request.action == r.REGISTER:
+            sock.ids.add(request.relayer_id)
+            self.relayers[request.relayer_id] = sock
+            self.known.add(request.relayer_id)
+            self._flush_held(request.relayer_id)
+            return
+        data = r.sign(self.node.key, request.data) if request.signed else request.data
+        body = {"relayer_id": request.relayer_id, "data": base64.b64encode(data).decode(), "signed": request.signed}
+        if not request.unicast:
+            self.node.channels.broadcast({"command": BROADCAST, **body}, answered=False)
+            return
+        await sock.in_flight.acquire()
+        nursery.start_soon(self._unicast, sock, request, body)
+
+    async def _unicast(self, sock: RelayerSocket, request: r.Request, body: dict) -> None:
+        try:
+            node = peer_id_to_str(request.node_id)
+            if node == str(self.node.peer_id):
+                answer = self._deliver(str(self.node.peer_id), body)
+            else:
+                answer = await self.node.channels.command(node, {"command": DELIVER, **body}, timeout=UNICAST_TIMEOUT)
+            error = None if answer.get("ok") else str(answer.get("error", "refused"))
+        except DialError:
+            error = "peer unreachable"
+        finally:
+            sock.in_flight.release()
+        self._to_socket(sock, r.delivery(request.id, error))
+
+    def _to_socket(self, sock: RelayerSocket, frame: bytes) -> bool:
+        try:
+            sock.send.send_nowait(frame)
+            return True
+        except trio.WouldBlock:
+            self.dropped.inc(reason="relayer too slow")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped.inc(reason="relayer gone")
+        return False
+
+    # ---- from other nodes ----
+
+    def _on_deliver(self, inm: Inm) -> dict:
+        return self._deliver(inm.source, inm.data)
+
+    def _on_broadcast(self, inm: Inm) -> None:
+        answer = self._deliver(inm.source, inm.data)
+        if not answer.get("ok"):
+            self.dropped.inc(reason=str(answer.get("error")))
+        return None
+
+    def _deliver(self, sender: str, body: dict) -> dict:
+        relayer_id, signed = body.get("relayer_id"), body.get("signed")
+        try:
+            if not isinstance(relayer_id, int) or isinstance(relayer_id, bool) or not isinstance(signed, bool):
+                raise ValueError("relayer_id and signed")
+            data = base64.b64decode(body.get("data", ""), validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            self.dropped.inc(reason="malformed")
+            return {"ok": False, "error": "malformed"}
+        if signed:
+            try:
+                r.verify(data, peer_id_from_str(sender))
+            except Exception as e:  # noqa: BLE001 - a peer ID or signature that fails to check is one
+                self.dropped.inc(reason="bad signature")
+                log.debug("relayer message from %s: %s", sender, e)
+                return {"ok": False, "error": "bad signature"}
+        if relayer_id not in self.known:
+            return {"ok": False, "error": "no such relayer"}
+        frame = r.to_client(relayer_id, sender, data)
+        sock = self.relayers.get(relayer_id)
+        if sock is not None and self._to_socket(sock, frame):
+            self.delivered.inc()
+            return {"ok": True, "held": False}
+        queue = self.held.setdefault(relayer_id, deque())
+        self._expire(queue)
+        if len(queue) >= self.max_held:
+            queue.popleft()
+            self.dropped.inc(reason="held too many")
+        queue.append((trio.current_time() + self.hold, frame))
+        return {"ok": True, "held": True}
+
+    def _expire(self, queue: deque[tuple[float, bytes]]) -> None:
+        now = trio.current_time()
+        while queue and queue[0][0] < now:
+            queue.popleft()
+            self.dropped.inc(reason="held too long")
+
+    def _flush_held(self, relayer_id: int) -> None:
+        queue = self.held.pop(relayer_id, deque())
+        self._expire(queue)
+        sock = self.relayers[relayer_id]
+        for _, frame in queue:
+            if self._to_socket(sock, frame):
+                self.delivered.inc()

@@ -1,0 +1,146 @@
+"""MessageNet relayers (seed 000) across three real nodes: every send operation, delivery reports,
+signatures, held messages for relayers that are away, and bad frames."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_websocket import open_websocket_url
+
+import overlay.messagenet.service as service
+from overlay.api import serve_api
+from overlay.messagenet import relayer as r
+from tests.conftest import cluster, wait_for
+
+B64 = lambda data: base64.b64encode(data).decode()
+NOBODY = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
+
+
+async def start(c, join=None, **overrides):
+    node = await c.start(join=join, api=("127.0.0.1", 0), **overrides)
+    url = await c.nursery.start(serve_api, node)
+    node.relayer_url = url.replace("http://", "ws://") + "/relayer"
+    return node
+
+
+class Relayer:
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    async def send(self, action: int, **body) -> None:
+        await self.ws.send_message(bytes([action]) + json.dumps(body).encode())
+
+    async def next(self, kind: int) -> dict:
+        with trio.fail_after(15):
+            while True:
+                frame = await self.ws.get_message()
+                if frame[0] == kind:
+                    return json.loads(frame[1:])
+
+
+class relayer:
+    def __init__(self, node, *ids: int) -> None:
+        self.cm, self.ids = open_websocket_url(node.relayer_url), ids
+
+    async def __aenter__(self) -> Relayer:
+        rel = Relayer(await self.cm.__aenter__())
+        for relayer_id in self.ids:
+            await rel.send(r.REGISTER, relayer_id=relayer_id)
+        return rel
+
+    async def __aexit__(self, *exc) -> None:
+        await self.cm.__aexit__(*exc)
+
+
+async def three_nodes(c):
+    a = await start(c)
+    b = await start(c, join=a)
+    d = await start(c, join=b)
+    for n in (b, d):
+        await wait_for(lambda n=n: n.joined.is_set(), what="join")
+    return a, b, d
+
+
+async def test_every_send_operation_across_three_nodes(tmp_path):
+    async with cluster(tmp_path) as c:
+        a, b, d = await three_nodes(c)
+        A = str(a.peer_id)
+        async with relayer(a, 7) as ra, relayer(b, 7) as rb, relayer(d, 7, 8) as rd:
+            await wait_for(lambda: all(7 in n.relayers.known for n in (a, b, d)), what="registrations")
+            # SendToValidator, with its delivery report
+            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=7, node_id=str(d.peer_id), raw_data=B64(b"\x00to d"), id=1)
+            assert await rd.next(r.SEND_TO_CLIENT) == {"relayer_id": 7, "node_id": A, "data": B64(b"\x00to d")}
+            assert await ra.next(r.DELIVERY) == {"id": 1, "ok": True}
+            # to a relayer ID the node never saw, and to a node that does not exist
+            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=99, node_id=str(b.peer_id), raw_data=B64(b"x"), id=2)
+            assert await ra.next(r.DELIVERY) == {"id": 2, "ok": False, "error": "no such relayer"}
+            # SendToPeers: every other node's relayer 7, once
+            await ra.send(r.SEND_TO_PEERS, relayer_id=7, raw_data=B64(b"all"))
+            for rel in (rb, rd):
+                assert (await rel.next(r.SEND_TO_CLIENT))["data"] == B64(b"all")
+            # SignAndSendToValidator: the relayer gets a SignedMessage it can check against the sender
+            await ra.send(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=8, node_id=str(d.peer_id), identification_byte=5,
+                          msg_bytes=B64(b"attest"), id=3)
+            got = await rd.next(r.SEND_TO_CLIENT)
+            assert r.verify(base64.b64decode(got["data"]), a.peer_id.to_bytes()) == b"\x05attest"
+            assert await ra.next(r.DELIVERY) == {"id": 3, "ok": True}
+            # SignAndSendToPeers
+            await ra.send(r.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
+            for rel in (rb, rd):
+                signed = base64.b64decode((await rel.next(r.SEND_TO_CLIENT))["data"])
+                assert r.verify(signed, a.peer_id.to_bytes()) == b"\x01vote"
+            # nothing arrived twice
+            with trio.move_on_after(0.5):
+                frame = await rb.ws.get_message()
+                pytest.fail(f"unexpected frame {frame[:40]!r}")
+
+
+async def test_an_unreachable_peer_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(service, "UNICAST_TIMEOUT", 2.0)
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        async with relayer(a, 1) as ra:
+            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=1, node_id=NOBODY, raw_data=B64(b"x"), id=9)
+            assert await ra.next(r.DELIVERY) == {"id": 9, "ok": False, "error": "peer unreachable"}
+
+
+async def test_messages_wait_for_a_relayer_that_is_away_then_expire_counted(tmp_path):
+    async with cluster(tmp_path) as c:
+        a, b, d = await three_nodes(c)
+        async with relayer(d, 4):
+            await wait_for(lambda: 4 in d.relayers.relayers, what="registered")
+        await wait_for(lambda: 4 not in d.relayers.relayers, what="gone")
+        async with relayer(a, 4) as ra:
+            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=4, node_id=str(d.peer_id), raw_data=B64(b"later"), id=1)
+            assert await ra.next(r.DELIVERY) == {"id": 1, "ok": True}
+        async with relayer(d, 4) as back:
+            assert (await back.next(r.SEND_TO_CLIENT))["data"] == B64(b"later")
+        d.relayers.hold = 0.0  # held messages now expire at once
+        d.relayers._deliver(str(a.peer_id), {"relayer_id": 4, "data": B64(b"gone"), "signed": False})
+        d.relayers._deliver(str(a.peer_id), {"relayer_id": 4, "data": B64(b"gone2"), "signed": False})
+        assert d.relayers.dropped.get(reason="held too long") >= 1
+
+
+async def test_bad_signatures_and_bad_frames_are_refused_and_the_socket_stays(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        svc = a.relayers
+        forged = r.sign(Ed25519PrivateKey.generate(), b"\x01x")  # not NOBODY's key
+        svc.known.add(3)
+        answer = svc._deliver(NOBODY, {"relayer_id": 3, "data": B64(forged), "signed": True})
+        assert answer == {"ok": False, "error": "bad signature"} and svc.dropped.get(reason="bad signature") == 1
+        assert svc._deliver(NOBODY, {"relayer_id": "3", "data": "!", "signed": False})["error"] == "malformed"
+        async with relayer(a, 3) as ra:
+            await ra.ws.send_message("text is not for relayers")
+            assert (await ra.next(r.ERROR)) == {"error": "binary frames only"}
+            await ra.ws.send_message(b"\x42{}")
+            assert (await ra.next(r.ERROR)) == {"error": "unknown dispatch byte 0x42"}
+            await ra.send(r.REGISTER, relayer_id="x")
+            assert "relayer_id must be an integer" in (await ra.next(r.ERROR))["error"]
+            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=3, node_id=str(a.peer_id), raw_data=B64(b"self"), id=5)
+            assert (await ra.next(r.SEND_TO_CLIENT))["data"] == B64(b"self")
+            assert await ra.next(r.DELIVERY) == {"id": 5, "ok": True}
