@@ -24,6 +24,7 @@ Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (u
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import multiaddr
 import trio
@@ -129,68 +130,37 @@ def build_app(node: Node) -> Starlette:
         await websocket.accept()
         client, outbox = node.channels.new_client()
 
-        async def pump() -> None:
-            try:
-                async for text in outbox:
-                    await websocket.send_text(text)
-                    while True:  # what else is queued goes out without parking in between
-                        try:
-                            text = outbox.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        await websocket.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError, trio.EndOfChannel):
-                pass
+        async def handle(message: dict, nursery: trio.Nursery) -> bool:
+            frame = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
+            if len(frame) > MAX_CLIENT_FRAME:
+                await websocket.close(code=1009)  # message too big (RFC 6455)
+                return False
+            reply = await node.channels.handle_client_frame(client, frame)
+            if reply is not None:
+                await client.send.send(reply)
+            return True
 
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump)
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    frame = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
-                    if len(frame) > MAX_CLIENT_FRAME:
-                        await websocket.close(code=1009)  # message too big (RFC 6455)
-                        break
-                    reply = await node.channels.handle_client_frame(client, frame)
-                    if reply is not None:
-                        await client.send.send(reply)
-                nursery.cancel_scope.cancel()
-        except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            await _serve_socket(websocket, outbox, websocket.send_text, handle)
         finally:
             node.channels.drop_client(client)
 
     async def relayer_socket(websocket: WebSocket) -> None:
         """One MessageNet relayer connection: binary frames, dispatched on their first byte."""
         await websocket.accept()
-        service = node.relayers
-        sock, outbox = service.open_socket()
+        sock, outbox = node.relayers.open_socket()
 
-        async def pump() -> None:
-            try:
-                async for frame in outbox:
-                    await websocket.send_bytes(frame)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
+        async def handle(message: dict, nursery: trio.Nursery) -> bool:
+            if message.get("bytes") is None:
+                await sock.send.send(relayer_error("binary frames only"))
+            else:
+                await node.relayers.handle_frame(sock, message["bytes"], nursery)
+            return True
 
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump)
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    if message.get("bytes") is None:
-                        await sock.send.send(relayer_error("binary frames only"))
-                        continue
-                    await service.handle_frame(sock, message["bytes"], nursery)
-                nursery.cancel_scope.cancel()
-        except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            await _serve_socket(websocket, outbox, websocket.send_bytes, handle)
         finally:
-            service.close_socket(sock)
+            node.relayers.close_socket(sock)
 
     return Starlette(
         routes=[
@@ -208,6 +178,41 @@ def build_app(node: Node) -> Starlette:
             WebSocketRoute("/relayer", relayer_socket),
         ]
     )
+
+
+async def _serve_socket(
+    websocket: WebSocket,
+    outbox: trio.MemoryReceiveChannel,
+    send: Callable[[Any], Awaitable[None]],
+    handle: Callable[[dict, trio.Nursery], Awaitable[bool]],
+) -> None:
+    """What every API WebSocket does: one task sends what `outbox` yields (all that is queued,
+    without parking in between), this one hands each message to `handle` until the client
+    leaves or `handle` says stop."""
+
+    async def pump() -> None:
+        try:
+            async for frame in outbox:
+                await send(frame)
+                while True:
+                    try:
+                        frame = outbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    await send(frame)
+        except (WebSocketDisconnect, RuntimeError, OSError, trio.EndOfChannel):
+            pass
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect" or not await handle(message, nursery):
+                    break
+            nursery.cancel_scope.cancel()
+    except (WebSocketDisconnect, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
