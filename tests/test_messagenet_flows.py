@@ -144,3 +144,24 @@ async def test_bad_signatures_and_bad_frames_are_refused_and_the_socket_stays(tm
             await ra.send(r.SEND_TO_VALIDATOR, relayer_id=3, node_id=str(a.peer_id), raw_data=B64(b"self"), id=5)
             assert (await ra.next(r.SEND_TO_CLIENT))["data"] == B64(b"self")
             assert await ra.next(r.DELIVERY) == {"id": 5, "ok": True}
+
+
+async def test_a_node_reached_only_through_a_relay(tmp_path):
+    """The hidden node says it is behind NAT and gathers no WebRTC candidate, so the only path
+    to it is its signalling node's relay, and MessageNet runs over that."""
+    no_webrtc = {"webrtc_interfaces": ("no-such-interface",)}
+    async with cluster(tmp_path) as c:
+        boot = await start(c, webrtc_interfaces=("127.0.0.1",))
+        hidden = await start(c, join=boot, reachability="private", **no_webrtc)
+        caller = await start(c, join=boot, **no_webrtc)
+        await wait_for(lambda: hidden.joined.is_set() and caller.joined.is_set() and hidden.record and hidden.record.addrs,
+                       what="joined, relay address published")
+        await caller.host.disconnect(hidden.peer_id)
+        await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="no direct connection")
+        async with relayer(caller, 2) as rc, relayer(hidden, 2) as rh:
+            await wait_for(lambda: 2 in hidden.relayers.known, what="registered")
+            await rc.send(r.SEND_TO_VALIDATOR, relayer_id=2, node_id=str(hidden.peer_id), raw_data=B64(b"via relay"), id=1)
+            assert (await rh.next(r.SEND_TO_CLIENT))["data"] == B64(b"via relay")
+            assert await rc.next(r.DELIVERY) == {"id": 1, "ok": True}
+            paths = next(p["paths"] for p in caller.peers() if p["peer_id"] == str(hidden.peer_id))
+            assert paths == ["relayed"]
