@@ -57,6 +57,7 @@ class Config:
     inm_peers: int = 8  # nodes to keep an INM link with (channels, seed 003)
     network_token: str = ""  # if set, INM handshakes must carry it (a private network)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
+    trusted_peers: tuple[str, ...] = ()  # peer IDs whose typed messages are shed last under load
 
     @property
     def api_url(self) -> str:
@@ -163,6 +164,11 @@ def _convert(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError("port_mapping: expected true or false")
         return value
+    if key == "trusted_peers":
+        peers = tuple(_as_list(value, key))
+        for peer in peers:
+            peer_id_from_str(peer)
+        return peers
     if key == "relayer_hold":
         return _whole(key, value, 0, 86_400)
     if key == "inm_peers":

@@ -33,6 +33,7 @@ from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
 from overlay.channels.service import ChannelService
 from overlay.messagenet.service import RelayerService
+from overlay.peermsg.service import PeerMessaging
 from overlay.config import Config, parse_host_port
 from overlay.dht import DhtService
 from overlay.dialer import Dialer, dialable, known_addrs, strip_p2p
@@ -122,6 +123,7 @@ class Node:
         )
         self.channels = ChannelService(self, self.metrics, want=config.inm_peers, token=config.network_token)
         self.relayers = RelayerService(self, self.metrics, hold=config.relayer_hold)
+        self.peermsg = PeerMessaging(self, self.metrics, trusted=frozenset(config.trusted_peers))
         self.bootstraps = [
             BootstrapState(strip_p2p(a), pid)
             for a in config.bootstrap
@@ -152,6 +154,7 @@ class Node:
                         await nursery.start(self.signaling.run)
                         await nursery.start(self.traversal.run)
                         await nursery.start(self.channels.run)
+                        await nursery.start(self.peermsg.run)
                         nursery.start_soon(serve_stun_on_tcp_ports, self._tcp_ipv4(), self.stun)
                         await self._set_reachability(self.reachability)
                         await self.publish_record()

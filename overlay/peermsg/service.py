@@ -1,0 +1,146 @@
+"""Typed peer messages on the network: the frame codec (frames.py) and the core (core.py) over
+`/overlay/<network>/peermsg/1.0.0`, and the Python API an in-process application uses.
+
+One stream per peer and direction: ours carries our messages to the peer, written whole-frame
+under a lock so fragments of different messages may interleave but never split a frame; the
+peer's carries its messages to us, read through a FrameReader. A frame over the limit ends that
+stream (it is out of sync); everything else bad is counted by the reader or the core.
+
+Application API: `send(peer, tag, body)` and `broadcast(tag, body)` (to every connected peer),
+`messages` (Deliver actions: BELIEF, QUERY, TRANSACT, RESULT), `answer(deliver, code, result)`
+for QUERY/TRANSACT, `release(deliver)` for the rest, `set_status(bytes)`, `put(value)`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.net_stream import INetStream
+from libp2p.peer.id import ID
+
+from overlay.errors import DecodeError, OverlayError
+from overlay.framing import READ_CHUNK
+from overlay.metrics import Registry
+from overlay.peermsg.core import Code, Deliver, PeerMessages, Send, message
+from overlay.peermsg.frames import FrameReader, MessageType, encode
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0
+OPEN_TIMEOUT = 10.0
+
+
+class PeerMessaging:
+    def __init__(self, node, metrics: Registry, trusted: frozenset[str] = frozenset()) -> None:
+        self.node = node
+        self.protocol = TProtocol(f"/overlay/{node.config.network}/peermsg/1.0.0")
+        self.core = PeerMessages(trusted=trusted)
+        capacity = self.core.max_pending + self.core.trusted_reserve
+        self._send_app, self.messages = trio.open_memory_channel[Deliver](capacity)
+        self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
+        self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self.send_failures = metrics.counter("overlay_peermsg_send_failures_total", "Typed peer messages that could not be sent")
+        metrics.gauge("overlay_peermsg_shed_total", "Typed peer messages shed under load", lambda: self.core.counters.shed)
+        metrics.gauge("overlay_peermsg_malformed_total", "Malformed typed peer messages", lambda: self.core.counters.malformed)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.node.host.set_stream_handler(self.protocol, self._handle_stream)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(TICK)
+                self._act(self.core.tick(trio.current_time()))
+
+    # ---- the application's API ----
+
+    async def send(self, peer: str, tag: MessageType, body: bytes) -> int:
+        """Send one typed message; returns its id (RESULTs reference it). Raises OverlayError
+        when the peer cannot be reached."""
+        message_id = next(self._ids)
+        await self._write(peer, *message(tag, message_id, body), message_id)
+        return message_id
+
+    async def broadcast(self, tag: MessageType, body: bytes) -> int:
+        """To every connected peer; returns how many it reached."""
+        reached = 0
+        for peer in self.node.connected_peers():
+            try:
+                await self.send(str(peer), tag, body)
+                reached += 1
+            except OverlayError:
+                pass
+        return reached
+
+    async def answer(self, deliver: Deliver, code: Code, result: bytes) -> None:
+        send = self.core.result(deliver.peer, deliver.id, code, result, next(self._ids))
+        await self._write(send.peer, send.tag, send.payload, 0)
+
+    def release(self, deliver: Deliver) -> None:
+        """The application is done with a BELIEF (or a QUERY/TRANSACT it will not answer)."""
+        if deliver.tag is not MessageType.RESULT:
+            self.core.released()
+
+    def set_status(self, status: bytes) -> None:
+        self.core.set_status(status)
+
+    def put(self, value: bytes) -> bytes:
+        return self.core.put(value)
+
+    # ---- streams ----
+
+    async def _write(self, peer: str, tag: int, payload: bytes, message_id: int) -> None:
+        entry = self._streams.get(peer)
+        try:
+            if entry is None:
+                with trio.fail_after(OPEN_TIMEOUT):
+                    await self.node.connect(ID.from_base58(peer))
+                    stream = await self.node.host.new_stream(ID.from_base58(peer), [self.protocol])
+                entry = self._streams.setdefault(peer, (stream, trio.Lock()))
+            stream, lock = entry
+            for frame in encode(tag, payload, message_id & 0xFFFFFFFF):
+                async with lock:  # whole frames; another message's frames may come between
+                    await stream.write(frame)
+        except Exception as e:  # noqa: BLE001 - dial, lookup or stream failure: not sent
+            self._streams.pop(peer, None)
+            self.send_failures.inc()
+            raise OverlayError(f"peer message to {peer}: {e or type(e).__name__}") from None
+
+    async def _handle_stream(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        reader = FrameReader()
+        while True:
+            try:
+                data = await stream.read(READ_CHUNK)
+            except Exception:  # noqa: BLE001 - the stream ended, one way or another
+                return
+            if not data:
+                return
+            try:
+                for tag, payload in reader.feed(data):
+                    self._act(self.core.on_message(peer, tag, payload, trio.current_time()))
+            except DecodeError as e:
+                log.debug("peer messages from %s: %s", peer, e)
+                await stream.reset()
+                return
+
+    def _act(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Deliver):
+                try:
+                    self._send_app.send_nowait(action)
+                except trio.WouldBlock:  # the core's limits keep this from happening
+                    self.core.released()
+                    self.core.counters.shed += 1
+            elif isinstance(action, Send) and self._nursery is not None:
+                self._nursery.start_soon(self._send_quietly, action)
+
+    async def _send_quietly(self, action: Send) -> None:
+        try:
+            await self._write(action.peer, action.tag, action.payload, next(self._ids))
+        except OverlayError as e:
+            log.debug("%s", e)
