@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0
 OPEN_TIMEOUT = 10.0
+MAX_REPLYING = 256  # automatic answers in flight; more are dropped and counted
 
 
 class PeerMessaging:
@@ -41,6 +42,8 @@ class PeerMessaging:
         capacity = self.core.max_pending + self.core.trusted_reserve
         self._send_app, self.messages = trio.open_memory_channel[Deliver](capacity)
         self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
+        self._opening: dict[str, trio.Lock] = {}
+        self._replying = 0  # automatic answers (DATA, RESULT) being written
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.send_failures = metrics.counter("overlay_peermsg_send_failures_total", "Typed peer messages that could not be sent")
@@ -94,13 +97,18 @@ class PeerMessaging:
     # ---- streams ----
 
     async def _write(self, peer: str, tag: int, payload: bytes, message_id: int) -> None:
-        entry = self._streams.get(peer)
         try:
+            entry = self._streams.get(peer)
             if entry is None:
-                with trio.fail_after(OPEN_TIMEOUT):
-                    await self.node.connect(ID.from_base58(peer))
-                    stream = await self.node.host.new_stream(ID.from_base58(peer), [self.protocol])
-                entry = self._streams.setdefault(peer, (stream, trio.Lock()))
+                opening = self._opening.setdefault(peer, trio.Lock())
+                async with opening:  # one stream per peer, however many senders wait for it
+                    entry = self._streams.get(peer)
+                    if entry is None:
+                        with trio.fail_after(OPEN_TIMEOUT):
+                            await self.node.connect(ID.from_base58(peer))
+                            stream = await self.node.host.new_stream(ID.from_base58(peer), [self.protocol])
+                        entry = self._streams[peer] = (stream, trio.Lock())
+                self._opening.pop(peer, None)
             stream, lock = entry
             for frame in encode(tag, payload, message_id & 0xFFFFFFFF):
                 async with lock:  # whole frames; another message's frames may come between
@@ -137,6 +145,10 @@ class PeerMessaging:
                     self.core.released()
                     self.core.counters.shed += 1
             elif isinstance(action, Send) and self._nursery is not None:
+                if self._replying >= MAX_REPLYING:  # a peer that asks faster than it reads
+                    self.send_failures.inc()
+                    continue
+                self._replying += 1
                 self._nursery.start_soon(self._send_quietly, action)
 
     async def _send_quietly(self, action: Send) -> None:
@@ -144,3 +156,5 @@ class PeerMessaging:
             await self._write(action.peer, action.tag, action.payload, next(self._ids))
         except OverlayError as e:
             log.debug("%s", e)
+        finally:
+            self._replying -= 1
