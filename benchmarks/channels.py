@@ -374,24 +374,31 @@ def step_result(rate: int, sent: int, got: dict[str, Any], subscribers: int) -> 
             "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"]}
 
 
-def run_ours(args: argparse.Namespace, rates: list[int]) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="channels-bench-"))
+def start_nodes(count: int, procs: list[Proc], prefix: str) -> list[dict[str, Any]]:
+    """`count` overlay-node processes on loopback, all bootstrapped from the first, healthy
+    (INM neighbours found); their processes are appended to `procs` for the caller to stop."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     binary = str(Path(sys.executable).parent / "overlay-node")
     nodes: list[dict[str, Any]] = []
+    for i in range(count):
+        argv = [binary, "run", "--data-dir", str(root / f"n{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api",
+                "127.0.0.1:0", "--network", "bench", "--no-port-mapping", "--log-level", "error"]
+        if nodes:
+            argv += ["--bootstrap", nodes[0]["addr"]]
+        proc = Proc(argv)
+        procs.append(proc)
+        peer = proc.read(60, "peer id: ").removeprefix("peer id: ")
+        addr = proc.read(60, "listening on ").removeprefix("listening on ")
+        api = proc.read(60, "api on ").removeprefix("api on http://")
+        nodes.append({"peer_id": peer, "addr": addr, "api": api})
+    wait_until(lambda: all(get_json(n["api"], "/health")["healthy"] == "good" for n in nodes[1:]), "every node healthy")
+    return nodes
+
+
+def run_ours(args: argparse.Namespace, rates: list[int]) -> dict[str, Any]:
     procs: list[Proc] = []
     try:
-        for i in range(args.nodes):
-            argv = [binary, "run", "--data-dir", str(root / f"n{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api",
-                    "127.0.0.1:0", "--network", "bench", "--no-port-mapping", "--log-level", "error"]
-            if nodes:
-                argv += ["--bootstrap", nodes[0]["addr"]]
-            proc = Proc(argv)
-            procs.append(proc)
-            peer = proc.read(60, "peer id: ").removeprefix("peer id: ")
-            addr = proc.read(60, "listening on ").removeprefix("listening on ")
-            api = proc.read(60, "api on ").removeprefix("api on http://")
-            nodes.append({"peer_id": peer, "addr": addr, "api": api})
-        wait_until(lambda: all(get_json(n["api"], "/health")["healthy"] == "good" for n in nodes[1:]), "every node healthy")
+        nodes = start_nodes(args.nodes, procs, "channels-bench-")
         subs = Proc(me("--role", "subscribers", "--mode", "ours", "--urls",
                        ",".join(f"ws://{n['api']}/connect" for n in nodes)))
         procs.append(subs)

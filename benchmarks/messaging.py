@@ -1,0 +1,197 @@
+"""MessageNet messaging benchmark: unicast and broadcast between relayers on N node processes.
+
+    python benchmarks/messaging.py [--nodes 10] [--seconds 5] [--window 64] [--rates 100,250,...] [--out FILE]
+
+N `overlay-node run` processes on loopback (the first is every other's bootstrap), one relayer
+(`WS /relayer`, ID 1) on each. The relayer on node 0 sends:
+
+- unicast: SendToValidator to nodes 1..N-1 in turn, as fast as delivery reports come back with at
+  most `--window` unanswered: messages/s delivered (a report said ok), and the latency from send to
+  the receiving relayer;
+- broadcast: SendToPeers paced at each of `--rates` for `--seconds`: the highest rate at which
+  every other relayer got every message with p99 at most 250 ms, and the latencies.
+
+256-byte payloads carry a sequence number and the send time. Prints a table, writes JSON.
+Roles (internal): `--role receivers|sender`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.channels import Proc, Tally, paced, payload, report, start_nodes  # noqa: E402
+from benchmarks.common import machine, write_result  # noqa: E402
+
+RELAYER_ID = 1
+SEND_TO_VALIDATOR, SEND_TO_PEERS, REGISTER, SEND_TO_CLIENT, DELIVERY = 0x02, 0x03, 0x01, 0x10, 0x11
+SUSTAINED_P99_MS = 250.0
+
+
+def frame(action: int, **body: Any) -> bytes:
+    return bytes([action]) + json.dumps(body).encode()
+
+
+def role_receivers(args: argparse.Namespace) -> None:
+    import trio
+    from trio_websocket import open_websocket_url
+
+    async def main() -> None:
+        urls = args.urls.split(",")
+        tallies = [Tally() for _ in urls]
+        async with trio.open_nursery() as nursery:
+            for url, tally in zip(urls, tallies):
+                ready = trio.Event()
+                nursery.start_soon(receive, url, tally, ready)
+                await ready.wait()
+            print(json.dumps({"ready": True}), flush=True)
+            while True:
+                line = await trio.to_thread.run_sync(sys.stdin.readline)
+                if not line:
+                    nursery.cancel_scope.cancel()
+                    return
+                if json.loads(line)["cmd"] == "reset":
+                    for tally in tallies:
+                        tally.reset()
+                print(json.dumps(report(tallies)), flush=True)
+
+    async def receive(url: str, tally: Tally, ready) -> None:
+        async with open_websocket_url(url, message_queue_size=100_000) as ws:
+            await ws.send_message(frame(REGISTER, relayer_id=RELAYER_ID))
+            ready.set()
+            while True:
+                data = await ws.get_message()
+                if data[0] == SEND_TO_CLIENT:
+                    tally.add(base64.b64decode(json.loads(data[1:])["data"]).decode())
+
+    trio.run(main)
+
+
+def role_sender(args: argparse.Namespace) -> None:
+    import trio
+    from trio_websocket import open_websocket_url
+
+    targets = args.targets.split(",") if args.targets else []
+
+    async def main() -> None:
+        async with open_websocket_url(args.url, message_queue_size=100_000) as ws:
+            await ws.send_message(frame(REGISTER, relayer_id=RELAYER_ID))
+            if args.mode == "unicast":
+                window = trio.Semaphore(args.window)
+                answers = {"ok": 0, "failed": 0}
+                async with trio.open_nursery() as nursery:
+                    async def reports() -> None:
+                        while True:
+                            data = await ws.get_message()
+                            if data[0] == DELIVERY:
+                                answers["ok" if json.loads(data[1:])["ok"] else "failed"] += 1
+                                window.release()
+                    nursery.start_soon(reports)
+                    start, seq = trio.current_time(), 0
+                    while trio.current_time() - start < args.seconds:
+                        await window.acquire()
+                        text = payload(seq)
+                        await ws.send_message(frame(SEND_TO_VALIDATOR, relayer_id=RELAYER_ID, node_id=targets[seq % len(targets)],
+                                                    raw_data=base64.b64encode(text.encode()).decode(), id=seq))
+                        seq += 1
+                    with trio.move_on_after(30):
+                        while answers["ok"] + answers["failed"] < seq:
+                            await trio.sleep(0.05)
+                    elapsed = trio.current_time() - start
+                    print(json.dumps({"sent": seq, **answers, "seconds": elapsed}), flush=True)
+                    nursery.cancel_scope.cancel()
+            else:
+                sent = await paced(args.rate, args.seconds, lambda seq: ws.send_message(
+                    frame(SEND_TO_PEERS, relayer_id=RELAYER_ID, raw_data=base64.b64encode(payload(seq).encode()).decode())))
+                await trio.sleep(0.5)
+                print(json.dumps({"sent": sent}), flush=True)
+
+    trio.run(main)
+
+
+def settle(receivers: Proc, expected: int) -> dict[str, Any]:
+    last, still = None, time.monotonic()
+    while True:
+        got = receivers.ask({"cmd": "report"})
+        total = sum(got["received"])
+        if total >= expected:
+            return got
+        if total != last:
+            last, still = total, time.monotonic()
+        elif time.monotonic() - still > 2.0:
+            return got
+        time.sleep(0.25)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--rates", default="100,250,500,750,1000,1500")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--role", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--urls", help=argparse.SUPPRESS)
+    p.add_argument("--targets", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.role == "receivers":
+        return role_receivers(args)
+    if args.role == "sender":
+        return role_sender(args)
+    procs: list[Proc] = []
+    result: dict[str, Any] = {"machine": machine(), "command": sys.argv, "nodes": args.nodes}
+    try:
+        nodes = start_nodes(args.nodes, procs, "messaging-bench-")
+        script = [sys.executable, str(Path(__file__).resolve())]
+        receivers = Proc(script + ["--role", "receivers", "--urls", ",".join(f"ws://{n['api']}/relayer" for n in nodes[1:])])
+        procs.append(receivers)
+        receivers.read(60)
+        sender_url = f"ws://{nodes[0]['api']}/relayer"
+        own = script + ["--role", "sender", "--url", sender_url, "--seconds", str(args.seconds)]
+
+        receivers.ask({"cmd": "reset"})
+        sender = Proc(own + ["--mode", "unicast", "--window", str(args.window), "--targets", ",".join(n["peer_id"] for n in nodes[1:])])
+        sent = json.loads(sender.read(args.seconds + 60))
+        sender.stop()
+        got = settle(receivers, sent["ok"])
+        result["unicast"] = {**sent, "msg_s": round(sent["ok"] / sent["seconds"], 1), "received": sum(got["received"]),
+                             "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"]}
+        print(f"unicast: {result['unicast']['msg_s']} msg/s delivered, p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms, "
+              f"{sent['failed']} failed", flush=True)
+
+        steps = []
+        for rate in [int(x) for x in args.rates.split(",")]:
+            receivers.ask({"cmd": "reset"})
+            sender = Proc(own + ["--mode", "broadcast", "--rate", str(rate)])
+            count = json.loads(sender.read(args.seconds + 60))["sent"]
+            sender.stop()
+            got = settle(receivers, count * (args.nodes - 1))
+            delivered = sum(min(n, count) for n in got["received"]) / (count * (args.nodes - 1))
+            sustained = delivered >= 1.0 and (got["p99_ms"] or 0) <= SUSTAINED_P99_MS
+            steps.append({"rate": rate, "sent": count, "delivered": round(delivered, 6), "duplicates": got["duplicates"],
+                          "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "sustained": sustained})
+            print(f"broadcast {rate:>5} msg/s: delivered {delivered:.4f}, p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms"
+                  f"{'' if sustained else ' (not sustained)'}", flush=True)
+            if not sustained and len(steps) >= 2 and not steps[-2]["sustained"]:
+                break
+        result["broadcast"] = {"steps": steps, "max_sustained_rate": max([s["rate"] for s in steps if s["sustained"]] or [0])}
+        print(f"broadcast: {result['broadcast']['max_sustained_rate']} msg/s sustained to {args.nodes - 1} nodes")
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    write_result("messaging", result, args.out)
+
+
+if __name__ == "__main__":
+    main()
