@@ -74,3 +74,21 @@ async def test_typed_messages_across_three_nodes(tmp_path):
         assert await a.peermsg.broadcast(T.BELIEF, with_refs([], b"to all")) >= 2
         for node in (b, d):
             assert (await next_message(node, T.BELIEF)).body == b"to all"
+
+
+async def test_a_query_to_a_node_reached_only_through_a_relay(tmp_path):
+    no_webrtc = {"webrtc_interfaces": ("no-such-interface",)}
+    async with cluster(tmp_path) as c:
+        boot = await c.start(webrtc_interfaces=("127.0.0.1",))
+        hidden = await c.start(join=boot, reachability="private", **no_webrtc)
+        caller = await c.start(join=boot, **no_webrtc)
+        await wait_for(lambda: hidden.joined.is_set() and caller.joined.is_set() and hidden.record and hidden.record.addrs,
+                       what="joined, relay address published")
+        await caller.host.disconnect(hidden.peer_id)
+        await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="no direct connection")
+        query_id = await caller.peermsg.send(str(hidden.peer_id), T.QUERY, with_refs([], b"via relay?"))
+        query = await next_message(hidden, T.QUERY)
+        await hidden.peermsg.answer(query, Code.OK, b"yes")
+        result = await next_message(caller, T.RESULT)
+        assert struct.unpack_from(">QB", result.body) == (query_id, Code.OK) and result.body[9:] == b"yes"
+        assert next(p["paths"] for p in caller.peers() if p["peer_id"] == str(hidden.peer_id)) == ["relayed"]
