@@ -21,14 +21,13 @@ import argparse
 import base64
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.channels import Proc, Tally, paced, payload, report, start_nodes  # noqa: E402
+from benchmarks.channels import Proc, Tally, paced, payload, report, settle, start_nodes  # noqa: E402
 from benchmarks.common import machine, write_result  # noqa: E402
 
 RELAYER_ID = 1
@@ -117,20 +116,6 @@ def role_sender(args: argparse.Namespace) -> None:
     trio.run(main)
 
 
-def settle(receivers: Proc, expected: int) -> dict[str, Any]:
-    last, still = None, time.monotonic()
-    while True:
-        got = receivers.ask({"cmd": "report"})
-        total = sum(got["received"])
-        if total >= expected:
-            return got
-        if total != last:
-            last, still = total, time.monotonic()
-        elif time.monotonic() - still > 2.0:
-            return got
-        time.sleep(0.25)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=10)
@@ -164,7 +149,7 @@ def main() -> None:
         sender = Proc(own + ["--mode", "unicast", "--window", str(args.window), "--targets", ",".join(n["peer_id"] for n in nodes[1:])])
         sent = json.loads(sender.read(args.seconds + 60))
         sender.stop()
-        got = settle(receivers, sent["ok"])
+        got = settle(lambda: receivers.ask({"cmd": "report"}), sent["ok"], 1)
         result["unicast"] = {**sent, "msg_s": round(sent["ok"] / sent["seconds"], 1), "received": sum(got["received"]),
                              "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"]}
         print(f"unicast: {result['unicast']['msg_s']} msg/s delivered, p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms, "
@@ -176,7 +161,7 @@ def main() -> None:
             sender = Proc(own + ["--mode", "broadcast", "--rate", str(rate)])
             count = json.loads(sender.read(args.seconds + 60))["sent"]
             sender.stop()
-            got = settle(receivers, count * (args.nodes - 1))
+            got = settle(lambda: receivers.ask({"cmd": "report"}), count, args.nodes - 1)
             delivered = sum(min(n, count) for n in got["received"]) / (count * (args.nodes - 1))
             sustained = delivered >= 1.0 and (got["p99_ms"] or 0) <= SUSTAINED_P99_MS
             steps.append({"rate": rate, "sent": count, "delivered": round(delivered, 6), "duplicates": got["duplicates"],
