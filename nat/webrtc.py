@@ -256,6 +256,7 @@ class WebRtcSession:
         self.path = PathInfo()
         self.remote_fingerprints: tuple[tuple[str, str], ...] = ()
         self.streams: set[DataChannelStream] = set()  # open streams, the control channel excluded
+        self._control: DataChannelStream | None = None
         self.streams_refused = 0
         self._incoming_send, self._incoming = trio.open_memory_channel[DataChannelStream](MAX_PENDING_STREAMS)
 
@@ -264,7 +265,7 @@ class WebRtcSession:
 
     async def connect(self, remote: Description) -> DataChannelStream:
         """Run ICE, DTLS and SCTP within the configured timeout; returns the open control channel."""
-        control = DataChannelStream(self)
+        control = self._control = DataChannelStream(self)
         try:
             with trio.fail_after(self.config.timeout):
                 await self.bridge.run(self._connect, remote, control)
@@ -352,6 +353,9 @@ class WebRtcSession:
         await self._dtls.start(RTCDtlsParameters(fingerprints=fingerprints, role="auto"))
         if self._dtls.state != "connected":
             raise ConnectionError(f"DTLS handshake ended in state {self._dtls.state}")
+        # aiortc tells SCTP nothing when DTLS closes (the peer's close_notify can overtake its
+        # SCTP ABORT): the session ends every channel itself then.
+        self._dtls.on("statechange", self._on_dtls_state_asyncio)
         # The channels and their handlers exist before SCTP starts: the peer's first message can
         # arrive as soon as the association is up, and aiortc drops data for unknown channels.
         channel = RTCDataChannel(self._sctp, RTCDataChannelParameters(label="overlay", negotiated=True, id=0))
@@ -362,6 +366,15 @@ class WebRtcSession:
         await self._sctp.start(RTCSctpCapabilities(maxMessageSize=65536), SCTP_PORT)
         if channel.readyState != "open":
             await opened.wait()
+
+    def _on_dtls_state_asyncio(self) -> None:
+        if self._dtls is not None and self._dtls.state in ("closed", "failed"):
+            self._call(self._transport_ended)
+
+    def _transport_ended(self) -> None:
+        for stream in [self._control, *self.streams]:
+            if stream is not None:
+                stream._on_broken("the DTLS transport closed")
 
     def _on_datachannel_asyncio(self, channel: RTCDataChannel) -> None:
         # Handlers are attached here, synchronously, before the channel's first message is emitted.

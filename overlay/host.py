@@ -94,8 +94,9 @@ class _Swarm(Swarm):
         raise _ConnectionEnded()
 
     async def add_conn(self, muxed_conn: IMuxedConn, direction: str = "unknown") -> SwarmConn:
-        """Refuse, quietly, a connection that completes its upgrade while the swarm shuts down:
-        the base class would log a warning with a traceback for every such race."""
+        """Refuse, quietly, a connection that completes its upgrade while the swarm shuts down
+        (the base class would log a warning with a traceback for every such race), and drop one
+        that closed while being added."""
         if getattr(self, "manager", None) is not None and not self.manager.is_running:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 try:
@@ -103,7 +104,13 @@ class _Swarm(Swarm):
                 except Exception:  # noqa: BLE001 - it is being thrown away
                     pass
             raise SwarmException("the swarm is shutting down")
-        return await super().add_conn(muxed_conn, direction)
+        conn = await super().add_conn(muxed_conn, direction)
+        if muxed_conn.is_closed:
+            # Closed while the base class was registering it: its close hook ran (and removed
+            # nothing) before the registration, so it would stay listed, dead, for good.
+            self.remove_conn(conn)
+            raise SwarmException("the connection closed while it was being added")
+        return conn
 
     async def add_raw_connection(
         self, raw: IRawConnection, peer_id: ID | None, addr: multiaddr.Multiaddr, relayed: bool
