@@ -17,12 +17,14 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | GET    | /v1/channels                 | node-stats, plus "reserved" (every reservation) and "open_elsewhere" (channel -> nodes) |
 | WS     | /connect                     | seed 003's client protocol (overlay/channels/client.py)  |
 | WS     | /relayer                     | seed 000's MessageNet relayers, binary frames (overlay/messagenet/relayer.py) |
+| WS     | /peermsg                     | seed 001's typed peer messages for applications (overlay/peermsg/app.py) |
 
 Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +41,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.messagenet.relayer import MAX_RELAYER_FRAME
+from overlay.peermsg.app import MAX_APP_FRAME, decode_app, encode_app
 from overlay.messagenet.relayer import error as relayer_error
 
 from overlay.errors import DialError, NotFoundError, OverlayError
@@ -162,6 +165,37 @@ def build_app(node: Node) -> Starlette:
         finally:
             node.relayers.close_socket(sock)
 
+    async def peermsg_app(websocket: WebSocket) -> None:
+        """One typed-message application (WS /peermsg, overlay/peermsg/app.py)."""
+        await websocket.accept()
+        service = node.peermsg
+        send, outbox = trio.open_memory_channel[str](1024)
+
+        async def handle(message: dict, nursery: trio.Nursery) -> bool:
+            text = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
+            try:
+                request = decode_app(text)
+                if request.op == "register":
+                    service.register_app(send, request.types)
+                    return True
+                if request.op == "send":
+                    answer = {"op": "sent", "id": await service.send(request.peer, request.type, request.body)}
+                elif request.op == "broadcast":
+                    answer = {"op": "sent", "peers": await service.broadcast(request.type, request.body)}
+                else:
+                    await service.answer_for(send, request.peer, request.ref, request.code, request.body)
+                    return True
+            except OverlayError as e:  # DecodeError included: a bad frame, or a peer out of reach
+                answer = {"op": "error", "error": str(e)}
+            await send.send(encode_app(answer))
+            return True
+
+        try:
+            await _serve_socket(websocket, outbox, websocket.send_text, handle)
+        finally:
+            service.unregister_app(send)
+            send.close()
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -176,6 +210,7 @@ def build_app(node: Node) -> Starlette:
             Route("/v1/channels", guarded(channels)),
             WebSocketRoute("/connect", channel_client),
             WebSocketRoute("/relayer", relayer_socket),
+            WebSocketRoute("/peermsg", peermsg_app),
         ]
     )
 
@@ -215,15 +250,31 @@ async def _serve_socket(
         pass
 
 
+STALLED_CLIENT = 20.0  # seconds a client may leave our writes unread before its connection is aborted
+
+
+class _ApiConfig(HypercornConfig):
+    """Hypercorn writes to a connection in a shielded scope without a timeout, so a client that
+    stops reading would hold its task, and the node's shutdown, forever. TCP_USER_TIMEOUT on the
+    listening sockets (accepted ones inherit it) makes the kernel abort such a connection."""
+
+    def create_sockets(self):  # noqa: ANN201 - hypercorn's own type
+        sockets = super().create_sockets()
+        for sock in sockets.insecure_sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALLED_CLIENT * 1000))
+        return sockets
+
+
 async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on `node.config.api`; reports the bound URL (port 0 picks a free port)."""
     host, port = node.config.api
-    config = HypercornConfig()
+    config = _ApiConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
-    config.websocket_max_message_size = MAX_RELAYER_FRAME  # larger frames close the socket (1009)
+    # the largest any socket takes (each decoder enforces its own); larger frames close the socket (1009)
+    config.websocket_max_message_size = max(MAX_CLIENT_FRAME, MAX_RELAYER_FRAME, MAX_APP_FRAME)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, build_app(node), config)
         task_status.started(bound[0] if bound else f"http://{host}:{port}")

@@ -8,7 +8,9 @@ stream (it is out of sync); everything else bad is counted by the reader or the 
 
 Application API: `send(peer, tag, body)` and `broadcast(tag, body)` (to every connected peer),
 `messages` (Deliver actions: BELIEF, QUERY, TRANSACT, RESULT), `answer(deliver, code, result)`
-for QUERY/TRANSACT, `release(deliver)` for the rest, `set_status(bytes)`, `put(value)`.
+for QUERY/TRANSACT, `release(deliver)` for the rest, `set_status(bytes)`, `put(value)`. Once a
+WebSocket application registers (`WS /peermsg`, app.py), a dispatcher reads `messages` and hands
+each type to the application registered for it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from libp2p.peer.id import ID
 from overlay.errors import DecodeError, OverlayError
 from overlay.framing import READ_CHUNK
 from overlay.metrics import Registry
+from overlay.peermsg.app import delivered
 from overlay.peermsg.core import Code, Deliver, PeerMessages, Send, message
 from overlay.peermsg.frames import FrameReader, MessageType, encode
 
@@ -44,6 +47,11 @@ class PeerMessaging:
         self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
         self._opening: dict[str, trio.Lock] = {}
         self._replying = 0  # automatic answers (DATA, RESULT) being written
+        self._apps: dict[MessageType, trio.MemorySendChannel[str]] = {}
+        self._unanswered: dict[tuple[str, int], trio.MemorySendChannel[str]] = {}  # bounded by the core's pending limit
+        self._dispatching = False
+        self.app_drops = metrics.counter("overlay_peermsg_app_dropped_total",
+                                         "Typed messages no application took (none registered, or too slow)")
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.send_failures = metrics.counter("overlay_peermsg_send_failures_total", "Typed peer messages that could not be sent")
@@ -82,6 +90,47 @@ class PeerMessaging:
     async def answer(self, deliver: Deliver, code: Code, result: bytes) -> None:
         send = self.core.result(deliver.peer, deliver.id, code, result, next(self._ids))
         await self._write(send.peer, send.tag, send.payload, 0)
+
+    # ---- WebSocket applications (WS /peermsg, app.py) ----
+
+    def register_app(self, outbox: trio.MemorySendChannel[str], types: frozenset[MessageType]) -> None:
+        """Deliver these types to `outbox` from now on. The first registration starts the
+        dispatcher, which from then on is the only reader of `messages`."""
+        for tag in types:
+            self._apps[tag] = outbox
+        if not self._dispatching and self._nursery is not None:
+            self._dispatching = True
+            self._nursery.start_soon(self._dispatch)
+
+    def unregister_app(self, outbox: trio.MemorySendChannel[str]) -> None:
+        """The application left: its types go unserved, and what it did not answer is released."""
+        self._apps = {t: o for t, o in self._apps.items() if o is not outbox}
+        for key in [k for k, o in self._unanswered.items() if o is outbox]:
+            del self._unanswered[key]
+            self.core.released()
+
+    async def answer_for(self, outbox: trio.MemorySendChannel[str], peer: str, ref: int, code: Code, result: bytes) -> None:
+        """A WebSocket application answers a QUERY/TRANSACT it was given, once."""
+        if self._unanswered.get((peer, ref)) is not outbox:
+            raise OverlayError(f"no unanswered QUERY or TRANSACT {ref} from {peer} was given to this application")
+        del self._unanswered[(peer, ref)]
+        await self.answer(Deliver(peer, MessageType.QUERY, ref, b""), code, result)
+
+    async def _dispatch(self) -> None:
+        async for deliver in self.messages:
+            outbox = self._apps.get(deliver.tag)
+            try:
+                if outbox is None:
+                    raise trio.WouldBlock
+                outbox.send_nowait(delivered(deliver.peer, deliver.tag, deliver.id, deliver.body))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.release(deliver)
+                self.app_drops.inc(type=deliver.tag.name)
+                continue
+            if deliver.tag in (MessageType.QUERY, MessageType.TRANSACT):
+                self._unanswered[(deliver.peer, deliver.id)] = outbox
+            else:
+                self.release(deliver)
 
     def release(self, deliver: Deliver) -> None:
         """The application is done with a BELIEF (or a QUERY/TRANSACT it will not answer)."""
