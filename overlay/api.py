@@ -18,6 +18,8 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | WS     | /connect                     | seed 003's client protocol (overlay/channels/client.py)  |
 | WS     | /relayer                     | seed 000's MessageNet relayers, binary frames (overlay/messagenet/relayer.py) |
 | WS     | /peermsg                     | seed 001's typed peer messages for applications (overlay/peermsg/app.py) |
+| WS     | /gateway                     | seed 002's Degas client gateway, protobuf frames (overlay/gateway/session.py) |
+| WS     | /service                     | Degas service instances (overlay/gateway/service.py, degas.proto) |
 
 Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
 """
@@ -40,12 +42,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from overlay.channels.client import MAX_CLIENT_FRAME
-from overlay.messagenet.relayer import MAX_RELAYER_FRAME
-from overlay.peermsg.app import MAX_APP_FRAME, decode_app, encode_app
-from overlay.messagenet.relayer import error as relayer_error
-
 from overlay.errors import DialError, NotFoundError, OverlayError
+from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, Close
+from overlay.gateway.session import MAX_CLIENT_FRAME as MAX_GATEWAY_FRAME
+from overlay.messagenet.relayer import MAX_RELAYER_FRAME
+from overlay.messagenet.relayer import error as relayer_error
 from overlay.node import Node
+from overlay.peermsg.app import MAX_APP_FRAME, decode_app, encode_app
 from overlay.records import peer_id_from_str
 
 MAX_PING_COUNT = 100
@@ -196,6 +199,40 @@ def build_app(node: Node) -> Starlette:
             service.unregister_app(send)
             send.close()
 
+    async def gateway_socket(websocket: WebSocket, client: bool) -> None:
+        """A Degas client (`WS /gateway`) or service instance (`WS /service`): binary protobuf
+        frames only; a text frame closes the connection with a protocol error."""
+        await websocket.accept()
+        sock, outbox = node.gateway.open_socket(client)
+
+        async def handle(message: dict, nursery: trio.Nursery) -> bool:
+            frame = message.get("bytes")
+            if client:
+                end = await node.gateway.client_frame(sock, frame)
+            elif frame is None:
+                end = (b"", Close(CLOSE_PROTOCOL_ERROR, "binary frames only"))
+            else:
+                await node.gateway.instance_frame(sock, frame)
+                end = None
+            if end is None:
+                return True
+            last, close = end
+            if last:
+                await websocket.send_bytes(last)
+            await websocket.close(close.code, close.reason)
+            return False
+
+        try:
+            await _serve_socket(websocket, outbox, websocket.send_bytes, handle)
+        finally:
+            node.gateway.close_socket(sock)
+
+    async def gateway_client(websocket: WebSocket) -> None:
+        await gateway_socket(websocket, client=True)
+
+    async def gateway_instance(websocket: WebSocket) -> None:
+        await gateway_socket(websocket, client=False)
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -211,6 +248,8 @@ def build_app(node: Node) -> Starlette:
             WebSocketRoute("/connect", channel_client),
             WebSocketRoute("/relayer", relayer_socket),
             WebSocketRoute("/peermsg", peermsg_app),
+            WebSocketRoute("/gateway", gateway_client),
+            WebSocketRoute("/service", gateway_instance),
         ]
     )
 
@@ -274,7 +313,7 @@ async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_ST
     config.errorlog = None
     config.graceful_timeout = 1.0
     # the largest any socket takes (each decoder enforces its own); larger frames close the socket (1009)
-    config.websocket_max_message_size = max(MAX_CLIENT_FRAME, MAX_RELAYER_FRAME, MAX_APP_FRAME)
+    config.websocket_max_message_size = max(MAX_CLIENT_FRAME, MAX_RELAYER_FRAME, MAX_APP_FRAME, MAX_GATEWAY_FRAME)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, build_app(node), config)
         task_status.started(bound[0] if bound else f"http://{host}:{port}")

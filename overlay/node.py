@@ -32,6 +32,7 @@ from nat.relay import RelayService, circuit_addr
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
 from overlay.channels.service import ChannelService
+from overlay.gateway.service import Gateway
 from overlay.messagenet.service import RelayerService
 from overlay.peermsg.service import PeerMessaging
 from overlay.config import Config, parse_host_port
@@ -124,6 +125,7 @@ class Node:
         self.channels = ChannelService(self, self.metrics, want=config.inm_peers, token=config.network_token)
         self.relayers = RelayerService(self, self.metrics, hold=config.relayer_hold)
         self.peermsg = PeerMessaging(self, self.metrics, trusted=frozenset(config.trusted_peers))
+        self.gateway = Gateway(self, self.metrics)
         self.bootstraps = [
             BootstrapState(strip_p2p(a), pid)
             for a in config.bootstrap

@@ -342,6 +342,10 @@ class ChannelService:
             self._waiting.pop(nonce, None)
         return got[0] if isinstance(got[0], dict) else {}
 
+    def notify(self, node: str, data: dict) -> None:
+        """A command to one node that is not answered (the receiver may send one of its own)."""
+        self.send(Inm(self.me, node, "command", new_nonce(), data))
+
     def broadcast(self, data: dict, on_response: Callable[[Inm], None] | None = None, answered: bool = True) -> None:
         """A command to every node, each once; their responses go to `on_response` for
         COMMAND_TIMEOUT seconds (announcements and `answered=False` commands have none)."""

@@ -1,0 +1,201 @@
+"""One client connection to the Degas gateway (seed 002, `WS /gateway`) as a state machine
+without I/O: frames and `now` in, actions out. The frames are degas.proto's.
+
+    HELLO --ClientHello--> AUTH --ClientEthAuth (signature of the challenge)--> READY --ClientDegas...
+
+- HELLO: the first frame must be a ClientHello with an Ethereum signer whose 20-byte address is
+  the account_id. The gateway answers with an auth request carrying a fresh challenge.
+- AUTH: the client signs the challenge string with EIP-191 personal_sign. The address recovered
+  from the signature must be the hello's; the challenge is used once (whatever the outcome) and
+  expires CHALLENGE_TTL seconds after it was sent. Success: GatewayMessage.auth_ok, and the
+  connection is bound to the account. Failure: AUTH_FAIL, then close.
+- READY: ClientDegas messages (degas_id of 16 bytes, payload of at most MAX_PAYLOAD bytes) are
+  forwarded; a bad one gets an error frame and the connection stays.
+
+Anything before READY that is not the expected message gets an error frame and a close (1008);
+a frame over MAX_CLIENT_FRAME bytes closes with 1009; a text frame closes with 1002 (the seed
+allows binary frames only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from overlay.gateway import degas_pb2 as pb
+
+CHALLENGE_TTL = 60.0
+MAX_PAYLOAD = 65_536
+DEGAS_ID_SIZE = 16
+MAX_CLIENT_FRAME = 128 * 1024  # the largest valid ClientMessage is about 65.6 KB
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+Code = pb.GatewayErrorMessage.ERROR_CODE
+CLOSE_PROTOCOL_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG = 1002, 1008, 1009
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A GatewayMessage to the client."""
+
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The connection now speaks for this account."""
+
+    account_id: bytes
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A ClientDegas message to deliver to instance `degas_id`."""
+
+    degas_id: bytes
+    payload: bytes
+
+
+Action = Reply | Close | Bound | Forward
+Recover = Callable[[str, bytes], str]  # (challenge, signature) -> address; raises ValueError
+
+
+class State(Enum):
+    HELLO = "hello"
+    AUTH = "auth"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+def error(code: int, reason: str, degas_id: bytes = b"", account_id: bytes = b"") -> pb.GatewayErrorMessage:
+    return pb.GatewayErrorMessage(code=code, reason=reason, degas_id=degas_id, account_id=account_id)
+
+
+def client_error(code: int, reason: str, degas_id: bytes = b"", account_id: bytes = b"") -> bytes:
+    return pb.GatewayMessage(error=error(code, reason, degas_id, account_id)).SerializeToString()
+
+
+def challenge_text(gateway: str, nonce: bytes) -> str:
+    """What the client signs: names the gateway, so a signature is good at this gateway only."""
+    return f"overlay-node gateway {gateway}\nchallenge {nonce.hex()}"
+
+
+def parse_client(frame: bytes) -> pb.ClientMessage:
+    """Raises ValueError for anything that is not a ClientMessage with a payload set."""
+    message = pb.ClientMessage()
+    try:
+        message.ParseFromString(frame)
+    except ProtobufDecodeError:
+        raise ValueError("not a ClientMessage") from None
+    if message.WhichOneof("payload") is None:
+        raise ValueError("ClientMessage without a payload")
+    return message
+
+
+def parse_degas(frame: bytes) -> pb.DegasMessage:
+    """Raises ValueError for anything that is not a DegasMessage with a payload set."""
+    message = pb.DegasMessage()
+    try:
+        message.ParseFromString(frame)
+    except ProtobufDecodeError:
+        raise ValueError("not a DegasMessage") from None
+    if message.WhichOneof("payload") is None:
+        raise ValueError("DegasMessage without a payload")
+    return message
+
+
+class ClientSession:
+    def __init__(self, gateway: str, nonce: bytes, recover: Recover) -> None:
+        self.state = State.HELLO
+        self.account_id = b""
+        self._address = ""
+        self._challenge = challenge_text(gateway, nonce)
+        self._challenge_expires = 0.0
+        self._recover = recover
+        self.proof = ("", b"")  # once READY: the challenge and the client's signature of it
+
+    def on_text(self) -> list[Action]:
+        return self._close(CLOSE_PROTOCOL_ERROR, "binary frames only", Code.MALFORMED)
+
+    def on_frame(self, frame: bytes, now: float) -> list[Action]:
+        if self.state is State.CLOSED:
+            return []
+        if len(frame) > MAX_CLIENT_FRAME:
+            return self._close(CLOSE_TOO_BIG, f"frame over {MAX_CLIENT_FRAME} bytes", Code.MALFORMED)
+        try:
+            message = parse_client(frame)
+        except ValueError as e:
+            if self.state is State.READY:
+                return [Reply(client_error(Code.MALFORMED, str(e)))]
+            return self._close(CLOSE_POLICY, str(e), Code.MALFORMED)
+        kind = message.WhichOneof("payload")
+        if self.state is State.HELLO:
+            if kind != "hello":
+                return self._close(CLOSE_POLICY, "ClientHello must come first", Code.NOT_AUTHENTICATED)
+            return self._hello(message.hello, now)
+        if self.state is State.AUTH:
+            if kind != "eth_auth":
+                return self._close(CLOSE_POLICY, "authentication must come next", Code.NOT_AUTHENTICATED)
+            return self._auth(message.eth_auth.signature, now)
+        if kind != "degas":
+            return [Reply(client_error(Code.MALFORMED, "already authenticated"))]
+        degas = message.degas
+        if len(degas.degas_id) != DEGAS_ID_SIZE:
+            return [Reply(client_error(Code.MALFORMED, f"degas_id must be {DEGAS_ID_SIZE} bytes"))]
+        if len(degas.payload) > MAX_PAYLOAD:
+            return [Reply(client_error(Code.PAYLOAD_TOO_LARGE, f"payload over {MAX_PAYLOAD} bytes", degas.degas_id))]
+        return [Forward(degas.degas_id, degas.payload)]
+
+    def _hello(self, hello: pb.ClientHelloMessage, now: float) -> list[Action]:
+        if hello.WhichOneof("signer") != "ethereum_signer":
+            return self._close(CLOSE_POLICY, "an Ethereum signer is required", Code.MALFORMED)
+        address = hello.ethereum_signer.address
+        if not ADDRESS.fullmatch(address):
+            return self._close(CLOSE_POLICY, "address must be 0x and 40 hex digits", Code.MALFORMED)
+        if hello.account_id != bytes.fromhex(address[2:]):
+            return self._close(CLOSE_POLICY, "account_id must be the signer's 20-byte address", Code.AUTH_FAIL)
+        self.state, self.account_id, self._address = State.AUTH, hello.account_id, address.lower()
+        self._challenge_expires = now + CHALLENGE_TTL
+        request = pb.GatewayAuthRequestMessage(ethereum_auth=pb.EthereumAuthMessage(challenge=self._challenge))
+        return [Reply(pb.GatewayMessage(auth_request=request).SerializeToString())]
+
+    def _auth(self, signature: bytes, now: float) -> list[Action]:
+        challenge, self._challenge = self._challenge, ""  # single-use, whatever the outcome
+        if now > self._challenge_expires:
+            return self._close(CLOSE_POLICY, "challenge expired", Code.AUTH_FAIL)
+        try:
+            recovered = self._recover(challenge, signature).lower()
+        except ValueError:
+            recovered = ""
+        if recovered != self._address:
+            return self._close(CLOSE_POLICY, "signature does not match the address", Code.AUTH_FAIL)
+        self.state, self.proof = State.READY, (challenge, signature)
+        ok = pb.GatewayMessage(auth_ok=pb.GatewayAuthOkMessage(account_id=self.account_id)).SerializeToString()
+        return [Bound(self.account_id), Reply(ok)]
+
+    def _close(self, code: int, reason: str, error_code: int) -> list[Action]:
+        self.state = State.CLOSED
+        return [Reply(client_error(error_code, reason)), Close(code, reason)]
+
+
+def recover_address(challenge: str, signature: bytes) -> str:
+    """EIP-191 personal_sign recovery, by eth-account (secp256k1 recovery is not ours to write)."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    if len(signature) != 65:
+        raise ValueError("signature must be 65 bytes")
+    try:
+        return Account.recover_message(encode_defunct(text=challenge), signature=signature)
+    except Exception as e:  # noqa: BLE001 - eth-account raises several types for a bad signature
+        raise ValueError(f"bad signature: {e}") from None
