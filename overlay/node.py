@@ -157,6 +157,7 @@ class Node:
                         await nursery.start(self.traversal.run)
                         await nursery.start(self.channels.run)
                         await nursery.start(self.peermsg.run)
+                        await nursery.start(self.gateway.run)
                         nursery.start_soon(serve_stun_on_tcp_ports, self._tcp_ipv4(), self.stun)
                         await self._set_reachability(self.reachability)
                         await self.publish_record()

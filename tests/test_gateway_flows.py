@@ -15,7 +15,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from overlay.api import serve_api
 from overlay.gateway import degas_pb2 as pb
-from overlay.gateway.service import FORWARD, TO_CLIENT, degas_key
+from overlay.gateway.service import FORWARD, TO_CLIENT, account_key, degas_key
 from overlay.gateway.session import MAX_PAYLOAD, Code
 from tests.conftest import cluster, wait_for
 from tests.test_gateway_codec import ACCOUNT, DEGAS, OTHER, degas, hello, sign
@@ -94,6 +94,10 @@ async def test_round_trips_between_a_client_and_an_instance_on_other_nodes(tmp_p
         a, b, d = await three_nodes(c)
         async with instance(d) as service, client(a) as player:
             await wait_for(lambda: any(announced(n, degas_key(DEGAS))() for n in (a, b)), what="instance announced")
+            # the instance speaks first: the DHT tells its node where the account is connected
+            await wait_for(lambda: any(announced(n, account_key(ACCOUNT_ID))() for n in (b, d)), what="account announced")
+            await service.send_message(to_client(ACCOUNT_ID, b"welcome"))
+            assert (await receive(player, pb.GatewayMessage)).degas.payload == b"welcome"
             for payload in (b"hello", b"\x07" * MAX_PAYLOAD):
                 await player.send_message(degas(payload))
                 forward = (await receive(service, pb.GatewayInternalMessage)).client_message

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import logging
 import secrets
@@ -73,6 +72,7 @@ MAX_VOUCHED = 10_000  # verified (gateway, account, signature) proofs kept
 MAX_GONE = 10_000
 MAX_ACCOUNT_ID = 64
 MAX_UNVERIFIED = 256  # messages held per (node, degas_id) while the DHT is asked about them
+MAX_UNCONFIRMED_HOSTS = 64  # (node, degas_id) pairs being asked about at once
 
 
 def degas_key(degas_id: bytes) -> bytes:
@@ -121,6 +121,7 @@ class Gateway:
         self.routes: OrderedDict[bytes, set[str]] = OrderedDict()  # account -> gateway nodes it wrote from
         self.vouched: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self.held: dict[tuple[str, bytes], _Held] = {}
+        self._nursery: trio.Nursery | None = None
         self.dropped = metrics.counter("overlay_gateway_dropped_total", "Degas messages dropped, by reason")
         self.forwarded = metrics.counter("overlay_gateway_forwarded_total", "Client messages delivered to instances here")
         self.to_clients = metrics.counter("overlay_gateway_to_clients_total", "Instance messages delivered to clients here")
@@ -129,6 +130,21 @@ class Gateway:
         node.channels.extensions[FORWARD] = self._on_forward
         node.channels.extensions[TO_CLIENT] = self._on_to_client
         node.channels.extensions[ERROR] = self._on_error
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _spawn(self, fn, *args) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    async def _announce(self, key: bytes) -> None:
+        """A provider record for `key`, which the DHT then keeps republishing until unprovided."""
+        with trio.move_on_after(LOCATE_TIMEOUT):
+            await self.node.dht.provide(key)
 
     def open_socket(self, client: bool) -> tuple[Socket, trio.MemoryReceiveChannel[bytes]]:
         send, receive = trio.open_memory_channel[bytes](SOCKET_QUEUE)
@@ -163,7 +179,7 @@ class Gateway:
                 self._put(sock, action.frame)
             elif isinstance(action, Bound):
                 if action.account_id not in self.clients:
-                    self.node._spawn(functools.partial(self.node.dht.provide, account_key(action.account_id)))
+                    self._spawn(self._announce, account_key(action.account_id))
                 self.clients.setdefault(action.account_id, set()).add(sock)
             elif isinstance(action, Forward):
                 await self._forward(sock, action)
@@ -247,14 +263,18 @@ class Gateway:
             sock.degas_id = degas_id
             self.instances[degas_id] = sock
             self.gone.pop(degas_id, None)
-            self.node._spawn(functools.partial(self.node.dht.provide, degas_key(degas_id)))
+            self._spawn(self._announce, degas_key(degas_id))
             self._put(sock, internal(registered=pb.DegasRegisteredMessage(degas_id=degas_id)))
 
     async def _to_client(self, sock: Socket, account: bytes, payload: bytes) -> None:
         frame = pb.GatewayMessage(degas=pb.GatewayDegasMessage(degas_id=sock.degas_id, payload=payload)).SerializeToString()
         reached = self._deliver_to_clients(account, frame)
-        gateways = self.routes.get(account) or (set() if reached else set(await self._providers(account_key(account))))
-        for gateway in gateways:
+        gateways = self.routes.get(account)
+        if not gateways and not reached:  # an account that has not written here: the DHT knows its gateways
+            for gateway in await self._providers(account_key(account)):
+                self._remember(self.routes, account, None, MAX_ROUTES, add=gateway)
+            gateways = self.routes.get(account)
+        for gateway in gateways or ():
             self.node.channels.notify(gateway, {"command": TO_CLIENT, "degas_id": _b64(sock.degas_id),
                                                 "account_id": _b64(account), "payload": _b64(payload)})
         if not reached and not gateways:
@@ -314,9 +334,12 @@ class Gateway:
             return None
         key = (inm.source, degas_id)
         held = self.held.get(key)
+        if held is None and len(self.held) >= MAX_UNCONFIRMED_HOSTS:
+            self.dropped.inc(reason="unconfirmed host, queue full")
+            return None
         if held is None:
             held = self.held[key] = _Held()
-            self.node._spawn(functools.partial(self._confirm_host, inm.source, degas_id))
+            self._spawn(self._confirm_host, inm.source, degas_id)
         if len(held.frames) >= MAX_UNVERIFIED:
             self.dropped.inc(reason="unconfirmed host, queue full")
         else:
@@ -348,19 +371,18 @@ class Gateway:
         except (ValueError, AttributeError, KeyError, TypeError):
             self.dropped.inc(reason="malformed")
             return None
-        if to == "client":
-            if self.located.get(degas_id, ("",))[0] == inm.source:
-                del self.located[degas_id]
+        if to == "client" and self.located.get(degas_id, ("",))[0] == inm.source:  # we sent it there
+            del self.located[degas_id]
             frame = client_error(code, reason, degas_id, account)
             for sock in list(self.clients.get(account, ())):
                 self._put(sock, frame)
-        elif to == "instance" and code == Code.CLIENT_GONE:
-            routes = self.routes.get(account)
-            if routes is not None:
-                routes.discard(inm.source)
+        elif to == "instance" and code == Code.CLIENT_GONE and inm.source in self.routes.get(account, ()):
+            self.routes[account].discard(inm.source)
             instance = self.instances.get(degas_id)
             if instance is not None:
                 self._put(instance, internal(error=error(code, reason, degas_id, account)))
+        else:
+            self.dropped.inc(reason="unexpected error report")
         return None
 
     # ---- delivery ----
