@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     natlab.add_argument("--trials", type=int, default=3, help="dials per pair")
     natlab.add_argument("--out", type=Path, help="also write the JSON here")
 
+    simulate = sub.add_parser("simulate", help="simulate a network of these nodes in virtual time, with a report")
+    simulate.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: the shipped one)")
+    simulate.add_argument("--out", type=Path, default=Path("simulation"), help="report directory (default ./simulation)")
+    simulate.add_argument("--seed", type=int, help="override the scenario's seed")
+    simulate.add_argument("--sweep", metavar="KEY=V1,V2,...", help="run once per value, plot metrics against it")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+
     ident = sub.add_parser("id", help="print this node's peer ID")
     ident.add_argument("--data-dir", help="where the identity key lives")
 
@@ -258,6 +265,28 @@ def _human(command: str, body: Any) -> str:
     return "\n".join(lines)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations import report
+    from simulations.scenario import ScenarioError, load
+
+    try:
+        scenario = load(args.scenario)
+        if args.seed is not None:
+            scenario = scenario.with_value("seed", str(args.seed))
+        if args.sweep:
+            key, _, values = args.sweep.partition("=")
+            if not values:
+                raise ConfigError("--sweep wants KEY=V1,V2,...")
+            report.sweep(scenario, key.strip(), [v.strip() for v in values.split(",")], args.out, args.quiet)
+        else:
+            report.run(scenario, args.out, args.quiet)
+    except ScenarioError as e:
+        raise ConfigError(f"scenario: {e}") from None
+    if not args.quiet:
+        print(f"report in {args.out}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -267,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             return _id(args)
         if args.command == "channel":
             return _channel(args)
+        if args.command == "simulate":
+            return _simulate(args)
         if args.command == "natlab":
             from simulations.natlab.matrix import main as natlab
 

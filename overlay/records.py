@@ -23,6 +23,8 @@ highest seq wins.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -173,8 +175,13 @@ def seal_peer_record(record: PeerRecord, key: Ed25519PrivateKey) -> bytes:
     return envelope
 
 
+@functools.lru_cache(maxsize=4096)
 def open_peer_record(data: bytes) -> PeerRecord:
-    """Verify an envelope and return its record; RecordError with the reason otherwise."""
+    """Verify an envelope and return its record; RecordError with the reason otherwise.
+
+    The same envelope reaches a node many times (every lookup answer carries it, every
+    republish stores it), so the records of valid envelopes are kept in a bounded cache: one
+    signature check each. Invalid ones raise and are not kept."""
     if len(data) > MAX_ENVELOPE_SIZE:
         raise RecordError(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_SIZE}")
     try:

@@ -10,12 +10,16 @@ of the live set (`Changed`), since the node's published record lists them.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
 from overlay.kademlia.wire import PeerInfo
+
+
+SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # DHT providers: the signalling nodes
 
 
 @dataclass(frozen=True)

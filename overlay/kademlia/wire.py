@@ -20,6 +20,8 @@ an id, and a message type outside the enum is refused, since neither can be acte
 
 from __future__ import annotations
 
+import functools
+
 import enum
 from dataclasses import dataclass
 
@@ -84,6 +86,12 @@ def _int32_field(number: int, value: int) -> bytes:
     return field_varint(number, value) if value else b""
 
 
+@functools.lru_cache(maxsize=8192)
+def _peer_field(number: int, peer: PeerInfo) -> bytes:
+    """Cached: the same peers fill answer after answer."""
+    return field_bytes(number, _encode_peer(peer))
+
+
 def _encode_peer(peer: PeerInfo) -> bytes:
     parts = [field_bytes(1, peer.peer_id)]
     parts += [field_bytes(2, addr) for addr in peer.addrs]
@@ -109,8 +117,8 @@ def encode_message(m: Message) -> bytes:
         parts.append(field_bytes(2, m.key))
     if m.record is not None:
         parts.append(field_bytes(3, _encode_record(m.record)))
-    parts += [field_bytes(8, _encode_peer(peer)) for peer in m.closer_peers]
-    parts += [field_bytes(9, _encode_peer(peer)) for peer in m.provider_peers]
+    parts += [_peer_field(8, peer) for peer in m.closer_peers]
+    parts += [_peer_field(9, peer) for peer in m.provider_peers]
     parts.append(_int32_field(10, m.cluster_level))
     return b"".join(parts)
 

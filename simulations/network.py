@@ -1,0 +1,469 @@
+"""A simulated overlay network: the shipped protocol cores of every node, on the simulated
+internet (internet.py), in virtual time (engine.py).
+
+What runs is the node's own code without I/O:
+- `overlay.kademlia.core.Kademlia`: routing, lookups, records, providers, refresh and republish
+  timers; public nodes are DHT servers, nodes behind NAT clients, as on the real node;
+- peer records (`overlay.records`): signed with each node's Ed25519 key, validated by the DHT;
+- `signaling.registrations.Registrations`: which signalling nodes a node behind NAT keeps;
+- `nat.strategy.DialStrategy`: dial by peer ID, direct or relayed, then the upgrade to a direct
+  path.
+What is modelled: connections (a first message between two nodes pays a connection setup of
+CONNECT_RTTS round trips), relays (a relayed connection needs the target to be registered with
+that relay), and ICE (internet.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import multiaddr
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from nat.strategy import Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded
+from overlay.kademlia.core import KadConfig, Kademlia, QueryDone, Send
+from overlay.kademlia.store import NamespacedValidator
+from overlay.kademlia.wire import MessageType, PeerInfo, encode_message
+from overlay.records import (
+    PeerRecord,
+    PeerRecordValidator,
+    open_peer_record,
+    peer_id_from_public_key,
+    peer_id_from_str,
+    peer_id_to_str,
+    record_key,
+    seal_peer_record,
+)
+from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, Register, Registrations
+from simulations.engine import Scheduler
+from simulations.internet import Internet, Nat, direct_path_possible, dialable, upgrade_time
+from simulations.scenario import Scenario
+
+CONNECT_RTTS = 3  # TCP, Noise and multistream before the first stream on a new connection
+DIAL_TIMEOUT = 10.0  # a dial to a vanished host waits this long (no RST comes back)
+LOSS_DETECTION = 15.0  # a signalling node's clients notice it left after this long
+MAX_CONNECTIONS = 256  # per node, oldest closed first: the connection manager's bound
+SAMPLE = 60.0  # seconds between time-series samples
+
+
+@dataclass(eq=False)
+class SimNode:
+    index: int
+    key: Ed25519PrivateKey
+    peer_id: bytes
+    region: str
+    nat: Nat
+    core: Kademlia
+    joined_at: float
+    bootstrap: bool = False
+    online: bool = True
+    ready: bool = False  # record published (and, behind NAT, registered)
+    seq: int = 0
+    registrations: Registrations | None = None
+    relays: dict[int, None] = field(default_factory=dict)  # signalling nodes we are registered with
+    clients: set[int] = field(default_factory=set)  # (signalling nodes) who is registered here
+    connections: dict[int, None] = field(default_factory=dict)
+    timer_at: float | None = None
+    reg_timer_at: float | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    relayed: int = 0  # connections relayed through this node
+    upgrades_signalled: int = 0
+
+    @property
+    def public(self) -> bool:
+        return self.nat is Nat.PUBLIC
+
+
+@dataclass
+class Metrics:
+    dials: list[dict] = field(default_factory=list)  # one per dial by peer ID after the warm-up
+    samples: list[dict] = field(default_factory=list)  # every SAMPLE seconds
+    joins: int = 0
+    leaves: int = 0
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, progress: Callable[[float], None] | None = None) -> None:
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        self.sched = Scheduler()
+        self.net = Internet(scenario.link_model(), random.Random(self.rng.random()))
+        self.kad_config = KadConfig()
+        self.validator = NamespacedValidator({b"peer": PeerRecordValidator()})
+        self.nodes: list[SimNode] = []
+        self.by_id: dict[bytes, SimNode] = {}
+        self.online: list[SimNode] = []  # in no order; removal by swap
+        self._online_at: dict[int, int] = {}
+        self.bootstraps: list[SimNode] = []
+        self.queries: dict[tuple[int, int], Callable[[QueryDone], None]] = {}
+        self.metrics = Metrics()
+        self.progress = progress
+        self._ips = 0
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def run(self) -> Metrics:
+        sc = self.scenario
+        for i in range(sc.nodes):
+            node = self._new_node(bootstrap=i < sc.bootstrap)
+            # bootstraps first, together; the others arrive over the first join_window seconds
+            at = 0.0 if node.bootstrap else sc.join_window * (i - sc.bootstrap + 1) / max(1, sc.nodes - sc.bootstrap)
+            self.sched.at(at, lambda node=node: self._join(node))
+        if sc.churn_per_hour > 0:
+            for node in self.nodes:
+                if not node.bootstrap:
+                    self._schedule_leave(node)
+        if sc.dials_per_node_hour > 0:
+            self.sched.at(sc.warmup, self._dial_event)
+        self.sched.at(SAMPLE, self._sample)
+        for part in sc.partitions:
+            self.sched.at(part.start, lambda part=part: self._partition(part))
+        self.sched.run(sc.duration, self.progress)
+        return self.metrics
+
+    # ---- nodes joining and leaving -------------------------------------------------------------
+
+    def _new_node(self, bootstrap: bool = False) -> SimNode:
+        sc = self.scenario
+        key = Ed25519PrivateKey.from_private_bytes(self.rng.getrandbits(256).to_bytes(32, "big"))
+        peer_id = peer_id_from_public_key(key.public_key())
+        region = _pick(self.rng, sc.regions)
+        nat = Nat.PUBLIC if bootstrap else Nat(_pick(self.rng, sc.nat))
+        index = len(self.nodes)
+        addrs = (self._address(index),) if nat is Nat.PUBLIC else ()
+        core = Kademlia(PeerInfo(peer_id, addrs), self.validator, self.kad_config, server=nat is Nat.PUBLIC,
+                        rng=random.Random(self.rng.random()))
+        node = SimNode(index, key, peer_id, region, nat, core, joined_at=0.0, bootstrap=bootstrap, online=False)
+        if nat is not Nat.PUBLIC:
+            node.registrations = Registrations(want=sc.signaling_nodes)
+        self.nodes.append(node)
+        self.by_id[peer_id] = node
+        return node
+
+    def _address(self, index: int) -> bytes:
+        return multiaddr.Multiaddr(f"/ip4/198.18.{index >> 8 & 0xFF}.{index & 0xFF}/tcp/4001").to_bytes()
+
+    def _join(self, node: SimNode) -> None:
+        node.online, node.joined_at = True, self.sched.now
+        self._online_at[node.index] = len(self.online)
+        self.online.append(node)
+        self.metrics.joins += 1
+        if self.bootstraps:
+            for b in self.bootstraps:
+                if b.online:
+                    self._apply(node, node.core.add_address(b.core.local, self.sched.now))
+            delay = 2 * max(self.net.rtt(node.region, b.region) for b in self.bootstraps) + 0.05
+            self.sched.after(delay, lambda: self._query(node, node.core.bootstrap, lambda done: self._joined(node)))
+        else:
+            self._joined(node)
+        if node.bootstrap:
+            self.bootstraps.append(node)
+
+    def _joined(self, node: SimNode) -> None:
+        if node.public:
+            self._publish_record(node)
+            self._query(node, lambda now: node.core.provide(SIGNALING_KEY, now), lambda done: None)
+        else:
+            candidates = [b.core.local for b in self.bootstraps if b.online]
+            self._apply_registrations(node, node.registrations.offer(candidates, self.sched.now))
+
+    def _schedule_leave(self, node: SimNode) -> None:
+        sc = self.scenario
+        mean = 3600.0 / sc.churn_per_hour
+        if sc.session == "pareto":  # heavy tail, same mean: shape 2, scale mean/2
+            length = (mean / 2) / (1 - self.rng.random()) ** 0.5
+        else:
+            length = self.rng.expovariate(1 / mean)
+        start = node.joined_at if node.online else self.sched.now
+        self.sched.at(max(start, sc.join_window) + length, lambda: self._leave(node))
+
+    def _leave(self, node: SimNode) -> None:
+        if not node.online:
+            return
+        node.online = False
+        last = self.online.pop()
+        if last is not node:
+            i = self._online_at[node.index]
+            self.online[i] = last
+            self._online_at[last.index] = i
+        del self._online_at[node.index]
+        self.metrics.leaves += 1
+        for client in list(node.clients):
+            self.sched.after(LOSS_DETECTION, lambda c=self.nodes[client]: self._relay_lost(c, node))
+        for relay in node.relays:
+            self.nodes[relay].clients.discard(node.index)
+        # a fresh node (new identity) takes its place, so the population stays level
+        fresh = self._new_node()
+        self.sched.after(self.rng.expovariate(1 / 60.0), lambda: self._join(fresh))
+        self.sched.after(0, lambda: self._schedule_leave(fresh))
+
+    def _relay_lost(self, client: SimNode, relay: SimNode) -> None:
+        if client.online and client.registrations is not None:
+            client.relays.pop(relay.index, None)
+            self._apply_registrations(client, client.registrations.lost(relay.peer_id, self.sched.now))
+
+    # ---- records and registrations -----------------------------------------------------------
+
+    def _publish_record(self, node: SimNode) -> None:
+        node.seq += 1
+        if node.public:
+            addrs = node.core.local.addrs
+        else:
+            addrs = tuple(self._relay_addr(self.nodes[r]) for r in node.relays)
+        sealed = seal_peer_record(PeerRecord(node.peer_id, node.seq, addrs), node.key)
+        self._query(node, lambda now: node.core.publish(record_key(node.peer_id), sealed, now),
+                    lambda done: setattr(node, "ready", True))
+
+    def _relay_addr(self, relay: SimNode) -> bytes:
+        ip = f"198.18.{relay.index >> 8 & 0xFF}.{relay.index & 0xFF}"
+        return multiaddr.Multiaddr(f"/ip4/{ip}/tcp/4001/p2p/{peer_id_to_str(relay.peer_id)}/p2p-circuit").to_bytes()
+
+    def _apply_registrations(self, node: SimNode, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Register):
+                relay = self.by_id.get(action.peer.peer_id)
+                ok = relay is not None and relay.online and relay.public and not self._cut(node, relay)
+                rtt = self.net.rtt(node.region, relay.region) if relay is not None else 0.0
+                self.sched.after((CONNECT_RTTS + 1) * rtt if ok else DIAL_TIMEOUT,
+                                 lambda relay=relay, ok=ok, p=action.peer.peer_id: self._registered(node, relay, ok, p))
+            elif isinstance(action, Changed):
+                node.relays = {self.by_id[p.peer_id].index: None for p in action.live}
+                self._publish_record(node)
+            elif isinstance(action, NeedCandidates):
+                self._query(node, lambda now: node.core.get_providers(SIGNALING_KEY, now),
+                            lambda done: self._offer(node, done.result.providers))
+        self._touch_registrations(node)
+
+    def _offer(self, node: SimNode, providers) -> None:
+        if node.online:
+            self._apply_registrations(node, node.registrations.offer(list(providers), self.sched.now))
+
+    def _registered(self, node: SimNode, relay: SimNode | None, ok: bool, peer_id: bytes) -> None:
+        if not node.online:
+            return
+        if ok and relay is not None and relay.online:
+            relay.clients.add(node.index)
+            self._apply_registrations(node, node.registrations.succeeded(peer_id, self.sched.now))
+        else:
+            self._apply_registrations(node, node.registrations.lost(peer_id, self.sched.now))
+
+    def _touch_registrations(self, node: SimNode) -> None:
+        t = node.registrations.next_timer()
+        if t is not None and t != node.reg_timer_at:
+            node.reg_timer_at = t
+            self.sched.at(t, lambda: self._registration_timer(node, t))
+
+    def _registration_timer(self, node: SimNode, t: float) -> None:
+        if node.online and node.reg_timer_at == t:
+            node.reg_timer_at = None
+            self._apply_registrations(node, node.registrations.handle_timer(self.sched.now))
+
+    # ---- Kademlia over simulated links -------------------------------------------------------
+
+    def _query(self, node: SimNode, start: Callable[[float], tuple[int, list]], then: Callable[[QueryDone], None]) -> None:
+        if not node.online:
+            return
+        query_id, actions = start(self.sched.now)
+        self.queries[(node.index, query_id)] = then
+        self._apply(node, actions)
+
+    def _apply(self, node: SimNode, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(node, action)
+            elif isinstance(action, QueryDone):
+                then = self.queries.pop((node.index, action.query_id), None)
+                if then is not None:
+                    then(action)
+        t = node.core.next_timer()
+        if t is not None and t != node.timer_at:
+            node.timer_at = t
+            self.sched.at(t, lambda: self._timer(node, t))
+
+    def _timer(self, node: SimNode, t: float) -> None:
+        if node.online and node.timer_at == t:
+            node.timer_at = None
+            self._apply(node, node.core.handle_timer(self.sched.now))
+
+    def _send(self, src: SimNode, send: Send) -> None:
+        dst = self.by_id.get(send.peer.peer_id)
+        size = len(encode_message(send.message))
+        src.bytes_sent += size
+        if dst is None or not dst.online or not dst.core.server or self._cut(src, dst):
+            return  # silence: the request times out in the sender's core
+        delay = self.net.delay(src.region, dst.region, size) + self._connect(src, dst)
+
+        def request() -> None:
+            if not dst.online:
+                return
+            dst.bytes_received += size
+            response, actions = dst.core.handle_request(src.core.local, send.message, self.sched.now)
+            self._apply(dst, actions)
+            if response is None or send.message.type is MessageType.ADD_PROVIDER:
+                return
+            answer = len(encode_message(response))
+            dst.bytes_sent += answer
+
+            def reply() -> None:
+                if src.online:
+                    src.bytes_received += answer
+                    self._apply(src, src.core.handle_response(send.request_id, response, self.sched.now))
+
+            if not self._cut(src, dst):
+                self.sched.after(self.net.delay(dst.region, src.region, answer), reply)
+
+        self.sched.after(delay, request)
+
+    def _connect(self, a: SimNode, b: SimNode) -> float:
+        """Connection setup time for a first message between a and b (0 when connected)."""
+        if b.index in a.connections:
+            return 0.0
+        for x, y in ((a, b), (b, a)):
+            x.connections[y.index] = None
+            if len(x.connections) > MAX_CONNECTIONS:
+                del x.connections[next(iter(x.connections))]
+        return CONNECT_RTTS * self.net.rtt(a.region, b.region)
+
+    def _cut(self, a: SimNode, b: SimNode) -> bool:
+        return bool(self.net.partitions) and self.net.cut(a.index, b.index, self.sched.now)
+
+    def _partition(self, part) -> None:
+        eligible = [n.index for n in self.online]
+        side = frozenset(self.rng.sample(eligible, int(len(eligible) * part.share)))
+        self.net.partitions.append((part.start, part.end, side))
+
+    # ---- the workload: dial by peer ID -----------------------------------------------------------
+
+    def _dial_event(self) -> None:
+        rate = len(self.online) * self.scenario.dials_per_node_hour / 3600.0
+        ready = [n for n in self.online if n.ready] if len(self.online) < 64 else None
+        source = self._random_ready(ready)
+        target = self._random_ready(ready)
+        if source is not None and target is not None and source is not target:
+            self._dial(source, target)
+        if rate > 0:
+            self.sched.after(self.rng.expovariate(rate), self._dial_event)
+
+    def _random_ready(self, ready: list[SimNode] | None) -> SimNode | None:
+        if ready is not None:
+            return self.rng.choice(ready) if ready else None
+        for _ in range(16):
+            node = self.rng.choice(self.online)
+            if node.ready:
+                return node
+        return None
+
+    def _dial(self, source: SimNode, target: SimNode) -> None:
+        start = self.sched.now
+        entry = {"t": start, "source_nat": source.nat.value, "target_nat": target.nat.value, "found": False,
+                 "connected": False, "path": None, "hops": 0, "lookup_s": None, "first_stream_s": None, "direct_s": None}
+        self.metrics.dials.append(entry)
+
+        def looked_up(done: QueryDone) -> None:
+            entry["lookup_s"] = done.duration
+            entry["hops"] = done.result.hops
+            best = None
+            for _, value in done.result.values:
+                record = open_peer_record(value)
+                if record.peer_id == target.peer_id and (best is None or record.seq > best.seq):
+                    best = record
+            if best is None:
+                return
+            entry["found"] = True
+            self._connect_by_record(source, target, best, start, entry)
+
+        self._query(source, lambda now: source.core.get_value(record_key(target.peer_id), now, 1), looked_up)
+
+    def _connect_by_record(self, source: SimNode, target: SimNode, record: PeerRecord, start: float, entry: dict) -> None:
+        direct, relays = [], []
+        for addr in record.addrs:
+            text = str(multiaddr.Multiaddr(addr))
+            if "/p2p-circuit" in text:
+                relay = self.by_id.get(peer_id_from_str(text.split("/p2p/")[1].split("/")[0]))
+                if relay is not None:
+                    relays.append((relay.peer_id, (text,)))
+            else:
+                direct.append(text)
+        strategy = DialStrategy(Plan(tuple(direct), tuple(relays)))
+        state = {"via": None}
+
+        def act(actions: list) -> None:
+            for action in actions:
+                if isinstance(action, DialDirect):
+                    ok = target.online and dialable(target.nat) and not self._cut(source, target)
+                    rtt = self.net.rtt(source.region, target.region)
+                    self.sched.after(CONNECT_RTTS * rtt if ok else DIAL_TIMEOUT,
+                                     lambda ok=ok: act(strategy.direct_done(ok, self.sched.now)))
+                elif isinstance(action, DialRelay):
+                    relay = self.by_id[action.relay]
+                    ok = (relay.online and target.online and target.index in relay.clients
+                          and not self._cut(source, relay) and not self._cut(relay, target))
+                    if ok:
+                        state["via"] = relay
+                    time = (CONNECT_RTTS * self.net.rtt(source.region, relay.region) + 2 * self._relayed_rtt(source, relay, target)
+                            if ok else DIAL_TIMEOUT)
+                    self.sched.after(time, lambda r=action.relay, ok=ok: act(strategy.relay_done(r, ok, self.sched.now)))
+                elif isinstance(action, Upgrade):
+                    relay = self.by_id[action.relay]
+                    relay.upgrades_signalled += 1
+                    ok = target.online and source.online and direct_path_possible(source.nat, target.nat) and not self._cut(source, target)
+                    time = self._relayed_rtt(source, relay, target) + upgrade_time(
+                        source.nat, target.nat, self.net.rtt(source.region, target.region))
+                    self.sched.after(time if ok else time + DIAL_TIMEOUT, lambda ok=ok: act(strategy.upgrade_done(ok, self.sched.now)))
+                elif isinstance(action, Connected):
+                    entry["connected"], entry["path"] = True, action.path
+                    if action.path == "relayed":
+                        state["via"].relayed += 1
+                        rtt = self._relayed_rtt(source, state["via"], target)
+                    else:
+                        rtt = self.net.rtt(source.region, target.region)
+                    entry["first_stream_s"] = self.sched.now - start + rtt
+                    if action.path == "direct":
+                        entry["direct_s"] = self.sched.now - start
+                elif isinstance(action, Upgraded):
+                    entry["path"], entry["direct_s"] = "upgraded", self.sched.now - start
+                elif isinstance(action, (Failed, GaveUp)):
+                    pass
+            t = strategy.next_timer()
+            if t is not None and not strategy.finished:
+                self.sched.at(t, lambda: act(strategy.handle_timer(self.sched.now)) if strategy.next_timer() == t else None)
+
+        act(strategy.start(self.sched.now))
+
+    def _relayed_rtt(self, a: SimNode, relay: SimNode, b: SimNode) -> float:
+        return self.net.rtt(a.region, relay.region) + self.net.rtt(relay.region, b.region)
+
+    # ---- samples -------------------------------------------------------------------------------
+
+    def _sample(self) -> None:
+        online = self.online
+        behind = [n for n in online if not n.public]
+        self.metrics.samples.append({
+            "t": self.sched.now,
+            "online": len(online),
+            "ready": sum(n.ready for n in online),
+            "registered": sum(1 for n in behind if n.relays),
+            "behind_nat": len(behind),
+            "events": self.sched.events,
+        })
+        self.sched.after(SAMPLE, self._sample)
+
+
+def _pick(rng: random.Random, shares: dict[str, float]) -> str:
+    x, acc = rng.random(), 0.0
+    for name, share in shares.items():
+        acc += share
+        if x < acc:
+            return name
+    return next(reversed(shares))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]

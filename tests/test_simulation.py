@@ -1,0 +1,139 @@
+"""The simulator: scenarios checked before anything runs, deterministic runs, the NAT lab's
+16-pair matrix, partitions and churn, and the CLI's report and sweep."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from overlay.cli import main
+from simulations.internet import Nat
+from simulations.natlab.matrix import TYPES, expected_path
+from simulations.network import Simulation
+from simulations.report import summarize
+from simulations.scenario import ScenarioError, load, parse
+
+SMALL = {
+    "network": {"nodes": 40, "bootstrap": 2, "duration": 900, "join_window": 60, "warmup": 120, "seed": 3,
+                "regions": {"eu-west": 0.5, "na-east": 0.5},
+                "nat": {"public": 0.4, "full-cone": 0.1, "port-restricted": 0.25, "symmetric": 0.25}},
+    "workload": {"dials_per_node_hour": 60},
+}
+
+
+def small(**changes) -> dict:
+    raw = json.loads(json.dumps(SMALL))
+    for dotted, value in changes.items():
+        table, key = dotted.split("__")
+        raw.setdefault(table, {})[key] = value
+    return raw
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"network__colour": "red"}, "unknown key network.colour"),
+    ({"churn__per_hour": -0.1}, "churn.per_hour"),
+    ({"network__bootstrap": 50}, "network.bootstrap"),
+    ({"network__nat": {"public": 0.5, "symmetric": 0.4}}, "network.nat: shares sum to 0.9"),
+    ({"network__regions": {"mars": 1.0}}, "unknown 'mars'"),
+    ({"network__nodes": "many"}, "network.nodes must be a int"),
+    ({"workload__dials_per_node_hour": -1}, "workload.dials_per_node_hour"),
+    ({"links__loss": 1.5}, "links.loss"),
+    ({"latency__regions": ["a", "b"]}, "latency.rtt_ms must be a 2x2 matrix"),
+])
+def test_impossible_scenarios_get_one_error_naming_the_key(change, message):
+    with pytest.raises(ScenarioError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        parse(small(**change))
+
+
+def test_an_unknown_table_and_a_bad_cli_scenario_fail_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(ScenarioError, match=r"unknown table \[moon\]"):
+        parse({"moon": {}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[network]\nnodes = 10\nbootstrap = 11\n")
+    assert main(["simulate", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "network.bootstrap" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_shipped_default_scenario_is_valid():
+    sc = load()
+    assert sc.nodes == 300 and sc.churn_per_hour == 0.1 and abs(sum(sc.nat.values()) - 1) < 1e-9
+
+
+def test_runs_are_deterministic_for_a_seed():
+    def run(seed: int) -> dict:
+        sim = Simulation(replace(parse(small()), seed=seed))
+        sim.run()
+        return {k: v for k, v in summarize(sim, 1.0).items() if k not in ("wall_s", "node_seconds_per_wall_second")}
+
+    first, again, other = run(3), run(3), run(4)
+    assert first == again and first["dials"] > 50
+    assert first != other
+
+
+def test_the_simulated_nat_matrix_is_the_nat_labs():
+    """Every one of the 16 ordered NAT pairs gets the final path the NAT lab measures."""
+    sim = Simulation(parse(small(**{"network__nodes": 60, "workload__dials_per_node_hour": 240,
+                                    "network__nat": {"public": 0.25, "full-cone": 0.25, "port-restricted": 0.25, "symmetric": 0.25}})))
+    sim.run()
+    short = {nat.value: name for name, nat in TYPES.items()}
+    seen: dict[tuple[str, str], set[str]] = {}
+    for dial in sim.metrics.dials:
+        if dial["t"] > 870:  # still dialling when the run ends
+            continue
+        assert dial["connected"], dial
+        pair = (short[dial["source_nat"]], short[dial["target_nat"]])
+        seen.setdefault(pair, set()).add("relayed" if dial["path"] == "relayed" else "direct")
+    assert len(seen) == 16
+    for (a, b), paths in seen.items():
+        assert paths == {expected_path(a, b)}, (a, b, paths)
+
+
+def test_a_partition_fails_dials_across_it_and_the_network_recovers():
+    raw = small(**{"network__nat": {"public": 1.0}, "network__duration": 1500})
+    raw["partitions"] = [{"start": 600, "end": 900, "share": 0.5}]
+    sim = Simulation(parse(raw))
+    sim.run()
+    during = [d for d in sim.metrics.dials if 600 <= d["t"] < 880]
+    after = [d for d in sim.metrics.dials if d["t"] >= 1000]
+    assert during and after
+    assert sum(d["connected"] for d in during) < len(during)  # the cut side is out of reach
+    assert all(d["connected"] for d in after)
+
+
+def test_churn_replaces_leavers_and_lookups_still_succeed():
+    sim = Simulation(parse(small(**{"churn__per_hour": 2.0, "network__nat": {"public": 1.0}})))
+    sim.run()
+    assert sim.metrics.leaves >= 5 and len(sim.nodes) == 40 + sim.metrics.leaves  # each leaver is replaced
+    assert len(sim.online) == sim.metrics.joins - sim.metrics.leaves
+    late = [d for d in sim.metrics.dials if d["t"] > 300]
+    assert late and sum(d["found"] and d["connected"] for d in late) / len(late) >= 0.95
+    assert all(n.nat is Nat.PUBLIC for n in sim.nodes)
+
+
+def test_the_cli_writes_a_report_and_a_sweep(tmp_path):
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text("""
+[network]
+nodes = 20
+bootstrap = 2
+duration = 600
+join_window = 30
+warmup = 60
+nat = { public = 0.5, symmetric = 0.5 }
+[workload]
+dials_per_node_hour = 60
+""")
+    assert main(["simulate", str(scenario), "--out", str(tmp_path / "one"), "--quiet", "--seed", "5"]) == 0
+    report = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert report["summary"]["seed"] == 5 and report["summary"]["dials"] > 0 and report["summary"]["lookup_success"] == 1.0
+    for png in ("lookup_latency_cdf", "hops", "lookup_success", "paths", "first_stream_cdf", "signaling_load", "bytes_per_node"):
+        assert (tmp_path / "one" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "dials by peer ID" in (tmp_path / "one" / "summary.txt").read_text()
+
+    assert main(["simulate", str(scenario), "--out", str(tmp_path / "sweep"), "--quiet", "--sweep", "nodes=10,20"]) == 0
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [s["summary"]["nodes"] for s in sweep["steps"]] == [10, 20]
+    assert (tmp_path / "sweep" / "sweep_nodes.png").exists() and (tmp_path / "sweep" / "nodes=10" / "metrics.json").exists()
+    assert main(["simulate", str(scenario), "--out", str(tmp_path / "x"), "--sweep", "regions=1"]) == 2
