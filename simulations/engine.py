@@ -3,8 +3,8 @@
 Why this engine, by measurement (`python benchmarks/simulation.py --engines`, figures in
 docs/benchmarks.md): the protocol cores are plain synchronous state machines that take `now` and
 return actions, so an event is only "call this function at time t". A heap of (time, sequence,
-callback) does exactly that; simpy wraps every event in a generator-based process and an Event
-object, and costs several times more per event for nothing the cores use. Driving the trio
+callback) does exactly that, and ran the same timer load 1.4x as fast as simpy, which wraps every
+wait in a generator-based process and an Event object the cores have no use for. Driving the trio
 adapters under trio's MockClock would simulate whole py-libp2p hosts, which was measured at 7
 minutes and 1.7 GB to bootstrap 300 nodes.
 

@@ -38,6 +38,7 @@ from overlay.records import (
     seal_peer_record,
 )
 from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, Register, Registrations
+from simulations.channels import ChannelWorkload
 from simulations.engine import Scheduler
 from simulations.internet import Internet, Nat, direct_path_possible, dialable, upgrade_time
 from simulations.scenario import Scenario
@@ -54,6 +55,7 @@ class SimNode:
     index: int
     key: Ed25519PrivateKey
     peer_id: bytes
+    name: str  # the peer ID as text, the channel relay's node name
     region: str
     nat: Nat
     core: Kademlia
@@ -96,11 +98,13 @@ class Simulation:
         self.validator = NamespacedValidator({b"peer": PeerRecordValidator()})
         self.nodes: list[SimNode] = []
         self.by_id: dict[bytes, SimNode] = {}
+        self.by_name: dict[str, SimNode] = {}
         self.online: list[SimNode] = []  # in no order; removal by swap
         self._online_at: dict[int, int] = {}
         self.bootstraps: list[SimNode] = []
         self.queries: dict[tuple[int, int], Callable[[QueryDone], None]] = {}
         self.metrics = Metrics()
+        self.channels = ChannelWorkload(self) if scenario.channels else None
         self.progress = progress
         self._ips = 0
 
@@ -119,6 +123,10 @@ class Simulation:
                     self._schedule_leave(node)
         if sc.dials_per_node_hour > 0:
             self.sched.at(sc.warmup, self._dial_event)
+        if self.channels is not None:
+            self.sched.at(max(sc.join_window + 30, sc.warmup - 60), self._subscribe_all)
+            for name in self.channels.names:
+                self.sched.at(sc.warmup, lambda name=name: self._publish_event(name))
         self.sched.at(SAMPLE, self._sample)
         for part in sc.partitions:
             self.sched.at(part.start, lambda part=part: self._partition(part))
@@ -137,11 +145,13 @@ class Simulation:
         addrs = (self._address(index),) if nat is Nat.PUBLIC else ()
         core = Kademlia(PeerInfo(peer_id, addrs), self.validator, self.kad_config, server=nat is Nat.PUBLIC,
                         rng=random.Random(self.rng.random()))
-        node = SimNode(index, key, peer_id, region, nat, core, joined_at=0.0, bootstrap=bootstrap, online=False)
+        node = SimNode(index, key, peer_id, peer_id_to_str(peer_id), region, nat, core, joined_at=0.0, bootstrap=bootstrap,
+                       online=False)
         if nat is not Nat.PUBLIC:
             node.registrations = Registrations(want=sc.signaling_nodes)
         self.nodes.append(node)
         self.by_id[peer_id] = node
+        self.by_name[node.name] = node
         return node
 
     def _address(self, index: int) -> bytes:
@@ -152,6 +162,8 @@ class Simulation:
         self._online_at[node.index] = len(self.online)
         self.online.append(node)
         self.metrics.joins += 1
+        if self.channels is not None:
+            self.channels.joined(node)
         if self.bootstraps:
             for b in self.bootstraps:
                 if b.online:
@@ -192,6 +204,11 @@ class Simulation:
             self._online_at[last.index] = i
         del self._online_at[node.index]
         self.metrics.leaves += 1
+        if self.channels is not None:
+            lost = [name for name, subs in self.channels.subscribers.items() for s in subs if s[0] == node.index]
+            self.channels.left(node)
+            for name in lost:  # the channel's audience stays level: someone elsewhere subscribes
+                self.sched.after(self.rng.expovariate(1 / 60.0), lambda name=name: self._subscribe_one(name))
         for client in list(node.clients):
             self.sched.after(LOSS_DETECTION, lambda c=self.nodes[client]: self._relay_lost(c, node))
         for relay in node.relays:
@@ -226,7 +243,7 @@ class Simulation:
         for action in actions:
             if isinstance(action, Register):
                 relay = self.by_id.get(action.peer.peer_id)
-                ok = relay is not None and relay.online and relay.public and not self._cut(node, relay)
+                ok = relay is not None and relay.online and relay.public and not self.cut(node, relay)
                 rtt = self.net.rtt(node.region, relay.region) if relay is not None else 0.0
                 self.sched.after((CONNECT_RTTS + 1) * rtt if ok else DIAL_TIMEOUT,
                                  lambda relay=relay, ok=ok, p=action.peer.peer_id: self._registered(node, relay, ok, p))
@@ -293,9 +310,9 @@ class Simulation:
         dst = self.by_id.get(send.peer.peer_id)
         size = len(encode_message(send.message))
         src.bytes_sent += size
-        if dst is None or not dst.online or not dst.core.server or self._cut(src, dst):
+        if dst is None or not dst.online or not dst.core.server or self.cut(src, dst):
             return  # silence: the request times out in the sender's core
-        delay = self.net.delay(src.region, dst.region, size) + self._connect(src, dst)
+        delay = self.net.delay(src.region, dst.region, size) + self.connect_cost(src, dst)
 
         def request() -> None:
             if not dst.online:
@@ -313,12 +330,12 @@ class Simulation:
                     src.bytes_received += answer
                     self._apply(src, src.core.handle_response(send.request_id, response, self.sched.now))
 
-            if not self._cut(src, dst):
+            if not self.cut(src, dst):
                 self.sched.after(self.net.delay(dst.region, src.region, answer), reply)
 
         self.sched.after(delay, request)
 
-    def _connect(self, a: SimNode, b: SimNode) -> float:
+    def connect_cost(self, a: SimNode, b: SimNode) -> float:
         """Connection setup time for a first message between a and b (0 when connected)."""
         if b.index in a.connections:
             return 0.0
@@ -328,7 +345,7 @@ class Simulation:
                 del x.connections[next(iter(x.connections))]
         return CONNECT_RTTS * self.net.rtt(a.region, b.region)
 
-    def _cut(self, a: SimNode, b: SimNode) -> bool:
+    def cut(self, a: SimNode, b: SimNode) -> bool:
         return bool(self.net.partitions) and self.net.cut(a.index, b.index, self.sched.now)
 
     def _partition(self, part) -> None:
@@ -394,14 +411,14 @@ class Simulation:
         def act(actions: list) -> None:
             for action in actions:
                 if isinstance(action, DialDirect):
-                    ok = target.online and dialable(target.nat) and not self._cut(source, target)
+                    ok = target.online and dialable(target.nat) and not self.cut(source, target)
                     rtt = self.net.rtt(source.region, target.region)
                     self.sched.after(CONNECT_RTTS * rtt if ok else DIAL_TIMEOUT,
                                      lambda ok=ok: act(strategy.direct_done(ok, self.sched.now)))
                 elif isinstance(action, DialRelay):
                     relay = self.by_id[action.relay]
                     ok = (relay.online and target.online and target.index in relay.clients
-                          and not self._cut(source, relay) and not self._cut(relay, target))
+                          and not self.cut(source, relay) and not self.cut(relay, target))
                     if ok:
                         state["via"] = relay
                     time = (CONNECT_RTTS * self.net.rtt(source.region, relay.region) + 2 * self._relayed_rtt(source, relay, target)
@@ -410,7 +427,7 @@ class Simulation:
                 elif isinstance(action, Upgrade):
                     relay = self.by_id[action.relay]
                     relay.upgrades_signalled += 1
-                    ok = target.online and source.online and direct_path_possible(source.nat, target.nat) and not self._cut(source, target)
+                    ok = target.online and source.online and direct_path_possible(source.nat, target.nat) and not self.cut(source, target)
                     time = self._relayed_rtt(source, relay, target) + upgrade_time(
                         source.nat, target.nat, self.net.rtt(source.region, target.region))
                     self.sched.after(time if ok else time + DIAL_TIMEOUT, lambda ok=ok: act(strategy.upgrade_done(ok, self.sched.now)))
@@ -436,6 +453,24 @@ class Simulation:
 
     def _relayed_rtt(self, a: SimNode, relay: SimNode, b: SimNode) -> float:
         return self.net.rtt(a.region, relay.region) + self.net.rtt(relay.region, b.region)
+
+    # ---- the workload: channels ----
+
+    def _subscribe_all(self) -> None:
+        for name in self.channels.names:
+            for _ in range(self.scenario.subscribers_per_channel):
+                self._subscribe_one(name)
+
+    def _subscribe_one(self, name: str) -> None:
+        node = self._random_ready(None if len(self.online) >= 64 else [n for n in self.online if n.ready])
+        if node is not None:
+            self.channels.subscribe(node, name)
+
+    def _publish_event(self, name: str) -> None:
+        self.channels.publish(name)
+        rate = self.scenario.messages_per_channel_hour / 3600.0
+        if rate > 0:
+            self.sched.after(self.rng.expovariate(rate), lambda: self._publish_event(name))
 
     # ---- samples -------------------------------------------------------------------------------
 

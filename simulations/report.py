@@ -4,7 +4,8 @@
 
 One run writes to DIR: metrics.json (the summary below, the time series and the scenario),
 summary.txt, and plots: lookup_latency_cdf.png, hops.png, lookup_success.png, paths.png,
-first_stream_cdf.png, signaling_load.png, bytes_per_node.png. A sweep runs the scenario once per
+first_stream_cdf.png, signaling_load.png, bytes_per_node.png, and with channels
+channel_latency_cdf.png. A sweep runs the scenario once per
 value, each into DIR/KEY=V, and plots the main metrics against the swept value
 (sweep_KEY.png, sweep.json).
 """
@@ -86,9 +87,22 @@ def summarize(sim: Simulation, wall: float) -> dict[str, Any]:
                                  "max": round(max((n.relayed for n in public), default=0) / hours, 2)},
             "upgrades_signalled_per_hour": round(sum(n.upgrades_signalled for n in public) / max(1, len(public)) / hours, 2),
         },
+        "channels": channel_summary(sim),
         "bytes_per_node_per_hour": {"mean": round(sum(node_bytes) / max(1, len(node_bytes)) / hours),
                                     "p99": round((percentile(node_bytes, 99) or 0) / hours)},
     }
+
+
+def channel_summary(sim: Simulation) -> dict[str, Any] | None:
+    """Delivery ratio and latency of channel messages sent at least 10 s before the end."""
+    if sim.channels is None:
+        return None
+    sent = [m for m in sim.channels.messages if m["t"] <= sim.scenario.duration - 10]
+    expected = sum(m["expected"] for m in sent)
+    latencies = [x for m in sent for x in m["latencies"]]
+    return {"messages": len(sent), "deliveries_expected": expected,
+            "delivery_ratio": round(len(latencies) / expected, 4) if expected else None,
+            "latency_ms": {q: None if not latencies else round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)}}
 
 
 def success_series(dials: list[dict]) -> list[dict]:
@@ -111,6 +125,8 @@ def summary_text(s: dict[str, Any]) -> str:
         f"signalling nodes: {s['signaling']['nodes']}, most registrations now {s['signaling']['registrations_now'][:3]}, "
         f"relayed connections per node-hour mean {s['signaling']['relayed_per_hour']['mean']} "
         f"(max {s['signaling']['relayed_per_hour']['max']})",
+        *([f"channels: {c['messages']} messages, delivery ratio {_pct(c['delivery_ratio'])}, latency p50 "
+           f"{c['latency_ms'][50]} ms, p99 {c['latency_ms'][99]} ms"] if (c := s["channels"]) else []),
         f"DHT bytes per node-hour: mean {s['bytes_per_node_per_hour']['mean']}, p99 {s['bytes_per_node_per_hour']['p99']}",
     ]
     return "\n".join(lines)
@@ -143,6 +159,9 @@ def plot(sim: Simulation, summary: dict[str, Any], series: dict[str, Any], out: 
 
     cdf("lookup_latency_cdf.png", [d["lookup_s"] * 1000 for d in found], "lookup latency (ms)")
     cdf("first_stream_cdf.png", [d["first_stream_s"] * 1000 for d in connected], "time to first stream (ms)")
+    if sim.channels is not None:
+        cdf("channel_latency_cdf.png", [x * 1000 for m in sim.channels.messages for x in m["latencies"]],
+            "channel message latency (ms)")
     cdf("bytes_per_node.png", [n.bytes_sent + n.bytes_received for n in sim.nodes if n.bytes_sent], "DHT bytes per node")
 
     fig, ax = plt.subplots(figsize=(6, 4))

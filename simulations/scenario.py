@@ -11,6 +11,7 @@
     regions = { eu-west = 0.5, na-east = 0.5 }       # shares, summing to 1 (built-in regions,
                                                       # or those of [latency])
     nat = { public = 0.4, full-cone = 0.1, port-restricted = 0.3, symmetric = 0.2 }
+    inm_peers = 8               # channel-relay neighbours per node
 
     [latency]                   # optional: your own regions and round trips instead of the built-in set
     regions = ["here", "there"]
@@ -27,6 +28,9 @@
 
     [workload]
     dials_per_node_hour = 6     # each online node dials a random online node by peer ID
+    channels = 0                # channels of the channel relay (seed 003)
+    subscribers_per_channel = 10  # clients on random nodes; a leaver's place is taken elsewhere
+    messages_per_channel_hour = 60  # published by random subscribers
 
     [[partitions]]              # any number: a random share of the nodes is cut off for a while
     start = 1800
@@ -77,6 +81,10 @@ class Scenario:
     churn_per_hour: float = 0.0
     session: str = "exponential"
     dials_per_node_hour: float = 6.0
+    channels: int = 0
+    subscribers_per_channel: int = 10
+    messages_per_channel_hour: float = 60.0
+    inm_peers: int = 8
     partitions: tuple[Partition, ...] = ()
     name: str = "scenario"
 
@@ -95,11 +103,12 @@ class Scenario:
 
 _KEYS = {
     "network": {"nodes": int, "bootstrap": int, "signaling_nodes": int, "duration": float, "join_window": float,
-                "warmup": float, "seed": int, "regions": dict, "nat": dict},
+                "warmup": float, "seed": int, "regions": dict, "nat": dict, "inm_peers": int},
     "latency": {"regions": list, "rtt_ms": list},
     "links": {"loss": float, "jitter": float, "uplink_mbps": float},
     "churn": {"per_hour": float, "session": str},
-    "workload": {"dials_per_node_hour": float},
+    "workload": {"dials_per_node_hour": float, "channels": int, "subscribers_per_channel": int,
+                 "messages_per_channel_hour": float},
     "partitions": {"start": float, "end": float, "share": float},
 }
 
@@ -139,6 +148,8 @@ def parse(raw: dict[str, Any], name: str = "scenario") -> Scenario:
         loss=float(links.get("loss", 0.0)), jitter=float(links.get("jitter", 0.1)),
         uplink_mbps=float(links.get("uplink_mbps", 20)), churn_per_hour=float(churn.get("per_hour", 0.0)),
         session=churn.get("session", "exponential"), dials_per_node_hour=float(work.get("dials_per_node_hour", 6)),
+        channels=work.get("channels", 0), subscribers_per_channel=work.get("subscribers_per_channel", 10),
+        messages_per_channel_hour=float(work.get("messages_per_channel_hour", 60)), inm_peers=net.get("inm_peers", 8),
         partitions=tuple(Partition(float(p.get("start", 0)), float(p.get("end", 0)), float(p.get("share", 0)))
                          for p in raw.get("partitions", [])),
         name=name,
@@ -193,6 +204,8 @@ def _check_values(sc: Scenario) -> None:
         ("links.loss", 0 <= sc.loss < 1), ("links.jitter", sc.jitter >= 0), ("links.uplink_mbps", sc.uplink_mbps > 0),
         ("churn.per_hour", sc.churn_per_hour >= 0), ("churn.session", sc.session in ("exponential", "pareto")),
         ("workload.dials_per_node_hour", sc.dials_per_node_hour >= 0),
+        ("workload.channels", sc.channels >= 0), ("workload.subscribers_per_channel", sc.subscribers_per_channel >= 1),
+        ("workload.messages_per_channel_hour", sc.messages_per_channel_hour >= 0), ("network.inm_peers", sc.inm_peers >= 1),
     ]
     for key, ok in rules:
         if not ok:
@@ -209,10 +222,12 @@ def _as_raw(sc: Scenario) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "network": {"nodes": sc.nodes, "bootstrap": sc.bootstrap, "signaling_nodes": sc.signaling_nodes,
                     "duration": sc.duration, "join_window": sc.join_window, "warmup": sc.warmup, "seed": sc.seed,
-                    "regions": dict(sc.regions), "nat": dict(sc.nat)},
+                    "regions": dict(sc.regions), "nat": dict(sc.nat), "inm_peers": sc.inm_peers},
         "links": {"loss": sc.loss, "jitter": sc.jitter, "uplink_mbps": sc.uplink_mbps},
         "churn": {"per_hour": sc.churn_per_hour, "session": sc.session},
-        "workload": {"dials_per_node_hour": sc.dials_per_node_hour},
+        "workload": {"dials_per_node_hour": sc.dials_per_node_hour, "channels": sc.channels,
+                     "subscribers_per_channel": sc.subscribers_per_channel,
+                     "messages_per_channel_hour": sc.messages_per_channel_hour},
     }
     if sc.rtt != region_rtt_matrix():
         raw["latency"] = {"regions": names, "rtt_ms": [[sc.rtt[(a, b)] * 1000 for b in names] for a in names]}

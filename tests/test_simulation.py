@@ -137,3 +137,17 @@ dials_per_node_hour = 60
     assert [s["summary"]["nodes"] for s in sweep["steps"]] == [10, 20]
     assert (tmp_path / "sweep" / "sweep_nodes.png").exists() and (tmp_path / "sweep" / "nodes=10" / "metrics.json").exists()
     assert main(["simulate", str(scenario), "--out", str(tmp_path / "x"), "--sweep", "regions=1"]) == 2
+
+
+def test_channel_messages_reach_every_subscriber_through_the_shipped_channel_cores():
+    raw = small(**{"workload__channels": 2, "workload__subscribers_per_channel": 6, "workload__messages_per_channel_hour": 240,
+                   "workload__dials_per_node_hour": 0})
+    sim = Simulation(parse(raw))
+    sim.run()
+    channels = summarize(sim, 1.0)["channels"]
+    assert channels["messages"] >= 40 and channels["deliveries_expected"] > channels["messages"]
+    assert channels["delivery_ratio"] == 1.0 and channels["latency_ms"][50] > 0
+    # every node that has subscribers is known as open by the others' tables (the announcements spread)
+    open_at = {s[0] for s in sim.channels.subscribers["channel-0"]}
+    table = sim.channels.tables[sim.bootstraps[0].index]
+    assert {sim.by_name[n].index for n in table.open_elsewhere("channel-0")} == open_at - {sim.bootstraps[0].index}

@@ -1,0 +1,143 @@
+"""Simulator scale: simulated node-seconds per wall-second and peak memory per simulated node.
+
+    python benchmarks/simulation.py [--nodes 100,1000,10000,100000] [--duration 3600]
+                                    [--churn 0.1] [--limit 7200] [--engines] [--out FILE]
+
+Each N runs in a child process of its own (so its peak RSS is its own) on the shipped default
+scenario's region and NAT mix, with `--churn` of the nodes leaving per hour (each replaced), 6
+dials by peer ID per node-hour and no channels, for `--duration` simulated seconds. A child still
+running after `--limit` wall seconds is stopped and reported as not finished. Memory per node is
+(peak RSS - the RSS of the same child with everything imported and nothing simulated) / N.
+
+`--engines` first measures the scheduler choice (simulations/engine.py): the same event load -
+K timers, each re-arming itself after an exponential delay - on our heap scheduler and on simpy
+(`pip install -e '.[bench]'`), in this process, as events per second and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, write_result  # noqa: E402
+
+
+def peak_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child(nodes: int, duration: float, churn: float) -> None:
+    """One run; prints a JSON line."""
+    from simulations.network import Simulation
+    from simulations.report import summarize
+    from simulations.scenario import load
+
+    base = peak_rss_kib()
+    sc = replace(load(), nodes=nodes, duration=duration, churn_per_hour=churn, channels=0,
+                 join_window=min(300.0, duration / 4), warmup=min(600.0, duration / 2))
+    started = time.perf_counter()
+    sim = Simulation(sc)
+    sim.run()
+    wall = time.perf_counter() - started
+    summary = summarize(sim, wall)
+    print(json.dumps({"nodes": nodes, "duration": duration, "wall_s": round(wall, 2), "events": sim.sched.events,
+                      "node_s_per_wall_s": round(nodes * duration / wall, 1), "events_per_s": round(sim.sched.events / wall),
+                      "base_rss_kib": base, "peak_rss_kib": peak_rss_kib(),
+                      "kib_per_node": round((peak_rss_kib() - base) / nodes, 1),
+                      "lookup_success": summary["lookup_success"], "hops_mean": summary["hops"]["mean"],
+                      "lookup_p50_ms": summary["lookup_ms"][50]}), flush=True)
+
+
+def engines(timers: int = 1000, events: int = 300_000) -> dict[str, Any]:
+    """The same event load on our scheduler and on simpy."""
+    from simulations.engine import Scheduler
+
+    rng = random.Random(1)
+    sched = Scheduler()
+    count = [0]
+
+    def fire() -> None:
+        count[0] += 1
+        if count[0] + timers <= events:
+            sched.after(rng.expovariate(1.0), fire)
+
+    for _ in range(timers):
+        sched.after(rng.expovariate(1.0), fire)
+    started = time.perf_counter()
+    sched.run(float("inf"))
+    ours = count[0] / (time.perf_counter() - started)
+    result: dict[str, Any] = {"timers": timers, "events": count[0], "heap_events_per_s": round(ours)}
+    try:
+        import simpy
+    except ImportError:
+        result["simpy"] = "not installed (pip install -e '.[bench]')"
+        return result
+    rng = random.Random(1)
+    env = simpy.Environment()
+    done = [0]
+
+    def process():
+        while done[0] < events:
+            yield env.timeout(rng.expovariate(1.0))
+            done[0] += 1
+
+    for _ in range(timers):
+        env.process(process())
+    started = time.perf_counter()
+    env.run()
+    theirs = done[0] / (time.perf_counter() - started)
+    result.update(simpy_events_per_s=round(theirs), simpy_version=simpy.__version__, heap_vs_simpy=round(ours / theirs, 2))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", default="100,1000,10000,100000")
+    p.add_argument("--duration", type=float, default=3600.0)
+    p.add_argument("--churn", type=float, default=0.1)
+    p.add_argument("--limit", type=float, default=7200.0, help="wall seconds per run before it is stopped")
+    p.add_argument("--engines", action="store_true")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is not None:
+        return child(args.child, args.duration, args.churn)
+    result: dict[str, Any] = {"machine": machine(), "command": sys.argv, "runs": []}
+    if args.engines:
+        result["engines"] = engines()
+        print(f"engines: {json.dumps(result['engines'])}", flush=True)
+    for n in [int(x) for x in args.nodes.split(",")]:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--duration", str(args.duration),
+                "--churn", str(args.churn)]
+        started = time.perf_counter()
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=args.limit, check=True).stdout
+            run = json.loads(out.strip().splitlines()[-1])
+        except subprocess.TimeoutExpired:
+            run = {"nodes": n, "finished": False, "limit_s": args.limit}
+        except subprocess.CalledProcessError as e:
+            run = {"nodes": n, "finished": False, "error": e.stderr[-2000:]}
+        run.setdefault("finished", True)
+        run["child_wall_s"] = round(time.perf_counter() - started, 1)
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        if not run["finished"]:
+            break  # larger N will not finish either
+    finished = [r["nodes"] for r in result["runs"] if r["finished"]]
+    result["largest_finished"] = max(finished, default=None)
+    write_result("simulation", result, args.out)
+
+
+if __name__ == "__main__":
+    main()
