@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from typing import Any
+
+import trio
 
 Labels = tuple[tuple[str, str], ...]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -29,6 +32,19 @@ class Counter:
 
     def get(self, **labels: str) -> float:
         return self.values.get(tuple(sorted(labels.items())), 0)
+
+
+def offer(send: trio.MemorySendChannel, item: Any, dropped: Counter, who: str) -> bool:
+    """Queue `item` for a socket without waiting; what a full queue or a gone socket refuses
+    is counted in `dropped` ("<who> too slow" / "<who> gone")."""
+    try:
+        send.send_nowait(item)
+        return True
+    except trio.WouldBlock:
+        dropped.inc(reason=f"{who} too slow")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        dropped.inc(reason=f"{who} gone")
+    return False
 
 
 class Histogram:

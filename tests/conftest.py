@@ -56,3 +56,13 @@ async def cluster(tmp_path: Path):
     async with trio.open_nursery() as nursery:
         yield Cluster(nursery, tmp_path)
         nursery.cancel_scope.cancel()
+
+
+async def three_nodes(start, c) -> tuple[Node, Node, Node]:
+    """a, b joining a, d joining b; `start(c, join=...)` starts one (with whatever API it needs)."""
+    a = await start(c)
+    b = await start(c, join=a)
+    d = await start(c, join=b)
+    for n in (b, d):
+        await wait_for(lambda n=n: n.joined.is_set(), what="join")
+    return a, b, d

@@ -17,7 +17,7 @@ from overlay.api import serve_api
 from overlay.gateway import degas_pb2 as pb
 from overlay.gateway.service import FORWARD, TO_CLIENT, account_key, degas_key
 from overlay.gateway.session import MAX_PAYLOAD, Code
-from tests.conftest import cluster, wait_for
+from tests.conftest import cluster, three_nodes, wait_for
 from tests.test_gateway_codec import ACCOUNT, DEGAS, OTHER, degas, hello, sign
 
 B64 = lambda data: base64.b64encode(data).decode()
@@ -76,22 +76,13 @@ def to_client(account_id: bytes, payload: bytes) -> bytes:
     return pb.DegasMessage(degas_to_client=pb.DegasToClientMessage(account_id=account_id, payload=payload)).SerializeToString()
 
 
-async def three_nodes(c):
-    a = await start(c)
-    b = await start(c, join=a)
-    d = await start(c, join=b)
-    for n in (b, d):
-        await wait_for(lambda n=n: n.joined.is_set(), what="join")
-    return a, b, d
-
-
 def announced(node, key: bytes):
     return lambda: node.core.providers.get(key, trio.current_time(), 20)
 
 
 async def test_round_trips_between_a_client_and_an_instance_on_other_nodes(tmp_path):
     async with cluster(tmp_path) as c:
-        a, b, d = await three_nodes(c)
+        a, b, d = await three_nodes(start, c)
         async with instance(d) as service, client(a) as player:
             await wait_for(lambda: any(announced(n, degas_key(DEGAS))() for n in (a, b)), what="instance announced")
             # the instance speaks first: the DHT tells its node where the account is connected
@@ -119,7 +110,7 @@ async def test_round_trips_between_a_client_and_an_instance_on_other_nodes(tmp_p
 
 async def test_unknown_and_gone_instances_and_gone_clients_get_clear_errors(tmp_path):
     async with cluster(tmp_path) as c:
-        a, b, d = await three_nodes(c)
+        a, b, d = await three_nodes(start, c)
         async with client(a) as player:
             await player.send_message(degas(b"anyone?", degas_id=b"U" * 16))
             error = (await receive(player, pb.GatewayMessage)).error
@@ -175,7 +166,7 @@ async def test_socket_level_refusals_close_with_a_reason_and_others_are_served(t
 
 async def test_nodes_cannot_speak_for_accounts_or_instances_they_do_not_host(tmp_path):
     async with cluster(tmp_path) as c:
-        a, b, d = await three_nodes(c)
+        a, b, d = await three_nodes(start, c)
         async with instance(d) as service, client(a) as player:
             await wait_for(lambda: any(announced(n, degas_key(DEGAS))() for n in (a, b)), what="instance announced")
             # b claims a's client, with a proof made for a: refused

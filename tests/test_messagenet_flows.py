@@ -14,7 +14,7 @@ from trio_websocket import open_websocket_url
 import overlay.messagenet.service as service
 from overlay.api import serve_api
 from overlay.messagenet import relayer as r
-from tests.conftest import cluster, wait_for
+from tests.conftest import cluster, three_nodes, wait_for
 
 B64 = lambda data: base64.b64encode(data).decode()
 NOBODY = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
@@ -56,18 +56,9 @@ class relayer:
         await self.cm.__aexit__(*exc)
 
 
-async def three_nodes(c):
-    a = await start(c)
-    b = await start(c, join=a)
-    d = await start(c, join=b)
-    for n in (b, d):
-        await wait_for(lambda n=n: n.joined.is_set(), what="join")
-    return a, b, d
-
-
 async def test_every_send_operation_across_three_nodes(tmp_path):
     async with cluster(tmp_path) as c:
-        a, b, d = await three_nodes(c)
+        a, b, d = await three_nodes(start, c)
         A = str(a.peer_id)
         async with relayer(a, 7) as ra, relayer(b, 7) as rb, relayer(d, 7, 8) as rd:
             await wait_for(lambda: all(7 in n.relayers.known for n in (a, b, d)), what="registrations")
@@ -110,7 +101,7 @@ async def test_an_unreachable_peer_is_reported(tmp_path, monkeypatch):
 
 async def test_messages_wait_for_a_relayer_that_is_away_then_expire_counted(tmp_path):
     async with cluster(tmp_path) as c:
-        a, b, d = await three_nodes(c)
+        a, b, d = await three_nodes(start, c)
         async with relayer(d, 4):
             await wait_for(lambda: 4 in d.relayers.relayers, what="registered")
         await wait_for(lambda: 4 not in d.relayers.relayers, what="gone")

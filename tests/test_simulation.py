@@ -151,3 +151,30 @@ def test_channel_messages_reach_every_subscriber_through_the_shipped_channel_cor
     open_at = {s[0] for s in sim.channels.subscribers["channel-0"]}
     table = sim.channels.tables[sim.bootstraps[0].index]
     assert {sim.by_name[n].index for n in table.open_elsewhere("channel-0")} == open_at - {sim.bootstraps[0].index}
+
+
+# The NAT lab's time to a direct path in ms, per ordered pair that needs hole punching
+# (docs/benchmarks.md, "Time to first stream and to the direct path", the 08:05 run).
+LAB_DIRECT_MS = {("pub", "full"): 82, ("pub", "prc"): 78, ("pub", "sym"): 81, ("full", "full"): 110,
+                 ("full", "prc"): 116, ("full", "sym"): 104, ("prc", "full"): 591, ("prc", "prc"): 594}
+
+
+def test_simulated_hole_punching_takes_as_long_as_in_the_nat_lab():
+    """On the lab's near-zero-latency links the model's time to a direct path is the lab's
+    within 30 ms for every pair measured there (and the ~0.5 s retransmit where the dialling
+    side is port-restricted)."""
+    raw = small(**{"network__nodes": 60, "workload__dials_per_node_hour": 240,
+                   "network__nat": {"public": 0.25, "full-cone": 0.25, "port-restricted": 0.25, "symmetric": 0.25}})
+    raw["latency"] = {"regions": ["lab"], "rtt_ms": [[0.1]]}
+    raw["network"]["regions"] = {"lab": 1.0}
+    sim = Simulation(parse(raw))
+    sim.run()
+    short = {nat.value: name for name, nat in TYPES.items()}
+    times: dict[tuple[str, str], list[float]] = {}
+    for d in sim.metrics.dials:
+        if d["path"] == "upgraded":
+            times.setdefault((short[d["source_nat"]], short[d["target_nat"]]), []).append(d["direct_s"] * 1000)
+    for pair, lab_ms in LAB_DIRECT_MS.items():
+        assert times.get(pair), pair
+        median = sorted(times[pair])[len(times[pair]) // 2]
+        assert abs(median - lab_ms) <= 30, (pair, median, lab_ms)

@@ -59,7 +59,7 @@ from overlay.gateway.session import (
     parse_degas,
     recover_address,
 )
-from overlay.metrics import Registry
+from overlay.metrics import Registry, offer
 
 log = logging.getLogger(__name__)
 
@@ -400,14 +400,7 @@ class Gateway:
         return reached
 
     def _put(self, sock: Socket, frame: bytes) -> bool:
-        try:
-            sock.send.send_nowait(frame)
-            return True
-        except trio.WouldBlock:
-            self.dropped.inc(reason="socket too slow")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.dropped.inc(reason="socket gone")
-        return False
+        return offer(sock.send, frame, self.dropped, "socket")
 
     @staticmethod
     def _remember(table: OrderedDict, key, value, limit: int, add: str | None = None) -> None:

@@ -35,7 +35,6 @@ the signature verifies and the key is the one of the peer ID that sent it.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from overlay.errors import DecodeError, RecordError
+from overlay.jsonwire import base64_field
 from overlay.records import public_key_from_protobuf, peer_id_from_public_key, peer_id_from_str, public_key_bytes
 
 REGISTER, SEND_TO_VALIDATOR, SEND_TO_PEERS, SIGN_AND_SEND_TO_VALIDATOR, SIGN_AND_SEND_TO_PEERS = 0x01, 0x02, 0x03, 0x04, 0x05
@@ -74,16 +74,6 @@ class Request:
     @property
     def unicast(self) -> bool:
         return self.action in (SEND_TO_VALIDATOR, SIGN_AND_SEND_TO_VALIDATOR)
-
-
-def _bytes(body: dict, key: str) -> bytes:
-    value = body.get(key)
-    if not isinstance(value, str):
-        raise DecodeError(f"{key} must be base64 text")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"{key} is not valid base64") from None
 
 
 def _int(body: dict, key: str, low: int, high: int) -> int:
@@ -121,9 +111,9 @@ def decode_request(frame: bytes) -> Request:
         except RecordError as e:
             raise DecodeError(f"{ACTIONS[action]}: {e}") from None
     if action in (SEND_TO_VALIDATOR, SEND_TO_PEERS):
-        data = _bytes(body, "raw_data")
+        data = base64_field(body, "raw_data")
     else:
-        data = bytes([_int(body, "identification_byte", 0, 255)]) + _bytes(body, "msg_bytes")
+        data = bytes([_int(body, "identification_byte", 0, 255)]) + base64_field(body, "msg_bytes")
     request_id = body.get("id")
     if request_id is not None:
         request_id = _int(body, "id", -(2**63), 2**63 - 1)
@@ -170,7 +160,7 @@ def verify(signed: bytes, sender: bytes) -> bytes:
         raise DecodeError("SignedMessage: not JSON") from None
     if not isinstance(body, dict):
         raise DecodeError("SignedMessage: expected a JSON object")
-    key_bytes, signature, unsigned = _bytes(body, "publicKeyBytes"), _bytes(body, "signature"), _bytes(body, "unsignedMessage")
+    key_bytes, signature, unsigned = base64_field(body, "publicKeyBytes"), base64_field(body, "signature"), base64_field(body, "unsignedMessage")
     try:
         key = public_key_from_protobuf(key_bytes)
     except (RecordError, DecodeError) as e:

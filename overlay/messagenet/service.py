@@ -31,7 +31,7 @@ import trio
 from overlay.channels.inm import Inm
 from overlay.errors import DecodeError, DialError
 from overlay.messagenet import relayer as r
-from overlay.metrics import Registry
+from overlay.metrics import Registry, offer
 from overlay.records import peer_id_from_str, peer_id_to_str
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,7 @@ class RelayerService:
         self._to_socket(sock, r.delivery(request.id, error))
 
     def _to_socket(self, sock: RelayerSocket, frame: bytes) -> bool:
-        try:
-            sock.send.send_nowait(frame)
-            return True
-        except trio.WouldBlock:
-            self.dropped.inc(reason="relayer too slow")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.dropped.inc(reason="relayer gone")
-        return False
+        return offer(sock.send, frame, self.dropped, "relayer")
 
     # ---- from other nodes ----
 

@@ -25,12 +25,12 @@ except QUERY and TRANSACT, which count until answered or until the application d
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from overlay.errors import DecodeError, RecordError
+from overlay.jsonwire import base64_field
 from overlay.peermsg.core import Code
 from overlay.peermsg.frames import MessageType
 from overlay.records import peer_id_from_str
@@ -54,16 +54,6 @@ def _type(value: Any) -> MessageType:
     if not isinstance(value, str) or value not in MessageType.__members__:
         raise DecodeError(f"type must be one of {', '.join(MessageType.__members__)}")
     return MessageType[value]
-
-
-def _body(obj: dict, key: str) -> bytes:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise DecodeError(f"{key} must be base64 text")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"{key} is not valid base64") from None
 
 
 def _peer(obj: dict) -> str:
@@ -96,9 +86,9 @@ def decode_app(text: str | bytes) -> AppRequest:
             raise DecodeError("ref must be a message id")
         if not isinstance(code, str) or code not in Code.__members__:
             raise DecodeError(f"code must be one of {', '.join(Code.__members__)}")
-        return AppRequest(op, peer=_peer(obj), ref=ref, code=Code[code], body=_body(obj, "result"))
+        return AppRequest(op, peer=_peer(obj), ref=ref, code=Code[code], body=base64_field(obj, "result"))
     peer = _peer(obj) if op == "send" else ""
-    return AppRequest(op, peer=peer, type=_type(obj.get("type")), body=_body(obj, "body"))
+    return AppRequest(op, peer=peer, type=_type(obj.get("type")), body=base64_field(obj, "body"))
 
 
 def encode_app(obj: dict[str, Any]) -> str:
