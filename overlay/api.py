@@ -10,7 +10,7 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | GET    | /v1/status                   | peer ID, addresses, routing table, bootstraps            |
 | GET    | /v1/peers                    | connected peers: path (direct-tcp/direct-udp/relayed), last dial's timings |
 | DELETE | /v1/peers/{peer_id}          | close every connection to the peer; {"peer_id", "closed"} |
-| GET    | /v1/find/{peer_id}           | {"peer_id", "addrs", "seq"}; 404 when not in the DHT     |
+| GET    | /v1/find/{peer_id}           | {"peer_id", "addrs", "seq", "hops", "lookup_ms"}; 404 when not in the DHT |
 | POST   | /v1/ping/{peer_id}?count=N   | {"peer_id", "rtt_ms": [...], "errors": [...]}            |
 | GET    | /v1/netcheck                 | reachability, NAT type (STUN), public addresses, signalling registrations |
 | POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
@@ -94,9 +94,12 @@ def build_app(node: Node) -> Starlette:
 
     async def find(request: Request) -> Response:
         peer_id = _peer_id(request)
-        record = await node.find(peer_id)
+        start = trio.current_time()
+        record, hops = await node.find_with_hops(peer_id)
+        lookup_ms = round((trio.current_time() - start) * 1000, 2)
         addrs = [str(multiaddr.Multiaddr(a)) for a in record.addrs]
-        return JSONResponse({"peer_id": str(peer_id), "addrs": addrs, "seq": record.seq})
+        return JSONResponse({"peer_id": str(peer_id), "addrs": addrs, "seq": record.seq, "hops": hops,
+                             "lookup_ms": lookup_ms})
 
     async def ping(request: Request) -> Response:
         peer_id = _peer_id(request)

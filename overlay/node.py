@@ -10,7 +10,6 @@ of its unreachable listen addresses.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -46,6 +45,7 @@ from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import PeerInfo
 from overlay.metrics import Registry
 from overlay.records import MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
+from signaling.registrations import SIGNALING_KEY
 from signaling.service import SignalingService
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
 REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
 MAX_STUN_SERVERS = 6
-SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # providers: the signalling nodes
 
 
 def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
@@ -418,8 +417,12 @@ class Node:
 
     async def find(self, peer_id: ID, exhaustive: bool = False) -> PeerRecord:
         """The newest valid peer record of `peer_id` in the DHT. Raises NotFoundError."""
+        return (await self.find_with_hops(peer_id, exhaustive))[0]
+
+    async def find_with_hops(self, peer_id: ID, exhaustive: bool = False) -> tuple[PeerRecord, int]:
+        """`find`, and the lookup's hop count (LookupResult.hops; 0 when held locally)."""
         if peer_id == self.peer_id and self.record is not None:
-            return self.record
+            return self.record, 0
         result = await self.dht.get_value(record_key(peer_id.to_bytes()), quorum=0 if exhaustive else 1)
         best: PeerRecord | None = None
         for _, value in result.values:
@@ -431,7 +434,7 @@ class Node:
                 best = record
         if best is None:
             raise NotFoundError(f"no peer record for {peer_id} in the DHT ({result.requests} peers asked)")
-        return best
+        return best, result.hops
 
     async def connect(self, peer_id: ID, timings: dict[str, float] | None = None) -> str | None:
         """Dial by peer ID: look the record up and follow the dial strategy (direct addresses,
@@ -523,6 +526,7 @@ class Node:
                 "registered_peers": len(self.signaling.server.registrations),
                 "registered_with": [str(ID(p)) for p in self.signaling.live],
             },
+            "joined": self.joined.is_set(),
             "routing_table": len(self.core.table),
             "peers": len(self.connected_peers()),
             "records": len(self.core.records),

@@ -48,6 +48,7 @@ DIAL_TIMEOUT = 10.0  # a dial to a vanished host waits this long (no RST comes b
 LOSS_DETECTION = 15.0  # a signalling node's clients notice it left after this long
 MAX_CONNECTIONS = 256  # per node, oldest closed first: the connection manager's bound
 SAMPLE = 60.0  # seconds between time-series samples
+JOIN_TIMEOUT = 10.0  # a join lookup starts at the latest this long after the bootstrap pings
 
 
 @dataclass(eq=False)
@@ -168,12 +169,22 @@ class Simulation:
             for b in self.bootstraps:
                 if b.online:
                     self._apply(node, node.core.add_address(b.core.local, self.sched.now))
-            delay = 2 * max(self.net.rtt(node.region, b.region) for b in self.bootstraps) + 0.05
-            self.sched.after(delay, lambda: self._query(node, node.core.bootstrap, lambda done: self._joined(node)))
+            self._when_in_table(node, self.sched.now + JOIN_TIMEOUT,
+                                lambda: self._query(node, node.core.bootstrap, lambda done: self._joined(node)))
         else:
             self._joined(node)
         if node.bootstrap:
             self.bootstraps.append(node)
+
+    def _when_in_table(self, node: SimNode, deadline: float, then: Callable[[], None]) -> None:
+        """As the node does: the join lookup starts once a bootstrap answered the ping and is in
+        the routing table (or, if none does, at the deadline)."""
+        if not node.online:
+            return
+        if self.sched.now >= deadline or any(b.peer_id in node.core.table for b in self.bootstraps):
+            then()
+        else:
+            self.sched.after(0.05, lambda: self._when_in_table(node, deadline, then))
 
     def _joined(self, node: SimNode) -> None:
         if node.public:

@@ -178,3 +178,17 @@ def test_simulated_hole_punching_takes_as_long_as_in_the_nat_lab():
         assert times.get(pair), pair
         median = sorted(times[pair])[len(times[pair]) // 2]
         assert abs(median - lab_ms) <= 30, (pair, median, lab_ms)
+
+
+def test_a_join_lookup_waits_for_the_bootstrap_as_the_node_does(monkeypatch):
+    """With 150 ms round trips the bootstrap's first answer takes several of them; a join lookup
+    started before it would run on an empty routing table and publish the record to nobody."""
+    raw = small(**{"network__nat": {"public": 1.0}, "network__nodes": 20, "network__duration": 300,
+                   "network__warmup": 100, "workload__dials_per_node_hour": 0})
+    raw["latency"] = {"regions": ["far"], "rtt_ms": [[150]]}
+    raw["network"]["regions"] = {"far": 1.0}
+    tables: list[int] = []
+    joined = Simulation._joined
+    monkeypatch.setattr(Simulation, "_joined", lambda self, node: (tables.append(len(node.core.table)), joined(self, node)))
+    Simulation(parse(raw)).run()
+    assert len(tables) == 20 and all(size >= 1 for size in tables[2:])  # the 2 bootstraps start alone
