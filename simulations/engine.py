@@ -3,10 +3,10 @@
 Why this engine, by measurement (`python benchmarks/simulation.py --engines`, figures in
 docs/benchmarks.md): the protocol cores are plain synchronous state machines that take `now` and
 return actions, so an event is only "call this function at time t". A heap of (time, sequence,
-callback) does exactly that, and ran the same timer load 1.4x as fast as simpy, which wraps every
-wait in a generator-based process and an Event object the cores have no use for. Driving the trio
-adapters under trio's MockClock would simulate whole py-libp2p hosts, which was measured at 7
-minutes and 1.7 GB to bootstrap 300 nodes.
+callback) does exactly that. It ran the same timer load 1.2-1.5x as fast as simpy (three runs),
+which wraps every wait in a generator-based process and an Event the cores have no use for.
+Driving the trio adapters under trio's MockClock would simulate whole py-libp2p hosts, which was
+measured at 7 minutes and 1.7 GB to bootstrap 300 nodes.
 
 Runs are deterministic: ties in time run in scheduling order, and all randomness comes from
 random.Random instances seeded from the scenario's seed.
