@@ -35,7 +35,7 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 from libp2p.peer.id import ID
@@ -102,13 +102,6 @@ class Unreachable(Exception):
         self.code = code
 
 
-@dataclass
-class _Held:
-    """gateway-to-client messages from a node not yet confirmed as the instance's host."""
-
-    frames: list[tuple[bytes, bytes]] = field(default_factory=list)  # (account_id, GatewayMessage)
-
-
 class Gateway:
     def __init__(self, node, metrics: Registry, recover: Recover = recover_address) -> None:
         self.node = node
@@ -120,7 +113,8 @@ class Gateway:
         self.located: dict[bytes, tuple[str, float]] = {}  # degas_id -> (node, until)
         self.routes: OrderedDict[bytes, set[str]] = OrderedDict()  # account -> gateway nodes it wrote from
         self.vouched: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
-        self.held: dict[tuple[str, bytes], _Held] = {}
+        # gateway-to-client messages from a node not yet confirmed as the instance's host: (account, frame)
+        self.held: dict[tuple[str, bytes], list[tuple[bytes, bytes]]] = {}
         self._nursery: trio.Nursery | None = None
         self.dropped = metrics.counter("overlay_gateway_dropped_total", "Degas messages dropped, by reason")
         self.forwarded = metrics.counter("overlay_gateway_forwarded_total", "Client messages delivered to instances here")
@@ -338,22 +332,22 @@ class Gateway:
             self.dropped.inc(reason="unconfirmed host, queue full")
             return None
         if held is None:
-            held = self.held[key] = _Held()
+            held = self.held[key] = []
             self._spawn(self._confirm_host, inm.source, degas_id)
-        if len(held.frames) >= MAX_UNVERIFIED:
+        if len(held) >= MAX_UNVERIFIED:
             self.dropped.inc(reason="unconfirmed host, queue full")
         else:
-            held.frames.append((account, frame))
+            held.append((account, frame))
         return None
 
     async def _confirm_host(self, node: str, degas_id: bytes) -> None:
         """Messages for clients that name an instance are taken only from the node that the
         DHT names as its host; until that is known they wait, in order."""
         confirmed = node in await self._providers(degas_key(degas_id))
-        held = self.held.pop((node, degas_id), _Held())
+        held = self.held.pop((node, degas_id), [])
         if confirmed:
             self.located[degas_id] = (node, trio.current_time() + LOCATED_FOR)
-        for account, frame in held.frames:
+        for account, frame in held:
             if confirmed:
                 self._client_or_gone(node, degas_id, account, frame)
             else:
