@@ -6,7 +6,8 @@
 Each N runs in a child process of its own (so its peak RSS is its own) on the shipped default
 scenario's region and NAT mix, with `--churn` of the nodes leaving per hour (each replaced), 6
 dials by peer ID per node-hour and no channels, for `--duration` simulated seconds. A child still
-running after `--limit` wall seconds is stopped and reported as not finished. Memory per node is
+running after `--limit` wall seconds is stopped and reported as not finished, with how far it got
+(it reports its progress every simulated minute). Memory per node is
 (peak RSS - the RSS of the same child with everything imported and nothing simulated) / N.
 
 `--engines` first measures the scheduler choice (simulations/engine.py): the same event load -
@@ -47,7 +48,12 @@ def child(nodes: int, duration: float, churn: float) -> None:
     sc = replace(load(), nodes=nodes, duration=duration, churn_per_hour=churn, channels=0,
                  join_window=min(300.0, duration / 4), warmup=min(600.0, duration / 2))
     started = time.perf_counter()
-    sim = Simulation(sc)
+
+    def progress(now: float) -> None:  # to stderr: the parent keeps the last line of a run it stops
+        print(json.dumps({"simulated_s": round(now), "wall_s": round(time.perf_counter() - started, 1),
+                          "events": sim.sched.events, "peak_rss_kib": peak_rss_kib()}), file=sys.stderr, flush=True)
+
+    sim = Simulation(sc, progress)
     sim.run()
     wall = time.perf_counter() - started
     summary = summarize(sim, wall)
@@ -124,8 +130,11 @@ def main() -> None:
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=args.limit, check=True).stdout
             run = json.loads(out.strip().splitlines()[-1])
-        except subprocess.TimeoutExpired:
-            run = {"nodes": n, "finished": False, "limit_s": args.limit}
+        except subprocess.TimeoutExpired as e:
+            err = e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or ""
+            reached = [line for line in err.splitlines() if line.startswith("{")]
+            run = {"nodes": n, "finished": False, "limit_s": args.limit,
+                   "reached": json.loads(reached[-1]) if reached else None}
         except subprocess.CalledProcessError as e:
             run = {"nodes": n, "finished": False, "error": e.stderr[-2000:]}
         run.setdefault("finished", True)

@@ -76,16 +76,25 @@ def test_success_resets_failures():
     assert table.fail(a) is False and a in table
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(1, 10_000), min_size=1, max_size=80, unique=True), st.integers(0, 10**6))
-def test_closest_is_sorted_by_xor_distance(ids, target):
-    table = RoutingTable(pid(0), k=20)
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 10_000), min_size=1, max_size=120, unique=True),
+    st.integers(2, 20),
+    st.integers(1, 40),
+    st.one_of(st.integers(0, 10**6).map(lambda t: key_position(t.to_bytes(8, "big"))),
+              st.integers(0, 2**40).map(lambda d: key_position(pid(0)) ^ d)),
+    st.booleans(),
+)
+def test_closest_is_sorted_by_xor_distance(ids, k, count, position, exclude_one):
+    """Against a sort of the whole table, with small buckets (so the walk stops early), targets
+    near our own position (deep buckets) and far from it, and an excluded peer."""
+    table = RoutingTable(pid(0), k=k)
     for i in ids:
         table.observe(pid(i), (), 0)
-    position = key_position(target.to_bytes(8, "big"))
-    contacts = table.contacts()
-    expected = sorted(contacts, key=lambda c: c.position ^ position)[:20]
-    assert [c.peer_id for c in table.closest(position, 20)] == [c.peer_id for c in expected]
+    exclude = pid(ids[0]) if exclude_one else None
+    contacts = [c for c in table.contacts() if c.peer_id != exclude]
+    expected = sorted(contacts, key=lambda c: c.position ^ position)[:count]
+    assert [c.peer_id for c in table.closest(position, count, exclude)] == [c.peer_id for c in expected]
     assert pid(0) not in table
 
 

@@ -466,14 +466,15 @@ class Kademlia:
         if contact is None or peer_id in self._verifying:
             return []
         self._verifying.add(peer_id)
-        return self._send(PeerInfo(peer_id, contact.addrs), Message(MessageType.PING), now, None)
+        return self._send(contact.info, Message(MessageType.PING), now, None)
 
     def _peer_infos(self, contacts: list) -> list[PeerInfo]:
-        return [PeerInfo(c.peer_id, c.addrs) for c in contacts]
+        return [c.info for c in contacts]
 
     def _random_key_in_bucket(self, cpl: int) -> bytes:
-        """A key whose position shares exactly `cpl` leading bits with ours (expected 2^(cpl+1) tries)."""
+        """A key whose position shares exactly `cpl` leading bits with ours (expected 2^(cpl+1) tries;
+        hashed past key_position's cache, which the tries would only flush)."""
         while True:
             key = self.rng.getrandbits(64).to_bytes(8, "big")
-            if self.table.bucket_index(key_position(key)) == cpl:
+            if self.table.bucket_index(key_position.__wrapped__(key)) == cpl:
                 return key

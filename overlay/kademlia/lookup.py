@@ -9,6 +9,7 @@ answer or failure back.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from dataclasses import dataclass, field
 
@@ -60,6 +61,8 @@ class Lookup:
         self.alpha = alpha
         self.quorum = quorum
         self._candidates: dict[bytes, _Candidate] = {}
+        self._by_distance: list[_Candidate] = []  # kept sorted as peers arrive: no sort per step
+        self.waiting = 0  # requests in flight
         self.result = LookupResult(key, [])
         self._value_hop = 0
         self._provider_ids: set[bytes] = set()
@@ -69,16 +72,19 @@ class Lookup:
     def _add(self, info: PeerInfo, hop: int) -> None:
         if info.peer_id == self.local_id or info.peer_id in self._candidates:
             return
-        self._candidates[info.peer_id] = _Candidate(info, key_position(info.peer_id) ^ self.target, hop)
+        candidate = _Candidate(info, key_position(info.peer_id) ^ self.target, hop)
+        self._candidates[info.peer_id] = candidate
+        bisect.insort(self._by_distance, candidate, key=_distance)
 
     def _ranked(self) -> list[_Candidate]:
-        live = [c for c in self._candidates.values() if c.state is not _State.FAILED]
-        live.sort(key=lambda c: c.distance)
-        return live[: self.k]
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for c in self._candidates.values() if c.state is _State.WAITING)
+        """The k closest candidates that have not failed."""
+        ranked = []
+        for c in self._by_distance:
+            if c.state is not _State.FAILED:
+                ranked.append(c)
+                if len(ranked) == self.k:
+                    break
+        return ranked
 
     def quorum_reached(self) -> bool:
         if self.quorum <= 0:
@@ -102,6 +108,7 @@ class Lookup:
                 break
             if c.state is _State.PENDING:
                 c.state = _State.WAITING
+                self.waiting += 1
                 chosen.append(c.info)
                 budget -= 1
         self.result.requests += len(chosen)
@@ -118,6 +125,7 @@ class Lookup:
         if c is None or c.state is not _State.WAITING:
             return
         c.state = _State.SUCCEEDED
+        self.waiting -= 1
         for info in closer:
             self._add(info, c.hop + 1)
         if value is not None:
@@ -137,6 +145,7 @@ class Lookup:
         c = self._candidates.get(peer_id)
         if c is not None and c.state is _State.WAITING:
             c.state = _State.FAILED
+            self.waiting -= 1
             self.result.failures += 1
 
     def finish(self) -> LookupResult:
@@ -148,3 +157,7 @@ class Lookup:
         elif answered:
             self.result.hops = answered[0].hop
         return self.result
+
+
+def _distance(c: _Candidate) -> int:
+    return c.distance

@@ -24,6 +24,7 @@ import functools
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from overlay.errors import DecodeError
 from overlay.protobuf import (
@@ -53,8 +54,9 @@ class MessageType(enum.IntEnum):
     PING = 5
 
 
-@dataclass(frozen=True)
-class PeerInfo:
+class PeerInfo(NamedTuple):
+    """A tuple, not a dataclass: answers are full of them and encoding caches them by hash."""
+
     peer_id: bytes
     addrs: tuple[bytes, ...] = ()
     connection: int = 0
