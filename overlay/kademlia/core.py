@@ -359,7 +359,8 @@ class Kademlia:
         times = [t for t in (self._next_refresh, self._next_republish, self._next_retry) if t is not None]
         if self._timeouts:
             times.append(self._timeouts[0][0])
-        times.extend(q.deadline for q in self._queries.values())
+        if self._queries:  # started in time order with one timeout: the oldest ends first
+            times.append(next(iter(self._queries.values())).deadline)
         return min(times, default=None)
 
     # ---- internals ------------------------------------------------------------------------
