@@ -164,9 +164,9 @@ class RoutingTable:
         (a lookup asks this of every peer it meets, and sorting the whole table made it the
         hottest line of the node and the simulator). With d = ours XOR `position` and c its
         leading zero bits: bucket c is nearest (its contacts agree with `position` on c + 1 bits
-        or more). Each deeper bucket j is uniformly nearer than all buckets below it when bit j
-        of d is 1 and uniformly farther when it is 0, so those with a 1 come next, shallowest
-        first, then those with a 0, deepest first. Buckets c - 1 down to 0 are farthest.
+        or more). Each bucket j deeper than c is wholly nearer than every bucket deeper than j
+        when bit j of d is 1, and wholly farther when it is 0: so those with a 1 come next,
+        shallowest first, then those with a 0, deepest first. Buckets c - 1 down to 0 are last.
         """
         d = self.local_position ^ position
         c = KEY_BITS - d.bit_length()
