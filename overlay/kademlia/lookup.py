@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import operator
 from dataclasses import dataclass, field
 
 from overlay.kademlia.routing import key_position
@@ -74,7 +75,7 @@ class Lookup:
             return
         candidate = _Candidate(info, key_position(info.peer_id) ^ self.target, hop)
         self._candidates[info.peer_id] = candidate
-        bisect.insort(self._by_distance, candidate, key=_distance)
+        bisect.insort(self._by_distance, candidate, key=operator.attrgetter("distance"))
 
     def _ranked(self) -> list[_Candidate]:
         """The k closest candidates that have not failed."""
@@ -157,7 +158,3 @@ class Lookup:
         elif answered:
             self.result.hops = answered[0].hop
         return self.result
-
-
-def _distance(c: _Candidate) -> int:
-    return c.distance

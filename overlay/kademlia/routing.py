@@ -169,16 +169,15 @@ class RoutingTable:
         shallowest first, then those with a 0, deepest first. Buckets c - 1 down to 0 are last.
         """
         d = self.local_position ^ position
-        c = KEY_BITS - d.bit_length()
-        deeper = sorted(i for i in self._buckets if i > c)
-        order = [c] + [j for j in deeper if d >> (KEY_BITS - 1 - j) & 1]
+        c = self.bucket_index(position)
+        indices = sorted(self._buckets)
+        deeper = [j for j in indices if j > c]
+        order = [j for j in indices if j == c] + [j for j in deeper if d >> (KEY_BITS - 1 - j) & 1]
         order += [j for j in reversed(deeper) if not d >> (KEY_BITS - 1 - j) & 1]
-        order += range(c - 1, -1, -1)
+        order += [j for j in reversed(indices) if j < c]
         result: list[Contact] = []
         for i in order:
-            bucket = self._buckets.get(i)
-            if bucket is None:
-                continue
+            bucket = self._buckets[i]
             found = [x for x in bucket.contacts.values() if x.peer_id != exclude]
             found.sort(key=lambda x: x.position ^ position)
             result += found[: count - len(result)]
