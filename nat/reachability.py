@@ -34,6 +34,7 @@ from libp2p.transport.websocket.transport import WebsocketTransport
 
 from overlay.errors import DecodeError
 from overlay.framing import FramedStream
+from overlay.jsonwire import loads
 from overlay.metrics import Registry
 from overlay.ratelimit import RateLimiter
 
@@ -95,10 +96,7 @@ def decode_response(data: bytes) -> tuple[str, list[tuple[str, int, bool]]]:
 def _json(data: bytes) -> dict:
     if len(data) > MAX_MESSAGE:
         raise DecodeError(f"dialback: message over {MAX_MESSAGE} bytes")
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError("dialback: not JSON") from None
+    obj = loads(data, "dialback")
     if not isinstance(obj, dict):
         raise DecodeError("dialback: expected a JSON object")
     return obj

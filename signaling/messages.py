@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from overlay.errors import DecodeError, RecordError
+from overlay.jsonwire import loads
 from overlay.records import peer_id_from_str
 
 MAX_FRAME = 16 * 1024
@@ -130,10 +131,7 @@ def _session(obj: dict[str, Any], required: bool = True) -> str | None:
 def decode(data: bytes) -> Message:
     if len(data) > MAX_FRAME:
         raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_FRAME}")
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError("not a JSON document") from None
+    obj = loads(data, "message", not_json="not a JSON document")
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise DecodeError("expected a JSON object with a string 'type'")
     kind = obj["type"]

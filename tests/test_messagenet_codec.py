@@ -1,5 +1,6 @@
 """MessageNet relayer frames and SignedMessage (seed 000): dispatch bytes, the seed's JSON, bad
-input with its reason, signatures bound to the sender's peer ID (hypothesis on the decoders)."""
+input with its reason, signatures over a domain-separated structure bound to sender, recipient,
+relayer, time and nonce, replays refused (hypothesis on the decoders)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import json
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from overlay.errors import DecodeError
 from overlay.messagenet import relayer as r
 from overlay.records import peer_id_from_public_key, peer_id_to_str
+from overlay.replay import ReplayWindow
 
 KEY = Ed25519PrivateKey.generate()
 ME = peer_id_from_public_key(KEY.public_key())
@@ -67,15 +70,67 @@ def test_node_frames_are_dispatch_byte_and_json():
     assert r.error("x")[0] == r.ERROR
 
 
-def test_a_signed_message_verifies_only_from_its_signer():
-    signed = r.sign(KEY, b"\x07payload")
-    assert r.verify(signed, ME) == b"\x07payload"
-    with pytest.raises(DecodeError, match="not the sender's"):
-        r.verify(signed, OTHER)
-    body = json.loads(signed)
-    body["unsignedMessage"] = B64(b"\x07tampered")
-    with pytest.raises(DecodeError, match="bad signature"):
-        r.verify(json.dumps(body).encode(), ME)
+NOW = 1_800_000_000.0
+
+
+def signed_by(key, unsigned: bytes = b"\x07payload", recipient: bytes | None = OTHER, relayer_id: int = 3,
+              now: float = NOW) -> bytes:
+    sender = peer_id_from_public_key(key.public_key())
+    return r.sign(key, r.new_message(unsigned, sender, recipient, relayer_id, now))
+
+
+def window() -> ReplayWindow:
+    return ReplayWindow(r.REPLAY_WINDOW, r.MAX_REPLAY_ENTRIES, r.MAX_REPLAY_PER_SIGNER)
+
+
+def test_a_signed_message_binds_its_sender_recipient_relayer_time_and_nonce():
+    signed = signed_by(KEY)
+    message = r.verify(signed)
+    assert (message.unsigned, message.sender, message.recipient, message.relayer_id) == (b"\x07payload", ME, OTHER, 3)
+    assert r.accept(message, ME, OTHER, False, 3, window(), NOW) is None
+    assert r.accept(message, OTHER, OTHER, False, 3, window(), NOW) == "not from its signer"
+    assert r.accept(message, ME, ME, False, 3, window(), NOW) == "for another recipient"
+    assert r.accept(message, ME, OTHER, True, 3, window(), NOW) == "for another recipient"  # a unicast is no broadcast
+    assert r.accept(message, ME, OTHER, False, 4, window(), NOW) == "for another relayer"
+    assert r.accept(message, ME, OTHER, False, 3, window(), NOW + r.REPLAY_WINDOW + 1) == "stale"
+    assert r.accept(message, ME, OTHER, False, 3, window(), NOW - r.REPLAY_WINDOW - 1) == "from the future"
+    broadcast = r.verify(signed_by(KEY, recipient=None))
+    assert broadcast.recipient is None and r.accept(broadcast, ME, OTHER, True, 3, window(), NOW) is None
+    assert json.loads(signed_by(KEY, recipient=None))["recipient"] == "*"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("unsignedMessage", B64(b"\x07tampered")), ("recipient", peer_id_to_str(ME)), ("relayer_id", 4),
+    ("timestamp", int(NOW * 1000) + 1), ("nonce", B64(bytes(16))), ("sender", peer_id_to_str(OTHER)),
+])
+def test_changing_any_signed_field_breaks_the_signature(field, value):
+    body = json.loads(signed_by(KEY))
+    body[field] = value
+    with pytest.raises(DecodeError, match="bad signature|not the sender's"):
+        r.verify(json.dumps(body).encode())
+
+
+def test_a_replay_within_the_window_is_refused_and_one_after_it_is_stale():
+    replays = window()
+    message = r.verify(signed_by(KEY))
+    assert r.accept(message, ME, OTHER, False, 3, replays, NOW) is None
+    assert r.accept(message, ME, OTHER, False, 3, replays, NOW + 30) == "replay"
+    assert r.accept(message, ME, OTHER, False, 3, replays, NOW + r.REPLAY_WINDOW + 1) == "stale"
+    assert r.accept(r.verify(signed_by(KEY)), ME, OTHER, False, 3, replays, NOW) is None  # a fresh nonce passes
+
+
+def test_the_signature_covers_a_domain_so_no_relayer_bytes_are_signed_bare():
+    """Whatever a relayer asks to be signed, the signed bytes start with the MessageNet domain:
+    the signature never verifies over the bare bytes (a peer record's, a Noise payload's)."""
+    from overlay.records import PAYLOAD_TYPE, DOMAIN, _signed_bytes as record_signed_bytes
+
+    chosen = record_signed_bytes(b"anything")
+    body = json.loads(signed_by(KEY, unsigned=chosen))
+    signature = base64.b64decode(body["signature"])
+    with pytest.raises(InvalidSignature):
+        KEY.public_key().verify(signature, chosen)
+    assert r._signed_bytes(r.verify(json.dumps(body).encode())).startswith(r.SIGNED_DOMAIN)
+    assert not r.SIGNED_DOMAIN.startswith((DOMAIN, PAYLOAD_TYPE, b"noise-libp2p-static-key:"))
 
 
 json_values = st.recursive(
@@ -88,7 +143,7 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_decode_or_raise_decode_error(raw):
-    for decoder in (r.decode_request, lambda b: r.verify(b, ME)):
+    for decoder in (r.decode_request, r.verify):
         try:
             decoder(raw)
         except DecodeError:

@@ -18,7 +18,8 @@ the node always answers with `channel`. `nonce` is optional (at most 64 characte
 A message is text, at most MAX_MESSAGE bytes in UTF-8 (the seed's examples are text; binary
 payloads travel base64-encoded by the client).
 
-Failure reasons: "invalid password", "not subscribed", "malformed json", "unknown command",
+Failure reasons: "invalid password", "not subscribed", "malformed json" (also "malformed json:
+nested deeper than 16", see overlay/jsonwire.py), "unknown command",
 "invalid channel", "invalid password field", "message too large", "invalid message",
 "too many channels", "rate limited".
 """
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.channels.table import MAX_PASSWORD, valid_channel_name
+from overlay.errors import DecodeError
+from overlay.jsonwire import loads
 
 MAX_CLIENT_FRAME = 96 * 1024
 MAX_MESSAGE = 64 * 1024
@@ -58,9 +61,9 @@ def decode_request(text: str | bytes) -> Request:
     if len(text) > MAX_CLIENT_FRAME:
         raise ClientError("message too large")
     try:
-        obj = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
-        raise ClientError("malformed json") from None
+        obj = loads(text, "malformed json", not_json="malformed json")
+    except DecodeError as e:
+        raise ClientError(str(e)) from None
     if not isinstance(obj, dict):
         raise ClientError("malformed json")
     nonce = obj.get("nonce")

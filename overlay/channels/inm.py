@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.errors import DecodeError
+from overlay.jsonwire import loads
 
 MAX_INM = 256 * 1024  # one encoded envelope
 MAX_NAME = 128
@@ -63,10 +64,7 @@ def decode(raw: bytes) -> Inm:
     """Parse one envelope; DecodeError says what is wrong (the caller counts and drops it)."""
     if len(raw) > MAX_INM:
         raise DecodeError(f"INM of {len(raw)} bytes exceeds the limit of {MAX_INM}")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DecodeError(f"INM: not JSON: {e}") from None
+    obj = loads(raw, "INM")
     if not isinstance(obj, dict):
         raise DecodeError("INM: expected a JSON object")
     kind = obj.get("type")

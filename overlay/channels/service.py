@@ -50,6 +50,7 @@ from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import REFRESH, ChannelTable, Reservation, hash_password, valid_channel_name, valid_hash
 from overlay.errors import DecodeError, DialError
 from overlay.framing import FramedStream, frame
+from overlay.jsonwire import loads
 from overlay.metrics import Registry
 from overlay.ratelimit import TokenBucket
 
@@ -262,10 +263,10 @@ class ChannelService:
         """seed 003's WS /node handshake: the name must be the Noise-authenticated peer, and the
         token the network's (when one is configured) or one issued to that name."""
         try:
-            hello = json.loads(raw or b"")
+            hello = loads(raw or b"", "INM link hello")
             data = hello["data"]
             name, token = data["name"], data.get("token", "")
-        except (ValueError, TypeError, KeyError):
+        except (DecodeError, TypeError, KeyError):
             return False
         if hello.get("command") != "handshake" or name != peer:
             return False

@@ -3,7 +3,10 @@
 messages between the client's node and the instance's node.
 
 An instance registers its degas_id on its node, which announces it in the DHT (a provider
-record under degas_key); a gateway finds the instance's node there. An authenticated client's
+record under degas_key); a gateway finds the instance's node there. A degas_id that another
+connected instance holds is refused (an error frame, DEGAS_ID_TAKEN; the connection stays and
+the holder keeps its messages) until that instance disconnects; the same connection registering
+its own degas_id again is answered `registered` again. An authenticated client's
 node announces the account the same way (account_key), so an instance can reach clients that
 have not written to it yet.
 
@@ -249,9 +252,12 @@ class Gateway:
     def _register(self, sock: Socket, degas_id: bytes) -> None:
         if len(degas_id) != DEGAS_ID_SIZE:
             self._put(sock, internal(error=error(Code.MALFORMED, f"degas_id must be {DEGAS_ID_SIZE} bytes")))
+        elif sock.degas_id == degas_id:
+            self._put(sock, internal(registered=pb.DegasRegisteredMessage(degas_id=degas_id)))
         elif sock.degas_id:
             self._put(sock, internal(error=error(Code.MALFORMED, "this connection is registered already", sock.degas_id)))
         elif degas_id in self.instances:
+            self.dropped.inc(reason="degas_id taken")
             self._put(sock, internal(error=error(Code.DEGAS_ID_TAKEN, "another instance here has this degas_id", degas_id)))
         else:
             sock.degas_id = degas_id

@@ -20,6 +20,7 @@ allows binary frames only).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -188,11 +189,31 @@ class ClientSession:
         return [Reply(client_error(error_code, reason)), Close(code, reason)]
 
 
+def _eth_account() -> tuple[type, Callable[..., object]]:
+    """eth-account, imported on first use, with the interpreter's recursion limit put back.
+
+    Importing it imports py_ecc (through eth-keyfile), which raises the limit to 100,000 for its
+    own recursive arithmetic. At that limit deep recursion in C (json.loads of a deeply nested
+    document) overflows the thread's stack and kills the node with SIGSEGV instead of raising
+    RecursionError; jsonwire's depth check is the defence, this keeps a miss survivable. Nothing
+    the node calls needs the higher limit: recovery goes through eth-keys' coincurve backend
+    (tests/test_api_deep_json.py signs and recovers at the restored limit).
+
+    Not imported at start: it costs 0.7 s and 18 MB that a node without Degas clients need not
+    spend. The import runs on the event loop's thread, so no decoder runs while the limit is up.
+    """
+    limit = sys.getrecursionlimit()
+    try:
+        from eth_account import Account
+        from eth_account.messages import encode_defunct
+    finally:
+        sys.setrecursionlimit(limit)
+    return Account, encode_defunct
+
+
 def recover_address(challenge: str, signature: bytes) -> str:
     """EIP-191 personal_sign recovery, by eth-account (secp256k1 recovery is not ours to write)."""
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
+    Account, encode_defunct = _eth_account()
     if len(signature) != 65:
         raise ValueError("signature must be 65 bytes")
     try:

@@ -26,16 +26,32 @@ Node -> relayer:
 `id` (an addition: any integer the relayer picks) ties a unicast to its delivery report, which
 says whether the remote node took the message for a registered relayer, not only that it left.
 
-SignedMessage (seed 000), what a SignAndSend carries as the delivered `data` (JSON, base64 bytes):
-{"publicKeyBytes": libp2p protobuf key, "signature": Ed25519 over unsignedMessage,
- "unsignedMessage": identification_byte followed by msg_bytes}. A receiver accepts it only if
-the signature verifies and the key is the one of the peer ID that sent it.
+SignedMessage, what a SignAndSend carries as the delivered `data` (JSON, base64 bytes): MessageNet's
+{"publicKeyBytes": libp2p protobuf key, "signature", "unsignedMessage": identification_byte
+followed by msg_bytes}, plus what the signature must bind so that it means one thing only:
+{"sender": peer ID, "recipient": peer ID or "*" (every node), "relayer_id", "timestamp": ms since
+the epoch, "nonce": 16 random bytes}.
+
+The node's identity key signs no bytes a relayer chose. MessageNet signs identification byte +
+message, so a relayer could have had the node sign a libp2p peer record's or Noise handshake's
+bytes; here the signature is over
+
+    "overlay-messagenet-signed-message-v1" 0x00, then for each of unsignedMessage, sender (binary
+    peer ID), recipient (binary peer ID, empty for every node), relayer_id (8 bytes big-endian),
+    timestamp (8 bytes big-endian), nonce: a 4-byte big-endian length and the bytes
+
+which starts with a domain no other signed structure has (libp2p envelopes start with a varint
+length, Noise with "noise-libp2p-static-key:"). A receiver delivers it only if the signature
+verifies, the key is the sender's and the sender is the node it came from, the recipient is itself
+(or "*" for a broadcast), the relayer_id is the one addressed, the timestamp is within
+REPLAY_WINDOW seconds of its clock, and the (sender, nonce) pair is new (overlay/replay.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +59,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from overlay.errors import DecodeError, RecordError
-from overlay.jsonwire import base64_field
-from overlay.records import public_key_from_protobuf, peer_id_from_public_key, peer_id_from_str, public_key_bytes
+from overlay.jsonwire import base64_field, loads
+from overlay.records import public_key_from_protobuf, peer_id_from_public_key, peer_id_from_str, peer_id_to_str, public_key_bytes
+from overlay.replay import ReplayWindow
 
 REGISTER, SEND_TO_VALIDATOR, SEND_TO_PEERS, SIGN_AND_SEND_TO_VALIDATOR, SIGN_AND_SEND_TO_PEERS = 0x01, 0x02, 0x03, 0x04, 0x05
 SEND_TO_CLIENT, DELIVERY, ERROR = 0x10, 0x11, 0x12
@@ -92,10 +109,7 @@ def decode_request(frame: bytes) -> Request:
     action = frame[0]
     if action not in ACTIONS:
         raise DecodeError(f"unknown dispatch byte 0x{action:02x}")
-    try:
-        body = json.loads(bytes(frame[1:]))
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError(f"{ACTIONS[action]}: body is not JSON") from None
+    body = loads(bytes(frame[1:]), f"{ACTIONS[action]}: body", not_json=f"{ACTIONS[action]}: body is not JSON")
     if not isinstance(body, dict):
         raise DecodeError(f"{ACTIONS[action]}: body must be a JSON object")
     relayer_id = _int(body, "relayer_id", 0, MAX_RELAYER_ID)
@@ -141,36 +155,96 @@ def error(reason: str) -> bytes:
 
 # ---- SignedMessage --------------------------------------------------------------------------------
 
+SIGNED_DOMAIN = b"overlay-messagenet-signed-message-v1\x00"
+BROADCAST_RECIPIENT = "*"
+NONCE_SIZE = 16
+REPLAY_WINDOW = 60.0  # seconds either side of the receiver's clock
+MAX_REPLAY_ENTRIES = 262_144  # (signer, nonce) pairs remembered, in all (about 20 MB at most)
+MAX_REPLAY_PER_SIGNER = 65_536  # ... for one signer: about 500 signed messages a second, sustained
 
-def sign(key: Ed25519PrivateKey, unsigned: bytes) -> bytes:
-    """The SignedMessage JSON for `unsigned` (identification byte first)."""
+
+@dataclass(frozen=True)
+class SignedMessage:
+    """What a receiver learns from a verified SignedMessage."""
+
+    unsigned: bytes  # identification byte + msg_bytes
+    sender: bytes  # binary peer ID of the signer
+    recipient: bytes | None  # binary peer ID; None: every node
+    relayer_id: int
+    timestamp_ms: int
+    nonce: bytes
+
+
+def _signed_bytes(m: SignedMessage) -> bytes:
+    fields = (m.unsigned, m.sender, m.recipient or b"", m.relayer_id.to_bytes(8, "big"),
+              m.timestamp_ms.to_bytes(8, "big"), m.nonce)
+    return SIGNED_DOMAIN + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+def sign(key: Ed25519PrivateKey, message: SignedMessage) -> bytes:
+    """The SignedMessage JSON for `message`, signed by `key` (the sender's identity key)."""
+    if peer_id_from_public_key(key.public_key()) != message.sender:
+        raise RecordError("a SignedMessage is signed by its sender's key")
     return json.dumps({
         "publicKeyBytes": base64.b64encode(public_key_bytes(key.public_key())).decode(),
-        "signature": base64.b64encode(key.sign(unsigned)).decode(),
-        "unsignedMessage": base64.b64encode(unsigned).decode(),
+        "signature": base64.b64encode(key.sign(_signed_bytes(message))).decode(),
+        "unsignedMessage": base64.b64encode(message.unsigned).decode(),
+        "sender": peer_id_to_str(message.sender),
+        "recipient": peer_id_to_str(message.recipient) if message.recipient else BROADCAST_RECIPIENT,
+        "relayer_id": message.relayer_id,
+        "timestamp": message.timestamp_ms,
+        "nonce": base64.b64encode(message.nonce).decode(),
     }, separators=(",", ":")).encode()
 
 
-def verify(signed: bytes, sender: bytes) -> bytes:
-    """The unsigned message, if `signed` is a SignedMessage by the key of peer ID `sender`;
-    DecodeError otherwise (the receiver drops and counts it)."""
-    try:
-        body = json.loads(signed)
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError("SignedMessage: not JSON") from None
+def new_message(unsigned: bytes, sender: bytes, recipient: bytes | None, relayer_id: int, now: float) -> SignedMessage:
+    """A message to sign now, with a fresh random nonce."""
+    return SignedMessage(unsigned, sender, recipient, relayer_id, int(now * 1000), os.urandom(NONCE_SIZE))
+
+
+def verify(signed: bytes) -> SignedMessage:
+    """The SignedMessage, if its signature by the key it carries verifies and that key is its
+    sender's; DecodeError otherwise. Whether sender, recipient, relayer, time and nonce are the
+    expected ones is the receiver's to check (`accept`)."""
+    body = loads(signed, "SignedMessage")
     if not isinstance(body, dict):
         raise DecodeError("SignedMessage: expected a JSON object")
     key_bytes, signature, unsigned = base64_field(body, "publicKeyBytes"), base64_field(body, "signature"), base64_field(body, "unsignedMessage")
+    nonce = base64_field(body, "nonce")
+    sender, recipient = body.get("sender"), body.get("recipient")
+    if not isinstance(sender, str) or not isinstance(recipient, str):
+        raise DecodeError("SignedMessage: sender and recipient must be peer IDs")
     try:
         key = public_key_from_protobuf(key_bytes)
+        message = SignedMessage(
+            unsigned, peer_id_from_str(sender),
+            None if recipient == BROADCAST_RECIPIENT else peer_id_from_str(recipient),
+            _int(body, "relayer_id", 0, MAX_RELAYER_ID), _int(body, "timestamp", 0, 2**63 - 1), nonce,
+        )
     except (RecordError, DecodeError) as e:
         raise DecodeError(f"SignedMessage: {e}") from None
-    if peer_id_from_public_key(key) != sender:
-        raise DecodeError("SignedMessage: the key is not the sender's")
+    if len(nonce) != NONCE_SIZE:
+        raise DecodeError(f"SignedMessage: nonce must be {NONCE_SIZE} bytes")
     if not unsigned:
         raise DecodeError("SignedMessage: no identification byte")
+    if peer_id_from_public_key(key) != message.sender:
+        raise DecodeError("SignedMessage: the key is not the sender's")
     try:
-        key.verify(signature, unsigned)
+        key.verify(signature, _signed_bytes(message))
     except InvalidSignature:
         raise DecodeError("SignedMessage: bad signature") from None
-    return unsigned
+    return message
+
+
+def accept(message: SignedMessage, sender: bytes, me: bytes, broadcast: bool, relayer_id: int,
+           replays: ReplayWindow, now: float) -> str | None:
+    """Why a verified message must not be delivered here, or None. `sender` is the node the
+    overlay says it came from, `broadcast` whether it came as one; a replay within the window
+    (the `replays` memory) is refused."""
+    if message.sender != sender:
+        return "not from its signer"
+    if message.recipient != (None if broadcast else me):
+        return "for another recipient"
+    if message.relayer_id != relayer_id:
+        return "for another relayer"
+    return replays.check(message.sender, message.nonce, message.timestamp_ms / 1000, now)

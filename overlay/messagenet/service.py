@@ -10,8 +10,9 @@ broadcast that reaches every node once:
     {"command": "relayer-broadcast", "relayer_id": int, "data": base64, "signed": bool}
         to "*" (SendToPeers, SignAndSendToPeers), not answered
 
-`signed` data is a SignedMessage (relayer.py) that the receiver verifies against the sending
-node's peer ID before delivery; what fails is dropped and counted.
+`signed` data is a SignedMessage (relayer.py) that the receiver verifies before delivery: signed by
+the sending node, for this node (or every node, for a broadcast) and this relayer, recent, and not
+seen before; what fails is dropped and counted by reason ("bad signature", "replay", "stale", ...).
 
 Relayers a node knows are those that registered since it started. A message for a known relayer
 that is not connected waits in a queue of at most `max_held` messages for `hold` seconds, then is
@@ -23,16 +24,18 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import trio
 
 from overlay.channels.inm import Inm
-from overlay.errors import DecodeError, DialError
+from overlay.errors import DecodeError, DialError, RecordError
 from overlay.messagenet import relayer as r
 from overlay.metrics import Registry, offer
 from overlay.records import peer_id_from_str, peer_id_to_str
+from overlay.replay import ReplayWindow
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class RelayerService:
         self.max_held = max_held
         self.relayers: dict[int, RelayerSocket] = {}
         self.known: set[int] = set()
+        self.replays = ReplayWindow(r.REPLAY_WINDOW, r.MAX_REPLAY_ENTRIES, r.MAX_REPLAY_PER_SIGNER)
         self.held: dict[int, deque[tuple[float, bytes]]] = {}
         self.dropped = metrics.counter("overlay_relayer_dropped_total", "MessageNet messages dropped, by reason")
         self.delivered = metrics.counter("overlay_relayer_delivered_total", "MessageNet messages handed to local relayers")
@@ -84,12 +88,21 @@ class RelayerService:
             self._to_socket(sock, r.error(str(e)))
             return
         if request.action == r.REGISTER:
+            holder = self.relayers.get(request.relayer_id)
+            if holder is not None and holder is not sock:  # a relayer ID is its live holder's alone
+                self.dropped.inc(reason="relayer id taken")
+                self._to_socket(sock, r.error(f"relayer_id {request.relayer_id} is registered by another connection"))
+                return
             sock.ids.add(request.relayer_id)
             self.relayers[request.relayer_id] = sock
             self.known.add(request.relayer_id)
             self._flush_held(request.relayer_id)
             return
-        data = r.sign(self.node.key, request.data) if request.signed else request.data
+        data = request.data
+        if request.signed:
+            recipient = request.node_id if request.unicast else None
+            message = r.new_message(request.data, self.node.peer_id_bytes, recipient, request.relayer_id, time.time())
+            data = r.sign(self.node.key, message)
         body = {"relayer_id": request.relayer_id, "data": base64.b64encode(data).decode(), "signed": request.signed}
         if not request.unicast:
             self.node.channels.broadcast({"command": BROADCAST, **body}, answered=False)
@@ -120,12 +133,10 @@ class RelayerService:
         return self._deliver(inm.source, inm.data)
 
     def _on_broadcast(self, inm: Inm) -> None:
-        answer = self._deliver(inm.source, inm.data)
-        if not answer.get("ok"):
-            self.dropped.inc(reason=str(answer.get("error")))
+        self._deliver(inm.source, inm.data, broadcast=True)
         return None
 
-    def _deliver(self, sender: str, body: dict) -> dict:
+    def _deliver(self, sender: str, body: dict, broadcast: bool = False) -> dict:
         relayer_id, signed = body.get("relayer_id"), body.get("signed")
         try:
             if not isinstance(relayer_id, int) or isinstance(relayer_id, bool) or not isinstance(signed, bool):
@@ -136,12 +147,17 @@ class RelayerService:
             return {"ok": False, "error": "malformed"}
         if signed:
             try:
-                r.verify(data, peer_id_from_str(sender))
-            except Exception as e:  # noqa: BLE001 - a peer ID or signature that fails to check is one
-                self.dropped.inc(reason="bad signature")
+                message = r.verify(data)
+                refused = r.accept(message, peer_id_from_str(sender), self.node.peer_id_bytes, broadcast, relayer_id,
+                                   self.replays, time.time())
+            except (DecodeError, RecordError) as e:
                 log.debug("relayer message from %s: %s", sender, e)
-                return {"ok": False, "error": "bad signature"}
+                refused = "bad signature"
+            if refused is not None:
+                self.dropped.inc(reason=refused)
+                return {"ok": False, "error": refused}
         if relayer_id not in self.known:
+            self.dropped.inc(reason="no such relayer")
             return {"ok": False, "error": "no such relayer"}
         frame = r.to_client(relayer_id, sender, data)
         sock = self.relayers.get(relayer_id)

@@ -5,8 +5,11 @@ one of BELIEF DATA QUERY TRANSACT RESULT STATUS MISSING_DATA; `peer` a peer ID.
 
 Application -> node:
 
-    {"op": "register", "types": ["QUERY", ...]}     receive these types (one application per type:
-                                                    the latest registration wins)
+    {"op": "register", "types": ["QUERY", ...]}     receive these types -> {"op": "registered", "types": [...]}
+                                                    One application per type: a type another connected
+                                                    application holds is refused with an error (and
+                                                    nothing is registered); once it disconnects, anyone
+                                                    may take it. Registering again is harmless.
     {"op": "send", "peer": id, "type": T, "body": b64}      -> {"op": "sent", "id": n}
     {"op": "broadcast", "type": T, "body": b64}             -> {"op": "sent", "peers": n}
     {"op": "answer", "peer": id, "ref": n, "code": C, "result": b64}   C: OK ERROR TEMPORARY_FAILURE ...
@@ -14,9 +17,9 @@ Application -> node:
 Node -> application:
 
     {"op": "message", "peer": id, "type": T, "id": n, "body": b64}
-    {"op": "error", "error": "..."}   for a frame it could not take, a peer it could not reach, or
-                                      an answer to a message this application was not given (or
-                                      already answered)
+    {"op": "error", "error": "..."}   for a frame it could not take, a type another application holds,
+                                      a peer it could not reach, or an answer to a message this
+                                      application was not given (or already answered)
 
 A message delivered here counts as handled for load shedding once it is written to the socket,
 except QUERY and TRANSACT, which count until answered or until the application disconnects.
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.errors import DecodeError, RecordError
-from overlay.jsonwire import base64_field
+from overlay.jsonwire import base64_field, loads
 from overlay.peermsg.core import Code
 from overlay.peermsg.frames import MessageType
 from overlay.records import peer_id_from_str
@@ -68,10 +71,7 @@ def _peer(obj: dict) -> str:
 def decode_app(text: str | bytes) -> AppRequest:
     if len(text) > MAX_APP_FRAME:
         raise DecodeError(f"frame larger than {MAX_APP_FRAME} bytes")
-    try:
-        obj = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError("not JSON") from None
+    obj = loads(text, "frame", not_json="not JSON")
     if not isinstance(obj, dict) or obj.get("op") not in OPS:
         raise DecodeError(f"op must be one of {', '.join(OPS)}")
     op = obj["op"]

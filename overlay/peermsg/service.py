@@ -51,7 +51,8 @@ class PeerMessaging:
         self._unanswered: dict[tuple[str, int], trio.MemorySendChannel[str]] = {}  # bounded by the core's pending limit
         self._dispatching = False
         self.app_drops = metrics.counter("overlay_peermsg_app_dropped_total",
-                                         "Typed messages no application took (none registered, or too slow)")
+                                         "Typed messages no application took, and registrations of a type another "
+                                         "application holds, by type and reason")
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.send_failures = metrics.counter("overlay_peermsg_send_failures_total", "Typed peer messages that could not be sent")
@@ -94,8 +95,15 @@ class PeerMessaging:
     # ---- WebSocket applications (WS /peermsg, app.py) ----
 
     def register_app(self, outbox: trio.MemorySendChannel[str], types: frozenset[MessageType]) -> None:
-        """Deliver these types to `outbox` from now on. The first registration starts the
+        """Deliver these types to `outbox` from now on. A type another connected application
+        holds is not taken from it (that application would silently stop getting its messages):
+        OverlayError, and none of `types` is registered. The first registration starts the
         dispatcher, which from then on is the only reader of `messages`."""
+        taken = sorted(tag.name for tag in types if self._apps.get(tag, outbox) is not outbox)
+        if taken:
+            for name in taken:
+                self.app_drops.inc(type=name, reason="type taken")
+            raise OverlayError(f"another application holds {', '.join(taken)}; nothing was registered")
         for tag in types:
             self._apps[tag] = outbox
         if not self._dispatching and self._nursery is not None:
@@ -125,7 +133,7 @@ class PeerMessaging:
                 outbox.send_nowait(delivered(deliver.peer, deliver.tag, deliver.id, deliver.body))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.release(deliver)
-                self.app_drops.inc(type=deliver.tag.name)
+                self.app_drops.inc(type=deliver.tag.name, reason="no application" if outbox is None else "application too slow")
                 continue
             if deliver.tag in (MessageType.QUERY, MessageType.TRANSACT):
                 self._unanswered[(deliver.peer, deliver.id)] = outbox
