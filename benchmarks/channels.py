@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
+import secrets
 import signal
 import statistics
 import subprocess
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine, write_result  # noqa: E402 - after the path is set
+from overlay.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers  # noqa: E402
 
 SIZE = 256
 SUSTAINED_P99_MS = 250.0
@@ -119,7 +122,8 @@ def role_subscribers(args: argparse.Namespace) -> None:
                 emit(report(tallies))
 
     async def subscriber(url: str, tally: Tally, ready) -> None:
-        async with open_websocket_url(url, message_queue_size=100_000, max_message_size=1 << 20) as ws:
+        headers = ws_headers() if args.mode == "ours" else None
+        async with open_websocket_url(url, message_queue_size=100_000, max_message_size=1 << 20, extra_headers=headers) as ws:
             if args.mode == "ours":
                 await ws.send_message(json.dumps({"command": "subscribe", "data": {"topic": CHANNEL}}))
                 assert json.loads(await ws.get_message())["data"] == {"ok": True}
@@ -144,7 +148,8 @@ def role_publisher(args: argparse.Namespace) -> None:
     from trio_websocket import open_websocket_url
 
     async def main() -> None:
-        async with open_websocket_url(args.url, message_queue_size=100_000) as ws:
+        headers = ws_headers() if args.mode == "ours" else None
+        async with open_websocket_url(args.url, message_queue_size=100_000, extra_headers=headers) as ws:
             if args.mode == "ours":
                 await ws.send_message(json.dumps({"command": "subscribe", "data": {"topic": CHANNEL}}))
                 await ws.get_message()
@@ -321,8 +326,19 @@ def me(*argv: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *argv]
 
 
+def api_token() -> str:
+    """The one API token of the benchmark's nodes: start_nodes writes it into each data dir and
+    into the environment, where the role processes (its children) find it."""
+    return os.environ[TOKEN_ENV]
+
+
+def ws_headers() -> list[tuple[str, str]]:
+    return auth_headers(api_token())
+
+
 def get_json(api: str, path: str) -> Any:
-    with urllib.request.urlopen(f"http://{api}{path}", timeout=10) as r:
+    request = urllib.request.Request(f"http://{api}{path}", headers=dict(ws_headers()))
+    with urllib.request.urlopen(request, timeout=10) as r:
         return json.loads(r.read())
 
 
@@ -380,7 +396,11 @@ def start_nodes(count: int, procs: list[Proc], prefix: str) -> list[dict[str, An
     root = Path(tempfile.mkdtemp(prefix=prefix))
     binary = str(Path(sys.executable).parent / "overlay-node")
     nodes: list[dict[str, Any]] = []
+    os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(32))
     for i in range(count):
+        (root / f"n{i}").mkdir(mode=0o700)
+        (root / f"n{i}" / TOKEN_FILE).write_text(api_token() + "\n")
+        (root / f"n{i}" / TOKEN_FILE).chmod(0o600)
         argv = [binary, "run", "--data-dir", str(root / f"n{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api",
                 "127.0.0.1:0", "--network", "bench", "--no-port-mapping", "--log-level", "error"]
         if nodes:

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.channels import Proc, Tally, paced, payload, report, settle, start_nodes  # noqa: E402
+from benchmarks.channels import Proc, Tally, paced, payload, report, settle, start_nodes, ws_headers  # noqa: E402
 from benchmarks.common import machine, write_result  # noqa: E402
 
 RELAYER_ID = 1
@@ -133,7 +133,7 @@ def role_receivers(args: argparse.Namespace) -> None:
                 print(json.dumps(report(tallies)), flush=True)
 
     async def receive(url: str, tally: Tally, ready) -> None:
-        async with open_websocket_url(url, message_queue_size=100_000) as ws:
+        async with open_websocket_url(url, message_queue_size=100_000, extra_headers=ws_headers()) as ws:
             for message in system.register():
                 await ws.send_message(message)
             await trio.sleep(0.2)  # the registration is taken before the first message
@@ -156,7 +156,7 @@ def role_sender(args: argparse.Namespace) -> None:
     targets = args.targets.split(",") if args.targets else []
 
     async def main() -> None:
-        async with open_websocket_url(args.url, message_queue_size=100_000) as ws:
+        async with open_websocket_url(args.url, message_queue_size=100_000, extra_headers=ws_headers()) as ws:
             for message in system.register():
                 await ws.send_message(message)
             if args.mode == "unicast":

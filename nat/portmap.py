@@ -122,6 +122,12 @@ class NatPmpClient:
         return answer
 
     async def _ask(self, request: bytes, expected_opcode: int) -> ExternalAddress | Mapping:
+        try:
+            return await self._exchange(request, expected_opcode)
+        except OSError as e:  # no descriptor left (EMFILE), no route: no mapping, never the node's end
+            raise PortMapError(f"NAT-PMP: {e.strerror or e}") from None
+
+    async def _exchange(self, request: bytes, expected_opcode: int) -> ExternalAddress | Mapping:
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             await sock.connect(self.gateway)  # answers from anywhere else are never seen
             timeout = FIRST_TIMEOUT

@@ -21,11 +21,16 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | WS     | /gateway                     | seed 002's Degas client gateway, protobuf frames (overlay/gateway/session.py) |
 | WS     | /service                     | Degas service instances (overlay/gateway/service.py, degas.proto) |
 
-Errors are JSON {"error": "..."} with 400 (bad input), 404 (not found) or 502 (unreachable).
+Every route but `GET /health` needs the API token, and only this API's own Host names and the
+allowed Origins get through (overlay/apiauth.py). No GET changes state.
+
+Errors are JSON {"error": "..."} with 400 (bad input), 401 (no or wrong token), 403 (foreign Host
+or Origin), 404 (not found) or 502 (unreachable).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +38,6 @@ from typing import Any
 import multiaddr
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from libp2p.peer.id import ID
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,8 +45,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from overlay.apiauth import ApiGuard, is_loopback, load_or_create_token
+from overlay.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, api_caps, serve
 from overlay.channels.client import MAX_CLIENT_FRAME
-from overlay.errors import DialError, NotFoundError, OverlayError
+from overlay.errors import DialError, NotFoundError, OverlayError, SelfDialError
+from overlay.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, fd_limit
 from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, Close
 from overlay.gateway.session import MAX_CLIENT_FRAME as MAX_GATEWAY_FRAME
 from overlay.messagenet.relayer import MAX_RELAYER_FRAME
@@ -50,6 +57,8 @@ from overlay.messagenet.relayer import error as relayer_error
 from overlay.node import Node
 from overlay.peermsg.app import MAX_APP_FRAME, decode_app, encode_app
 from overlay.records import peer_id_from_str
+
+log = logging.getLogger(__name__)
 
 MAX_PING_COUNT = 100
 REQUEST_TIMEOUT = 30.0
@@ -71,6 +80,8 @@ def build_app(node: Node) -> Starlette:
                     return await handler(request)
             except NotFoundError as e:
                 return _error(404, str(e))
+            except SelfDialError as e:
+                return _error(400, str(e))
             except DialError as e:
                 return _error(502, str(e))
             except OverlayError as e:
@@ -110,6 +121,8 @@ def build_app(node: Node) -> Starlette:
         for _ in range(int(count_text)):
             try:
                 rtts.append(round(await node.ping(peer_id) * 1000, 3))
+            except SelfDialError:
+                raise
             except DialError as e:
                 errors.append(str(e))
         if not rtts:
@@ -130,7 +143,9 @@ def build_app(node: Node) -> Starlette:
 
     async def channels(request: Request) -> Response:
         table = node.channels.table
-        return JSONResponse({**node.channels.node_stats(), "reserved": table.listing(open_only=False),
+        reserved = [{k: v for k, v in entry.items() if k != "password"} | {"protected": bool(entry["password"])}
+                    for entry in table.listing(open_only=False)]  # a password hash opens the channel: never shown
+        return JSONResponse({**node.channels.node_stats(), "reserved": reserved,
                              "open_elsewhere": {name: table.open_elsewhere(name) for name in table.channels}})
 
     async def channel_client(websocket: WebSocket) -> None:
@@ -183,8 +198,8 @@ def build_app(node: Node) -> Starlette:
                 request = decode_app(text)
                 if request.op == "register":
                     service.register_app(send, request.types)
-                    return True
-                if request.op == "send":
+                    answer = {"op": "registered", "types": sorted(t.name for t in request.types)}
+                elif request.op == "send":
                     answer = {"op": "sent", "id": await service.send(request.peer, request.type, request.body)}
                 elif request.op == "broadcast":
                     answer = {"op": "sent", "peers": await service.broadcast(request.type, request.body)}
@@ -308,15 +323,32 @@ class _ApiConfig(HypercornConfig):
 
 
 async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the API on `node.config.api`; reports the bound URL (port 0 picks a free port)."""
+    """Serve the API on `node.config.api`; reports the bound URL (port 0 picks a free port).
+
+    Connections and WebSocket sessions are capped by the open-file limit (overlay/apilimits.py)."""
     host, port = node.config.api
     config = _ApiConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
-    config.graceful_timeout = 1.0
+    config.keep_alive_timeout = IDLE_TIMEOUT
     # the largest any socket takes (each decoder enforces its own); larger frames close the socket (1009)
     config.websocket_max_message_size = max(MAX_CLIENT_FRAME, MAX_RELAYER_FRAME, MAX_APP_FRAME, MAX_GATEWAY_FRAME)
+    token = load_or_create_token(node.config.data_dir)
+    refused = node.metrics.counter("overlay_api_refused_total",
+                                   "API requests refused, by reason (host, origin, token, connections, websockets)")
+    FD_EXHAUSTION.attach(node.metrics.counter(FD_METRIC, FD_METRIC_HELP))
+    caps = api_caps(fd_limit()[0], node.config.max_connections)
+    log.debug("the API takes %d connections, %d of them WebSockets", caps.connections, caps.websockets)
+    gate = ConnectionGate(caps.connections, refused)
+    websockets = WebSocketCap(build_app(node), caps.websockets, refused)
+    node.metrics.gauge("overlay_api_connections", "Open API connections", lambda: gate.open)
+    node.metrics.gauge("overlay_api_websockets", "Open API WebSocket sessions", lambda: websockets.open)
+    allowed_hosts = list(node.config.api_allowed_hosts) + ([host] if host not in ("0.0.0.0", "::") else [])
+    app = ApiGuard(websockets, token, refused, allowed_hosts, node.config.api_allowed_origins)
+    if not is_loopback(host):
+        log.warning("the API listens on %s:%d, beyond this machine: anyone who can reach it may try the token, "
+                    "which travels unencrypted", host, port)
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(serve, build_app(node), config)
+        bound = await nursery.start(serve, app, config, gate)
         task_status.started(bound[0] if bound else f"http://{host}:{port}")

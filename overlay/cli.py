@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from overlay.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers, client_token
 from overlay.config import DEFAULT_API, Config, load_config, parse_host_port
 from overlay.errors import ConfigError, DecodeError, OverlayError, RecordError
 from overlay.records import peer_id_from_str
@@ -61,9 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     ident = sub.add_parser("id", help="print this node's peer ID")
     ident.add_argument("--data-dir", help="where the identity key lives")
 
+    def api_flags(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="the node's local API")
+        c.add_argument("--data-dir", help="the node's data dir, where its API token is (default: XDG data dir)")
+        c.add_argument("--token", help=f"the API token (default: ${TOKEN_ENV}, else the data dir's {TOKEN_FILE})")
+
     def client(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
-        c.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="the node's local API")
+        api_flags(c)
         c.add_argument("--json", action="store_true", help="print JSON")
         return c
 
@@ -82,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     for c in (listen, send):
         c.add_argument("channel")
         c.add_argument("--password", help="the channel's password (the first subscriber sets it)")
-        c.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="the node's local API")
+        api_flags(c)
     listen.add_argument("--json", action="store_true", help="print each message as the JSON the node sent")
     send.add_argument("message")
     return p
@@ -108,9 +114,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     import trio  # the node's imports are heavy (~80 MB); client commands do without them
 
+    from overlay.fdlimits import raise_fd_limit
     from overlay.log import setup_logging
 
     setup_logging(config.log_level)
+    raise_fd_limit()  # for the process, before any socket: in-process nodes (tests) leave their runner's alone
     trio.run(_serve, config)
     return 0
 
@@ -146,10 +154,14 @@ def _id(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(api: str, method: str, path: str) -> tuple[int, Any]:
+def _token(args: argparse.Namespace) -> str:
+    return client_token(args.token, load_config(None, {"data_dir": args.data_dir}).data_dir)
+
+
+def _call(api: str, token: str, method: str, path: str) -> tuple[int, Any]:
     host, port = parse_host_port(api)
     url = f"http://{host}:{port}{path}"
-    request = urllib.request.Request(url, method=method)
+    request = urllib.request.Request(url, method=method, headers=dict(auth_headers(token)))
     try:
         with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
             return response.status, json.loads(response.read())
@@ -175,7 +187,7 @@ def _client(args: argparse.Namespace) -> int:
         "find": f"/v1/find/{getattr(args, 'peer_id', '')}",
         "ping": f"/v1/ping/{getattr(args, 'peer_id', '')}?count={getattr(args, 'count', 1)}",
     }[args.command]
-    status, body = _call(args.api, "POST" if args.command == "ping" else "GET", path)
+    status, body = _call(args.api, _token(args), "POST" if args.command == "ping" else "GET", path)
     if status >= 400:
         print(f"overlay-node: {args.command}: {body.get('error', status)}", file=sys.stderr)
         return 2 if status == 400 else 1
@@ -189,9 +201,10 @@ def _client(args: argparse.Namespace) -> int:
 def _channel(args: argparse.Namespace) -> int:
     """`channel listen` / `channel send`: seed 003's client protocol over WS /connect."""
     import trio
-    from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+    from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
     host, port = parse_host_port(args.api)
+    headers = auth_headers(_token(args))
 
     async def request(ws, command: str, **data: str) -> dict:
         await ws.send_message(json.dumps({"command": command, "data": data, "nonce": command}))
@@ -201,7 +214,7 @@ def _channel(args: argparse.Namespace) -> int:
                 return reply["data"]
 
     async def run() -> int:
-        async with open_websocket_url(f"ws://{host}:{port}/connect") as ws:
+        async with open_websocket_url(f"ws://{host}:{port}/connect", extra_headers=headers) as ws:
             subscribe = {"topic": args.channel} | ({"password": args.password} if args.password else {})
             answer = await request(ws, "subscribe", **subscribe)
             if not answer.get("ok"):
@@ -228,6 +241,8 @@ def _channel(args: argparse.Namespace) -> int:
 
     try:
         return trio.run(run)
+    except ConnectionRejected as e:
+        raise OverlayError(f"the node at {host}:{port} refused WS /connect (HTTP {e.status_code}): is the API token right?") from None
     except (OSError, HandshakeError, ConnectionClosed) as e:
         raise OverlayError(f"cannot use the node's WS /connect at {host}:{port} ({str(e) or type(e).__name__}); is `overlay-node run` running?") from None
 

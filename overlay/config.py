@@ -18,6 +18,7 @@ from typing import Any
 
 import multiaddr
 
+from overlay.apiauth import is_loopback
 from overlay.errors import ConfigError
 from overlay.records import peer_id_from_str
 
@@ -29,6 +30,8 @@ DHT_MODES = ("auto", "server", "client")
 REACHABILITY = ("auto", "public", "private")
 ICE_URL_RE = re.compile(r"^(stun|turn):[A-Za-z0-9.\-\[\]:]+(\?transport=(udp|tcp))?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ORIGIN_RE = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+HOST_RE = re.compile(r"^(\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9][A-Za-z0-9.-]{0,252})$")
 
 
 def default_data_dir() -> Path:
@@ -58,6 +61,9 @@ class Config:
     network_token: str = ""  # if set, INM handshakes must carry it (a private network)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
     trusted_peers: tuple[str, ...] = ()  # peer IDs whose typed messages are shed last under load
+    api_allowed_origins: tuple[str, ...] = ()  # web origins whose pages may use the API (with the token)
+    api_allowed_hosts: tuple[str, ...] = ()  # Host names besides 127.0.0.1, localhost and [::1]
+    api_expose: bool = False  # allow a non-loopback API address (the LAN can then try the token)
 
     @property
     def api_url(self) -> str:
@@ -160,10 +166,22 @@ def _convert(key: str, value: Any) -> Any:
         return value
     if key == "webrtc_interfaces":
         return tuple(_as_list(value, key))
-    if key == "port_mapping":
+    if key in ("port_mapping", "api_expose"):
         if not isinstance(value, bool):
-            raise ConfigError("port_mapping: expected true or false")
+            raise ConfigError(f"{key}: expected true or false")
         return value
+    if key == "api_allowed_origins":
+        origins = tuple(_as_list(value, key))
+        for origin in origins:
+            if not ORIGIN_RE.match(origin):
+                raise ConfigError(f"api_allowed_origins: {origin!r} is not an origin like http://127.0.0.1:8000")
+        return origins
+    if key == "api_allowed_hosts":
+        hosts = tuple(_as_list(value, key))
+        for host in hosts:
+            if not HOST_RE.match(host):
+                raise ConfigError(f"api_allowed_hosts: {host!r} is not a host name or IP address (no port)")
+        return hosts
     if key == "trusted_peers":
         peers = tuple(_as_list(value, key))
         for peer in peers:
@@ -200,4 +218,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             continue
         values[key] = _convert(key, value)
     known = {f.name for f in fields(Config)}
-    return replace(Config(), **{k: v for k, v in values.items() if k in known})
+    config = replace(Config(), **{k: v for k, v in values.items() if k in known})
+    if not is_loopback(config.api[0]) and not config.api_expose:
+        raise ConfigError(f"api: {config.api[0]} is not a loopback address; the API would be open to the network "
+                          "(set api_expose = true in the config file to allow it)")
+    return config

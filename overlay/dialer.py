@@ -20,7 +20,7 @@ from libp2p.connection_types import ConnectionType
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.errors import DialError
+from overlay.errors import DialError, SelfDialError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,11 @@ class Dialer:
         """Ensure a connection to `peer_id`; returns the address that connected (None: already was).
 
         `direct_only`: a relayed connection does not count, dial anyway. Raises DialError naming
-        each address's failure.
+        each address's failure; SelfDialError for our own peer ID (whatever addresses a record
+        or a caller gives for it).
         """
+        if peer_id == self.host.get_id():
+            raise SelfDialError(f"{peer_id} is this node's own peer ID")
         if self.connected(peer_id, direct_only):
             return None
         while peer_id in self._inflight:

@@ -25,5 +25,9 @@ class DialError(OverlayError):
     """No address of a peer could be reached."""
 
 
+class SelfDialError(DialError):
+    """A dial of this node's own peer ID: refused at once, so no connection to itself is made."""
+
+
 class NotFoundError(OverlayError):
     """A DHT lookup ended without the wanted record or peer."""

@@ -24,6 +24,9 @@ unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
   default): a node relaying a steady flow of small messages wrote one extra Noise message and
   syscall per read. We turn it off (the library's own knob, unless the environment sets it), so
   updates go out once half the window is consumed, as go-yamux does.
+- its TCP and WebSocket listeners run trio's `serve_listeners`, which retries accept() on EMFILE
+  but logs a traceback every 100 ms: those records become one count and one line per episode
+  (overlay/fdlimits.py).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from libp2p.transport.websocket.transport import WebsocketTransport
 
+from overlay.fdlimits import quiet_trio_accept_errors
 from overlay.identity import raw_seed
 
 log = logging.getLogger(__name__)
@@ -161,6 +165,7 @@ def build_host(
     listen: Sequence[multiaddr.Multiaddr],
     max_connections: int = 256,
 ) -> BasicHost:
+    quiet_trio_accept_errors()
     key_pair = create_new_key_pair(raw_seed(key))
     peer_id = ID.from_pubkey(key_pair.public_key)
     upgrader = TransportUpgrader(

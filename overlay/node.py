@@ -37,7 +37,8 @@ from overlay.peermsg.service import PeerMessaging
 from overlay.config import Config, parse_host_port
 from overlay.dht import DhtService
 from overlay.dialer import Dialer, dialable, known_addrs, strip_p2p
-from overlay.errors import DialError, NotFoundError, RecordError
+from overlay.errors import DialError, NotFoundError, RecordError, SelfDialError
+from overlay.fdlimits import FD_EXHAUSTION, is_capacity_error
 from overlay.host import build_host, close_quietly
 from overlay.identity import load_or_create_key
 from overlay.kademlia.core import KadConfig, Kademlia
@@ -58,20 +59,49 @@ REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
 MAX_STUN_SERVERS = 6
 
 
+_last_interfaces: tuple[list[str], list[str]] = ([], [])
+_reported_errnos: set[int | None] = set()
+
+
+def interface_ips() -> tuple[list[str], list[str]]:
+    """The machine's (IPv4, IPv6) addresses.
+
+    getifaddrs() opens a netlink socket, so it fails while the process is out of descriptors
+    (EMFILE, a full API or a flood of peers): the last answer stands in until it works again, and
+    the failure is counted (overlay/fdlimits.py), never raised into the node.
+    """
+    global _last_interfaces
+    try:
+        adapters = ifaddr.get_adapters()
+    except OSError as e:
+        if is_capacity_error(e):
+            FD_EXHAUSTION.note("interfaces", e, "the last known interface addresses stand in")
+        elif e.errno not in _reported_errnos:
+            _reported_errnos.add(e.errno)
+            log.warning("cannot list the network interfaces (%s); the last known addresses stand in", e)
+        return _last_interfaces
+    v4, v6 = [], []
+    for adapter in adapters:
+        for ip in adapter.ips:
+            (v6 if isinstance(ip.ip, tuple) else v4).append(ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip)
+    _last_interfaces = (v4, v6)
+    return v4, v6
+
+
 def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
     """Replace 0.0.0.0 / :: listen addresses by the machine's interface addresses.
 
     Loopback is kept only when the machine has nothing else, so published records carry
-    addresses other nodes can use.
+    addresses other nodes can use. Interfaces are listed only when an address needs them.
     """
-    v4, v6 = [], []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            (v6 if isinstance(ip.ip, tuple) else v4).append(ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip)
+    interfaces: tuple[list[str], list[str]] | None = None
     out: list[multiaddr.Multiaddr] = []
     for addr in addrs:
         parts = str(addr).split("/")
         if len(parts) > 2 and parts[1] in ("ip4", "ip6") and parts[2] in ("0.0.0.0", "::"):
+            if interfaces is None:
+                interfaces = interface_ips()
+            v4, v6 = interfaces
             candidates = v4 if parts[1] == "ip4" else [ip for ip in v6 if not ip.startswith("fe80")]
             usable = [ip for ip in candidates if ip not in ("127.0.0.1", "::1")] or candidates
             out.extend(multiaddr.Multiaddr("/".join(parts[:2] + [ip] + parts[3:])) for ip in usable)
@@ -440,7 +470,9 @@ class Node:
         """Dial by peer ID: look the record up and follow the dial strategy (direct addresses,
         else a relay at once and a direct path in the background); on failure look for a newer
         record. Returns the first path ("direct" or "relayed"), None if already connected.
-        `timings` receives the lookup's duration ("lookup_s")."""
+        `timings` receives the lookup's duration ("lookup_s"). SelfDialError for our own ID."""
+        if peer_id == self.peer_id:
+            raise SelfDialError(f"{peer_id} is this node's own peer ID")
         if self.dialer.connected(peer_id):
             return None
         start = trio.current_time()

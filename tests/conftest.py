@@ -8,9 +8,13 @@ import multiaddr
 import pytest
 import trio
 
+from trio_websocket import open_websocket_url
+
+from overlay.apiauth import auth_headers, read_token
 from overlay.config import Config
 from overlay.log import setup_logging
 from overlay.node import Node
+from tests.nodeproc import Proc
 
 LOOPBACK = (multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"),)
 
@@ -27,6 +31,30 @@ async def wait_for(condition, timeout: float = 20.0, interval: float = 0.02, wha
             await trio.sleep(interval)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def procs():
+    """Starts real node processes (tests/nodeproc.Proc: same arguments) and stops each at the end."""
+    started: list[Proc] = []
+
+    def start(args: list[str], data_dir: Path, **kwargs) -> Proc:
+        started.append(Proc(args, data_dir, **kwargs))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def api_headers(node: Node) -> list[tuple[str, str]]:
+    """The Authorization header for `node`'s API (serve_api made the token in its data dir)."""
+    return auth_headers(read_token(node.config.data_dir))
+
+
+def open_api_websocket(node: Node, url: str, **kwargs):
+    """open_websocket_url to one of `node`'s API WebSockets, carrying its token."""
+    return open_websocket_url(url, extra_headers=api_headers(node), **kwargs)
 
 
 class Cluster:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -12,14 +13,14 @@ import trio
 from overlay.api import serve_api
 from overlay.dialer import plan_dial
 from overlay.metrics import Registry
-from tests.conftest import cluster, wait_for
+from tests.conftest import api_headers, cluster, wait_for
 
 M = multiaddr.Multiaddr
 PEER = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
 
 
-def http(method: str, url: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, method=method)
+def http(method: str, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, r.read()
@@ -27,8 +28,8 @@ def http(method: str, url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-async def call(method: str, url: str) -> tuple[int, dict | str]:
-    status, body = await trio.to_thread.run_sync(http, method, url)
+async def call(node, method: str, url: str) -> tuple[int, dict | str]:
+    status, body = await trio.to_thread.run_sync(http, method, url, dict(api_headers(node)))
     try:
         return status, json.loads(body)
     except ValueError:
@@ -43,23 +44,23 @@ async def test_api_routes_and_errors(tmp_path):
         url = await c.nursery.start(serve_api, b)
         await wait_for(lambda: b.channels.neighbours(), what="an INM neighbour (else: no peers)")
 
-        assert await call("GET", f"{url}/health") == (200, {"healthy": "good", "reason": "healthy"})
-        status, body = await call("GET", f"{url}/v1/status")
+        assert await call(b, "GET", f"{url}/health") == (200, {"healthy": "good", "reason": "healthy"})
+        status, body = await call(b, "GET", f"{url}/v1/status")
         assert status == 200 and body["peer_id"] == str(b.peer_id) and body["routing_table"] == 1
-        status, body = await call("GET", f"{url}/v1/peers")
+        status, body = await call(b, "GET", f"{url}/v1/peers")
         assert status == 200 and [p["peer_id"] for p in body] == [str(a.peer_id)]
-        status, body = await call("GET", f"{url}/v1/find/{a.peer_id}")
+        status, body = await call(b, "GET", f"{url}/v1/find/{a.peer_id}")
         assert status == 200 and body["addrs"] == [str(x) for x in a.listen_addrs()]
-        status, body = await call("POST", f"{url}/v1/ping/{a.peer_id}?count=2")
+        status, body = await call(b, "POST", f"{url}/v1/ping/{a.peer_id}?count=2")
         assert status == 200 and len(body["rtt_ms"]) == 2 and body["errors"] == []
 
-        assert (await call("GET", f"{url}/v1/find/nonsense"))[0] == 400
-        assert (await call("GET", f"{url}/v1/find/{PEER}"))[0] == 404
-        assert (await call("POST", f"{url}/v1/ping/{a.peer_id}?count=0"))[0] == 400
-        assert (await call("POST", f"{url}/v1/ping/{a.peer_id}?count=x"))[0] == 400
-        assert (await call("GET", f"{url}/v1/ping/{a.peer_id}"))[0] == 405
+        assert (await call(b, "GET", f"{url}/v1/find/nonsense"))[0] == 400
+        assert (await call(b, "GET", f"{url}/v1/find/{PEER}"))[0] == 404
+        assert (await call(b, "POST", f"{url}/v1/ping/{a.peer_id}?count=0"))[0] == 400
+        assert (await call(b, "POST", f"{url}/v1/ping/{a.peer_id}?count=x"))[0] == 400
+        assert (await call(b, "GET", f"{url}/v1/ping/{a.peer_id}"))[0] == 405
 
-        status, text = await call("GET", f"{url}/metrics")
+        status, text = await call(b, "GET", f"{url}/metrics")
         assert status == 200
         assert "# TYPE overlay_dht_operation_seconds histogram" in text
         assert "overlay_routing_table_size 1" in text
@@ -103,3 +104,21 @@ def test_metrics_text_format():
     assert 'lat_seconds_bucket{le="1"} 2' in text
     assert 'lat_seconds_bucket{le="+Inf"} 3' in text
     assert "lat_seconds_count 3" in text and "g 7" in text
+
+
+async def test_an_api_beyond_loopback_warns_and_answers_only_its_allowed_names(tmp_path, caplog):
+    """api_expose: the API binds every interface (for a moment, port from the OS), says so, and
+    a Host it was not told about is still refused."""
+    async with cluster(tmp_path) as c:
+        node = await c.start(api=("0.0.0.0", 0), api_expose=True, api_allowed_hosts=("mynode.test",))
+        with caplog.at_level(logging.WARNING, logger="overlay.api"):
+            url = await c.nursery.start(serve_api, node)
+        assert any("beyond this machine" in r.getMessage() for r in caplog.records)
+        port = url.rsplit(":", 1)[1]
+        local = f"http://127.0.0.1:{port}/v1/status"
+        headers = dict(api_headers(node))
+        assert (await trio.to_thread.run_sync(http, "GET", local, headers))[0] == 200
+        named = {**headers, "Host": f"mynode.test:{port}"}
+        assert (await trio.to_thread.run_sync(http, "GET", local, named))[0] == 200
+        other = {**headers, "Host": f"othernode.test:{port}"}
+        assert (await trio.to_thread.run_sync(http, "GET", local, other))[0] == 403

@@ -8,14 +8,14 @@ from functools import partial
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
 
 from overlay.api import serve_api
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.channels.inm import Inm, new_nonce
 from overlay.channels.table import hash_password
 from overlay.framing import frame
-from tests.conftest import cluster, wait_for
+from tests.conftest import cluster, open_api_websocket, wait_for
 
 
 async def start(c, join=None, **overrides):
@@ -44,12 +44,12 @@ class Client:
 
 
 def client(node):
-    return _ClientContext(node.ws_url)
+    return _ClientContext(node)
 
 
 class _ClientContext:
-    def __init__(self, url: str) -> None:
-        self.cm = open_websocket_url(url)
+    def __init__(self, node) -> None:
+        self.cm = open_api_websocket(node, node.ws_url)
 
     async def __aenter__(self) -> Client:
         return Client(await self.cm.__aenter__())
@@ -233,7 +233,7 @@ async def test_bad_client_frames_get_the_reason_and_the_connection_stays(tmp_pat
 async def test_an_oversized_client_frame_closes_with_1009(tmp_path):
     async with cluster(tmp_path) as c:
         node = await start(c)
-        async with open_websocket_url(node.ws_url) as ws:
+        async with open_api_websocket(node, node.ws_url) as ws:
             await ws.send_message("x" * (MAX_CLIENT_FRAME + 1))
             with pytest.raises(ConnectionClosed) as closed:
                 with trio.fail_after(10):
@@ -289,7 +289,7 @@ async def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_
 async def test_a_client_that_does_not_read_loses_messages_counted_and_stalls_no_one(tmp_path):
     async with cluster(tmp_path) as c:
         node = await start(c)
-        async with client(node) as sender, client(node) as fast, open_websocket_url(node.ws_url, message_queue_size=1) as slow:
+        async with client(node) as sender, client(node) as fast, open_api_websocket(node, node.ws_url, message_queue_size=1) as slow:
             await slow.send_message(json.dumps({"command": "subscribe", "data": {"topic": "t"}}))
             for cl in (sender, fast):
                 assert (await cl.call("subscribe", topic="t"))["data"] == OK

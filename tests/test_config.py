@@ -68,11 +68,27 @@ max_connections = 10
         ({"reachability": "maybe"}, "reachability"),
         ({"signaling_nodes": 0}, "signaling_nodes"),
         ({"port_mapping": "yes"}, "port_mapping"),
+        ({"api": "0.0.0.0:4080"}, "not a loopback address"),
+        ({"api": "198.18.0.5:4080", "api_expose": "yes"}, "api_expose"),
+        ({"api_allowed_origins": ["evil.example"]}, "api_allowed_origins"),
+        ({"api_allowed_origins": ["http://a.example/path"]}, "api_allowed_origins"),
+        ({"api_allowed_hosts": ["host:4080"]}, "api_allowed_hosts"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config(None, overrides)
+
+
+def test_the_api_leaves_loopback_only_when_the_config_says_so():
+    assert load_config(None, {"api": "[::1]:4080"}).api == ("::1", 4080)
+    assert load_config(None, {"api": "localhost:4080"}).api == ("localhost", 4080)
+    exposed = load_config(None, {"api": "0.0.0.0:4080", "api_expose": True})
+    assert exposed.api == ("0.0.0.0", 4080) and exposed.api_expose
+    allowed = load_config(None, {"api_allowed_origins": ["http://127.0.0.1:8000", "https://[::1]"],
+                                 "api_allowed_hosts": ["mynode.lan", "198.18.0.5"]})
+    assert allowed.api_allowed_origins == ("http://127.0.0.1:8000", "https://[::1]")
+    assert allowed.api_allowed_hosts == ("mynode.lan", "198.18.0.5")
 
 
 def test_bad_files(tmp_path):

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
 
 from overlay.api import serve_api
 from overlay.gateway import degas_pb2 as pb
 from overlay.gateway.service import FORWARD, TO_CLIENT, account_key, degas_key
 from overlay.gateway.session import MAX_PAYLOAD, Code
-from tests.conftest import cluster, three_nodes, wait_for
+from tests.conftest import cluster, open_api_websocket, three_nodes, wait_for
 from tests.test_gateway_codec import ACCOUNT, DEGAS, OTHER, degas, hello, sign
 
 B64 = lambda data: base64.b64encode(data).decode()
@@ -42,7 +42,7 @@ class client:
     """An authenticated client connection on `node`."""
 
     def __init__(self, node, account=ACCOUNT) -> None:
-        self.cm, self.account = open_websocket_url(node.ws + "/gateway"), account
+        self.cm, self.account = open_api_websocket(node, node.ws + "/gateway"), account
 
     async def __aenter__(self):
         ws = await self.cm.__aenter__()
@@ -60,7 +60,7 @@ class instance:
     """A service instance on `node`, registered as `degas_id`."""
 
     def __init__(self, node, degas_id: bytes = DEGAS) -> None:
-        self.cm, self.degas_id = open_websocket_url(node.ws + "/service"), degas_id
+        self.cm, self.degas_id = open_api_websocket(node, node.ws + "/service"), degas_id
 
     async def __aenter__(self):
         ws = await self.cm.__aenter__()
@@ -134,7 +134,7 @@ async def test_unknown_and_gone_instances_and_gone_clients_get_clear_errors(tmp_
             assert (await receive(service, pb.GatewayInternalMessage)).error.code == Code.PAYLOAD_TOO_LARGE
             await service.send_message(pb.DegasMessage(register=pb.DegasRegisterMessage(degas_id=b"E" * 16)).SerializeToString())
             assert (await receive(service, pb.GatewayInternalMessage)).error.code == Code.MALFORMED
-            async with open_websocket_url(d.ws + "/service") as twin:
+            async with open_api_websocket(d, d.ws + "/service") as twin:
                 await twin.send_message(pb.DegasMessage(register=pb.DegasRegisterMessage(degas_id=DEGAS)).SerializeToString())
                 assert (await receive(twin, pb.GatewayInternalMessage)).error.code == Code.DEGAS_ID_TAKEN
 
@@ -145,14 +145,14 @@ async def test_socket_level_refusals_close_with_a_reason_and_others_are_served(t
         async with instance(a) as service, client(a) as player:
             for frame, code, close in ((degas(b"early"), Code.NOT_AUTHENTICATED, 1008), ("text", Code.MALFORMED, 1002),
                                        (hello(account_id=bytes.fromhex(OTHER.address[2:])), Code.AUTH_FAIL, 1008)):
-                async with open_websocket_url(a.ws + "/gateway") as ws:
+                async with open_api_websocket(a, a.ws + "/gateway") as ws:
                     await ws.send_message(frame)
                     assert (await receive(ws, pb.GatewayMessage)).error.code == code
                     with pytest.raises(ConnectionClosed) as closed:
                         await receive(ws, pb.GatewayMessage)
                     assert closed.value.reason.code == close
             # a signature replayed from another connection
-            async with open_websocket_url(a.ws + "/gateway") as first, open_websocket_url(a.ws + "/gateway") as second:
+            async with open_api_websocket(a, a.ws + "/gateway") as first, open_api_websocket(a, a.ws + "/gateway") as second:
                 for ws in (first, second):
                     await ws.send_message(hello())
                 challenge = (await receive(first, pb.GatewayMessage)).auth_request.ethereum_auth.challenge
@@ -218,13 +218,13 @@ async def test_the_examples_make_a_round_trip_between_two_nodes(tmp_path):
         api = lambda node: node.ws.removeprefix("ws://")
         async with trio.open_nursery() as nursery:
             service = functools.partial(trio.run_process, [sys.executable, str(root / "examples/degas_service.py"),
-                                                           "--api", api(b), "--count", "1"], capture_stdout=True)
+                                                           "--api", api(b), "--data-dir", str(b.config.data_dir), "--count", "1"], capture_stdout=True)
             served = await nursery.start(_finished, service)
             await wait_for(lambda: b.gateway.instances, what="example service registered")
             await wait_for(announced(a, degas_key(bytes.fromhex("00112233445566778899aabbccddeeff"))), what="announced")
             with trio.fail_after(60):
                 done = await trio.run_process([sys.executable, str(root / "examples/degas_client.py"), "--api", api(a),
-                                               "hello overlay"], capture_stdout=True)
+                                               "--data-dir", str(a.config.data_dir), "hello overlay"], capture_stdout=True)
         out = done.stdout.decode()
         assert "authenticated as 0x" in out and "00112233445566778899aabbccddeeff: HELLO OVERLAY" in out
         assert "b'hello overlay'" in served[0].stdout.decode()

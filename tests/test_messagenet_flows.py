@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from trio_websocket import open_websocket_url
-
 import overlay.messagenet.service as service
 from overlay.api import serve_api
 from overlay.messagenet import relayer as r
-from tests.conftest import cluster, three_nodes, wait_for
+from overlay.channels.inm import BROADCAST, Inm, new_nonce
+from overlay.framing import frame
+from overlay.records import peer_id_from_public_key, peer_id_to_str
+from tests.conftest import cluster, open_api_websocket, three_nodes, wait_for
 
 B64 = lambda data: base64.b64encode(data).decode()
 NOBODY = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
@@ -44,7 +46,7 @@ class Relayer:
 
 class relayer:
     def __init__(self, node, *ids: int) -> None:
-        self.cm, self.ids = open_websocket_url(node.relayer_url), ids
+        self.cm, self.ids = open_api_websocket(node, node.relayer_url), ids
 
     async def __aenter__(self) -> Relayer:
         rel = Relayer(await self.cm.__aenter__())
@@ -77,13 +79,14 @@ async def test_every_send_operation_across_three_nodes(tmp_path):
             await ra.send(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=8, node_id=str(d.peer_id), identification_byte=5,
                           msg_bytes=B64(b"attest"), id=3)
             got = await rd.next(r.SEND_TO_CLIENT)
-            assert r.verify(base64.b64decode(got["data"]), a.peer_id.to_bytes()) == b"\x05attest"
+            signed = r.verify(base64.b64decode(got["data"]))
+            assert (signed.unsigned, signed.sender, signed.recipient) == (b"\x05attest", a.peer_id.to_bytes(), d.peer_id.to_bytes())
             assert await ra.next(r.DELIVERY) == {"id": 3, "ok": True}
             # SignAndSendToPeers
             await ra.send(r.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
             for rel in (rb, rd):
-                signed = base64.b64decode((await rel.next(r.SEND_TO_CLIENT))["data"])
-                assert r.verify(signed, a.peer_id.to_bytes()) == b"\x01vote"
+                signed = r.verify(base64.b64decode((await rel.next(r.SEND_TO_CLIENT))["data"]))
+                assert (signed.unsigned, signed.sender, signed.recipient) == (b"\x01vote", a.peer_id.to_bytes(), None)
             # nothing arrived twice
             with trio.move_on_after(0.5):
                 frame = await rb.ws.get_message()
@@ -120,9 +123,14 @@ async def test_bad_signatures_and_bad_frames_are_refused_and_the_socket_stays(tm
     async with cluster(tmp_path) as c:
         a = await start(c)
         svc = a.relayers
-        forged = r.sign(Ed25519PrivateKey.generate(), b"\x01x")  # not NOBODY's key
+        key = Ed25519PrivateKey.generate()  # not NOBODY's key
+        forged = r.sign(key, r.new_message(b"\x01x", peer_id_from_public_key(key.public_key()), a.peer_id.to_bytes(), 3, time.time()))
         svc.known.add(3)
         answer = svc._deliver(NOBODY, {"relayer_id": 3, "data": B64(forged), "signed": True})
+        assert answer == {"ok": False, "error": "not from its signer"} and svc.dropped.get(reason="not from its signer") == 1
+        body = json.loads(forged)
+        body["unsignedMessage"] = B64(b"\x01y")
+        answer = svc._deliver(peer_id_to_str(peer_id_from_public_key(key.public_key())), {"relayer_id": 3, "data": B64(json.dumps(body).encode()), "signed": True})
         assert answer == {"ok": False, "error": "bad signature"} and svc.dropped.get(reason="bad signature") == 1
         assert svc._deliver(NOBODY, {"relayer_id": "3", "data": "!", "signed": False})["error"] == "malformed"
         async with relayer(a, 3) as ra:
@@ -156,3 +164,32 @@ async def test_a_node_reached_only_through_a_relay(tmp_path):
             assert await rc.next(r.DELIVERY) == {"id": 1, "ok": True}
             paths = next(p["paths"] for p in caller.peers() if p["peer_id"] == str(hidden.peer_id))
             assert paths == ["relayed"]
+
+
+async def test_a_peer_replaying_a_signed_message_gets_it_refused(tmp_path):
+    """b, a node with its own identity, captures a's signed broadcast and unicast (as its relayer
+    received them) and sends them again to d over its real INM link, claiming a as their source:
+    d refuses each (replay, or another recipient) and its relayer sees each message once."""
+    async with cluster(tmp_path) as c:
+        a, b, d = await three_nodes(start, c)
+        async with relayer(a, 7) as ra, relayer(b, 7) as rb, relayer(d, 7) as rd:
+            await wait_for(lambda: all(7 in n.relayers.known for n in (a, b, d)), what="registrations")
+            await wait_for(lambda: {str(b.peer_id), str(d.peer_id)} <= set(a.channels.neighbours())
+                           and str(d.peer_id) in b.channels.neighbours(), what="INM links between all three")
+            await ra.send(r.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
+            broadcast = (await rb.next(r.SEND_TO_CLIENT))["data"]
+            assert r.verify(base64.b64decode((await rd.next(r.SEND_TO_CLIENT))["data"])).unsigned == b"\x01vote"
+            await ra.send(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=7, node_id=str(b.peer_id), identification_byte=2,
+                          msg_bytes=B64(b"for b"), id=1)
+            unicast = (await rb.next(r.SEND_TO_CLIENT))["data"]
+
+            link = b.channels.links[str(d.peer_id)]
+            for destination, command, data in ((BROADCAST, service.BROADCAST, broadcast), (str(d.peer_id), service.DELIVER, unicast)):
+                body = {"command": command, "relayer_id": 7, "data": data, "signed": True}
+                link.queue.put(frame(Inm(str(a.peer_id), destination, "command", new_nonce(), body).encode()))
+            link.wake.set()
+            await wait_for(lambda: d.relayers.dropped.get(reason="replay") == 1
+                           and d.relayers.dropped.get(reason="for another recipient") == 1, what="refusals counted")
+            with trio.move_on_after(0.5):
+                got = await rd.ws.get_message()
+                pytest.fail(f"the relayer got a replayed message {got[:60]!r}")

@@ -11,7 +11,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
 
 import overlay.api
 from overlay.api import serve_api
@@ -19,7 +19,7 @@ from overlay.errors import DecodeError
 from overlay.peermsg.app import MAX_APP_FRAME, OPS, decode_app
 from overlay.peermsg.core import with_refs
 from overlay.peermsg.frames import MessageType
-from tests.conftest import cluster, wait_for
+from tests.conftest import cluster, open_api_websocket, wait_for
 
 B64 = lambda data: base64.b64encode(data).decode()
 
@@ -44,8 +44,8 @@ async def test_applications_on_two_nodes_query_and_answer(tmp_path):
         a = await start(c)
         b = await start(c, join=a)
         await wait_for(lambda: b.joined.is_set(), what="joined")
-        async with open_websocket_url(a.app_url, max_message_size=MAX_APP_FRAME) as app_a, \
-                open_websocket_url(b.app_url, max_message_size=MAX_APP_FRAME) as app_b:
+        async with open_api_websocket(a, a.app_url, max_message_size=MAX_APP_FRAME) as app_a, \
+                open_api_websocket(b, b.app_url, max_message_size=MAX_APP_FRAME) as app_b:
             await app_a.send_message(json.dumps({"op": "register", "types": ["RESULT"]}))
             await app_b.send_message(json.dumps({"op": "register", "types": ["QUERY"]}))
             await wait_for(lambda: a.peermsg._apps and b.peermsg._apps, what="registered")
@@ -91,7 +91,7 @@ async def test_a_client_that_stops_reading_does_not_hold_the_node(tmp_path, monk
             a = await start(c)
             b = await start(c, join=a)
             await wait_for(lambda: b.joined.is_set(), what="joined")
-            async with open_websocket_url(b.app_url) as app_b:  # takes frames up to 1 MiB
+            async with open_api_websocket(b, b.app_url) as app_b:  # takes frames up to 1 MiB
                 await app_b.send_message(json.dumps({"op": "register", "types": ["QUERY"]}))
                 await wait_for(lambda: b.peermsg._apps, what="registered")
                 await a.peermsg.send(str(b.peer_id), MessageType.QUERY, with_refs([], b"x" * 1_000_000))

@@ -57,8 +57,10 @@ from pathlib import Path
 
 import pytest
 
+from overlay.apiauth import auth_headers, read_token
 from simulations.network import Simulation
 from simulations.scenario import parse
+from tests.nodeproc import take_banner_line
 
 CLI = str(Path(sys.executable).parent / "overlay-node")
 NODES = 30
@@ -102,12 +104,7 @@ class NodeProc:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{self.data_dir.name} printed no banner in time: {self.errors()}") from None
                 continue
-            if line.startswith("peer id: "):
-                self.peer_id = line.removeprefix("peer id: ")
-            elif line.startswith("listening on "):
-                self.addrs.append(line.removeprefix("listening on "))
-            elif line.startswith("api on "):
-                self.api = line.removeprefix("api on ").removeprefix("http://")
+            take_banner_line(self, line)
 
     def errors(self) -> str:
         self.stderr.flush()
@@ -143,9 +140,10 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def get_json(api: str, path: str) -> tuple[int, dict]:
+def get_json(proc: NodeProc, path: str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{proc.api}{path}", headers=dict(auth_headers(read_token(proc.data_dir))))
     try:
-        with urllib.request.urlopen(f"http://{api}{path}", timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -183,7 +181,7 @@ def run_real(start) -> dict:
     pending = list(others)
 
     def joined() -> bool:  # "joined" stays set once set: ask only the nodes that have not joined yet
-        pending[:] = [p for p in pending if not get_json(p.api, "/v1/status")[1]["joined"]]
+        pending[:] = [p for p in pending if not get_json(p, "/v1/status")[1]["joined"]]
         return not pending
 
     wait_until(joined, "every node to join", 120)
@@ -191,7 +189,7 @@ def run_real(start) -> dict:
     last: list = [None]
 
     def settled() -> bool:  # republishing has stopped: no record count or routing table changed
-        now = [(s["records"], s["routing_table"]) for s in (get_json(p.api, "/v1/status")[1] for p in procs)]
+        now = [(s["records"], s["routing_table"]) for s in (get_json(p, "/v1/status")[1] for p in procs)]
         same, last[0] = now == last[0], now
         return same
 
@@ -202,7 +200,7 @@ def run_real(start) -> dict:
     found, hops, failures = [], [], []
     for _ in range(LOOKUPS):
         src, dst = rng.sample(procs, 2)
-        status, body = get_json(src.api, f"/v1/find/{dst.peer_id}")
+        status, body = get_json(src, f"/v1/find/{dst.peer_id}")
         ok = status == 200 and body["peer_id"] == dst.peer_id and [f"{a}/p2p/{dst.peer_id}" for a in body["addrs"]] == dst.addrs
         found.append(ok)
         if ok:

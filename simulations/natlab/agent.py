@@ -2,7 +2,7 @@
 
 Standard library only, so it starts fast. Prints one JSON object:
 
-    python -m simulations.natlab.agent ready --api 127.0.0.1:4080 --timeout 60
+    python -m simulations.natlab.agent ready --api 127.0.0.1:4080 --data-dir DIR --timeout 60
         waits until the node has published a record with addresses and knows its reachability
         (a node without bootstraps, the first of a network, cannot ask anyone)
     python -m simulations.natlab.agent pair --peer ID [--wait 12]
@@ -19,13 +19,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+from overlay.apiauth import TOKEN_FILE, auth_headers, read_token
 
 POLL = 0.05
 
 
+TOKEN: dict[str, str] = {}  # the Authorization header, from the node's data dir (main)
+
+
 def call(api: str, method: str, path: str, timeout: float = 30.0) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://{api}{path}", method=method)
+    request = urllib.request.Request(f"http://{api}{path}", method=method, headers=TOKEN)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -86,7 +92,10 @@ def main() -> None:
     p.add_argument("--peer")
     p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--path", default="/v1/status")
+    p.add_argument("--data-dir", type=Path, required=True, help="the node's data dir, where its API token is")
     args = p.parse_args()
+    until(lambda: (args.data_dir / TOKEN_FILE).exists(), args.timeout)  # the node makes it when its API starts
+    TOKEN.update(auth_headers(read_token(args.data_dir)))
     if args.command == "ready":
         result = ready(args.api, args.timeout)
     elif args.command == "pair":

@@ -55,7 +55,7 @@ class Matrix:
             started = time.monotonic()
             self._start_nodes()
             setup = time.monotonic() - started
-            netcheck = {name: self._agent(self.lab.host(name), "get", "--path", "/v1/netcheck", "--timeout", "30")
+            netcheck = {name: self._agent(self.lab.host(name), name, "get", "--path", "/v1/netcheck", "--timeout", "30")
                         for name in self.lab.homes}
             pairs = []
             for a in TYPES:
@@ -87,13 +87,14 @@ class Matrix:
             self._wait_ready(self.lab.host(name), name)
 
     def _wait_ready(self, where: LabHost, name: str) -> None:
-        result = self._agent(where, "ready", "--timeout", str(START_TIMEOUT))
+        result = self._agent(where, name, "ready", "--timeout", str(START_TIMEOUT))
         if not result.get("ready"):
             tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"node {name} did not get ready: {json.dumps(result)[:500]}\n{tail}")
 
-    def _agent(self, where: LabHost, *args: str) -> dict[str, Any]:
-        argv = [sys.executable, "-m", "simulations.natlab.agent", *args, "--api", API]
+    def _agent(self, where: LabHost, name: str, *args: str) -> dict[str, Any]:
+        """The agent in `where`, speaking to node `name` (its token is in the node's data dir)."""
+        argv = [sys.executable, "-m", "simulations.natlab.agent", *args, "--api", API, "--data-dir", str(self.root / name)]
         done = self.lab.run(where, argv, timeout=START_TIMEOUT + 30)
         if done.returncode != 0:
             return {"ok": False, "error": done.stderr.strip()[-500:]}
@@ -102,11 +103,12 @@ class Matrix:
     # ---- pairs -------------------------------------------------------------------------------
 
     def _pair(self, a: str, b: str) -> dict[str, Any]:
-        host, target = self.lab.host(f"a-{a}"), self.ids[f"b-{b}"]
+        name, target = f"a-{a}", self.ids[f"b-{b}"]
+        host = self.lab.host(name)
         trials = []
         for i in range(self.trials):
             wait = self.upgrade_wait if i == 0 else 0.0
-            trials.append(self._agent(host, "pair", "--peer", target, "--wait", str(wait)))
+            trials.append(self._agent(host, name, "pair", "--peer", target, "--wait", str(wait)))
         first = trials[0]
         ok = [t for t in trials if t.get("ok")]
         dial = first.get("dial") or {}
