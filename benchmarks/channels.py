@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine, write_result  # noqa: E402 - after the path is set
-from overlay.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers  # noqa: E402
+from overlay.node.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers  # noqa: E402
 
 SIZE = 256
 SUSTAINED_P99_MS = 250.0
@@ -234,7 +234,7 @@ def role_gossip(args: argparse.Namespace) -> None:
     from libp2p.tools.anyio_service import background_trio_service
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from overlay.host import build_host
+    from overlay.transport.host import build_host
 
     logging.disable(logging.WARNING)
 

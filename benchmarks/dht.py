@@ -7,7 +7,7 @@ Not part of the test suite. Each implementation runs in a child process of its o
 (`dht.py --impl NAME --nodes N --lookups M --seed S --json-out FILE`), so memory figures do not
 mix and the asyncio package gets a loop of its own; all of an implementation's nodes share that
 process and 127.0.0.1. Implementations (`IMPLS`):
-- ours: this project's node (`overlay.node.Node`);
+- ours: this project's node (`overlay.node.node.Node`);
 - kaddht: py-libp2p's KadDHT in server mode over TCP + Noise + Yamux, one connection per peer;
 - kademlia: the `kademlia` package (asyncio, UDP).
 
@@ -119,9 +119,9 @@ def run_ours(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
     import trio
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from overlay.config import Config
-    from overlay.node import Node
-    from overlay.records import record_key
+    from overlay.node.config import Config
+    from overlay.node.node import Node
+    from overlay.core.records import record_key
 
     rng = random.Random(seed)
     loopback = (multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"),)

@@ -6,7 +6,7 @@ Needs root (network namespaces). Builds a lab with `srv` (bootstrap, signalling,
 homes behind full-cone NATs, A and B, so that the overlay's path between them ends on WebRTC
 (UDP). In the same run, between the same two namespaces:
 
-- ours: two nodes (`overlay.node.Node`, in-process in each namespace) connect by peer ID; once
+- ours: two nodes (`overlay.node.node.Node`, in-process in each namespace) connect by peer ID; once
   the path is direct-udp, A opens libp2p streams to B (a data channel each, after one Noise
   handshake; trio, the asyncio bridge) and measures bulk throughput (`--mib` MiB, B checks a
   SHA-256 of what it got) and 64-byte round trips for `--seconds`; then a transfer during which B stops reading for
@@ -139,9 +139,9 @@ def role_ours(args: argparse.Namespace) -> None:
     import multiaddr
     import trio
 
-    from overlay.config import Config
-    from overlay.log import setup_logging
-    from overlay.node import Node
+    from overlay.node.config import Config
+    from overlay.core.log import setup_logging
+    from overlay.node.node import Node
 
     setup_logging("warning")
 

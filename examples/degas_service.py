@@ -15,9 +15,9 @@ from pathlib import Path
 import trio
 from trio_websocket import open_websocket_url
 
-from overlay.apiauth import TOKEN_ENV, auth_headers, client_token
-from overlay.config import default_data_dir
-from overlay.errors import OverlayError
+from overlay.node.apiauth import TOKEN_ENV, auth_headers, client_token
+from overlay.node.config import default_data_dir
+from overlay.core.errors import OverlayError
 from overlay.gateway import degas_pb2 as pb
 
 DEFAULT_DEGAS_ID = "00112233445566778899aabbccddeeff"

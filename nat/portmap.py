@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import multiaddr
 import trio
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from libp2p.transport.websocket.transport import WebsocketTransport
 
-from overlay.errors import DecodeError
-from overlay.framing import FramedStream
-from overlay.jsonwire import loads
-from overlay.metrics import Registry
-from overlay.ratelimit import RateLimiter
+from overlay.core.errors import DecodeError
+from overlay.transport.framed import FramedStream
+from overlay.core.jsonwire import loads
+from overlay.core.metrics import Registry
+from overlay.core.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

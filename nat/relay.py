@@ -4,7 +4,7 @@ Why our own relay rather than py-libp2p's circuit relay v2: a relay here serves 
 peers registered with the node's signalling server, so registration, relaying and their limits
 are one mechanism with one state (and one model in the simulator); and the relayed connection
 is added to the swarm as an ordinary Noise + Yamux connection
-(`overlay.host._Swarm.add_raw_connection`).
+(`overlay.transport.host._Swarm.add_raw_connection`).
 
 `CircuitLimits` is the relay's admission rule without I/O; `RelayService` is the trio adapter:
 it splices hop and stop streams on the relay, accepts stop streams from our own signalling
@@ -27,9 +27,9 @@ from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 
-from overlay.errors import DecodeError, DialError
-from overlay.framing import FramedStream
-from overlay.metrics import Registry
+from overlay.core.errors import DecodeError, DialError
+from overlay.transport.framed import FramedStream
+from overlay.core.metrics import Registry
 from signaling import messages as m
 from signaling.messages import MAX_FRAME
 

@@ -59,7 +59,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 
 Addr = tuple[str, int]
 """An (IP literal, port) pair, IP in the compressed form `ipaddress` prints."""

@@ -1,7 +1,7 @@
 """STUN on trio UDP sockets: a discovery server, a client transaction, and the NAT probe.
 
 Thin on purpose: messages are `nat.stun`, the verdict is `nat.classify`, and the two pure pieces
-that decide what a server does (`answer_request`, and the rate limiter of `overlay.ratelimit`) take their inputs, `now`
+that decide what a server does (`answer_request`, and the rate limiter of `overlay.core.ratelimit`) take their inputs, `now`
 included, as arguments.
 
 Server behaviour (RFC 5389 Binding, RFC 5780 discovery):
@@ -56,8 +56,8 @@ from nat.stun import (
     is_stun,
     normalize_addr,
 )
-from overlay.errors import DecodeError
-from overlay.ratelimit import RateLimiter
+from overlay.core.errors import DecodeError
+from overlay.core.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

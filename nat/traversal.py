@@ -27,9 +27,9 @@ from nat.strategy import (
 )
 from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession, parse_description
 from nat.webrtc_conn import add_webrtc_connection
-from overlay.dialer import Dialer, dialable
-from overlay.errors import DecodeError, DialError
-from overlay.metrics import Registry
+from overlay.transport.dialer import Dialer, dialable
+from overlay.core.errors import DecodeError, DialError
+from overlay.core.metrics import Registry
 from signaling import messages as m
 from signaling.service import SignalingService
 

@@ -62,7 +62,7 @@ from libp2p.io.abc import ReadWriteCloser
 from libp2p.io.exceptions import ConnectionClosedError
 
 from nat.bridge import AsyncioBridge, TrioCall, get_bridge
-from overlay.errors import DecodeError, DialError
+from overlay.core.errors import DecodeError, DialError
 
 log = logging.getLogger(__name__)
 

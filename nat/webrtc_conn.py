@@ -41,7 +41,7 @@ from libp2p.stream_muxer.exceptions import (
 )
 
 from nat.webrtc import DataChannelStream, WebRtcSession
-from overlay.errors import DialError
+from overlay.core.errors import DialError
 
 log = logging.getLogger(__name__)
 

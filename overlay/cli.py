@@ -15,10 +15,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from overlay.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers, client_token
-from overlay.config import DEFAULT_API, Config, load_config, parse_host_port
-from overlay.errors import ConfigError, DecodeError, OverlayError, RecordError
-from overlay.records import peer_id_from_str
+from overlay.node.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers, client_token
+from overlay.node.config import DEFAULT_API, Config, load_config, parse_host_port
+from overlay.core.errors import ConfigError, DecodeError, OverlayError, RecordError
+from overlay.core.records import peer_id_from_str
 
 CLIENT_TIMEOUT = 60.0
 
@@ -114,8 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     import trio  # the node's imports are heavy (~80 MB); client commands do without them
 
-    from overlay.fdlimits import raise_fd_limit
-    from overlay.log import setup_logging
+    from overlay.core.fdlimits import raise_fd_limit
+    from overlay.core.log import setup_logging
 
     setup_logging(config.log_level)
     raise_fd_limit()  # for the process, before any socket: in-process nodes (tests) leave their runner's alone
@@ -126,8 +126,8 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(config: Config) -> None:
     import trio
 
-    from overlay.api import serve_api
-    from overlay.node import Node
+    from overlay.node.api import serve_api
+    from overlay.node.node import Node
 
     node = Node(config)
     async with trio.open_nursery() as nursery:
@@ -145,8 +145,8 @@ async def _serve(config: Config) -> None:
 
 
 def _id(args: argparse.Namespace) -> int:
-    from overlay.identity import load_or_create_key
-    from overlay.records import peer_id_from_public_key, peer_id_to_str
+    from overlay.core.identity import load_or_create_key
+    from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 
     config = load_config(None, {"data_dir": args.data_dir})
     key = load_or_create_key(config.data_dir)

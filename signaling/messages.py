@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from overlay.errors import DecodeError, RecordError
-from overlay.jsonwire import loads
-from overlay.records import peer_id_from_str
+from overlay.core.errors import DecodeError, RecordError
+from overlay.core.jsonwire import loads
+from overlay.core.records import peer_id_from_str
 
 MAX_FRAME = 16 * 1024
 KINDS = ("offer", "answer", "candidate", "bye")

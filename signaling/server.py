@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Union
 
-from overlay.ratelimit import RateLimiter
+from overlay.core.ratelimit import RateLimiter
 from signaling.messages import Error, Message, Ping, Pong, Register, Registered, Signal
 
 StreamId = int

@@ -20,11 +20,11 @@ import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.dialer import Dialer
-from overlay.errors import DecodeError, DialError
-from overlay.framing import FramedStream
+from overlay.transport.dialer import Dialer
+from overlay.core.errors import DecodeError, DialError
+from overlay.transport.framed import FramedStream
 from overlay.kademlia.wire import PeerInfo
-from overlay.metrics import Registry
+from overlay.core.metrics import Registry
 from signaling import messages as m
 from signaling.messages import MAX_FRAME
 from signaling.registrations import Changed, NeedCandidates, Register, Registrations

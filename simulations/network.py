@@ -4,7 +4,7 @@ internet (internet.py), in virtual time (engine.py).
 What runs is the node's own code without I/O:
 - `overlay.kademlia.core.Kademlia`: routing, lookups, records, providers, refresh and republish
   timers; public nodes are DHT servers, nodes behind NAT clients, as on the real node;
-- peer records (`overlay.records`): signed with each node's Ed25519 key, validated by the DHT;
+- peer records (`overlay.core.records`): signed with each node's Ed25519 key, validated by the DHT;
 - `signaling.registrations.Registrations`: which signalling nodes a node behind NAT keeps;
 - `nat.strategy.DialStrategy`: dial by peer ID, direct or relayed, then the upgrade to a direct
   path.
@@ -27,7 +27,7 @@ from nat.strategy import Connected, DialDirect, DialRelay, DialStrategy, Failed,
 from overlay.kademlia.core import KadConfig, Kademlia, QueryDone, Send
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import MessageType, PeerInfo, encode_message
-from overlay.records import (
+from overlay.core.records import (
     PeerRecord,
     PeerRecordValidator,
     open_peer_record,

@@ -10,10 +10,10 @@ import trio
 
 from trio_websocket import open_websocket_url
 
-from overlay.apiauth import auth_headers, read_token
-from overlay.config import Config
-from overlay.log import setup_logging
-from overlay.node import Node
+from overlay.node.apiauth import auth_headers, read_token
+from overlay.node.config import Config
+from overlay.core.log import setup_logging
+from overlay.node.node import Node
 from tests.nodeproc import Proc
 
 LOOPBACK = (multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"),)

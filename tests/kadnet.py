@@ -7,7 +7,7 @@ import itertools
 import random
 from collections.abc import Callable
 
-from overlay.errors import RecordError
+from overlay.core.errors import RecordError
 from overlay.kademlia.core import Action, KadConfig, Kademlia, QueryDone, Send
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import MessageType, PeerInfo

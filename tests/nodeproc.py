@@ -17,7 +17,7 @@ from typing import Any
 
 from trio_websocket import open_websocket_url
 
-from overlay.apiauth import auth_headers, read_token
+from overlay.node.apiauth import auth_headers, read_token
 
 CLI = str(Path(sys.executable).parent / "overlay-node")
 

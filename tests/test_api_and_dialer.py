@@ -10,9 +10,9 @@ import urllib.request
 import multiaddr
 import trio
 
-from overlay.api import serve_api
-from overlay.dialer import plan_dial
-from overlay.metrics import Registry
+from overlay.node.api import serve_api
+from overlay.transport.dialer import plan_dial
+from overlay.core.metrics import Registry
 from tests.conftest import api_headers, cluster, wait_for
 
 M = multiaddr.Multiaddr
@@ -111,7 +111,7 @@ async def test_an_api_beyond_loopback_warns_and_answers_only_its_allowed_names(t
     a Host it was not told about is still refused."""
     async with cluster(tmp_path) as c:
         node = await c.start(api=("0.0.0.0", 0), api_expose=True, api_allowed_hosts=("mynode.test",))
-        with caplog.at_level(logging.WARNING, logger="overlay.api"):
+        with caplog.at_level(logging.WARNING, logger="overlay.node.api"):
             url = await c.nursery.start(serve_api, node)
         assert any("beyond this machine" in r.getMessage() for r in caplog.records)
         port = url.rsplit(":", 1)[1]

@@ -22,7 +22,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from overlay.apiauth import auth_headers
+from overlay.node.apiauth import auth_headers
 from tests.browser import CHROMIUM, open_browser
 from tests.conftest import wait_for
 from tests.nodeproc import Proc, wait_until

@@ -16,7 +16,7 @@ import trio
 
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.gateway import degas_pb2 as pb
-from overlay.jsonwire import MAX_JSON_DEPTH
+from overlay.core.jsonwire import MAX_JSON_DEPTH
 from overlay.messagenet import relayer as r
 from tests.test_gateway_codec import ACCOUNT, hello, sign
 

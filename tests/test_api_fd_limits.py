@@ -25,15 +25,15 @@ import trio.testing
 from hypercorn.config import Config as HypercornConfig
 from trio_websocket import open_websocket_url
 
-import overlay.node
+import overlay.node.node
 from nat.portmap import NatPmpClient, keep_port_mapping
-from overlay.apiauth import auth_headers
-from overlay.apilimits import (
+from overlay.node.apiauth import auth_headers
+from overlay.node.apilimits import (
     IDLE_TIMEOUT, MAX_CONNECTIONS, MIN_CONNECTIONS, ApiCaps, ConnectionGate, WebSocketCap, api_caps, serve,
 )
-from overlay.fdlimits import FdExhaustion, quiet_trio_accept_errors
-from overlay.metrics import Counter as MetricCounter
-from overlay.node import expand_unspecified
+from overlay.core.fdlimits import FdExhaustion, quiet_trio_accept_errors
+from overlay.core.metrics import Counter as MetricCounter
+from overlay.node.node import expand_unspecified
 from tests.nodeproc import http
 
 NODE_LIMIT = 1024
@@ -241,7 +241,7 @@ class _Exhausted(trio.abc.Listener):
 async def test_accept_loop_retries_emfile_counts_it_once_and_closes_beyond_the_cap(monkeypatch, caplog,
                                                                                   autojump_clock):
     tracker = FdExhaustion()
-    monkeypatch.setattr("overlay.apilimits.FD_EXHAUSTION", tracker)
+    monkeypatch.setattr("overlay.node.apilimits.FD_EXHAUSTION", tracker)
     refused = MetricCounter()
     gate = ConnectionGate(2, refused)
     listener = _Exhausted(failures=30, streams=5)
@@ -335,7 +335,7 @@ async def test_websocket_cap_refuses_at_the_handshake_and_frees_its_slot():
 async def test_trio_accept_loop_emfile_becomes_one_count(monkeypatch, caplog, autojump_clock):
     """py-libp2p's listeners run trio's serve_listeners, which logs a traceback per retry."""
     tracker = FdExhaustion()
-    monkeypatch.setattr("overlay.fdlimits.FD_EXHAUSTION", tracker)
+    monkeypatch.setattr("overlay.core.fdlimits.FD_EXHAUSTION", tracker)
     quiet_trio_accept_errors()
     listener = _Exhausted(failures=20, streams=1)
     handled = trio.Event()
@@ -358,7 +358,7 @@ async def test_trio_accept_loop_emfile_becomes_one_count(monkeypatch, caplog, au
 
 def test_interface_polling_survives_emfile(monkeypatch, caplog):
     tracker = FdExhaustion()
-    monkeypatch.setattr(overlay.node, "FD_EXHAUSTION", tracker)
+    monkeypatch.setattr(overlay.node.node, "FD_EXHAUSTION", tracker)
     wildcard = [multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/4001")]
     before = expand_unspecified(wildcard)
     assert before and all("0.0.0.0" not in str(a) for a in before)

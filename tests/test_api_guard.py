@@ -21,12 +21,12 @@ import trio
 from cryptography.exceptions import InvalidSignature
 from trio_websocket import open_websocket_url
 
-from overlay.apiauth import SUBPROTOCOL, TOKEN_PROTOCOL, auth_headers
+from overlay.node.apiauth import SUBPROTOCOL, TOKEN_PROTOCOL, auth_headers
 from overlay.channels.table import hash_password
-from overlay.errors import RecordError
+from overlay.core.errors import RecordError
 from overlay.messagenet import relayer as r
-from overlay.protobuf import field_bytes
-from overlay.records import PAYLOAD_TYPE, _signed_bytes, open_peer_record, public_key_from_protobuf
+from overlay.core.protobuf import field_bytes
+from overlay.core.records import PAYLOAD_TYPE, _signed_bytes, open_peer_record, public_key_from_protobuf
 from tests.nodeproc import Proc, cli, wait_until
 
 pytestmark = pytest.mark.timeout(180)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from overlay.apiauth import ApiGuard, load_or_create_token, read_token, valid_token
-from overlay.errors import ConfigError
-from overlay.metrics import Counter
+from overlay.node.apiauth import ApiGuard, load_or_create_token, read_token, valid_token
+from overlay.core.errors import ConfigError
+from overlay.core.metrics import Counter
 
 TOKEN = "t" * 43
 

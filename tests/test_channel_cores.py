@@ -14,7 +14,7 @@ from overlay.channels import client as cp
 from overlay.channels.inm import MAX_INM, Inm, decode
 from overlay.channels.router import CONTROL_RESERVE, MAX_QUEUE, InmRouter, LinkQueue
 from overlay.channels.table import EXPIRE, GRACE, ChannelTable, Reservation, hash_password
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

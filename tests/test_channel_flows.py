@@ -10,11 +10,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from overlay.api import serve_api
+from overlay.node.api import serve_api
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.channels.inm import Inm, new_nonce
 from overlay.channels.table import hash_password
-from overlay.framing import frame
+from overlay.core.framing import frame
 from tests.conftest import cluster, open_api_websocket, wait_for
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from overlay.config import Config, load_config
-from overlay.errors import ConfigError
-from overlay.identity import load_or_create_key
-from overlay.records import peer_id_from_public_key
+from overlay.node.config import Config, load_config
+from overlay.core.errors import ConfigError
+from overlay.core.identity import load_or_create_key
+from overlay.core.records import peer_id_from_public_key
 
 PEER = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.errors import DecodeError
-from overlay.framing import FrameDecoder, frame
-from overlay.protobuf import encode_varint
+from overlay.core.errors import DecodeError
+from overlay.core.framing import FrameDecoder, frame
+from overlay.core.protobuf import encode_varint
 
 
 @settings(max_examples=150, deadline=None)

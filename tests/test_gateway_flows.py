@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from overlay.api import serve_api
+from overlay.node.api import serve_api
 from overlay.gateway import degas_pb2 as pb
 from overlay.gateway.service import FORWARD, TO_CLIENT, account_key, degas_key
 from overlay.gateway.session import MAX_PAYLOAD, Code

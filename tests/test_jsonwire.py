@@ -16,8 +16,8 @@ from nat import reachability
 from overlay.channels import client as cp
 from overlay.channels import inm
 from overlay.channels.service import ChannelService
-from overlay.errors import DecodeError
-from overlay.jsonwire import MAX_JSON_DEPTH, loads, nesting
+from overlay.core.errors import DecodeError
+from overlay.core.jsonwire import MAX_JSON_DEPTH, loads, nesting
 from overlay.messagenet import relayer
 from overlay.peermsg.app import decode_app
 from signaling import messages

@@ -8,9 +8,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from libp2p.kad_dht.pb import kademlia_pb2
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 from overlay.kademlia import wire
-from overlay.framing import FrameDecoder, frame
+from overlay.core.framing import FrameDecoder, frame
 from overlay.kademlia.wire import (
     Message,
     MessageType,
@@ -19,7 +19,7 @@ from overlay.kademlia.wire import (
     decode_message,
     encode_message,
 )
-from overlay.protobuf import encode_varint, field_bytes, field_varint
+from overlay.core.protobuf import encode_varint, field_bytes, field_varint
 
 addrs = st.lists(st.binary(max_size=60), max_size=4).map(tuple)
 peers = st.builds(PeerInfo, st.binary(min_size=1, max_size=wire.MAX_PEER_ID_SIZE), addrs, st.integers(0, 3))

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 from overlay.messagenet import relayer as r
-from overlay.records import peer_id_from_public_key, peer_id_to_str
-from overlay.replay import ReplayWindow
+from overlay.core.records import peer_id_from_public_key, peer_id_to_str
+from overlay.core.replay import ReplayWindow
 
 KEY = Ed25519PrivateKey.generate()
 ME = peer_id_from_public_key(KEY.public_key())
@@ -122,7 +122,7 @@ def test_a_replay_within_the_window_is_refused_and_one_after_it_is_stale():
 def test_the_signature_covers_a_domain_so_no_relayer_bytes_are_signed_bare():
     """Whatever a relayer asks to be signed, the signed bytes start with the MessageNet domain:
     the signature never verifies over the bare bytes (a peer record's, a Noise payload's)."""
-    from overlay.records import PAYLOAD_TYPE, DOMAIN, _signed_bytes as record_signed_bytes
+    from overlay.core.records import PAYLOAD_TYPE, DOMAIN, _signed_bytes as record_signed_bytes
 
     chosen = record_signed_bytes(b"anything")
     body = json.loads(signed_by(KEY, unsigned=chosen))

@@ -11,11 +11,11 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import overlay.messagenet.service as service
-from overlay.api import serve_api
+from overlay.node.api import serve_api
 from overlay.messagenet import relayer as r
 from overlay.channels.inm import BROADCAST, Inm, new_nonce
-from overlay.framing import frame
-from overlay.records import peer_id_from_public_key, peer_id_to_str
+from overlay.core.framing import frame
+from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 from tests.conftest import cluster, open_api_websocket, three_nodes, wait_for
 
 B64 = lambda data: base64.b64encode(data).decode()

@@ -12,13 +12,13 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from overlay.dht import kad_protocol
-from overlay.errors import DialError, NotFoundError
-from overlay.host import build_host
-from overlay.framing import FrameDecoder, frame
+from overlay.kademlia.io import kad_protocol
+from overlay.core.errors import DialError, NotFoundError
+from overlay.transport.host import build_host
+from overlay.core.framing import FrameDecoder, frame
 from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, Record, decode_message, encode_message
-from overlay.protobuf import encode_varint
-from overlay.records import PeerRecord, record_key, seal_peer_record
+from overlay.core.protobuf import encode_varint
+from overlay.core.records import PeerRecord, record_key, seal_peer_record
 from tests.conftest import cluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
-import overlay.api
-from overlay.api import serve_api
-from overlay.errors import DecodeError
+import overlay.node.api
+from overlay.node.api import serve_api
+from overlay.core.errors import DecodeError
 from overlay.peermsg.app import MAX_APP_FRAME, OPS, decode_app
 from overlay.peermsg.core import with_refs
 from overlay.peermsg.frames import MessageType
@@ -85,7 +85,7 @@ async def test_applications_on_two_nodes_query_and_answer(tmp_path):
 async def test_a_client_that_stops_reading_does_not_hold_the_node(tmp_path, monkeypatch):
     """The client refuses a frame over its own limit (1009) and leaves its socket unread: the
     node's write to it is aborted by the kernel, and the node shuts down."""
-    monkeypatch.setattr(overlay.api, "STALLED_CLIENT", 1.0)
+    monkeypatch.setattr(overlay.node.api, "STALLED_CLIENT", 1.0)
     with trio.fail_after(30):
         async with cluster(tmp_path) as c:
             a = await start(c)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 from overlay.peermsg.frames import FRAGMENT, MAX_FRAME, FrameReader, MessageType, encode
 
 TAGS = st.sampled_from([int(t) for t in MessageType])

@@ -14,7 +14,7 @@ from nat.portmap import (
     ExternalAddress, Mapping, NatPmpClient, PortMapError, decode_response, default_gateway, keep_port_mapping,
     encode_external_request, encode_mapping_request,
 )
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 
 
 def test_requests_have_the_rfc_layout():

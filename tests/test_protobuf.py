@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.errors import DecodeError
-from overlay.protobuf import (
+from overlay.core.errors import DecodeError
+from overlay.core.protobuf import (
     FIXED32,
     FIXED64,
     LENGTH,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from overlay.ratelimit import RateLimiter
+from overlay.core.ratelimit import RateLimiter
 
 
 def test_token_bucket():

@@ -17,10 +17,10 @@ from libp2p.peer.pb import peer_record_pb2
 from libp2p.peer.peer_record import PEER_RECORD_ENVELOPE_DOMAIN, PEER_RECORD_ENVELOPE_PAYLOAD_TYPE
 from libp2p.peer.peer_record import PeerRecord as Libp2pPeerRecord
 
-from overlay import records
-from overlay.errors import RecordError
-from overlay.protobuf import encode_varint, field_bytes, field_varint
-from overlay.records import (
+from overlay.core import records
+from overlay.core.errors import RecordError
+from overlay.core.protobuf import encode_varint, field_bytes, field_varint
+from overlay.core.records import (
     PeerRecord,
     PeerRecordValidator,
     open_peer_record,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.replay import FULL, FUTURE, REPLAY, SIGNER_FULL, STALE, ReplayWindow
+from overlay.core.replay import FULL, FUTURE, REPLAY, SIGNER_FULL, STALE, ReplayWindow
 
 
 def test_each_refusal_has_its_reason():

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 from overlay.kademlia.wire import PeerInfo
-from overlay.records import peer_id_to_str
+from overlay.core.records import peer_id_to_str
 from signaling import messages as m
 from signaling.registrations import Changed, NeedCandidates, Register, Registrations
 from signaling.server import Close, ServerLimits, SignalingServer, Write

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import pytest
 
-from overlay.apiauth import auth_headers, read_token
+from overlay.node.apiauth import auth_headers, read_token
 from simulations.network import Simulation
 from simulations.scenario import parse
 from tests.nodeproc import take_banner_line

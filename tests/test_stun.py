@@ -46,8 +46,8 @@ from nat.stun_io import (
     stun_probe,
     stun_request,
 )
-from overlay.errors import DecodeError
-from overlay.ratelimit import RateLimiter
+from overlay.core.errors import DecodeError
+from overlay.core.ratelimit import RateLimiter
 from tests.conftest import wait_for
 
 TXID = bytes(range(1, 13))

@@ -10,9 +10,9 @@ import trio
 import trio.testing
 
 from nat.relay import parse_circuit
-from overlay.errors import DialError
-from overlay.framing import FramedStream
-from overlay.records import open_peer_record, record_key
+from overlay.core.errors import DialError
+from overlay.transport.framed import FramedStream
+from overlay.core.records import open_peer_record, record_key
 from signaling import messages as m
 from tests.conftest import cluster, wait_for
 

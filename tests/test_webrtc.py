@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import nat.webrtc
 from nat.webrtc import WINDOW, WebRtcConfig, WebRtcSession, parse_description
 from nat.webrtc_conn import add_webrtc_connection
-from overlay.errors import DecodeError, DialError
+from overlay.core.errors import DecodeError, DialError
 from tests.conftest import cluster, wait_for
 
 LOOPBACK = WebRtcConfig(interfaces=("127.0.0.1",), allow_loopback_candidates=True)

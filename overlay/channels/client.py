@@ -19,7 +19,7 @@ A message is text, at most MAX_MESSAGE bytes in UTF-8 (the seed's examples are t
 payloads travel base64-encoded by the client).
 
 Failure reasons: "invalid password", "not subscribed", "malformed json" (also "malformed json:
-nested deeper than 16", see overlay/jsonwire.py), "unknown command",
+nested deeper than 16", see overlay/core/jsonwire.py), "unknown command",
 "invalid channel", "invalid password field", "message too large", "invalid message",
 "too many channels", "rate limited".
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.channels.table import MAX_PASSWORD, valid_channel_name
-from overlay.errors import DecodeError
-from overlay.jsonwire import loads
+from overlay.core.errors import DecodeError
+from overlay.core.jsonwire import loads
 
 MAX_CLIENT_FRAME = 96 * 1024
 MAX_MESSAGE = 64 * 1024

@@ -16,8 +16,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.errors import DecodeError
-from overlay.jsonwire import loads
+from overlay.core.errors import DecodeError
+from overlay.core.jsonwire import loads
 
 MAX_INM = 256 * 1024  # one encoded envelope
 MAX_NAME = 128

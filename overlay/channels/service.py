@@ -48,11 +48,12 @@ from overlay.channels.inm import BROADCAST, Inm, decode, new_nonce
 from overlay.channels.router import InmRouter, LinkQueue
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import REFRESH, ChannelTable, Reservation, hash_password, valid_channel_name, valid_hash
-from overlay.errors import DecodeError, DialError
-from overlay.framing import FramedStream, frame
-from overlay.jsonwire import loads
-from overlay.metrics import Registry
-from overlay.ratelimit import TokenBucket
+from overlay.core.errors import DecodeError, DialError
+from overlay.core.framing import frame
+from overlay.core.jsonwire import loads
+from overlay.core.metrics import Registry
+from overlay.core.ratelimit import TokenBucket
+from overlay.transport.framed import FramedStream
 
 log = logging.getLogger(__name__)
 

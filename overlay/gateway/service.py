@@ -62,7 +62,7 @@ from overlay.gateway.session import (
     parse_degas,
     recover_address,
 )
-from overlay.metrics import Registry, offer
+from overlay.core.metrics import Registry, offer
 
 log = logging.getLogger(__name__)
 

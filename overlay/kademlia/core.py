@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Union
 
-from overlay.errors import RecordError
+from overlay.core.errors import RecordError
 from overlay.kademlia.lookup import Lookup, LookupResult
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore, Validator

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlay.errors import RecordError
+from overlay.core.errors import RecordError
 from overlay.kademlia.wire import PeerInfo
 
 

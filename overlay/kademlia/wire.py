@@ -26,8 +26,8 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from overlay.errors import DecodeError
-from overlay.protobuf import (
+from overlay.core.errors import DecodeError
+from overlay.core.protobuf import (
     as_int32,
     expect_bytes,
     expect_int,

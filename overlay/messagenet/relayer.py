@@ -44,7 +44,7 @@ which starts with a domain no other signed structure has (libp2p envelopes start
 length, Noise with "noise-libp2p-static-key:"). A receiver delivers it only if the signature
 verifies, the key is the sender's and the sender is the node it came from, the recipient is itself
 (or "*" for a broadcast), the relayer_id is the one addressed, the timestamp is within
-REPLAY_WINDOW seconds of its clock, and the (sender, nonce) pair is new (overlay/replay.py).
+REPLAY_WINDOW seconds of its clock, and the (sender, nonce) pair is new (overlay/core/replay.py).
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from overlay.errors import DecodeError, RecordError
-from overlay.jsonwire import base64_field, loads
-from overlay.records import public_key_from_protobuf, peer_id_from_public_key, peer_id_from_str, peer_id_to_str, public_key_bytes
-from overlay.replay import ReplayWindow
+from overlay.core.errors import DecodeError, RecordError
+from overlay.core.jsonwire import base64_field, loads
+from overlay.core.records import public_key_from_protobuf, peer_id_from_public_key, peer_id_from_str, peer_id_to_str, public_key_bytes
+from overlay.core.replay import ReplayWindow
 
 REGISTER, SEND_TO_VALIDATOR, SEND_TO_PEERS, SIGN_AND_SEND_TO_VALIDATOR, SIGN_AND_SEND_TO_PEERS = 0x01, 0x02, 0x03, 0x04, 0x05
 SEND_TO_CLIENT, DELIVERY, ERROR = 0x10, 0x11, 0x12

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 import trio
 
 from overlay.channels.inm import Inm
-from overlay.errors import DecodeError, DialError, RecordError
+from overlay.core.errors import DecodeError, DialError, RecordError
 from overlay.messagenet import relayer as r
-from overlay.metrics import Registry, offer
-from overlay.records import peer_id_from_str, peer_id_to_str
-from overlay.replay import ReplayWindow
+from overlay.core.metrics import Registry, offer
+from overlay.core.records import peer_id_from_str, peer_id_to_str
+from overlay.core.replay import ReplayWindow
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.errors import DecodeError, RecordError
-from overlay.jsonwire import base64_field, loads
+from overlay.core.errors import DecodeError, RecordError
+from overlay.core.jsonwire import base64_field, loads
 from overlay.peermsg.core import Code
 from overlay.peermsg.frames import MessageType
-from overlay.records import peer_id_from_str
+from overlay.core.records import peer_id_from_str
 
 MAX_APP_FRAME = 2 << 20  # room for a body of 1.5 MB in base64
 OPS = ("register", "send", "broadcast", "answer")

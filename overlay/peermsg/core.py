@@ -38,7 +38,7 @@ from enum import IntEnum
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 from overlay.peermsg.frames import MessageType
 
 SUSPEND_FOR = 5.0

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 
 MAX_FRAME = 8192  # tag + payload of one frame, the seed's buffer
 FRAGMENT = 0x7F

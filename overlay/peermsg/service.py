@@ -23,9 +23,9 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.net_stream import INetStream
 from libp2p.peer.id import ID
 
-from overlay.errors import DecodeError, OverlayError
-from overlay.framing import READ_CHUNK
-from overlay.metrics import Registry
+from overlay.core.errors import DecodeError, OverlayError
+from overlay.transport.framed import READ_CHUNK
+from overlay.core.metrics import Registry
 from overlay.peermsg.app import delivered
 from overlay.peermsg.core import Code, Deliver, PeerMessages, Send, message
 from overlay.peermsg.frames import FrameReader, MessageType, encode

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from overlay.apiauth import TOKEN_FILE, auth_headers, read_token
+from overlay.node.apiauth import TOKEN_FILE, auth_headers, read_token
 
 POLL = 0.05
 

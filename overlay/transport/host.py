@@ -26,7 +26,7 @@ unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
   updates go out once half the window is consumed, as go-yamux does.
 - its TCP and WebSocket listeners run trio's `serve_listeners`, which retries accept() on EMFILE
   but logs a traceback every 100 ms: those records become one count and one line per episode
-  (overlay/fdlimits.py).
+  (overlay/core/fdlimits.py).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from libp2p.transport.websocket.transport import WebsocketTransport
 
-from overlay.fdlimits import quiet_trio_accept_errors
-from overlay.identity import raw_seed
+from overlay.core.fdlimits import quiet_trio_accept_errors
+from overlay.core.identity import raw_seed
 
 log = logging.getLogger(__name__)
 

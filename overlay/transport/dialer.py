@@ -20,7 +20,7 @@ from libp2p.connection_types import ConnectionType
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.errors import DialError, SelfDialError
+from overlay.core.errors import DialError, SelfDialError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | WS     | /service                     | Degas service instances (overlay/gateway/service.py, degas.proto) |
 
 Every route but `GET /health` needs the API token, and only this API's own Host names and the
-allowed Origins get through (overlay/apiauth.py). No GET changes state.
+allowed Origins get through (overlay/node/apiauth.py). No GET changes state.
 
 Errors are JSON {"error": "..."} with 400 (bad input), 401 (no or wrong token), 403 (foreign Host
 or Origin), 404 (not found) or 502 (unreachable).
@@ -45,18 +45,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from overlay.apiauth import ApiGuard, is_loopback, load_or_create_token
-from overlay.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, api_caps, serve
+from overlay.node.apiauth import ApiGuard, is_loopback, load_or_create_token
+from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, api_caps, serve
 from overlay.channels.client import MAX_CLIENT_FRAME
-from overlay.errors import DialError, NotFoundError, OverlayError, SelfDialError
-from overlay.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, fd_limit
+from overlay.core.errors import DialError, NotFoundError, OverlayError, SelfDialError
+from overlay.core.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, fd_limit
 from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, Close
 from overlay.gateway.session import MAX_CLIENT_FRAME as MAX_GATEWAY_FRAME
 from overlay.messagenet.relayer import MAX_RELAYER_FRAME
 from overlay.messagenet.relayer import error as relayer_error
-from overlay.node import Node
+from overlay.node.node import Node
 from overlay.peermsg.app import MAX_APP_FRAME, decode_app, encode_app
-from overlay.records import peer_id_from_str
+from overlay.core.records import peer_id_from_str
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class _ApiConfig(HypercornConfig):
 async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on `node.config.api`; reports the bound URL (port 0 picks a free port).
 
-    Connections and WebSocket sessions are capped by the open-file limit (overlay/apilimits.py)."""
+    Connections and WebSocket sessions are capped by the open-file limit (overlay/node/apilimits.py)."""
     host, port = node.config.api
     config = _ApiConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -1,22 +1,14 @@
 """Length-prefixed frames: an unsigned varint length, then that many bytes (as libp2p's
 Kademlia, and our signalling and relay protocols, put messages on a stream).
 
-`FrameDecoder` is the part without I/O; `FramedStream` reads and writes frames on a libp2p
-stream (anything with async `read(n)`, `write(data)`, `close()`).
+`FrameDecoder` is the part without I/O; overlay/transport/framed.py reads and writes frames on
+a libp2p stream.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import trio
-from libp2p.network.stream.exceptions import StreamEOF
-
-from overlay.errors import DecodeError
-from overlay.protobuf import MAX_VARINT_BYTES, decode_varint, encode_varint
-
-READ_CHUNK = 16 * 1024
-
+from overlay.core.errors import DecodeError
+from overlay.core.protobuf import MAX_VARINT_BYTES, decode_varint, encode_varint
 
 def frame(payload: bytes) -> bytes:
     """Prefix `payload` with its length as an unsigned varint."""
@@ -61,37 +53,3 @@ class FrameDecoder:
         rest = bytes(self._buffer)
         self._buffer.clear()
         return rest
-
-
-class FramedStream:
-    """Frames on a stream. `read()` returns None at end of stream and raises DecodeError for an
-    oversized frame. It parses one frame at a time, so bytes after it stay raw in `decoder`
-    (see `take_rest`)."""
-
-    def __init__(self, stream: Any, max_size: int) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder(max_size)
-        self.idle_since = 0.0
-
-    async def read(self) -> bytes | None:
-        frames = self.decoder.feed(b"", max_frames=1)
-        while not frames:
-            try:
-                data = await self.stream.read(READ_CHUNK)
-            except StreamEOF:
-                return None
-            if not data:
-                return None
-            frames = self.decoder.feed(data, max_frames=1)
-        return frames[0]
-
-    async def write(self, payload: bytes) -> None:
-        await self.stream.write(frame(payload))
-
-    async def close(self) -> None:
-        """Close within a second, whatever the stream raises: a dead peer must not hold us."""
-        with trio.move_on_after(1):
-            try:
-                await self.stream.close()
-            except Exception:  # noqa: BLE001 - closing a broken stream fails in many ways
-                pass

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from overlay.errors import ConfigError
+from overlay.core.errors import ConfigError
 
 KEY_FILE = "identity.key"
 log = logging.getLogger(__name__)

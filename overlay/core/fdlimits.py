@@ -24,7 +24,7 @@ import resource
 import time
 import weakref
 
-from overlay.metrics import Counter
+from overlay.core.metrics import Counter
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class AcceptCapacityFilter(logging.Filter):
 
 def quiet_trio_accept_errors(where: str = "p2p-accept") -> None:
     """Install `AcceptCapacityFilter` on trio's listener logger once per process. Our own API
-    accept loop (overlay/apilimits.py) handles the condition itself, so what reaches trio's
+    accept loop (overlay/node/apilimits.py) handles the condition itself, so what reaches trio's
     logger in a node process is py-libp2p's listeners."""
     logger = logging.getLogger("trio.serve_listeners")
     if not any(isinstance(f, AcceptCapacityFilter) for f in logger.filters):

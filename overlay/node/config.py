@@ -18,9 +18,9 @@ from typing import Any
 
 import multiaddr
 
-from overlay.apiauth import is_loopback
-from overlay.errors import ConfigError
-from overlay.records import peer_id_from_str
+from overlay.node.apiauth import is_loopback
+from overlay.core.errors import ConfigError
+from overlay.core.records import peer_id_from_str
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws")
 DEFAULT_API = "127.0.0.1:4080"

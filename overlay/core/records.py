@@ -33,8 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from overlay.errors import DecodeError, RecordError
-from overlay.protobuf import encode_varint, expect_bytes, expect_int, field_bytes, field_varint, iter_fields
+from overlay.core.errors import DecodeError, RecordError
+from overlay.core.protobuf import encode_varint, expect_bytes, expect_int, field_bytes, field_varint, iter_fields
 
 DOMAIN = b"libp2p-peer-record"
 PAYLOAD_TYPE = b"\x03\x01"

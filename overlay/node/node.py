@@ -34,18 +34,18 @@ from overlay.channels.service import ChannelService
 from overlay.gateway.service import Gateway
 from overlay.messagenet.service import RelayerService
 from overlay.peermsg.service import PeerMessaging
-from overlay.config import Config, parse_host_port
-from overlay.dht import DhtService
-from overlay.dialer import Dialer, dialable, known_addrs, strip_p2p
-from overlay.errors import DialError, NotFoundError, RecordError, SelfDialError
-from overlay.fdlimits import FD_EXHAUSTION, is_capacity_error
-from overlay.host import build_host, close_quietly
-from overlay.identity import load_or_create_key
+from overlay.node.config import Config, parse_host_port
+from overlay.kademlia.io import DhtService
+from overlay.transport.dialer import Dialer, dialable, known_addrs, strip_p2p
+from overlay.core.errors import DialError, NotFoundError, RecordError, SelfDialError
+from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
+from overlay.transport.host import build_host, close_quietly
+from overlay.core.identity import load_or_create_key
 from overlay.kademlia.core import KadConfig, Kademlia
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import PeerInfo
-from overlay.metrics import Registry
-from overlay.records import MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
+from overlay.core.metrics import Registry
+from overlay.core.records import MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
 from signaling.registrations import SIGNALING_KEY
 from signaling.service import SignalingService
 
@@ -68,7 +68,7 @@ def interface_ips() -> tuple[list[str], list[str]]:
 
     getifaddrs() opens a netlink socket, so it fails while the process is out of descriptors
     (EMFILE, a full API or a flood of peers): the last answer stands in until it works again, and
-    the failure is counted (overlay/fdlimits.py), never raised into the node.
+    the failure is counted (overlay/core/fdlimits.py), never raised into the node.
     """
     global _last_interfaces
     try:

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from overlay.errors import ConfigError
+from overlay.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

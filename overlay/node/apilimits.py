@@ -37,8 +37,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from overlay.fdlimits import FD_EXHAUSTION, is_capacity_error
-from overlay.metrics import Counter
+from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
+from overlay.core.metrics import Counter
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.dialer import Dialer, known_addrs
-from overlay.errors import DecodeError
+from overlay.transport.dialer import Dialer, known_addrs
+from overlay.core.errors import DecodeError
 from overlay.kademlia.core import Action, Kademlia, QueryDone, Send
 from overlay.kademlia.lookup import LookupResult
-from overlay.framing import FramedStream
+from overlay.transport.framed import FramedStream
 from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, PeerInfo, decode_message, encode_message
-from overlay.metrics import Registry
+from overlay.core.metrics import Registry
 
 log = logging.getLogger(__name__)
 

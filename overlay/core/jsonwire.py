@@ -21,7 +21,7 @@ import re
 from itertools import accumulate
 from typing import Any
 
-from overlay.errors import DecodeError
+from overlay.core.errors import DecodeError
 
 MAX_JSON_DEPTH = 16
 
