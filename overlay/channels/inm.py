@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from overlay.core.errors import DecodeError
 from overlay.core.jsonwire import loads
@@ -46,6 +47,24 @@ class Inm:
     def reply(self, source: str, data: dict[str, Any]) -> Inm:
         """The response to this command: back to its source, with its nonce."""
         return Inm(source, self.source, "response", self.nonce, data)
+
+
+CommandHandler = Callable[[Inm], "dict | None"]  # a command's response data, or None for no response
+
+
+class InmBus(Protocol):
+    """What a protocol riding on INM (MessageNet, Degas) uses of the node's links: its commands
+    registered once, envelopes to one node or every node. The channel service implements it."""
+
+    me: str
+
+    def register(self, command: str, handler: CommandHandler) -> None: ...
+
+    def notify(self, node: str, data: dict) -> None: ...
+
+    def broadcast(self, data: dict, on_response: Callable[[Inm], None] | None = None, answered: bool = True) -> None: ...
+
+    def command(self, node: str, data: dict, timeout: float = ...) -> Awaitable[dict]: ...
 
 
 def new_nonce() -> str:

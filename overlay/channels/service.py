@@ -35,7 +35,7 @@ import secrets
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -44,7 +44,7 @@ from libp2p.network.stream.net_stream import INetStream
 from libp2p.peer.id import ID
 
 from overlay.channels import client as cp
-from overlay.channels.inm import BROADCAST, Inm, decode, new_nonce
+from overlay.channels.inm import BROADCAST, CommandHandler, Inm, decode, new_nonce
 from overlay.channels.router import InmRouter, LinkQueue
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import REFRESH, ChannelTable, Reservation, hash_password, valid_channel_name, valid_hash
@@ -54,6 +54,7 @@ from overlay.core.jsonwire import loads
 from overlay.core.metrics import Registry
 from overlay.core.ratelimit import TokenBucket
 from overlay.transport.framed import FramedStream
+from overlay.transport.host import StreamHost
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ CLIENT_QUEUE = 1024  # messages waiting for one slow client
 RETRY = (0.5, 1.0, 2.0, 5.0)
 COALESCE = 0.010  # seconds between two writes on one link  # reconnect delays of a link with envelopes waiting
 ANNOUNCE = "channel-open"  # extension: where a channel is open (no response)
+OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
+                          "reserve-channel", "unreserve-channel", "node-stats", "host-stats", "get-node-connection",
+                          "get-latency"})
 
 
 def inm_protocol(network: str) -> TProtocol:
@@ -99,10 +103,19 @@ class Client:
 
 
 class ChannelService:
-    def __init__(self, node, metrics: Registry, want: int = 8, max_links: int = 64, token: str = "") -> None:
-        self.node = node
-        self.me = str(node.peer_id)
-        self.protocol = inm_protocol(node.config.network)
+    def __init__(self, me: str, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
+                 peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], network: str, metrics: Registry,
+                 want: int = 8, max_links: int = 64, token: str = "", expects_peers: bool = False) -> None:
+        """`me`: this node's peer ID; `host`: streams to peers; `connect`: dial a peer by ID;
+        `peers`: the peers connected now (candidate neighbours); `ping`: a round trip to one, in
+        seconds; `expects_peers`: bootstraps are configured, so no neighbour is a health problem."""
+        self.me = me
+        self.host = host
+        self.connect = connect
+        self.peers = peers
+        self.ping = ping
+        self.expects_peers = expects_peers
+        self.protocol = inm_protocol(network)
         self.want = want
         self.max_links = max_links
         self.network_token = token
@@ -111,7 +124,7 @@ class ChannelService:
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
-        self.extensions: dict[str, Callable[[Inm], dict | None]] = {}  # command -> handler (None: no answer)
+        self._handlers: dict[str, CommandHandler] = {}  # other protocols' INM commands (register)
         self._client_ids = itertools.count(1)
         self._client_drops_gone = 0
         self._waiting: dict[str, tuple[float, Callable[[Inm], None]]] = {}
@@ -142,7 +155,7 @@ class ChannelService:
     # ---- lifecycle ----
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.node.host.set_stream_handler(self.protocol, self._handle_stream)
+        self.host.set_stream_handler(self.protocol, self._handle_stream)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._maintain)
@@ -198,9 +211,9 @@ class ChannelService:
     async def _serve_link(self, link: Link) -> None:
         peer = str(link.peer)
         with trio.fail_after(COMMAND_TIMEOUT * 3):
-            await self.node.connect(link.peer)
+            await self.connect(link.peer)
             try:
-                stream = await self.node.host.new_stream(link.peer, [self.protocol])
+                stream = await self.host.new_stream(link.peer, [self.protocol])
             except Exception:
                 self._not_nodes[peer] = trio.current_time() + 300
                 raise
@@ -344,6 +357,13 @@ class ChannelService:
             self._waiting.pop(nonce, None)
         return got[0] if isinstance(got[0], dict) else {}
 
+    def register(self, command: str, handler: CommandHandler) -> None:
+        """Another protocol's INM command: `handler` takes each one addressed here and returns
+        the response's data, or None for no response. One handler per command."""
+        if command in self._handlers or command in OWN_COMMANDS:
+            raise ValueError(f"INM command {command!r} is taken")
+        self._handlers[command] = handler
+
     def notify(self, node: str, data: dict) -> None:
         """A command to one node that is not answered (the receiver may send one of its own)."""
         self.send(Inm(self.me, node, "command", new_nonce(), data))
@@ -371,8 +391,8 @@ class ChannelService:
         if name == ANNOUNCE:
             self._on_announce(inm.source, data)
             return
-        if name in self.extensions:  # other protocols' commands (overlay/messagenet)
-            reply = self.extensions[name](inm)
+        if name in self._handlers:  # other protocols' commands (MessageNet, Degas)
+            reply = self._handlers[name](inm)
             if reply is not None:
                 self.send(inm.reply(self.me, reply))
             return
@@ -619,7 +639,7 @@ class ChannelService:
     async def latency(self, peer: str) -> float | None:
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
-                rtt = await self.node.ping(ID.from_base58(peer))
+                rtt = await self.ping(ID.from_base58(peer))
         except Exception:  # noqa: BLE001 - unreachable or slow: no figure
             return None
         link = self.links.get(peer)
@@ -631,7 +651,7 @@ class ChannelService:
         """Seed 003's channel reasons, most serious first; None when none applies."""
         if self.table.open_here() and not self.clients:
             return "bad", "channels no clients"
-        if self.node.bootstraps and not self.neighbours():
+        if self.expects_peers and not self.neighbours():
             return "degraded", "no peers"
         if len(self.clients) > 3 and not self.table.open_here():
             return "degraded", "clients no channels"
@@ -652,7 +672,7 @@ class ChannelService:
             self._waiting = {n: w for n, w in self._waiting.items() if w[0] > now}
             self._not_nodes = {p: t for p, t in self._not_nodes.items() if t > now}
             if len(self.links) < self.want:
-                candidates = [str(p) for p in self.node.connected_peers()]
+                candidates = [str(p) for p in self.peers()]
                 random.shuffle(candidates)
                 for peer in candidates:
                     if len(self.links) >= self.want:

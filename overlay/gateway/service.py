@@ -38,12 +38,14 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from libp2p.peer.id import ID
 
-from overlay.channels.inm import Inm
+from overlay.channels.inm import Inm, InmBus
 from overlay.gateway import degas_pb2 as pb
 from overlay.gateway.session import (
     DEGAS_ID_SIZE,
@@ -63,6 +65,7 @@ from overlay.gateway.session import (
     recover_address,
 )
 from overlay.core.metrics import Registry, offer
+from overlay.kademlia.lookup import LookupResult
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +108,25 @@ class Unreachable(Exception):
         self.code = code
 
 
+class ProviderRecords(Protocol):
+    """The DHT's provider records, as the gateway announces and finds instances and accounts."""
+
+    async def provide(self, key: bytes) -> object: ...
+
+    def unprovide(self, key: bytes) -> None: ...
+
+    async def get_providers(self, key: bytes) -> LookupResult: ...
+
+
 class Gateway:
-    def __init__(self, node, metrics: Registry, recover: Recover = recover_address) -> None:
-        self.node = node
-        self.me = str(node.peer_id)
+    def __init__(self, bus: InmBus, dht: ProviderRecords, connect: Callable[[ID], Awaitable[object]], metrics: Registry,
+                 recover: Recover = recover_address) -> None:
+        """`bus`: the node's INM links; `dht`: where instances and accounts are announced;
+        `connect`: dial a node by peer ID (the node's DHT lookup and dial strategy)."""
+        self.bus = bus
+        self.dht = dht
+        self.connect = connect
+        self.me = bus.me
         self.recover = recover
         self.clients: dict[bytes, set[Socket]] = {}  # account -> its connections here
         self.instances: dict[bytes, Socket] = {}  # degas_id -> the instance here
@@ -124,9 +142,9 @@ class Gateway:
         self.to_clients = metrics.counter("overlay_gateway_to_clients_total", "Instance messages delivered to clients here")
         metrics.gauge("overlay_gateway_clients", "Authenticated client connections", lambda: sum(map(len, self.clients.values())))
         metrics.gauge("overlay_gateway_instances", "Degas instances registered here", lambda: len(self.instances))
-        node.channels.extensions[FORWARD] = self._on_forward
-        node.channels.extensions[TO_CLIENT] = self._on_to_client
-        node.channels.extensions[ERROR] = self._on_error
+        bus.register(FORWARD, self._on_forward)
+        bus.register(TO_CLIENT, self._on_to_client)
+        bus.register(ERROR, self._on_error)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -141,7 +159,7 @@ class Gateway:
     async def _announce(self, key: bytes) -> None:
         """A provider record for `key`, which the DHT then keeps republishing until unprovided."""
         with trio.move_on_after(LOCATE_TIMEOUT):
-            await self.node.dht.provide(key)
+            await self.dht.provide(key)
 
     def open_socket(self, client: bool) -> tuple[Socket, trio.MemoryReceiveChannel[bytes]]:
         send, receive = trio.open_memory_channel[bytes](SOCKET_QUEUE)
@@ -154,11 +172,11 @@ class Gateway:
             self.clients[account].discard(sock)
             if not self.clients[account]:
                 del self.clients[account]
-                self.node.dht.unprovide(account_key(account))
+                self.dht.unprovide(account_key(account))
         if sock.degas_id and self.instances.get(sock.degas_id) is sock:
             del self.instances[sock.degas_id]
             self._remember(self.gone, sock.degas_id, None, MAX_GONE)
-            self.node.dht.unprovide(degas_key(sock.degas_id))
+            self.dht.unprovide(degas_key(sock.degas_id))
         sock.send.close()
 
     # ---- clients (WS /gateway) ----
@@ -194,8 +212,8 @@ class Gateway:
             self._put(sock, client_error(e.code, str(e), forward.degas_id, account))
             return
         challenge, signature = sock.session.proof
-        self.node.channels.notify(node, {"command": FORWARD, "degas_id": _b64(forward.degas_id), "account_id": _b64(account),
-                                         "payload": _b64(forward.payload), "challenge": challenge, "signature": _b64(signature)})
+        self.bus.notify(node, {"command": FORWARD, "degas_id": _b64(forward.degas_id), "account_id": _b64(account),
+                                "payload": _b64(forward.payload), "challenge": challenge, "signature": _b64(signature)})
 
     async def _locate(self, degas_id: bytes) -> str:
         """The node hosting instance `degas_id`: a recent answer, or the DHT's providers that we
@@ -209,7 +227,7 @@ class Gateway:
         for provider in providers:
             with trio.move_on_after(LOCATE_TIMEOUT):
                 try:
-                    await self.node.connect(ID.from_base58(provider))
+                    await self.connect(ID.from_base58(provider))
                 except Exception as e:  # noqa: BLE001 - any failure to reach it: try the next
                     log.debug("degas instance host %s: %s", provider, e)
                     continue
@@ -219,7 +237,7 @@ class Gateway:
 
     async def _providers(self, key: bytes) -> list[str]:
         with trio.move_on_after(LOCATE_TIMEOUT):
-            result = await self.node.dht.get_providers(key)
+            result = await self.dht.get_providers(key)
             return [str(ID(p.peer_id)) for p in result.providers if str(ID(p.peer_id)) != self.me]
         return []
 
@@ -275,8 +293,8 @@ class Gateway:
                 self._remember(self.routes, account, None, MAX_ROUTES, add=gateway)
             gateways = self.routes.get(account)
         for gateway in gateways or ():
-            self.node.channels.notify(gateway, {"command": TO_CLIENT, "degas_id": _b64(sock.degas_id),
-                                                "account_id": _b64(account), "payload": _b64(payload)})
+            self.bus.notify(gateway, {"command": TO_CLIENT, "degas_id": _b64(sock.degas_id),
+                                       "account_id": _b64(account), "payload": _b64(payload)})
         if not reached and not gateways:
             self._put(sock, internal(error=error(Code.CLIENT_GONE, "no connection of this account is open", account_id=account)))
 
@@ -297,7 +315,7 @@ class Gateway:
         instance = self.instances.get(degas_id)
         if instance is None:
             code = Code.DEGAS_GONE if degas_id in self.gone else Code.UNKNOWN_DEGAS
-            self.node.channels.notify(inm.source, _error("client", code, "no such instance at its node", degas_id, account))
+            self.bus.notify(inm.source, _error("client", code, "no such instance at its node", degas_id, account))
             return None
         self._remember(self.routes, account, None, MAX_ROUTES, add=inm.source)
         self._deliver_to_instance(instance, account, payload)
@@ -361,7 +379,7 @@ class Gateway:
 
     def _client_or_gone(self, node: str, degas_id: bytes, account: bytes, frame: bytes) -> None:
         if not self._deliver_to_clients(account, frame):
-            self.node.channels.notify(node, _error("instance", Code.CLIENT_GONE, "no connection of this account is open here",
+            self.bus.notify(node, _error("instance", Code.CLIENT_GONE, "no connection of this account is open here",
                                                    degas_id, account))
 
     def _on_error(self, inm: Inm) -> None:

@@ -26,16 +26,18 @@ import binascii
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from overlay.channels.inm import Inm
+from overlay.channels.inm import Inm, InmBus
 from overlay.core.errors import DecodeError, DialError, RecordError
-from overlay.messagenet import relayer as r
 from overlay.core.metrics import Registry, offer
-from overlay.core.records import peer_id_from_str, peer_id_to_str
+from overlay.core.records import peer_id_from_public_key, peer_id_from_str, peer_id_to_str
 from overlay.core.replay import ReplayWindow
+from overlay.messagenet import relayer as r
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,14 @@ class RelayerSocket:
 
 
 class RelayerService:
-    def __init__(self, node, metrics: Registry, hold: float = 60.0, max_held: int = 1000) -> None:
-        self.node = node
+    def __init__(self, bus: InmBus, key: Ed25519PrivateKey, metrics: Registry, hold: float = 60.0,
+                 max_held: int = 1000, clock: Callable[[], float] = time.time) -> None:
+        """`bus`: the node's INM links; `key`: its identity key, which signs SignedMessages;
+        `clock`: wall-clock seconds, for SignedMessage timestamps."""
+        self.bus = bus
+        self.key = key
+        self.peer_id = peer_id_from_public_key(key.public_key())
+        self.clock = clock
         self.hold = hold
         self.max_held = max_held
         self.relayers: dict[int, RelayerSocket] = {}
@@ -65,8 +73,8 @@ class RelayerService:
         self.held: dict[int, deque[tuple[float, bytes]]] = {}
         self.dropped = metrics.counter("overlay_relayer_dropped_total", "MessageNet messages dropped, by reason")
         self.delivered = metrics.counter("overlay_relayer_delivered_total", "MessageNet messages handed to local relayers")
-        node.channels.extensions[DELIVER] = self._on_deliver
-        node.channels.extensions[BROADCAST] = self._on_broadcast
+        bus.register(DELIVER, self._on_deliver)
+        bus.register(BROADCAST, self._on_broadcast)
 
     # ---- local relayers ----
 
@@ -101,11 +109,11 @@ class RelayerService:
         data = request.data
         if request.signed:
             recipient = request.node_id if request.unicast else None
-            message = r.new_message(request.data, self.node.peer_id_bytes, recipient, request.relayer_id, time.time())
-            data = r.sign(self.node.key, message)
+            message = r.new_message(request.data, self.peer_id, recipient, request.relayer_id, self.clock())
+            data = r.sign(self.key, message)
         body = {"relayer_id": request.relayer_id, "data": base64.b64encode(data).decode(), "signed": request.signed}
         if not request.unicast:
-            self.node.channels.broadcast({"command": BROADCAST, **body}, answered=False)
+            self.bus.broadcast({"command": BROADCAST, **body}, answered=False)
             return
         await sock.in_flight.acquire()
         nursery.start_soon(self._unicast, sock, request, body)
@@ -113,10 +121,10 @@ class RelayerService:
     async def _unicast(self, sock: RelayerSocket, request: r.Request, body: dict) -> None:
         try:
             node = peer_id_to_str(request.node_id)
-            if node == str(self.node.peer_id):
-                answer = self._deliver(str(self.node.peer_id), body)
+            if node == self.bus.me:
+                answer = self._deliver(node, body)
             else:
-                answer = await self.node.channels.command(node, {"command": DELIVER, **body}, timeout=UNICAST_TIMEOUT)
+                answer = await self.bus.command(node, {"command": DELIVER, **body}, timeout=UNICAST_TIMEOUT)
             error = None if answer.get("ok") else str(answer.get("error", "refused"))
         except DialError:
             error = "peer unreachable"
@@ -148,8 +156,8 @@ class RelayerService:
         if signed:
             try:
                 message = r.verify(data)
-                refused = r.accept(message, peer_id_from_str(sender), self.node.peer_id_bytes, broadcast, relayer_id,
-                                   self.replays, time.time())
+                refused = r.accept(message, peer_id_from_str(sender), self.peer_id, broadcast, relayer_id,
+                                   self.replays, self.clock())
             except (DecodeError, RecordError) as e:
                 log.debug("relayer message from %s: %s", sender, e)
                 refused = "bad signature"

@@ -151,15 +151,18 @@ class Node:
         self.traversal = Traversal(
             self.host, self.dialer, self.signaling, self.relay, webrtc_config(config), self.metrics, self._ice_servers_via
         )
-        self.channels = ChannelService(self, self.metrics, want=config.inm_peers, token=config.network_token)
-        self.relayers = RelayerService(self, self.metrics, hold=config.relayer_hold)
-        self.peermsg = PeerMessaging(self, self.metrics, trusted=frozenset(config.trusted_peers))
-        self.gateway = Gateway(self, self.metrics)
         self.bootstraps = [
             BootstrapState(strip_p2p(a), pid)
             for a in config.bootstrap
             if (pid := ID.from_base58(a.value_for_protocol("p2p"))) != self.peer_id  # a shared config may list us
         ]
+        self.channels = ChannelService(str(self.peer_id), self.host, self.connect, self.connected_peers, self.ping,
+                                       config.network, self.metrics, want=config.inm_peers, token=config.network_token,
+                                       expects_peers=bool(self.bootstraps))
+        self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold)
+        self.peermsg = PeerMessaging(self.host, self.connect, self.connected_peers, config.network, self.metrics,
+                                     trusted=frozenset(config.trusted_peers))
+        self.gateway = Gateway(self.channels, self.dht, self.connect, self.metrics)
         self.joined = trio.Event()  # set once a bootstrap was reached and our record published
         self.started = trio.Event()
         self.stopped = trio.Event()

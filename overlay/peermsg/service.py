@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -24,11 +25,12 @@ from libp2p.network.stream.net_stream import INetStream
 from libp2p.peer.id import ID
 
 from overlay.core.errors import DecodeError, OverlayError
-from overlay.transport.framed import READ_CHUNK
 from overlay.core.metrics import Registry
 from overlay.peermsg.app import delivered
 from overlay.peermsg.core import Code, Deliver, PeerMessages, Send, message
 from overlay.peermsg.frames import FrameReader, MessageType, encode
+from overlay.transport.framed import READ_CHUNK
+from overlay.transport.host import StreamHost
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,14 @@ MAX_REPLYING = 256  # automatic answers in flight; more are dropped and counted
 
 
 class PeerMessaging:
-    def __init__(self, node, metrics: Registry, trusted: frozenset[str] = frozenset()) -> None:
-        self.node = node
-        self.protocol = TProtocol(f"/overlay/{node.config.network}/peermsg/1.0.0")
+    def __init__(self, host: StreamHost, connect: Callable[[ID], Awaitable[object]], peers: Callable[[], list[ID]],
+                 network: str, metrics: Registry, trusted: frozenset[str] = frozenset()) -> None:
+        """`host`: streams to peers; `connect`: dial a peer by ID (the node's DHT lookup and dial
+        strategy); `peers`: the peers connected now, which a broadcast reaches."""
+        self.host = host
+        self.connect = connect
+        self.peers = peers
+        self.protocol = TProtocol(f"/overlay/{network}/peermsg/1.0.0")
         self.core = PeerMessages(trusted=trusted)
         capacity = self.core.max_pending + self.core.trusted_reserve
         self._send_app, self.messages = trio.open_memory_channel[Deliver](capacity)
@@ -60,7 +67,7 @@ class PeerMessaging:
         metrics.gauge("overlay_peermsg_malformed_total", "Malformed typed peer messages", lambda: self.core.counters.malformed)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.node.host.set_stream_handler(self.protocol, self._handle_stream)
+        self.host.set_stream_handler(self.protocol, self._handle_stream)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -80,7 +87,7 @@ class PeerMessaging:
     async def broadcast(self, tag: MessageType, body: bytes) -> int:
         """To every connected peer; returns how many it reached."""
         reached = 0
-        for peer in self.node.connected_peers():
+        for peer in self.peers():
             try:
                 await self.send(str(peer), tag, body)
                 reached += 1
@@ -162,8 +169,8 @@ class PeerMessaging:
                     entry = self._streams.get(peer)
                     if entry is None:
                         with trio.fail_after(OPEN_TIMEOUT):
-                            await self.node.connect(ID.from_base58(peer))
-                            stream = await self.node.host.new_stream(ID.from_base58(peer), [self.protocol])
+                            await self.connect(ID.from_base58(peer))
+                            stream = await self.host.new_stream(ID.from_base58(peer), [self.protocol])
                         entry = self._streams[peer] = (stream, trio.Lock())
                 self._opening.pop(peer, None)
             stream, lock = entry

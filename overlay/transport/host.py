@@ -31,10 +31,10 @@ unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import logging
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import multiaddr
 import trio
@@ -158,6 +158,14 @@ class _Host(BasicHost):
 
 def is_websocket(addr: multiaddr.Multiaddr) -> bool:
     return any(p.name in ("ws", "wss") for p in addr.protocols())
+
+
+class StreamHost(Protocol):
+    """What a protocol service uses of the host: its stream handler, and streams to a peer."""
+
+    def set_stream_handler(self, protocol_id: TProtocol, handler: StreamHandlerFn) -> None: ...
+
+    async def new_stream(self, peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream: ...
 
 
 def build_host(
