@@ -30,7 +30,7 @@ from libp2p.peer.id import ID
 from overlay.core.errors import DecodeError, DialError
 from overlay.transport.framed import FramedStream
 from overlay.core.metrics import Registry
-from signaling import messages as m
+from signaling import messages
 from signaling.messages import MAX_FRAME
 
 log = logging.getLogger(__name__)
@@ -152,15 +152,15 @@ class RelayService:
             with trio.fail_after(CONTROL_TIMEOUT):
                 stream = await self.host.new_stream(relay, [self.protocol])
                 framed = FramedStream(stream, MAX_FRAME)
-                await framed.write(m.encode(m.Connect(str(target))))
+                await framed.write(messages.encode(messages.Connect(str(target))))
                 reply = await _read_message(framed)
         except (trio.TooSlowError, DecodeError) as e:
             raise DialError(f"relay {relay}: {e or 'no answer'}") from None
         except Exception as e:  # noqa: BLE001 - stream errors come in many library types
             raise DialError(f"relay {relay}: {type(e).__name__}: {e}") from None
-        if not isinstance(reply, m.Connected):
+        if not isinstance(reply, messages.Connected):
             await framed.close()
-            reason = f"{reply.code}: {reply.reason}" if isinstance(reply, m.Error) else "unexpected answer"
+            reason = f"{reply.code}: {reply.reason}" if isinstance(reply, messages.Error) else "unexpected answer"
             raise DialError(f"relay {relay} refused: {reason}")
         raw = RawConnection(StreamConnection(framed), True)
         addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{target}")
@@ -178,9 +178,9 @@ class RelayService:
         try:
             with trio.fail_after(CONTROL_TIMEOUT):
                 first = await _read_message(framed)
-            if isinstance(first, m.Connect):
+            if isinstance(first, messages.Connect):
                 await self._hop(framed, remote, first.to)
-            elif isinstance(first, m.Incoming):
+            elif isinstance(first, messages.Incoming):
                 await self._stop(framed, remote, first.sender)
             else:
                 await self._refuse(framed, "bad-message", f"{type(first).__name__} cannot start a relay stream")
@@ -200,12 +200,12 @@ class RelayService:
         try:
             with trio.fail_after(CONTROL_TIMEOUT):
                 callee = FramedStream(await self.host.new_stream(ID.from_base58(target), [self.protocol]), MAX_FRAME)
-                await callee.write(m.encode(m.Incoming(str(caller_id))))
+                await callee.write(messages.encode(messages.Incoming(str(caller_id))))
                 reply = await _read_message(callee)
-            if not isinstance(reply, m.Accepted):
+            if not isinstance(reply, messages.Accepted):
                 await callee.close()
                 return await self._refuse(caller, "refused", f"{target} did not accept")
-            await caller.write(m.encode(m.Connected()))
+            await caller.write(messages.encode(messages.Connected()))
             await self._splice(caller, callee)
         finally:
             self.limits.release(target)
@@ -237,7 +237,7 @@ class RelayService:
     async def _stop(self, relay: FramedStream, relay_id: ID, caller: str) -> None:
         if not self.is_my_relay(relay_id):
             return await self._refuse(relay, "refused", "not one of my signalling nodes")
-        await relay.write(m.encode(m.Accepted()))
+        await relay.write(messages.encode(messages.Accepted()))
         raw = RawConnection(StreamConnection(relay), False)
         addr = multiaddr.Multiaddr(f"/p2p/{relay_id}/p2p-circuit/p2p/{caller}")
         conn = await self.host.get_network().add_raw_connection(raw, None, addr, relayed=True)
@@ -249,13 +249,13 @@ class RelayService:
         self.refused.inc(reason=code)
         with trio.move_on_after(1):
             try:
-                await framed.write(m.encode(m.Error(code, reason)))
+                await framed.write(messages.encode(messages.Error(code, reason)))
             except Exception:  # noqa: BLE001
                 pass
 
 
-async def _read_message(framed: FramedStream) -> m.Message:
+async def _read_message(framed: FramedStream) -> messages.Message:
     data = await framed.read()
     if data is None:
         raise DecodeError("stream ended before a message")
-    return m.decode(data)
+    return messages.decode(data)

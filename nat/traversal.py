@@ -30,7 +30,7 @@ from nat.webrtc_conn import add_webrtc_connection
 from overlay.transport.dialer import Dialer, dialable
 from overlay.core.errors import DecodeError, DialError
 from overlay.core.metrics import Registry
-from signaling import messages as m
+from signaling import messages
 from signaling.service import SignalingService
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class Traversal:
             raise
         log.info("direct WebRTC path to %s: %s -> %s", peer, session.path.local_type, session.path.remote_type)
 
-    async def answer(self, via: ID, caller: ID, signal: m.Signal) -> None:
+    async def answer(self, via: ID, caller: ID, signal: messages.Signal) -> None:
         """An offer that reached us through signalling node `via`."""
         if signal.kind != "offer":
             return

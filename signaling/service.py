@@ -25,7 +25,7 @@ from overlay.core.errors import DecodeError, DialError
 from overlay.transport.framed import FramedStream
 from overlay.kademlia.wire import PeerInfo
 from overlay.core.metrics import Registry
-from signaling import messages as m
+from signaling import messages
 from signaling.messages import MAX_FRAME
 from signaling.registrations import Changed, NeedCandidates, Register, Registrations
 from signaling.server import Action, ServerLimits, SignalingServer, Write
@@ -37,7 +37,7 @@ FIRST_MESSAGE_TIMEOUT = 10.0
 REGISTER_TIMEOUT = 5.0
 CALL_TIMEOUT = 5.0
 
-SignalHandler = Callable[[ID, ID, m.Signal], Awaitable[None]]
+SignalHandler = Callable[[ID, ID, messages.Signal], Awaitable[None]]
 
 
 def signal_protocol(network: str) -> str:
@@ -138,7 +138,7 @@ class SignalingService:
                         break
                     timeout = idle_limit
                     try:
-                        msg = m.decode(data)
+                        msg = messages.decode(data)
                     except DecodeError as e:
                         self._apply(self.server.bad_input(sid, "bad-message", str(e)))
                         continue  # the Close action ends this stream once the error is written
@@ -159,14 +159,14 @@ class SignalingService:
             async for item in receive:
                 if item is _CLOSE:
                     break
-                await framed.write(m.encode(item))
+                await framed.write(messages.encode(item))
         except Exception as e:  # noqa: BLE001
             log.debug("signalling write failed: %s", e)
         scope.cancel()
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Write) and isinstance(action.message, m.Error):
+            if isinstance(action, Write) and isinstance(action.message, messages.Error):
                 self.dropped.inc(reason=action.message.code)
             served = self._served.get(action.stream)
             if served is None:
@@ -207,9 +207,9 @@ class SignalingService:
                 await self.dialer.connect(pid, [multiaddr.Multiaddr(a) for a in peer.addrs], timeout=REGISTER_TIMEOUT)
                 framed = FramedStream(await self.host.new_stream(pid, [self.protocol]), MAX_FRAME)
                 start = self.now()
-                await framed.write(m.encode(m.Register()))
+                await framed.write(messages.encode(messages.Register()))
                 reply = await _read(framed)
-            if not isinstance(reply, m.Registered):
+            if not isinstance(reply, messages.Registered):
                 raise DialError(f"refused: {reply}")
             registration = self.live[peer.peer_id] = Registration(peer, framed, self.now() - start)
             self._apply_registrations(self.registrations.succeeded(peer.peer_id, self.now()))
@@ -234,7 +234,7 @@ class SignalingService:
                 pong = trio.Event()
                 sent = self.now()
                 async with registration.lock:
-                    await registration.framed.write(m.encode(m.Ping()))
+                    await registration.framed.write(messages.encode(messages.Ping()))
                 with trio.fail_after(ttl / 3):
                     await pong.wait()
                 registration.rtt = self.now() - sent
@@ -243,11 +243,11 @@ class SignalingService:
             nursery.start_soon(pinger)
             while True:
                 msg = await _read(registration.framed)
-                if isinstance(msg, m.Pong):
+                if isinstance(msg, messages.Pong):
                     pong.set()
-                elif isinstance(msg, m.Signal) and msg.sender is not None and self.on_signal is not None:
+                elif isinstance(msg, messages.Signal) and msg.sender is not None and self.on_signal is not None:
                     nursery.start_soon(self.on_signal, via, ID.from_base58(msg.sender), msg)
-                elif isinstance(msg, m.Error):
+                elif isinstance(msg, messages.Error):
                     log.debug("signalling node %s: %s %s", via, msg.code, msg.reason)
 
     async def reply(self, via: ID, caller: ID, session: str, kind: str, body: dict[str, Any]) -> None:
@@ -256,7 +256,7 @@ class SignalingService:
         if registration is None:
             raise DialError(f"no longer registered with {via}")
         async with registration.lock:
-            await registration.framed.write(m.encode(m.Signal(session, kind, body, to=str(caller))))
+            await registration.framed.write(messages.encode(messages.Signal(session, kind, body, to=str(caller))))
 
     # ---- calling a registered peer -----------------------------------------------------------
 
@@ -267,14 +267,14 @@ class SignalingService:
         try:
             with trio.fail_after(timeout):
                 framed = FramedStream(await self.host.new_stream(via, [self.protocol]), MAX_FRAME)
-                await framed.write(m.encode(m.Signal(session, "offer", offer, to=str(target))))
+                await framed.write(messages.encode(messages.Signal(session, "offer", offer, to=str(target))))
                 while True:
                     reply = await _read(framed)
-                    if isinstance(reply, m.Error):
+                    if isinstance(reply, messages.Error):
                         raise DialError(f"signalling via {via}: {reply.code}: {reply.reason}")
-                    if isinstance(reply, m.Signal) and reply.session == session and reply.kind == "answer":
+                    if isinstance(reply, messages.Signal) and reply.session == session and reply.kind == "answer":
                         return reply.body
-                    if isinstance(reply, m.Signal) and reply.kind == "bye":
+                    if isinstance(reply, messages.Signal) and reply.kind == "bye":
                         raise DialError(f"{target} declined: {reply.body.get('reason', '')}")
         except trio.TooSlowError:
             raise DialError(f"signalling via {via}: no answer from {target} within {timeout:.0f}s") from None
@@ -285,8 +285,8 @@ class SignalingService:
                 await framed.close()
 
 
-async def _read(framed: FramedStream) -> m.Message:
+async def _read(framed: FramedStream) -> messages.Message:
     data = await framed.read()
     if data is None:
         raise DialError("stream ended")
-    return m.decode(data)
+    return messages.decode(data)

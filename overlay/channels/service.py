@@ -43,7 +43,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.net_stream import INetStream
 from libp2p.peer.id import ID
 
-from overlay.channels import client as cp
+from overlay.channels import client as client_frames
 from overlay.channels.inm import BROADCAST, CommandHandler, Inm, decode, new_nonce
 from overlay.channels.router import InmRouter, LinkQueue
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
@@ -475,7 +475,7 @@ class ChannelService:
         for client_id in change.evicted:
             client = self.clients.get(client_id)
             if client is not None:
-                self._to_client(client, cp.response(None, {"ok": False, "reason": "channel reserved elsewhere", "channel": name}))
+                self._to_client(client, client_frames.response(None, {"ok": False, "reason": "channel reserved elsewhere", "channel": name}))
         if change.reserved is not None:
             self.broadcast({"command": "reserve-channel", **change.reserved.to_json(name)})
         if change.opened:
@@ -550,7 +550,7 @@ class ChannelService:
         subscribers = self.table.subscribers(name)
         if not subscribers:
             return
-        text = cp.message(name, message, nonce)
+        text = client_frames.message(name, message, nonce)
         for client_id in subscribers:
             if client_id != sender and (client := self.clients.get(client_id)) is not None:
                 self._to_client(client, text)
@@ -593,29 +593,29 @@ class ChannelService:
     async def handle_client_frame(self, client: Client, text: str | bytes) -> str | None:
         """One frame from a client; the response to send back (None for none)."""
         try:
-            request = cp.decode_request(text)
-        except cp.ClientError as e:
-            return cp.failure(e.nonce, str(e))
+            request = client_frames.decode_request(text)
+        except client_frames.ClientError as e:
+            return client_frames.failure(e.nonce, str(e))
         now = trio.current_time()
         if request.command == "list":
-            return cp.response(request.nonce, {"channels": sorted(self.table.channels)})
+            return client_frames.response(request.nonce, {"channels": sorted(self.table.channels)})
         if request.command == "send":
             if not client.send_bucket.allow(now):
-                return cp.failure(request.nonce, "rate limited")
+                return client_frames.failure(request.nonce, "rate limited")
             reason = self.publish(client, request.channel, request.message, request.nonce or new_nonce())
-            return cp.failure(request.nonce, reason) if reason else cp.ok(request.nonce)
+            return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
         if request.command == "unsubscribe":
             reason, change = self.table.unsubscribe(client.id, request.channel, now)
             self._apply(request.channel, change)
-            return cp.failure(request.nonce, reason) if reason else cp.ok(request.nonce)
+            return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
         if not client.subscribe_bucket.allow(now):
-            return cp.failure(request.nonce, "rate limited")
+            return client_frames.failure(request.nonce, "rate limited")
         hashed = await trio.to_thread.run_sync(hash_password, request.channel, request.password)
         if client.id not in self.clients:
             return None
         reason, change = self.table.subscribe(client.id, request.channel, hashed, trio.current_time(), int(time.time() * 1000))
         self._apply(request.channel, change)
-        return cp.failure(request.nonce, reason) if reason else cp.ok(request.nonce)
+        return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
 
     # ---- stats and health ----
 

@@ -37,7 +37,7 @@ from overlay.core.errors import DecodeError, DialError, RecordError
 from overlay.core.metrics import Registry, offer
 from overlay.core.records import peer_id_from_public_key, peer_id_from_str, peer_id_to_str
 from overlay.core.replay import ReplayWindow
-from overlay.messagenet import relayer as r
+from overlay.messagenet import relayer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class RelayerService:
         self.max_held = max_held
         self.relayers: dict[int, RelayerSocket] = {}
         self.known: set[int] = set()
-        self.replays = ReplayWindow(r.REPLAY_WINDOW, r.MAX_REPLAY_ENTRIES, r.MAX_REPLAY_PER_SIGNER)
+        self.replays = ReplayWindow(relayer.REPLAY_WINDOW, relayer.MAX_REPLAY_ENTRIES, relayer.MAX_REPLAY_PER_SIGNER)
         self.held: dict[int, deque[tuple[float, bytes]]] = {}
         self.dropped = metrics.counter("overlay_relayer_dropped_total", "MessageNet messages dropped, by reason")
         self.delivered = metrics.counter("overlay_relayer_delivered_total", "MessageNet messages handed to local relayers")
@@ -91,15 +91,15 @@ class RelayerService:
     async def handle_frame(self, sock: RelayerSocket, frame: bytes, nursery: trio.Nursery) -> None:
         """One frame from a relayer; answers (errors, delivery reports) go to its queue."""
         try:
-            request = r.decode_request(frame)
+            request = relayer.decode_request(frame)
         except DecodeError as e:
-            self._to_socket(sock, r.error(str(e)))
+            self._to_socket(sock, relayer.error(str(e)))
             return
-        if request.action == r.REGISTER:
+        if request.action == relayer.REGISTER:
             holder = self.relayers.get(request.relayer_id)
             if holder is not None and holder is not sock:  # a relayer ID is its live holder's alone
                 self.dropped.inc(reason="relayer id taken")
-                self._to_socket(sock, r.error(f"relayer_id {request.relayer_id} is registered by another connection"))
+                self._to_socket(sock, relayer.error(f"relayer_id {request.relayer_id} is registered by another connection"))
                 return
             sock.ids.add(request.relayer_id)
             self.relayers[request.relayer_id] = sock
@@ -109,8 +109,8 @@ class RelayerService:
         data = request.data
         if request.signed:
             recipient = request.node_id if request.unicast else None
-            message = r.new_message(request.data, self.peer_id, recipient, request.relayer_id, self.clock())
-            data = r.sign(self.key, message)
+            message = relayer.new_message(request.data, self.peer_id, recipient, request.relayer_id, self.clock())
+            data = relayer.sign(self.key, message)
         body = {"relayer_id": request.relayer_id, "data": base64.b64encode(data).decode(), "signed": request.signed}
         if not request.unicast:
             self.bus.broadcast({"command": BROADCAST, **body}, answered=False)
@@ -118,7 +118,7 @@ class RelayerService:
         await sock.in_flight.acquire()
         nursery.start_soon(self._unicast, sock, request, body)
 
-    async def _unicast(self, sock: RelayerSocket, request: r.Request, body: dict) -> None:
+    async def _unicast(self, sock: RelayerSocket, request: relayer.Request, body: dict) -> None:
         try:
             node = peer_id_to_str(request.node_id)
             if node == self.bus.me:
@@ -130,7 +130,7 @@ class RelayerService:
             error = "peer unreachable"
         finally:
             sock.in_flight.release()
-        self._to_socket(sock, r.delivery(request.id, error))
+        self._to_socket(sock, relayer.delivery(request.id, error))
 
     def _to_socket(self, sock: RelayerSocket, frame: bytes) -> bool:
         return offer(sock.send, frame, self.dropped, "relayer")
@@ -155,8 +155,8 @@ class RelayerService:
             return {"ok": False, "error": "malformed"}
         if signed:
             try:
-                message = r.verify(data)
-                refused = r.accept(message, peer_id_from_str(sender), self.peer_id, broadcast, relayer_id,
+                message = relayer.verify(data)
+                refused = relayer.accept(message, peer_id_from_str(sender), self.peer_id, broadcast, relayer_id,
                                    self.replays, self.clock())
             except (DecodeError, RecordError) as e:
                 log.debug("relayer message from %s: %s", sender, e)
@@ -167,7 +167,7 @@ class RelayerService:
         if relayer_id not in self.known:
             self.dropped.inc(reason="no such relayer")
             return {"ok": False, "error": "no such relayer"}
-        frame = r.to_client(relayer_id, sender, data)
+        frame = relayer.to_client(relayer_id, sender, data)
         sock = self.relayers.get(relayer_id)
         if sock is not None and self._to_socket(sock, frame):
             self.delivered.inc()
