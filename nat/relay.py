@@ -43,26 +43,6 @@ def relay_protocol(network: str) -> str:
     return f"/overlay/{network}/relay/1.0.0"
 
 
-def circuit_addr(relay_addr: multiaddr.Multiaddr, relay: ID) -> multiaddr.Multiaddr:
-    """`<relay addr>/p2p/<relay>/p2p-circuit`: what a registered node publishes per registration."""
-    return multiaddr.Multiaddr(f"{relay_addr}/p2p/{relay}/p2p-circuit")
-
-
-def parse_circuit(addr: multiaddr.Multiaddr) -> tuple[ID, multiaddr.Multiaddr] | None:
-    """(relay peer ID, relay's own address) of a circuit address, None for any other address."""
-    text = str(addr)
-    if not text.endswith("/p2p-circuit"):
-        return None
-    base = text.removesuffix("/p2p-circuit")
-    head, sep, relay = base.rpartition("/p2p/")
-    if not sep:
-        return None
-    try:
-        return ID.from_base58(relay), multiaddr.Multiaddr(head)
-    except Exception:  # noqa: BLE001 - base58 and multiaddr raise several types
-        return None
-
-
 @dataclass(frozen=True)
 class CircuitLimits:
     """How many relayed connections a relay carries: per registered peer and in all."""

@@ -21,13 +21,14 @@ from libp2p.connection_types import ConnectionType
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from nat.relay import RelayService, parse_circuit
+from nat.plan import plan_for
+from nat.relay import RelayService
 from nat.strategy import (
-    Action, Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded,
+    Action, Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Upgrade, Upgraded,
 )
 from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession, parse_description
 from nat.webrtc_conn import add_webrtc_connection
-from overlay.transport.dialer import Dialer, dialable
+from overlay.transport.dialer import Dialer
 from overlay.core.errors import DecodeError, DialError
 from overlay.core.metrics import Registry
 from signaling import messages
@@ -40,16 +41,6 @@ RETIRE_AFTER = 30.0
 MAX_ANSWERING = 8
 MAX_HISTORY = 1024
 DIAL_TIMEOUT = 10.0
-
-
-def plan_for(addrs: list[multiaddr.Multiaddr]) -> Plan:
-    direct = tuple(str(a) for a in addrs if dialable(a))
-    relays = []
-    for addr in addrs:
-        circuit = parse_circuit(addr)
-        if circuit is not None:
-            relays.append((circuit[0].to_bytes(), (str(circuit[1]),)))
-    return Plan(direct, tuple(relays))
 
 
 def webrtc_addr(path: PathInfo) -> multiaddr.Multiaddr:

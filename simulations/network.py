@@ -23,20 +23,13 @@ from dataclasses import dataclass, field
 import multiaddr
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nat.plan import plan_for
 from nat.strategy import Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded
+from overlay.core.records import PeerRecord, PeerRecordValidator, peer_id_from_public_key, peer_id_to_str, record_key, seal_peer_record
 from overlay.kademlia.core import KadConfig, Kademlia, QueryDone, Send
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import MessageType, PeerInfo, encode_message
-from overlay.core.records import (
-    PeerRecord,
-    PeerRecordValidator,
-    open_peer_record,
-    peer_id_from_public_key,
-    peer_id_from_str,
-    peer_id_to_str,
-    record_key,
-    seal_peer_record,
-)
+from overlay.node.roles import best_record, record_addrs
 from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, Register, Registrations
 from simulations.channels import ChannelWorkload
 from simulations.engine import Scheduler
@@ -238,17 +231,11 @@ class Simulation:
 
     def _publish_record(self, node: SimNode) -> None:
         node.seq += 1
-        if node.public:
-            addrs = node.core.local.addrs
-        else:
-            addrs = tuple(self._relay_addr(self.nodes[r]) for r in node.relays)
+        addrs = record_addrs(node.public, map(multiaddr.Multiaddr, node.core.local.addrs),
+                             (self.nodes[r].core.local for r in node.relays))
         sealed = seal_peer_record(PeerRecord(node.peer_id, node.seq, addrs), node.key)
         self._query(node, lambda now: node.core.publish(record_key(node.peer_id), sealed, now),
                     lambda done: setattr(node, "ready", True))
-
-    def _relay_addr(self, relay: SimNode) -> bytes:
-        ip = f"198.18.{relay.index >> 8 & 0xFF}.{relay.index & 0xFF}"
-        return multiaddr.Multiaddr(f"/ip4/{ip}/tcp/4001/p2p/{peer_id_to_str(relay.peer_id)}/p2p-circuit").to_bytes()
 
     def _apply_registrations(self, node: SimNode, actions: list) -> None:
         for action in actions:
@@ -394,11 +381,7 @@ class Simulation:
         def looked_up(done: QueryDone) -> None:
             entry["lookup_s"] = done.duration
             entry["hops"] = done.result.hops
-            best = None
-            for _, value in done.result.values:
-                record = open_peer_record(value)
-                if record.peer_id == target.peer_id and (best is None or record.seq > best.seq):
-                    best = record
+            best = best_record((value for _, value in done.result.values), target.peer_id)
             if best is None:
                 return
             entry["found"] = True
@@ -407,16 +390,8 @@ class Simulation:
         self._query(source, lambda now: source.core.get_value(record_key(target.peer_id), now, 1), looked_up)
 
     def _connect_by_record(self, source: SimNode, target: SimNode, record: PeerRecord, start: float, entry: dict) -> None:
-        direct, relays = [], []
-        for addr in record.addrs:
-            text = str(multiaddr.Multiaddr(addr))
-            if "/p2p-circuit" in text:
-                relay = self.by_id.get(peer_id_from_str(text.split("/p2p/")[1].split("/")[0]))
-                if relay is not None:
-                    relays.append((relay.peer_id, (text,)))
-            else:
-                direct.append(text)
-        strategy = DialStrategy(Plan(tuple(direct), tuple(relays)))
+        plan = plan_for(map(multiaddr.Multiaddr, record.addrs))
+        strategy = DialStrategy(Plan(plan.direct, tuple(r for r in plan.relays if r[0] in self.by_id)))
         state = {"via": None}
 
         def act(actions: list) -> None:

@@ -26,26 +26,30 @@ from aiortc import RTCIceServer
 
 from nat.portmap import keep_port_mapping
 from nat.reachability import ReachabilityService
+from nat.relay import RelayService
 from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
-from nat.relay import RelayService, circuit_addr
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
 from overlay.channels.service import ChannelService
-from overlay.gateway.service import Gateway
-from overlay.messagenet.service import RelayerService
-from overlay.peermsg.service import PeerMessaging
-from overlay.node.config import Config, parse_host_port
-from overlay.kademlia.io import DhtService
-from overlay.transport.dialer import Dialer, dialable, known_addrs, strip_p2p
-from overlay.core.errors import DialError, NotFoundError, RecordError, SelfDialError
+from overlay.core.addrs import strip_p2p
+from overlay.core.errors import DialError, NotFoundError, SelfDialError
 from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
-from overlay.transport.host import build_host, close_quietly
 from overlay.core.identity import load_or_create_key
+from overlay.core.metrics import Registry
+from overlay.core.records import (
+    MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, peer_id_from_public_key, record_key, seal_peer_record,
+)
+from overlay.gateway.service import Gateway
 from overlay.kademlia.core import KadConfig, Kademlia
+from overlay.kademlia.io import DhtService
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import PeerInfo
-from overlay.core.metrics import Registry
-from overlay.core.records import MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, open_peer_record, peer_id_from_public_key, record_key, seal_peer_record
+from overlay.messagenet.service import RelayerService
+from overlay.node.config import Config, parse_host_port
+from overlay.node.roles import best_record, record_addrs
+from overlay.peermsg.service import PeerMessaging
+from overlay.transport.dialer import Dialer, known_addrs
+from overlay.transport.host import build_host, close_quietly
 from signaling.registrations import SIGNALING_KEY
 from signaling.service import SignalingService
 
@@ -380,18 +384,8 @@ class Node:
         return await self.dht.publish(record_key(self.peer_id_bytes), envelope)
 
     def _record_addrs(self) -> tuple[bytes, ...]:
-        """What the record carries: our listen addresses when public, one relay address per
-        signalling registration when behind NAT; at most MAX_RECORD_ADDRS (a host with many
-        interfaces, container bridges or several IPv6 prefixes, can exceed it)."""
-        if self.public:
-            addrs = self.mapped_addrs + self.listen_addrs()
-        else:
-            addrs = []
-            for registration in self.signaling.live.values():
-                relay = ID(registration.peer.peer_id)
-                direct = [a for a in (multiaddr.Multiaddr(b) for b in registration.peer.addrs) if dialable(a)]
-                addrs += [circuit_addr(strip_p2p(a), relay) for a in direct[:1]]
-        return tuple(a.to_bytes() for a in addrs)[:MAX_RECORD_ADDRS]
+        return record_addrs(self.public, self.mapped_addrs + self.listen_addrs(),
+                            (registration.peer for registration in self.signaling.live.values()))
 
     async def _watch_addresses(self) -> None:
         while True:
@@ -457,14 +451,7 @@ class Node:
         if peer_id == self.peer_id and self.record is not None:
             return self.record, 0
         result = await self.dht.get_value(record_key(peer_id.to_bytes()), quorum=0 if exhaustive else 1)
-        best: PeerRecord | None = None
-        for _, value in result.values:
-            try:
-                record = open_peer_record(value)
-            except RecordError:
-                continue
-            if record.peer_id == peer_id.to_bytes() and (best is None or record.seq > best.seq):
-                best = record
+        best = best_record((value for _, value in result.values), peer_id.to_bytes())
         if best is None:
             raise NotFoundError(f"no peer record for {peer_id} in the DHT ({result.requests} peers asked)")
         return best, result.hops
@@ -539,7 +526,7 @@ class Node:
     # ---- views -------------------------------------------------------------------------------
 
     def health(self) -> dict[str, str]:
-        """Seed 003's health states, the most serious first; "no peers" only matters when
+        """WSRelay's health states, the most serious first; "no peers" only matters when
         bootstraps are configured (a lone node is healthy)."""
         problem = self.channels.health()
         if self.bootstraps and not self.connected_peers() and (problem is None or problem[0] != "bad"):

@@ -1,10 +1,10 @@
 """Dial a peer by its addresses: the strategy (pure) and its trio adapter.
 
-Seed 004: a node's record bundles several addresses; to reach it, try them in turn until one
-connects. We try the address that worked last time first, then the others in the record's
-order, starting the next attempt when the previous one fails or after a short stagger
-(happy-eyeballs style, RFC 8305), and keep the first connection that completes. One dial per
-peer is in flight at a time; concurrent callers share it.
+HOPR-style delivery (docs/protocols/hopr.md): a node's record bundles several addresses; to
+reach it, try them in turn until one connects. We try the address that worked last time first,
+then the others in the record's order, starting the next attempt when the previous one fails or
+after a short stagger (happy-eyeballs style, RFC 8305), and keep the first connection that
+completes. One dial per peer is in flight at a time; concurrent callers share it.
 """
 
 from __future__ import annotations
@@ -20,39 +20,13 @@ from libp2p.connection_types import ConnectionType
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
+from overlay.core.addrs import plan_dial, strip_p2p
 from overlay.core.errors import DialError, SelfDialError
 
 log = logging.getLogger(__name__)
 
 STAGGER = 0.1
 MAX_CACHED = 4096
-
-
-def dialable(addr: multiaddr.Multiaddr) -> bool:
-    names = [p.name for p in addr.protocols()]
-    return bool(names) and names[0] in ("ip4", "ip6", "dns", "dns4", "dns6") and "tcp" in names and "p2p-circuit" not in names
-
-
-def plan_dial(addrs: Sequence[multiaddr.Multiaddr], last_good: multiaddr.Multiaddr | None) -> list[multiaddr.Multiaddr]:
-    """The order in which to try `addrs`: the one that worked before first (if still listed),
-    then the rest in the record's order; duplicates and undialable addresses dropped."""
-    ordered: list[multiaddr.Multiaddr] = []
-    for addr in addrs:
-        addr = strip_p2p(addr) if dialable(addr) else None
-        if addr is not None and addr not in ordered:
-            ordered.append(addr)
-    if last_good in ordered:
-        ordered.remove(last_good)
-        ordered.insert(0, last_good)
-    return ordered
-
-
-def strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
-    """The address without a trailing /p2p/<peer-id>."""
-    protocols = list(addr.protocols())
-    if protocols and protocols[-1].code == multiaddr.protocols.P_P2P:
-        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
-    return addr
 
 
 def known_addrs(host: BasicHost, peer_id: ID) -> list[multiaddr.Multiaddr]:
