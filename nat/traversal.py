@@ -24,7 +24,7 @@ from libp2p.peer.id import ID
 from nat.plan import plan_for
 from nat.relay import RelayService
 from nat.strategy import (
-    Action, Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Upgrade, Upgraded,
+    Connected, DialAction, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Upgrade, Upgraded,
 )
 from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession, parse_description
 from nat.webrtc_conn import add_webrtc_connection
@@ -132,7 +132,7 @@ class Traversal:
         self.history.move_to_end(peer)
         while len(self.history) > MAX_HISTORY:
             self.history.popitem(last=False)
-        send, receive = trio.open_memory_channel[Callable[[float], list[Action]]](math.inf)
+        send, receive = trio.open_memory_channel[Callable[[float], list[DialAction]]](math.inf)
         relayed_at: list[float] = []
 
         async def direct(addrs: tuple[str, ...]) -> None:
@@ -162,7 +162,7 @@ class Traversal:
                 self.upgrade_seconds.observe(trio.current_time() - relayed_at[0])
             await send.send(lambda now: strategy.upgrade_done(ok, now))
 
-        def apply(actions: list[Action]) -> None:
+        def apply(actions: list[DialAction]) -> None:
             for action in actions:
                 if isinstance(action, DialDirect):
                     nursery.start_soon(direct, action.addrs)
