@@ -1,7 +1,7 @@
 """DHT benchmark: N nodes on loopback for each implementation, printed side by side.
 
     python benchmarks/dht.py [--nodes 50] [--lookups 200] [--impls ours,kaddht,kademlia]
-                             [--seed 1] [--timeout 900] [--out FILE]
+                             [--seed N] [--timeout 900] [--out FILE]
 
 Not part of the test suite. Each implementation runs in a child process of its own
 (`dht.py --impl NAME --nodes N --lookups M --seed S --json-out FILE`), so memory figures do not

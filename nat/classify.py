@@ -193,7 +193,7 @@ def plan_probes(servers: Sequence[tuple[Addr, Addr | None]]) -> list[Probe]:
     out (it would prove nothing); a mapping binding to an alternate address is planned only when
     the given servers do not already span two IPs. Caveat: a router that keeps conntrack state
     for a filtered inbound answer may give the later stage-2 binding a new port, which reads as
-    destination-dependent mapping (NAT-LAB.md: Linux does, without the INPUT drop rule).
+    destination-dependent mapping (docs/natlab.md: Linux does, without the INPUT drop rule).
     """
     primaries = list(dict.fromkeys(normalize_addr(s) for s, _ in servers))
     probes = [Probe(0, s) for s in primaries]

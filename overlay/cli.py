@@ -199,7 +199,7 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace) -> int:
-    """`channel listen` / `channel send`: seed 003's client protocol over WS /connect."""
+    """`channel listen` / `channel send`: the WSRelay client protocol over WS /connect."""
     import trio
     from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 

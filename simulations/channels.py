@@ -1,4 +1,4 @@
-"""The channel relay (seed 003) in the simulator: each node's shipped `ChannelTable` and
+"""The channel relay (WSRelay) in the simulator: each node's shipped `ChannelTable` and
 `InmRouter` (overlay/channels), driven as `ChannelService` drives them, over simulated links.
 
 - Every node keeps up to `inm_peers` neighbours (links both ways), replaced when one leaves.

@@ -4,9 +4,9 @@ loss, bandwidth and partitions, and NAT types that decide which direct connectio
 Below the cores, a secured connection (TCP, Noise, Yamux) is a simulated authenticated link:
 a message takes half the round trip between the two regions, plus jitter, plus its size over the
 sender's uplink; a lost segment costs a retransmission timeout (TCP does not lose messages, it
-delays them). WebRTC/ICE is a model whose outcome per NAT pair is NAT-LAB.md's and whose timings
-follow the NAT lab's measurements (docs/benchmarks.md, "Time to first stream and to the direct
-path"), with the regions' round trips added.
+delays them). WebRTC/ICE is a model whose outcome per NAT pair is the NAT lab's (docs/natlab.md)
+and whose timings follow the NAT lab's measurements (docs/benchmarks.md, "Time to first stream
+and to the direct path"), with the regions' round trips added.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Nat(str, Enum):
     SYMMETRIC = "symmetric"
 
 
-# NAT-LAB.md: hole punching fails where one side maps per destination (symmetric) and the other
+# docs/natlab.md: hole punching fails where one side maps per destination (symmetric) and the other
 # filters by source port (port-restricted or symmetric); every other pair gets a direct path.
 NO_DIRECT_PATH = {(Nat.PORT_RESTRICTED, Nat.SYMMETRIC), (Nat.SYMMETRIC, Nat.PORT_RESTRICTED), (Nat.SYMMETRIC, Nat.SYMMETRIC)}
 

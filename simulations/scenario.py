@@ -28,7 +28,7 @@
 
     [workload]
     dials_per_node_hour = 6     # each online node dials a random online node by peer ID
-    channels = 0                # channels of the channel relay (seed 003)
+    channels = 0                # channels of the channel relay (WSRelay)
     subscribers_per_channel = 10  # clients on random nodes; a leaver's place is taken elsewhere
     messages_per_channel_hour = 60  # published by random subscribers
 

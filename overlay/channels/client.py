@@ -1,4 +1,5 @@
-"""The client protocol of `WS /connect` (seed 003), as a codec without I/O.
+"""The client protocol of `WS /connect` (WSRelay: docs/protocols/wsrelay.md), as a codec without
+I/O.
 
 Client -> node, one JSON text frame each (at most MAX_CLIENT_FRAME bytes):
 
@@ -12,10 +13,10 @@ Node -> client:
     {"type": "response", "data": {"ok": true} | {"ok": false, "reason": "..."} | {"channels": [...]}, "nonce": "..."}
     {"type": "message",  "data": {"channel": "<channel>", "message": "<text>"}, "nonce": "<the sender's nonce>"}
 
-`topic` and `channel` name the same thing: the seed says `topic` when subscribing and `channel`
+`topic` and `channel` name the same thing: WSRelay says `topic` when subscribing and `channel`
 when sending; both keys are accepted in every command (`channel` wins if both are given), and
 the node always answers with `channel`. `nonce` is optional (at most 64 characters) and echoed.
-A message is text, at most MAX_MESSAGE bytes in UTF-8 (the seed's examples are text; binary
+A message is text, at most MAX_MESSAGE bytes in UTF-8 (WSRelay's examples are text; binary
 payloads travel base64-encoded by the client).
 
 Failure reasons: "invalid password", "not subscribed", "malformed json" (also "malformed json:

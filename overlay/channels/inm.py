@@ -1,12 +1,14 @@
-"""Intra-node messages (INM, seed 003): the envelope nodes exchange, and its codec with limits.
+"""Intra-node messages (INM, from WSRelay): the envelope nodes exchange, and its codec with limits.
 
     {"source": "<peer id>", "destination": "<peer id>" | "*", "type": "message" | "command" | "response",
      "nonce": "<1-64 printable ASCII>", "data": <any JSON>}
 
 One envelope per frame (unsigned-varint length, then UTF-8 JSON) on the stream protocol
 `/overlay/<network>/inm/1.0.0`; PROTOCOL.md in this directory has the whole protocol. Node names
-are peer IDs; the stream is Noise-authenticated, so `source` must be the authenticated peer for
-the first hop (checked by the adapter), and forwarded "*" envelopes keep their original source.
+are peer IDs. The stream is Noise-authenticated, but `source` is not yet compared with the peer
+an envelope came from, and forwarded envelopes keep their original source: today `source` is a
+claim (docs/security.md, "Not yet defended"). What must be believed is signed by its author, as
+MessageNet's SignedMessage is.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 COMMAND_TIMEOUT = 5.0
 TOKEN_TTL = 60.0
 MAX_TOKENS = 1024
-HIGH_LATENCY = 0.010  # seconds, seed 003's "high latency"
+HIGH_LATENCY = 0.010  # seconds, WSRelay's "high latency"
 LATENCY_EVERY = 15.0
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
@@ -87,7 +87,7 @@ class Link:
     failures: int = 0
 
     def slow(self) -> bool:
-        """Seed 003's "high latency": the median of the last round trips (two at least) > 10 ms."""
+        """WSRelay's "high latency": the median of the last round trips (two at least) > 10 ms."""
         return len(self.samples) >= 2 and statistics.median(self.samples) > HIGH_LATENCY
 
 
@@ -145,7 +145,7 @@ class ChannelService:
         metrics.gauge("overlay_channels_reserved", "Channels reserved in the network", lambda: len(self.table.channels))
         metrics.gauge("overlay_inm_link_dropped_total", "Envelopes dropped on full link queues",
                       lambda: sum(self.link_drops().values()))
-        # node-stats' network figures (seed 003), the same numbers as the command answers
+        # node-stats' network figures, the same numbers as the command answers
         for window in WINDOWS:
             metrics.gauge(f"overlay_channel_packets_{window}s", f"Channel messages through this node in the last {window} s",
                           lambda w=window: self.traffic.summary(trio.current_time())["packets"][f"{w}s"])
@@ -274,8 +274,9 @@ class ChannelService:
             self.inbound.discard(peer)
 
     def _accept_handshake(self, peer: str, raw: bytes | None) -> bool:
-        """seed 003's WS /node handshake: the name must be the Noise-authenticated peer, and the
-        token the network's (when one is configured) or one issued to that name."""
+        """The INM link handshake (WSRelay's `WS /node` one): the name must be the
+        Noise-authenticated peer, and the token the network's (when one is configured) or one
+        issued to that name."""
         try:
             hello = loads(raw or b"", "INM link hello")
             data = hello["data"]
@@ -383,7 +384,7 @@ class ChannelService:
             return
         waiting[1](inm)
 
-    # ---- commands (seed 003, and the channel-open announcement) ----
+    # ---- commands (WSRelay's, and the channel-open announcement) ----
 
     def _on_command(self, inm: Inm) -> None:
         data = inm.data
@@ -447,7 +448,7 @@ class ChannelService:
             raise ValueError("invalid channel or password hash")
         owner, at = data.get("owner", source), data.get("at")
         if not isinstance(owner, str) or not isinstance(at, int):
-            owner, at = source, int(time.time() * 1000)  # a seed-style command without our fields
+            owner, at = source, int(time.time() * 1000)  # a WSRelay-style command without our fields
         return name, Reservation(at, owner, password)
 
     def _cmd_reserve(self, inm: Inm) -> dict:
@@ -490,7 +491,7 @@ class ChannelService:
         self.broadcast({"command": ANNOUNCE, "open": False, **reservation.to_json(name)})
         if self.table.open_elsewhere(name):
             return
-        # Seed 003: ask the network; a node that still has clients refuses, and we reserve again.
+        # As WSRelay asks: a node that still has clients refuses, and we reserve again.
         def on_answer(inm: Inm) -> None:
             if isinstance(inm.data, dict) and inm.data.get("reason") == "channel still open":
                 self.table.reserve(name, reservation, trio.current_time())
@@ -501,7 +502,7 @@ class ChannelService:
             self.broadcast({"command": "unreserve-channel", "channel": name}, on_answer)
 
     async def _onboard(self, peer: str) -> None:
-        """Seed 003's onboarding: take the new neighbour's open and reserved channels."""
+        """WSRelay's onboarding: take the new neighbour's open and reserved channels."""
         now = trio.current_time
         try:
             open_ = await self.command(peer, {"command": "list-channels"})
@@ -630,7 +631,7 @@ class ChannelService:
             },
             "network": self.traffic.summary(now),
             "channels": {name: self.channel_traffic.get(name, Traffic()).summary(now) for name in open_here},
-            "dropped": {  # an addition to the seed: what slow clients and links lost
+            "dropped": {  # an addition to WSRelay: what slow clients and links lost
                 "clients": sum(c.dropped for c in self.clients.values()) + self._client_drops_gone,
                 "links": self.link_drops(),
             },
@@ -648,7 +649,7 @@ class ChannelService:
         return rtt
 
     def health(self) -> tuple[str, str] | None:
-        """Seed 003's channel reasons, most serious first; None when none applies."""
+        """WSRelay's channel reasons, most serious first; None when none applies."""
         if self.table.open_here() and not self.clients:
             return "bad", "channels no clients"
         if self.expects_peers and not self.neighbours():

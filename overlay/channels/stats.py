@@ -1,4 +1,4 @@
-"""node-stats and host-stats figures (seed 003): traffic over 1/15/60 s, host load, memory, disks, network.
+"""node-stats and host-stats figures (WSRelay): traffic over 1/15/60 s, host load, memory, disks, network.
 
 A node keeps 60 s of history, in one-second buckets (traffic) and 15-second samples (host
 network counters), so memory stays constant. Bandwidth is in kB/s (1000 bytes), averaged over
@@ -32,7 +32,7 @@ class Traffic:
         self.buckets[-1][2] += size
 
     def summary(self, now: float) -> dict:
-        """The seed's network dictionary. Window w covers the w whole seconds before this one."""
+        """WSRelay's network dictionary. Window w covers the w whole seconds before this one."""
         current = int(now)
         packets, bandwidth = {}, {}
         for w in WINDOWS:

@@ -1,8 +1,9 @@
 """The channel registry of one node, without I/O: reservations, where channels are open, local subscribers.
 
-Seed 003's model: a channel is *open* on a node while the node has subscribed clients, and
+WSRelay's model: a channel is *open* on a node while the node has subscribed clients, and
 *reserved* network-wide from its first subscriber on, with the channel's password hash, so that
-every node checks the same password. What the seed leaves open, decided here:
+every node checks the same password. What WSRelay leaves open, decided here
+(docs/protocols/wsrelay.md gives the reasons):
 
 - **Concurrent reservations.** A reservation is (hash, owner node, time it was made); of two
   reservations of one name the one made earlier wins, ties broken by owner name. Every node
@@ -207,7 +208,7 @@ class ChannelTable:
         return channel.reservation if channel else None
 
     def listing(self, open_only: bool) -> list[dict]:
-        """list-channels (open here) / list-reserved-channels (all): the seed's {name, password},
+        """list-channels (open here) / list-reserved-channels (all): WSRelay's {name, password},
         plus owner and at so a joining node applies the same conflict rule."""
         return [
             {"name": name, "password": c.reservation.password, "owner": c.reservation.owner, "at": c.reservation.at}

@@ -9,7 +9,7 @@ first, in linear time, and refuses a deep document before json ever sees it.
 MAX_JSON_DEPTH is what our protocols need with room to spare. Their deepest messages: relayer
 frames and SignedMessage 1 level; /connect frames, /peermsg frames and the INM link hello 2;
 dialback and signalling 3 (message, body, candidate list); INM envelopes 4 (a list-channels
-response: envelope, data, list, entry), which leaves other seed-003 nodes 12 levels of `data`.
+response: envelope, data, list, entry), which leaves other WSRelay nodes 12 levels of `data`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The Degas message service (seed 002) on the overlay: every node is a client gateway
-(`WS /gateway`, session.py) and hosts service instances (`WS /service`); the overlay carries the
-messages between the client's node and the instance's node.
+"""The Degas message service on the overlay: every node is a client gateway (`WS /gateway`,
+session.py) and hosts service instances (`WS /service`); the overlay carries the messages
+between the client's node and the instance's node. The whole picture, and how it departs from
+Degas: docs/protocols/degas.md.
 
 An instance registers its degas_id on its node, which announces it in the DHT (a provider
 record under degas_key); a gateway finds the instance's node there. A degas_id that another

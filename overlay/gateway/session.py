@@ -1,5 +1,5 @@
-"""One client connection to the Degas gateway (seed 002, `WS /gateway`) as a state machine
-without I/O: frames and `now` in, actions out. The frames are degas.proto's.
+"""One client connection to the Degas gateway (`WS /gateway`, docs/protocols/degas.md) as a state
+machine without I/O: frames and `now` in, actions out. The frames are degas.proto's.
 
     HELLO --ClientHello--> AUTH --ClientEthAuth (signature of the challenge)--> READY --ClientDegas...
 
@@ -13,7 +13,7 @@ without I/O: frames and `now` in, actions out. The frames are degas.proto's.
   forwarded; a bad one gets an error frame and the connection stays.
 
 Anything before READY that is not the expected message gets an error frame and a close (1008);
-a frame over MAX_CLIENT_FRAME bytes closes with 1009; a text frame closes with 1002 (the seed
+a frame over MAX_CLIENT_FRAME bytes closes with 1009; a text frame closes with 1002 (Degas
 allows binary frames only).
 """
 

@@ -1,50 +1,14 @@
-"""MessageNet relayer frames (seed 000) and signed messages, as a codec without I/O.
+"""MessageNet relayer frames and signed messages, as a codec without I/O.
 
-A relayer talks to its node over `WS /relayer` in binary frames. The first byte says what the
-frame is (seed 000: "actions based on first byte of data"); the rest is a UTF-8 JSON object with
-the seed's field names. Byte strings (Go `[]byte`) are base64, as Go's encoding/json writes them;
-`node_id` is a peer ID (base58).
+A relayer talks to its node over `WS /relayer` in binary frames: a dispatch byte, then a UTF-8
+JSON object with MessageNet's field names (byte strings in base64, `node_id` a peer ID). The
+frames, the SignedMessage a SignAndSend carries, the bytes its signature covers and the checks a
+receiver makes are specified in docs/protocols/messagenet.md.
 
-Relayer -> node:
-
-| byte | action | body |
-|---|---|---|
-| 0x01 | register | {"relayer_id": int} (one socket may register several IDs) |
-| 0x02 | SendToValidator | {"relayer_id", "node_id", "raw_data", "id"?} |
-| 0x03 | SendToPeers | {"relayer_id", "raw_data"} |
-| 0x04 | SignAndSendToValidator | {"relayer_id", "node_id", "identification_byte": 0-255, "msg_bytes", "id"?} |
-| 0x05 | SignAndSendToPeers | {"relayer_id", "identification_byte", "msg_bytes"} |
-
-Node -> relayer:
-
-| byte | frame | body |
-|---|---|---|
-| 0x10 | SendToClient | {"relayer_id", "node_id": the sender, "data"} |
-| 0x11 | delivery report | {"id", "ok": bool, "error"?: "no such relayer" / "peer unreachable" / ...} |
-| 0x12 | error | {"error": "..."} for a frame the node could not take |
-
-`id` (an addition: any integer the relayer picks) ties a unicast to its delivery report, which
-says whether the remote node took the message for a registered relayer, not only that it left.
-
-SignedMessage, what a SignAndSend carries as the delivered `data` (JSON, base64 bytes): MessageNet's
-{"publicKeyBytes": libp2p protobuf key, "signature", "unsignedMessage": identification_byte
-followed by msg_bytes}, plus what the signature must bind so that it means one thing only:
-{"sender": peer ID, "recipient": peer ID or "*" (every node), "relayer_id", "timestamp": ms since
-the epoch, "nonce": 16 random bytes}.
-
-The node's identity key signs no bytes a relayer chose. MessageNet signs identification byte +
-message, so a relayer could have had the node sign a libp2p peer record's or Noise handshake's
-bytes; here the signature is over
-
-    "overlay-messagenet-signed-message-v1" 0x00, then for each of unsignedMessage, sender (binary
-    peer ID), recipient (binary peer ID, empty for every node), relayer_id (8 bytes big-endian),
-    timestamp (8 bytes big-endian), nonce: a 4-byte big-endian length and the bytes
-
-which starts with a domain no other signed structure has (libp2p envelopes start with a varint
-length, Noise with "noise-libp2p-static-key:"). A receiver delivers it only if the signature
-verifies, the key is the sender's and the sender is the node it came from, the recipient is itself
-(or "*" for a broadcast), the relayer_id is the one addressed, the timestamp is within
-REPLAY_WINDOW seconds of its clock, and the (sender, nonce) pair is new (overlay/core/replay.py).
+The node's identity key signs no bytes a relayer chose: the signature covers a structure that
+starts with SIGNED_DOMAIN and binds sender, recipient, relayer, time and nonce, so it means one
+thing only. `verify` checks the signature and the key; `accept` checks the rest against the
+receiver's expectations and its replay memory (overlay/core/replay.py).
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
-"""MessageNet on the overlay (seed 000): relayers on `WS /relayer`, their messages between nodes.
+"""MessageNet on the overlay: relayers on `WS /relayer`, their messages between nodes.
 
-Between nodes, MessageNet messages are intra-node messages (overlay/channels/PROTOCOL.md) with two
-commands of their own, so they use the INM links, dialing by peer ID, and the de-duplicated
-broadcast that reaches every node once:
-
-    {"command": "relayer-deliver", "relayer_id": int, "data": base64, "signed": bool}
-        unicast (SendToValidator, SignAndSendToValidator), answered {"ok": true, "held": bool}
-        or {"ok": false, "error": "no such relayer" | "bad signature" | "malformed"}
-    {"command": "relayer-broadcast", "relayer_id": int, "data": base64, "signed": bool}
-        to "*" (SendToPeers, SignAndSendToPeers), not answered
-
-`signed` data is a SignedMessage (relayer.py) that the receiver verifies before delivery: signed by
-the sending node, for this node (or every node, for a broadcast) and this relayer, recent, and not
-seen before; what fails is dropped and counted by reason ("bad signature", "replay", "stale", ...).
-
-Relayers a node knows are those that registered since it started. A message for a known relayer
-that is not connected waits in a queue of at most `max_held` messages for `hold` seconds, then is
-dropped and counted; a message for an unknown relayer is refused ("no such relayer").
+Between nodes, MessageNet messages are intra-node messages with two commands of their own,
+`relayer-deliver` (to one node, answered) and `relayer-broadcast` (to every node, not answered),
+registered with the INM bus; so they use the INM links, dialing by peer ID, and the de-duplicated
+broadcast that reaches every node once. Signed data is verified before delivery and refused,
+counted by reason, when it fails; a message for a known but absent relayer is held for a while,
+one for an unknown relayer refused. The commands, the holding rules and the checks are specified
+in docs/protocols/messagenet.md.
 """
 
 from __future__ import annotations

@@ -15,14 +15,15 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | GET    | /v1/netcheck                 | reachability, NAT type (STUN), public addresses, signalling registrations |
 | POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
 | GET    | /v1/channels                 | node-stats, plus "reserved" (every reservation) and "open_elsewhere" (channel -> nodes) |
-| WS     | /connect                     | seed 003's client protocol (overlay/channels/client.py)  |
-| WS     | /relayer                     | seed 000's MessageNet relayers, binary frames (overlay/messagenet/relayer.py) |
-| WS     | /peermsg                     | seed 001's typed peer messages for applications (overlay/peermsg/app.py) |
-| WS     | /gateway                     | seed 002's Degas client gateway, protobuf frames (overlay/gateway/session.py) |
+| WS     | /connect                     | WSRelay's client protocol (overlay/channels/client.py)   |
+| WS     | /relayer                     | MessageNet relayers, binary frames (overlay/messagenet/relayer.py) |
+| WS     | /peermsg                     | Convex typed peer messages for applications (overlay/peermsg/app.py) |
+| WS     | /gateway                     | the Degas client gateway, protobuf frames (overlay/gateway/session.py) |
 | WS     | /service                     | Degas service instances (overlay/gateway/service.py, degas.proto) |
 
 Every route but `GET /health` needs the API token, and only this API's own Host names and the
-allowed Origins get through (overlay/node/apiauth.py). No GET changes state.
+allowed Origins get through (overlay/node/apiauth.py). No GET changes state. The five systems
+behind the WebSocket routes: docs/protocols/.
 
 Errors are JSON {"error": "..."} with 400 (bad input), 401 (no or wrong token), 403 (foreign Host
 or Origin), 404 (not found) or 502 (unreachable).

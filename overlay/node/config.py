@@ -57,7 +57,7 @@ class Config:
     turn_password: str = ""
     webrtc_interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: all but loopback
     port_mapping: bool = True  # try NAT-PMP on the gateway
-    inm_peers: int = 8  # nodes to keep an INM link with (channels, seed 003)
+    inm_peers: int = 8  # nodes to keep an INM link with (WSRelay channels)
     network_token: str = ""  # if set, INM handshakes must carry it (a private network)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
     trusted_peers: tuple[str, ...] = ()  # peer IDs whose typed messages are shed last under load

@@ -1,4 +1,5 @@
-"""The application protocol of `WS /peermsg` (typed peer messages, seed 001), as a codec without I/O.
+"""The application protocol of `WS /peermsg` (typed peer messages, docs/protocols/convex.md), as a
+codec without I/O.
 
 Text frames, one JSON object each (at most MAX_APP_FRAME bytes); bodies are base64; `type` is
 one of BELIEF DATA QUERY TRANSACT RESULT STATUS MISSING_DATA; `peer` a peer ID.

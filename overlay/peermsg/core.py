@@ -1,4 +1,5 @@
-"""The seven message types of seed 001 as a state machine without I/O: events and `now` in, actions out.
+"""The seven message types of Convex peer messaging as a state machine without I/O: events and `now`
+in, actions out (docs/protocols/convex.md).
 
 Payloads (after the frame's type tag; all integers big-endian):
 
@@ -12,7 +13,7 @@ Payloads (after the frame's type tag; all integers big-endian):
     RESULT          body = ref id u64 | code u8 | result
     refs            = count u8 | count x SHA-256 of values the message needs
 
-What the seed asks, and how:
+What Convex asks of each type, and how:
 - BELIEF goes to the application once per distinct belief (merges are idempotent, so repeats are
   dropped, counted), and beliefs are shed first under load.
 - DATA fills a content-addressed store (bounded, oldest out first). A message whose refs are not

@@ -1,16 +1,18 @@
-"""Typed peer messages (seed 001): frames of at most 8192 bytes, larger messages split and reassembled.
+"""Typed peer messages (Convex peer messaging): frames of at most 8192 bytes, larger messages split
+and reassembled.
 
 This is the codec without I/O; the stream protocol that carries it is `/overlay/<network>/peermsg/1.0.0`.
+How it relates to Convex's peer messaging: docs/protocols/convex.md.
 
 Frame on the stream: u16 big-endian length L (1..MAX_FRAME), then L bytes:
 
     tag (1 byte) | payload              a whole message of type `tag` (tag in TYPES)
     0x7F | id u32 | flags u8 | rest     one fragment of a message too large for one frame
 
-Seed 001 asks for "a message type tag (one byte) and the encoded payload", in a buffer of 8192
-bytes; a message whose tag and payload fit in MAX_FRAME bytes travels exactly so. A larger one is
-split into fragments under a message id chosen by the sender (unique among its unfinished
-messages on that stream), so a large message does not hold up small ones behind it:
+A message is a type tag (one byte) and its payload, in a buffer of 8192 bytes, as Convex
+specifies; a message whose tag and payload fit in MAX_FRAME bytes travels exactly so. A larger
+one is split into fragments under a message id chosen by the sender (unique among its
+unfinished messages on that stream), so a large message does not hold up small ones behind it:
 
     flags 0x01 FIRST: rest = tag u8 | total payload length u32 | the first bytes of the payload
     flags 0x02 LAST:  the fragment that completes the payload (a fragment may be FIRST and LAST)
@@ -31,7 +33,7 @@ from enum import IntEnum
 
 from overlay.core.errors import DecodeError
 
-MAX_FRAME = 8192  # tag + payload of one frame, the seed's buffer
+MAX_FRAME = 8192  # tag + payload of one frame, Convex's buffer
 FRAGMENT = 0x7F
 FIRST, LAST = 0x01, 0x02
 _FIRST_HEADER = struct.Struct(">BIBBI")  # FRAGMENT, id, flags, tag, total

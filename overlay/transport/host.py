@@ -1,7 +1,8 @@
 """The hardened py-libp2p host: Noise only, Yamux, TCP and WebSocket, few connections per peer.
 
 We assemble the host ourselves instead of calling `libp2p.new_host()` because its defaults are
-unsafe or wrong for a node that runs for weeks (../shared/PY-LIBP2P-NOTES.md):
+unsafe or wrong for a node that runs for weeks (py-libp2p 0.8.1; how each was found and measured:
+docs/py-libp2p.md):
 
 - its listener also offers plaintext and secio (a plaintext dialer can impersonate any peer):
   we offer Noise alone;

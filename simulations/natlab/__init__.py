@@ -1,4 +1,4 @@
-"""The network-namespace NAT lab: real kernel NATs between real processes (see NAT-LAB.md)."""
+"""The network-namespace NAT lab: real kernel NATs between real processes (see docs/natlab.md)."""
 
 from simulations.natlab.topology import Lab, LabError, LabHost, NatType
 

@@ -1,7 +1,7 @@
 """The NAT lab's topology: a small internet of network namespaces with real iptables NATs.
 
 The simulator models NATs; this lab runs the kernel's own NAT so that NAT traversal can be tested
-against the real thing (recipe and measured pitfalls: NAT-LAB.md). A `Lab` only builds and tears
+against the real thing (recipe and measured pitfalls: docs/natlab.md). A `Lab` only builds and tears
 down the network and the processes started in it; what runs there is up to the caller.
 
     srv    198.18.1.2 + 198.18.1.3 -----------+
@@ -178,9 +178,10 @@ echo "$1" > /proc/sys/net/ipv4/ip_forward
 def nat_rules(nat: NatType, wan: str, wan_ip: str, host_ip: str) -> list[list[str]]:
     """The iptables arguments that make a router with WAN interface `wan` behave as `nat`.
 
-    Exactly NAT-LAB.md's rules. The INPUT drop applies to every type: without it, a port-restricted
-    cone's router answers a peer's early check, the rejected flow's conntrack entry survives, and
-    the host's own packet to that peer is then mapped to a new port (prc<->prc failed 6 of 6).
+    Exactly the rules of docs/natlab.md. The INPUT drop applies to every type: without it, a
+    port-restricted cone's router answers a peer's early check, the rejected flow's conntrack
+    entry survives, and the host's own packet to that peer is then mapped to a new port
+    (prc<->prc failed 6 of 6).
     """
     drop_unsolicited = ["-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"]
     if nat is NatType.PORT_RESTRICTED:
