@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (idempotent) and runs the whole suite.
+# Installs everything the tests need (idempotent) and runs the whole suite, or one layer of it:
+#   bash scripts/test.sh [unit|loopback|natlab|interop] [pytest arguments...]
+#   unit      the cores without I/O (needs only the cores' dependencies)
+#   loopback  real nodes, in this process or as processes, and hosts on 127.0.0.1
+#   natlab    network namespaces with NATs between them (needs root, `ip` and `iptables`)
+#   interop   our codecs against independent implementations (py-libp2p, aioice)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-# The NAT-lab tests (tests/test_natlab_*.py) build network namespaces with `ip` and `iptables`;
-# the browser tests (tests/test_api_browser.py) drive a headless `chromium`. As root on
-# Debian/Ubuntu, install whichever is missing; otherwise those tests skip and say why (or fail,
-# under OVERLAY_REQUIRE_NATLAB=1).
+layer=
+case "${1:-}" in
+  unit|loopback|natlab|interop) layer=$1; shift ;;
+esac
+
+# The NAT-lab tests (tests/natlab) build network namespaces with `ip` and `iptables`; the browser
+# tests (tests/loopback/test_api_browser.py) drive a headless `chromium`. As root on Debian/Ubuntu,
+# install whichever the chosen tests need and is missing; otherwise those tests skip and say why
+# (or fail, under OVERLAY_REQUIRE_NATLAB=1).
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v iptables >/dev/null 2>&1 || missing+=(iptables)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ -z "$layer" ] || [ "$layer" = natlab ]; then
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+fi
+if [ -z "$layer" ] || [ "$layer" = loopback ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   if ! log=$( (export DEBIAN_FRONTEND=noninteractive
                apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}") 2>&1); then
@@ -25,4 +39,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest ${layer:+"tests/$layer"} "$@"

@@ -197,7 +197,7 @@ def _eth_account() -> tuple[type, Callable[..., object]]:
     document) overflows the thread's stack and kills the node with SIGSEGV instead of raising
     RecursionError; jsonwire's depth check is the defence, this keeps a miss survivable. Nothing
     the node calls needs the higher limit: recovery goes through eth-keys' coincurve backend
-    (tests/test_api_deep_json.py signs and recovers at the restored limit).
+    (tests/unit/test_gateway_codec.py signs and recovers at the restored limit).
 
     Not imported at start: it costs 0.7 s and 18 MB that a node without Degas clients need not
     spend. The import runs on the event loop's thread, so no decoder runs while the limit is up.

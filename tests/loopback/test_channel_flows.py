@@ -1,0 +1,322 @@
+"""The channel relay (WSRelay's protocol) over real nodes: the four flows, the ten commands, health
+reasons, and bad input on WS /connect and on INM streams. Nodes run in this process on loopback,
+each with its API."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from overlay.node.api import serve_api
+from overlay.channels.client import MAX_CLIENT_FRAME
+from overlay.channels.inm import Inm, new_nonce
+from overlay.channels.table import hash_password
+from overlay.core.framing import frame
+from tests.conftest import wait_for
+from tests.loopback.nodes import cluster, open_api_websocket
+
+
+async def start(c, join=None, **overrides):
+    node = await c.start(join=join, api=("127.0.0.1", 0), **overrides)
+    url = await c.nursery.start(serve_api, node)
+    node.ws_url = url.replace("http://", "ws://") + "/connect"
+    if join is not None:
+        await wait_for(lambda: node.joined.is_set(), what="join")
+    return node
+
+
+class Client:
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    async def call(self, command: str, nonce: str = "abc123", **data) -> dict:
+        await self.ws.send_message(json.dumps({"command": command, "data": data, "nonce": nonce}))
+        return await self.next("response")
+
+    async def next(self, kind: str = "message") -> dict:
+        with trio.fail_after(10):
+            while True:
+                reply = json.loads(await self.ws.get_message())
+                if reply["type"] == kind:
+                    return reply
+
+
+def client(node):
+    return _ClientContext(node)
+
+
+class _ClientContext:
+    def __init__(self, node) -> None:
+        self.cm = open_api_websocket(node, node.ws_url)
+
+    async def __aenter__(self) -> Client:
+        return Client(await self.cm.__aenter__())
+
+    async def __aexit__(self, *exc) -> None:
+        await self.cm.__aexit__(*exc)
+
+
+def neighbours(a, b) -> bool:
+    return str(b.peer_id) in a.channels.neighbours() and str(a.peer_id) in b.channels.neighbours()
+
+
+OK = {"ok": True}
+
+
+# ---- the four flows -------------------------------------------------------------------------------
+
+
+async def test_flow_new_client_single_node(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        async with client(node) as c1, client(node) as c2:
+            assert (await c1.call("subscribe", topic="channel"))["data"] == OK
+            reply = await c2.call("subscribe", topic="channel", nonce="n2")
+            assert reply == {"type": "response", "data": OK, "nonce": "n2"}
+            assert (await c1.call("send", channel="channel", message="Hello World"))["data"] == OK
+            got = await c2.next()
+            assert got == {"type": "message", "data": {"channel": "channel", "message": "Hello World"}, "nonce": "abc123"}
+            assert (await c1.call("list", nonce="l"))["data"] == {"channels": ["channel"]}
+        await wait_for(lambda: not node.channels.table.channels, what="the channel freed once its clients left")
+
+
+async def test_flow_new_client_multi_node(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        bystander = await start(c, join=a)  # no clients: must see no channel message
+        await wait_for(lambda: neighbours(a, b) and neighbours(a, bystander), what="INM links")
+        async with client(a) as c1, client(b) as c2:
+            assert (await c1.call("subscribe", topic="channel", password="passwd"))["data"] == OK
+            await wait_for(lambda: b.channels.table.reservation("channel") is not None, what="B reserves the channel")
+            reply = await c2.call("subscribe", topic="channel", password="wdpass")
+            assert reply["data"] == {"ok": False, "reason": "invalid password"}
+            assert (await c2.call("subscribe", topic="channel", password="passwd"))["data"] == OK
+            await wait_for(lambda: a.channels.table.open_elsewhere("channel") == [str(b.peer_id)], what="A learns B has it open")
+            assert (await c1.call("send", channel="channel", message="Hello C2"))["data"] == OK
+            assert (await c2.next())["data"] == {"channel": "channel", "message": "Hello C2"}
+            # and back, in order
+            for i in range(50):
+                assert (await c2.call("send", channel="channel", message=f"m{i}", nonce=str(i)))["data"] == OK
+            assert [(await c1.next())["data"]["message"] for _ in range(50)] == [f"m{i}" for i in range(50)]
+        assert bystander.channels.received.get(type="message") == 0, "messages go only where the channel is open"
+        assert bystander.channels.table.reservation("channel") is not None, "reservations do reach every node"
+        stored = a.channels.table.reservation("channel").password
+        assert stored == hash_password("channel", "passwd") and "passwd" not in json.dumps(a.channels.table.listing(False))
+
+
+async def test_flow_node_onboarding(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: neighbours(a, b), what="INM link a-b")
+        async with client(a) as c1:
+            assert (await c1.call("subscribe", topic="channel", password="pw"))["data"] == OK
+            await wait_for(lambda: b.channels.table.reservation("channel") is not None, what="B reserves")
+            late = await start(c, join=b)
+            await wait_for(lambda: late.channels.table.reservation("channel") == a.channels.table.reservation("channel"),
+                           what="the new node synchronised")
+            assert late.channels.table.open_here() == []
+            assert str(a.peer_id) in late.channels.table.open_elsewhere("channel") or neighbours(late, b)
+
+
+async def test_flow_remote_connection_and_the_commands(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: neighbours(a, b), what="INM link a-b")
+        node_c = await start(c, join=b)
+        await wait_for(lambda: neighbours(node_c, b), what="INM link c-b")
+        svc, B, A = node_c.channels, str(b.peer_id), str(a.peer_id)
+        assert A in (await svc.command(B, {"command": "list-nodes"}))["nodes"]
+        answer = await svc.command(B, {"command": "get-node-connection", "node": A})
+        assert answer["ok"] is True and answer["host"] == f"/p2p/{A}" and answer["token"]
+        assert await svc.command(B, {"command": "get-node-connection", "node": "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"}) == \
+            {"ok": False, "reason": "target not connected"}
+        svc._link(A)  # connect to A by peer ID
+        await wait_for(lambda: neighbours(node_c, a), what="INM link c-a")
+
+        latency = await svc.command(B, {"command": "get-latency", "node": A})
+        assert latency["ok"] is True and 0 < latency["latency"] < 1000
+        stats = await svc.command(A, {"command": "node-stats"})
+        assert set(stats) == {"relay", "network", "channels", "dropped"} and set(stats["network"]) == {"packets", "bandwidth"}
+        host = await svc.command(A, {"command": "host-stats"})
+        assert set(host) == {"cpu", "mem", "disk", "network"} and host["mem"]["total"] > 0
+        assert await svc.command(A, {"command": "nonsense"}) == {"ok": False, "reason": "unknown command"}
+        assert await svc.command(A, {"command": "list-channels"}) == {"channels": []}
+        hashed = hash_password("x", "pw")
+        assert await svc.command(A, {"command": "reserve-channel", "channel": "x", "password": hashed}) == OK
+        assert (await svc.command(B, {"command": "reserve-channel", "channel": "x", "password": hashed, "owner": B, "at": 2**50})) == OK
+        reserved = await svc.command(A, {"command": "list-reserved-channels"})
+        assert [ch["name"] for ch in reserved["channels"]] == ["x"]
+        async with client(a) as c1:
+            assert (await c1.call("subscribe", topic="x", password="pw"))["data"] == OK
+            assert await svc.command(A, {"command": "unreserve-channel", "channel": "x"}) == {"ok": False, "reason": "channel still open"}
+        await wait_for(lambda: a.channels.table.reservation("x") is None, what="freed once its client left")
+
+
+# ---- concurrent reservations -----------------------------------------------------------------------
+
+
+async def test_concurrent_reservations_of_one_name_end_the_same_everywhere(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: neighbours(a, b), what="INM link")
+        async with client(a) as c1, client(b) as c2:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(c1.call, "subscribe", "n1", topic="race", password="one"))
+                nursery.start_soon(partial(c2.call, "subscribe", "n2", topic="race", password="two"))
+            await wait_for(lambda: a.channels.table.reservation("race") == b.channels.table.reservation("race"),
+                           what="one reservation on both nodes")
+            winner = a.channels.table.reservation("race")
+            loser_node = b if winner.owner == str(a.peer_id) else a
+            await wait_for(lambda: not loser_node.channels.table.subscribers("race"), what="losing subscribers evicted")
+
+
+# ---- health ---------------------------------------------------------------------------------------
+
+
+async def test_health_reasons(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        assert node.health() == {"healthy": "good", "reason": "healthy"}
+        async with client(node) as c1, client(node), client(node), client(node):
+            await wait_for(lambda: len(node.channels.clients) == 4, what="4 clients")
+            assert node.health() == {"healthy": "degraded", "reason": "clients no channels"}
+            await c1.call("subscribe", topic="t")
+            assert node.health()["healthy"] == "good"
+        node.channels.table.subscribe(999, "ghost", "", 0.0, 0)  # a subscriber with no client: a logic error
+        assert node.health() == {"healthy": "bad", "reason": "channels no clients"}
+        node.channels.table.unsubscribe(999, "ghost", 0.0)
+        other = await start(c, join=node)
+        await wait_for(lambda: neighbours(node, other), what="INM link")
+        link = node.channels.links[str(other.peer_id)]
+        link.samples.extend([0.02, 0.03, 0.025])
+        assert node.health() == {"healthy": "degraded", "reason": "high latency"}
+        link.samples.clear()
+        assert other.health() == {"healthy": "good", "reason": "healthy"}
+        node.stop()  # other's only bootstrap and neighbour
+        await wait_for(lambda: other.health() == {"healthy": "degraded", "reason": "no peers"}, what="no peers")
+
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame_text, reason",
+    [
+        ("{not json", "malformed json"),
+        ("[]", "malformed json"),
+        (json.dumps({"command": "dance", "nonce": "x"}), "unknown command"),
+        (json.dumps({"command": "subscribe", "data": {"topic": 5}}), "invalid channel"),
+        (json.dumps({"command": "subscribe", "data": {"topic": "t", "password": 7}}), "invalid password field"),
+        (json.dumps({"command": "send", "data": {"channel": "t", "message": {"a": 1}}}), "invalid message"),
+        (json.dumps({"command": "send", "data": {"channel": "t", "message": "hi"}}), "not subscribed"),
+        (json.dumps({"command": "unsubscribe", "data": {"topic": "nope"}}), "not subscribed"),
+        (json.dumps({"command": "send", "data": {"channel": "t", "message": "x" * 70000}}), "message too large"),
+    ],
+)
+async def test_bad_client_frames_get_the_reason_and_the_connection_stays(tmp_path, frame_text, reason):
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        async with client(node) as c1:
+            await c1.ws.send_message(frame_text)
+            reply = await c1.next("response")
+            assert reply["data"] == {"ok": False, "reason": reason}
+            assert (await c1.call("list"))["data"] == {"channels": []}
+
+
+async def test_an_oversized_client_frame_closes_with_1009(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        async with open_api_websocket(node, node.ws_url) as ws:
+            await ws.send_message("x" * (MAX_CLIENT_FRAME + 1))
+            with pytest.raises(ConnectionClosed) as closed:
+                with trio.fail_after(10):
+                    await ws.get_message()
+            assert closed.value.reason.code == 1009
+        async with client(node) as c1:
+            assert (await c1.call("list"))["data"] == {"channels": []}
+
+
+async def test_inm_without_handshake_replayed_or_malformed_is_dropped_and_counted(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: neighbours(a, b), what="INM link")
+        svc = a.channels
+        # a peer that skips the handshake
+        stream = await b.host.new_stream(a.peer_id, [svc.protocol])
+        await stream.write(frame(Inm(str(b.peer_id), str(a.peer_id), "command", "n", {"command": "list-nodes"}).encode()))
+        await wait_for(lambda: svc.dropped.get(reason="handshake refused") == 1, what="refused")
+        # a handshake naming someone else
+        stream = await b.host.new_stream(a.peer_id, [svc.protocol])
+        await stream.write(frame(json.dumps({"command": "handshake", "data": {"name": str(a.peer_id)}}).encode()))
+        await wait_for(lambda: svc.dropped.get(reason="handshake refused") == 2, what="refused")
+        # replayed and malformed envelopes over the real link
+        link = b.channels.links[str(a.peer_id)]
+        envelope = frame(Inm(str(b.peer_id), str(a.peer_id), "command", new_nonce(), {"command": "list-nodes"}).encode())
+        for data in (envelope, envelope, frame(b"{garbage"), frame(b'{"type":"command"}')):
+            link.queue.put(data)
+        link.wake.set()
+        await wait_for(lambda: svc.dropped.get(reason="duplicate") == 1 and svc.dropped.get(reason="malformed") == 2,
+                       what="counted")
+        assert neighbours(a, b), "the link survives bad envelopes"
+
+
+async def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c, network_token="secret")
+        svc = a.channels
+        peer = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
+        hello = lambda name, token: json.dumps({"command": "handshake", "data": {"name": name, "token": token}}).encode()
+        issue = lambda: svc._cmd_token(Inm(str(a.peer_id), str(a.peer_id), "command", "n", {"node": peer}))["token"]
+        token = issue()
+        assert svc._accept_handshake(peer, hello(peer, token))
+        assert not svc._accept_handshake(peer, hello(peer, token)), "single use"
+        token = issue()
+        assert not svc._accept_handshake("12D3KooWSomeoneElse", hello("12D3KooWSomeoneElse", token))
+        assert not svc._accept_handshake(peer, hello(peer, token)), "as in WSRelay: a failed attempt wipes the token"
+        assert svc._accept_handshake(peer, hello(peer, "secret"))
+        assert not svc._accept_handshake(peer, hello(peer, "wrong"))
+        assert not svc._accept_handshake(peer, b"\xff")
+
+
+async def test_a_client_that_does_not_read_loses_messages_counted_and_stalls_no_one(tmp_path):
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        async with client(node) as sender, client(node) as fast, open_api_websocket(node, node.ws_url, message_queue_size=1) as slow:
+            await slow.send_message(json.dumps({"command": "subscribe", "data": {"topic": "t"}}))
+            for cl in (sender, fast):
+                assert (await cl.call("subscribe", topic="t"))["data"] == OK
+            total, payload = 6000, "x" * 4000
+            received = 0
+
+            async def read_fast() -> None:
+                nonlocal received
+                while received < total:
+                    if (await fast.next())["data"]["message"] == payload:
+                        received += 1
+
+            async def read_answers() -> None:
+                for _ in range(total):
+                    assert (await sender.next("response"))["data"] == OK
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_fast)
+                nursery.start_soon(read_answers)
+                for i in range(total):
+                    await sender.ws.send_message(json.dumps({"command": "send", "data": {"channel": "t", "message": payload}}))
+                    if i % 200 == 199:  # a reader that keeps up: never more than 400 behind
+                        await wait_for(lambda: received > i - 200, what="the fast reader keeps up")
+            assert received == total
+            stats = node.channels.node_stats()
+            assert stats["dropped"]["clients"] > 0
+            slow_client = max(node.channels.clients.values(), key=lambda cl: cl.dropped)
+            assert slow_client.send.statistics().current_buffer_used <= 1024

@@ -1,0 +1,238 @@
+"""The Degas gateway on real nodes: a client on one node and the service instance on
+another (and behind a relay), authentication over the socket, the size boundary, unknown and gone
+instances, gone clients, text frames, pings, and impostor nodes."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from overlay.node.api import serve_api
+from overlay.gateway import degas_pb2 as pb
+from overlay.gateway.service import FORWARD, TO_CLIENT, account_key, degas_key
+from overlay.gateway.session import MAX_PAYLOAD, Code
+from tests.conftest import wait_for
+from tests.loopback.nodes import cluster, open_api_websocket, three_nodes
+from tests.unit.test_gateway_codec import ACCOUNT, DEGAS, OTHER, degas, hello, sign
+
+B64 = lambda data: base64.b64encode(data).decode()
+ACCOUNT_ID = bytes.fromhex(ACCOUNT.address[2:])
+
+
+async def start(c, join=None, **overrides):
+    node = await c.start(join=join, api=("127.0.0.1", 0), **overrides)
+    url = await c.nursery.start(serve_api, node)
+    node.ws = url.replace("http://", "ws://")
+    return node
+
+
+async def receive(ws, kind: type):
+    message = kind()
+    with trio.fail_after(15):
+        message.ParseFromString(await ws.get_message())
+    return message
+
+
+class client:
+    """An authenticated client connection on `node`."""
+
+    def __init__(self, node, account=ACCOUNT) -> None:
+        self.cm, self.account = open_api_websocket(node, node.ws + "/gateway"), account
+
+    async def __aenter__(self):
+        ws = await self.cm.__aenter__()
+        await ws.send_message(hello(self.account))
+        challenge = (await receive(ws, pb.GatewayMessage)).auth_request.ethereum_auth.challenge
+        await ws.send_message(sign(challenge, self.account))
+        assert (await receive(ws, pb.GatewayMessage)).WhichOneof("payload") == "auth_ok"
+        return ws
+
+    async def __aexit__(self, *exc) -> None:
+        await self.cm.__aexit__(*exc)
+
+
+class instance:
+    """A service instance on `node`, registered as `degas_id`."""
+
+    def __init__(self, node, degas_id: bytes = DEGAS) -> None:
+        self.cm, self.degas_id = open_api_websocket(node, node.ws + "/service"), degas_id
+
+    async def __aenter__(self):
+        ws = await self.cm.__aenter__()
+        await ws.send_message(pb.DegasMessage(register=pb.DegasRegisterMessage(degas_id=self.degas_id)).SerializeToString())
+        assert (await receive(ws, pb.GatewayInternalMessage)).registered.degas_id == self.degas_id
+        return ws
+
+    async def __aexit__(self, *exc) -> None:
+        await self.cm.__aexit__(*exc)
+
+
+def to_client(account_id: bytes, payload: bytes) -> bytes:
+    return pb.DegasMessage(degas_to_client=pb.DegasToClientMessage(account_id=account_id, payload=payload)).SerializeToString()
+
+
+def announced(node, key: bytes):
+    return lambda: node.core.providers.get(key, trio.current_time(), 20)
+
+
+async def test_round_trips_between_a_client_and_an_instance_on_other_nodes(tmp_path):
+    async with cluster(tmp_path) as c:
+        a, b, d = await three_nodes(start, c)
+        async with instance(d) as service, client(a) as player:
+            await wait_for(lambda: any(announced(n, degas_key(DEGAS))() for n in (a, b)), what="instance announced")
+            # the instance speaks first: the DHT tells its node where the account is connected
+            await wait_for(lambda: any(announced(n, account_key(ACCOUNT_ID))() for n in (b, d)), what="account announced")
+            await service.send_message(to_client(ACCOUNT_ID, b"welcome"))
+            assert (await receive(player, pb.GatewayMessage)).degas.payload == b"welcome"
+            for payload in (b"hello", b"\x07" * MAX_PAYLOAD):
+                await player.send_message(degas(payload))
+                forward = (await receive(service, pb.GatewayInternalMessage)).client_message
+                assert (forward.account_id, forward.payload) == (ACCOUNT_ID, payload)
+                await service.send_message(to_client(ACCOUNT_ID, payload[::-1]))
+                back = (await receive(player, pb.GatewayMessage)).degas
+                assert (back.degas_id, back.payload) == (DEGAS, payload[::-1])
+            # one byte over: an error to the client, and the connection goes on
+            await player.send_message(degas(b"x" * (MAX_PAYLOAD + 1)))
+            assert (await receive(player, pb.GatewayMessage)).error.code == Code.PAYLOAD_TOO_LARGE
+            await player.send_message(degas(b"in order 1"))
+            await player.send_message(degas(b"in order 2"))
+            for expected in (b"in order 1", b"in order 2"):
+                assert (await receive(service, pb.GatewayInternalMessage)).client_message.payload == expected
+            # the instance's node does not count the message as lost
+            assert d.gateway.dropped.get(reason="not vouched") == 0
+            await player.ping(b"p")  # RFC 6455 control frames are answered
+
+
+async def test_unknown_and_gone_instances_and_gone_clients_get_clear_errors(tmp_path):
+    async with cluster(tmp_path) as c:
+        a, b, d = await three_nodes(start, c)
+        async with client(a) as player:
+            await player.send_message(degas(b"anyone?", degas_id=b"U" * 16))
+            error = (await receive(player, pb.GatewayMessage)).error
+            assert (error.code, error.degas_id) == (Code.UNKNOWN_DEGAS, b"U" * 16)
+            async with instance(d) as service:
+                await wait_for(lambda: any(announced(n, degas_key(DEGAS))() for n in (a, b)), what="instance announced")
+                await player.send_message(degas(b"one"))
+                assert (await receive(service, pb.GatewayInternalMessage)).client_message.payload == b"one"
+            await wait_for(lambda: DEGAS not in d.gateway.instances, what="instance gone")
+            await player.send_message(degas(b"two"))
+            assert (await receive(player, pb.GatewayMessage)).error.code == Code.DEGAS_GONE
+        await wait_for(lambda: not a.gateway.clients, what="client gone")
+        async with instance(d) as service:
+            await service.send_message(to_client(ACCOUNT_ID, b"still there?"))
+            error = (await receive(service, pb.GatewayInternalMessage)).error
+            assert (error.code, error.account_id) == (Code.CLIENT_GONE, ACCOUNT_ID)
+            # bad frames from an instance: an error each, and the socket goes on
+            await service.send_message(b"\xff\xff")
+            assert (await receive(service, pb.GatewayInternalMessage)).error.code == Code.MALFORMED
+            await service.send_message(to_client(ACCOUNT_ID, b"x" * (MAX_PAYLOAD + 1)))
+            assert (await receive(service, pb.GatewayInternalMessage)).error.code == Code.PAYLOAD_TOO_LARGE
+            await service.send_message(pb.DegasMessage(register=pb.DegasRegisterMessage(degas_id=b"E" * 16)).SerializeToString())
+            assert (await receive(service, pb.GatewayInternalMessage)).error.code == Code.MALFORMED
+            async with open_api_websocket(d, d.ws + "/service") as twin:
+                await twin.send_message(pb.DegasMessage(register=pb.DegasRegisterMessage(degas_id=DEGAS)).SerializeToString())
+                assert (await receive(twin, pb.GatewayInternalMessage)).error.code == Code.DEGAS_ID_TAKEN
+
+
+async def test_socket_level_refusals_close_with_a_reason_and_others_are_served(tmp_path):
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        async with instance(a) as service, client(a) as player:
+            for frame, code, close in ((degas(b"early"), Code.NOT_AUTHENTICATED, 1008), ("text", Code.MALFORMED, 1002),
+                                       (hello(account_id=bytes.fromhex(OTHER.address[2:])), Code.AUTH_FAIL, 1008)):
+                async with open_api_websocket(a, a.ws + "/gateway") as ws:
+                    await ws.send_message(frame)
+                    assert (await receive(ws, pb.GatewayMessage)).error.code == code
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await receive(ws, pb.GatewayMessage)
+                    assert closed.value.reason.code == close
+            # a signature replayed from another connection
+            async with open_api_websocket(a, a.ws + "/gateway") as first, open_api_websocket(a, a.ws + "/gateway") as second:
+                for ws in (first, second):
+                    await ws.send_message(hello())
+                challenge = (await receive(first, pb.GatewayMessage)).auth_request.ethereum_auth.challenge
+                await receive(second, pb.GatewayMessage)
+                await second.send_message(sign(challenge))
+                assert (await receive(second, pb.GatewayMessage)).error.code == Code.AUTH_FAIL
+            # the authenticated client was served all along
+            await player.send_message(degas(b"still here"))
+            assert (await receive(service, pb.GatewayInternalMessage)).client_message.payload == b"still here"
+
+
+async def test_nodes_cannot_speak_for_accounts_or_instances_they_do_not_host(tmp_path):
+    async with cluster(tmp_path) as c:
+        a, b, d = await three_nodes(start, c)
+        async with instance(d) as service, client(a) as player:
+            await wait_for(lambda: any(announced(n, degas_key(DEGAS))() for n in (a, b)), what="instance announced")
+            # b claims a's client, with a proof made for a: refused
+            challenge, signature = a.gateway.clients[ACCOUNT_ID].copy().pop().session.proof
+            b.channels.notify(str(d.peer_id), {"command": FORWARD, "degas_id": B64(DEGAS), "account_id": B64(ACCOUNT_ID),
+                                                "payload": B64(b"forged"), "challenge": challenge, "signature": B64(signature)})
+            await wait_for(lambda: d.gateway.dropped.get(reason="not vouched") == 1, what="forward refused")
+            # b claims to host the instance: its message to the client is refused
+            b.channels.notify(str(a.peer_id), {"command": TO_CLIENT, "degas_id": B64(DEGAS), "account_id": B64(ACCOUNT_ID),
+                                                "payload": B64(b"forged")})
+            await wait_for(lambda: a.gateway.dropped.get(reason="not the instance's host") == 1, what="to-client refused")
+            await service.send_message(to_client(ACCOUNT_ID, b"genuine"))
+            assert (await receive(player, pb.GatewayMessage)).degas.payload == b"genuine"
+
+
+async def test_an_instance_whose_node_is_reached_only_through_a_relay(tmp_path):
+    """The instance's node says it is behind NAT and gathers no WebRTC candidate, so the only
+    path the gateway has to it is its signalling node's relay."""
+    no_webrtc = {"webrtc_interfaces": ("no-such-interface",)}
+    async with cluster(tmp_path) as c:
+        boot = await start(c, webrtc_interfaces=("127.0.0.1",))
+        hidden = await start(c, join=boot, reachability="private", **no_webrtc)
+        gateway = await start(c, join=boot, **no_webrtc)
+        await wait_for(lambda: hidden.joined.is_set() and gateway.joined.is_set() and hidden.record and hidden.record.addrs,
+                       what="joined, relay address published")
+        async with instance(hidden) as service:
+            await wait_for(lambda: announced(boot, degas_key(DEGAS))() and announced(gateway, degas_key(DEGAS))(),
+                           what="instance announced")  # the hidden node dialed out to do that
+            await gateway.host.disconnect(hidden.peer_id)
+            await wait_for(lambda: not gateway.dialer.connected(hidden.peer_id), what="no direct connection")
+            async with client(gateway) as player:
+                await player.send_message(degas(b"via relay"))
+                assert (await receive(service, pb.GatewayInternalMessage)).client_message.payload == b"via relay"
+                paths = next(p["paths"] for p in gateway.peers() if p["peer_id"] == str(hidden.peer_id))
+                assert paths == ["relayed"]
+                # the way back: over the relay, or a connection the hidden node opens (outbound is allowed)
+                await service.send_message(to_client(ACCOUNT_ID, b"back"))
+                assert (await receive(player, pb.GatewayMessage)).degas.payload == b"back"
+
+
+
+async def test_the_examples_make_a_round_trip_between_two_nodes(tmp_path):
+    """As the README runs them: the example service on one node, the example client on another."""
+    root = Path(__file__).resolve().parents[2]
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: b.joined.is_set(), what="joined")
+        api = lambda node: node.ws.removeprefix("ws://")
+        async with trio.open_nursery() as nursery:
+            service = functools.partial(trio.run_process, [sys.executable, str(root / "examples/degas_service.py"),
+                                                           "--api", api(b), "--data-dir", str(b.config.data_dir), "--count", "1"], capture_stdout=True)
+            served = await nursery.start(_finished, service)
+            await wait_for(lambda: b.gateway.instances, what="example service registered")
+            await wait_for(announced(a, degas_key(bytes.fromhex("00112233445566778899aabbccddeeff"))), what="announced")
+            with trio.fail_after(60):
+                done = await trio.run_process([sys.executable, str(root / "examples/degas_client.py"), "--api", api(a),
+                                               "--data-dir", str(a.config.data_dir), "hello overlay"], capture_stdout=True)
+        out = done.stdout.decode()
+        assert "authenticated as 0x" in out and "00112233445566778899aabbccddeeff: HELLO OVERLAY" in out
+        assert "b'hello overlay'" in served[0].stdout.decode()
+
+
+async def _finished(run, task_status=trio.TASK_STATUS_IGNORED):
+    result: list = []
+    task_status.started(result)
+    with trio.fail_after(90):
+        result.append(await run())
