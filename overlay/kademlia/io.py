@@ -110,6 +110,7 @@ class DhtService:
         self.streams = StreamPool(host, self.protocol)
         self._results: dict[int, tuple[trio.Event, list[QueryDone]]] = {}
         self._wakeup = trio.Event()
+        self._fed = trio.Event()  # set (and replaced) whenever the core took an input
         self._nursery: trio.Nursery | None = None
         self.op_latency = metrics.histogram("overlay_dht_operation_seconds", "Duration of DHT operations")
         self.ops = metrics.counter("overlay_dht_operations_total", "DHT operations by kind and outcome")
@@ -179,6 +180,12 @@ class DhtService:
     def unprovide(self, key: bytes) -> None:
         self._apply(self.core.unprovide(key, self.now()))
 
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Return once `condition()` (of the core's state: its table, its stores) holds, checked
+        each time the core takes an input, the only moments its state changes."""
+        while not condition():
+            await self._fed.wait()
+
     def add_address(self, peer: PeerInfo) -> None:
         self._apply(self.core.add_address(peer, self.now()))
 
@@ -190,7 +197,10 @@ class DhtService:
         self._wakeup.set()
 
     def _dispatch(self, actions: list[Action]) -> None:
+        """Carry out what the core answered to an input (each input's answer passes here)."""
         assert self._nursery is not None, "DhtService.run() must be started first"
+        self._fed.set()
+        self._fed = trio.Event()
         for action in actions:
             if isinstance(action, Send):
                 self._nursery.start_soon(self._request, action)

@@ -428,8 +428,7 @@ class Node:
             await self.dialer.connect(b.peer_id, [b.addr])
             self.dht.add_address(PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)))
             with trio.move_on_after(self.core.config.request_timeout):
-                while not self._in_table(b):
-                    await trio.sleep(0.01)
+                await self.dht.until(lambda: self._in_table(b))
             if not self._in_table(b):
                 raise DialError(f"connected, but it does not answer {self.dht.protocol} (another --network?)")
         except DialError as e:
