@@ -12,7 +12,8 @@
   only over an existing link, else drops it and counts it.
 - `LinkQueue`: what waits to be written to one neighbour, bounded in envelopes and bytes; when
   full, channel messages are dropped (newest first, counted per channel) while control traffic
-  gets a reserve of its own, so a slow neighbour cannot stall or bloat anyone else.
+  gets a reserve of its own, so a slow neighbour cannot stall or bloat anyone else. A batch
+  whose write failed is given back, so a reconnecting link sends it first.
 """
 
 from __future__ import annotations
@@ -88,16 +89,22 @@ class LinkQueue:
         self.size += len(frame)
         return True
 
-    def take(self, max_bytes: int = 256 * 1024) -> list[bytes]:
-        """Frames to write in one go (at least one if any wait)."""
-        out: list[bytes] = []
+    def take(self, max_bytes: int = 256 * 1024) -> list[tuple[bytes, str]]:
+        """(frame, channel) pairs to write in one go (at least one if any wait)."""
+        out: list[tuple[bytes, str]] = []
         taken = 0
         while self.items and (not out or taken + len(self.items[0][0]) <= max_bytes):
-            frame, _ = self.items.popleft()
-            out.append(frame)
-            taken += len(frame)
+            out.append(self.items.popleft())
+            taken += len(out[-1][0])
         self.size -= taken
         return out
+
+    def give_back(self, batch: list[tuple[bytes, str]]) -> None:
+        """A taken batch whose write failed goes back to the front, in order, for the next
+        stream to the same neighbour: a failed write loses nothing by itself (the link's end
+        counts what is still queued then). It may exceed the bounds by that one batch."""
+        self.items.extendleft(reversed(batch))
+        self.size += sum(len(frame) for frame, _ in batch)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -65,8 +65,8 @@ HIGH_LATENCY = 0.010  # seconds, WSRelay's "high latency"
 LATENCY_EVERY = 15.0
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
-RETRY = (0.5, 1.0, 2.0, 5.0)
-COALESCE = 0.010  # seconds between two writes on one link  # reconnect delays of a link with envelopes waiting
+RETRY = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a link with envelopes waiting
+COALESCE = 0.010  # seconds between two writes on one link
 ANNOUNCE = "channel-open"  # extension: where a channel is open (no response)
 OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
                           "reserve-channel", "unreserve-channel", "node-stats", "host-stats", "get-node-connection",
@@ -237,7 +237,11 @@ class ChannelService:
                 await trio.sleep_until(last + COALESCE)
                 batch = link.queue.take()
                 last = trio.current_time()
-                await stream.write(b"".join(batch))
+                try:
+                    await stream.write(b"".join(frame for frame, _ in batch))
+                except BaseException:
+                    link.queue.give_back(batch)
+                    raise
         finally:
             with trio.move_on_after(1):
                 try:

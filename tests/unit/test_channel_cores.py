@@ -237,6 +237,17 @@ def test_link_queue_drops_channel_messages_first_and_counts_them():
     assert len(batch) == 100 and len(queue) == MAX_QUEUE + CONTROL_RESERVE - 100
 
 
+def test_a_batch_given_back_after_a_failed_write_comes_out_first_in_order():
+    queue = LinkQueue()
+    for i in range(5):
+        queue.put(b"m%d" % i, "chan" if i % 2 else "")
+    batch = queue.take(max_bytes=6)
+    assert batch == [(b"m0", ""), (b"m1", "chan"), (b"m2", "")] and queue.size == 4
+    queue.put(b"m5", "chan")
+    queue.give_back(batch)
+    assert queue.take() == [(b"m%d" % i, "chan" if i % 2 else "") for i in range(6)] and queue.size == 0
+
+
 def test_announcements_repair_reservations_that_diverged_during_a_partition():
     left, right = ChannelTable("node-a"), ChannelTable("node-b")
     left.subscribe("c1", "chan", "ha", now=0, wall_ms=100)  # each side reserved it alone
