@@ -81,7 +81,7 @@ def test_libp2p_accepts_our_envelope(key):
 
 def test_we_open_libp2p_envelopes_and_seal_the_same_bytes(key):
     pair = create_new_key_pair(raw_seed(key))
-    addrs = [multiaddr.Multiaddr(a) for a in ("/ip4/10.0.0.1/tcp/9", "/dns4/example.com/tcp/443/wss")]
+    addrs = [multiaddr.Multiaddr(a) for a in ("/ip4/198.18.0.1/tcp/9", "/dns4/example.com/tcp/443/wss")]
     theirs = seal_record(Libp2pPeerRecord(ID.from_pubkey(pair.public_key), addrs, 42), pair.private_key).marshal_envelope()
     record = open_peer_record(theirs)
     assert record == PeerRecord(pid(key), 42, tuple(a.to_bytes() for a in addrs))
