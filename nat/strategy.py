@@ -11,8 +11,8 @@ the simulator runs it in virtual time.
 States and what moves them (everything that changes the state is here):
 
     NEW      --start-->                       DIALING   (DialDirect, or DialRelay, or FAILED at once)
-    DIALING  --direct ok-->                   DIRECT    (Connected("direct"))
-    DIALING  --relay ok-->                    RELAYED   (Connected("relayed"), Upgrade)
+    DIALING  --direct ok-->                   DIRECT    (DialConnected("direct"))
+    DIALING  --relay ok-->                    RELAYED   (DialConnected("relayed"), Upgrade)
     DIALING  --last direct/relay failed-->    FAILED    (Failed)
     RELAYED  --direct ok / upgrade ok-->      DIRECT    (Upgraded)
     RELAYED  --last upgrade failed-->         RELAYED, finished (GaveUp)
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Union
 
+from overlay.core.errors import ProtocolError
+
 
 class DialState(Enum):
     NEW = "new"
@@ -38,7 +40,7 @@ class DialState(Enum):
     FAILED = "failed"
 
 
-class StrategyError(Exception):
+class StrategyError(ProtocolError):
     """An event the strategy did not ask for: a bug in the adapter that drives it."""
 
 
@@ -72,7 +74,7 @@ class Upgrade:
 
 
 @dataclass(frozen=True)
-class Connected:
+class DialConnected:
     path: str  # "direct" or "relayed": streams can be opened now
 
 
@@ -91,7 +93,7 @@ class GaveUp:
     """No direct path found: the relayed connection stays."""
 
 
-DialAction = Union[DialDirect, DialRelay, Upgrade, Connected, Failed, Upgraded, GaveUp]
+DialAction = Union[DialDirect, DialRelay, Upgrade, DialConnected, Failed, Upgraded, GaveUp]
 
 
 class DialStrategy:
@@ -131,7 +133,7 @@ class DialStrategy:
         self._direct_pending = False
         if ok:
             if self.state is DialState.DIALING:
-                return self._done([Connected("direct")], DialState.DIRECT)
+                return self._done([DialConnected("direct")], DialState.DIRECT)
             if self.state is DialState.RELAYED:
                 return self._done([Upgraded()], DialState.DIRECT)
             return []
@@ -155,7 +157,7 @@ class DialStrategy:
             self._via = relay
             self._upgrading = True
             self._upgrades = 1
-            return [Connected("relayed"), Upgrade(relay)]
+            return [DialConnected("relayed"), Upgrade(relay)]
         if self._relays_left:
             return self._next_relay()
         return [] if self._direct_pending else self._fail("every address and relay failed")

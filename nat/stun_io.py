@@ -72,7 +72,7 @@ _FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK)
 
 
 @dataclass(frozen=True)
-class Reply:
+class StunAnswer:
     """What a server sends: `data` from `endpoints[endpoint]`; `error` for error responses."""
 
     endpoint: int
@@ -100,7 +100,7 @@ def _other(endpoints: Sequence[Addr], arrived_on: int) -> Addr | None:
 
 
 def answer_request(data: bytes, source: Addr, arrived_on: int, endpoints: Sequence[Addr],
-                   software: str | None = None) -> Reply | None:
+                   software: str | None = None) -> StunAnswer | None:
     """The server's answer to one datagram, or None when nothing is to be sent.
 
     `endpoints` are the server's socket addresses, `arrived_on` the index of the receiving one.
@@ -113,16 +113,16 @@ def answer_request(data: bytes, source: Addr, arrived_on: int, endpoints: Sequen
     if message.method != BINDING:
         error = encode_error_response(txid, 400, f"unsupported method 0x{message.method:03x}",
                                       method=message.method, software=software)
-        return Reply(arrived_on, error, True)
+        return StunAnswer(arrived_on, error, True)
     if message.unknown_attributes:
         error = encode_error_response(txid, 420, unknown_attributes=message.unknown_attributes,
                                       software=software)
-        return Reply(arrived_on, error, True)
+        return StunAnswer(arrived_on, error, True)
     target = _changed(endpoints, arrived_on, message.change_ip, message.change_port)
     if target is None:
         error = encode_error_response(txid, 420, "no alternate address for CHANGE-REQUEST",
                                       unknown_attributes=[CHANGE_REQUEST], software=software)
-        return Reply(arrived_on, error, True)
+        return StunAnswer(arrived_on, error, True)
     origin = endpoints[target]
     success = encode_binding_success(
         txid, normalize_addr(source),
@@ -130,7 +130,7 @@ def answer_request(data: bytes, source: Addr, arrived_on: int, endpoints: Sequen
         other_address=_other(endpoints, arrived_on),
         software=software,
     )
-    return Reply(target, success, False)
+    return StunAnswer(target, success, False)
 
 
 # ---- server ---------------------------------------------------------------------------------

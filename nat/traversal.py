@@ -24,10 +24,11 @@ from libp2p.peer.id import ID
 from nat.plan import plan_for
 from nat.relay import RelayService
 from nat.strategy import (
-    Connected, DialAction, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Upgrade, Upgraded,
+    DialAction, DialConnected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Upgrade, Upgraded,
 )
-from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession, parse_description
+from nat.webrtc import PathInfo, WebRtcConfig, WebRtcSession
 from nat.webrtc_conn import add_webrtc_connection
+from nat.webrtc_description import parse_description
 from overlay.transport.dialer import Dialer
 from overlay.core.errors import DecodeError, DialError
 from overlay.core.metrics import Registry
@@ -170,7 +171,7 @@ class Traversal:
                     nursery.start_soon(relayed, action.relay, action.addrs)
                 elif isinstance(action, Upgrade):
                     nursery.start_soon(upgrade, action.relay)
-                elif isinstance(action, Connected):
+                elif isinstance(action, DialConnected):
                     attempt.path = record.first_path = action.path
                     record.first = trio.current_time()
                     if action.path == "direct":

@@ -1,7 +1,7 @@
 """WebRTC connections: aiortc data channels, one per libp2p stream, as in libp2p's /webrtc spec.
 
 Why aiortc's ORTC objects (gatherer, ICE, DTLS, SCTP transports) instead of RTCPeerConnection:
-we exchange a compact description instead of SDP (see `Description`), and we need our own ICE
+we exchange a compact description instead of SDP (`Description`), and we need our own ICE
 gatherer to choose interfaces, which RTCPeerConnection builds internally.
 
 Channels. Channel 0 (negotiated, ordered, reliable) is the control channel: the Noise handshake
@@ -11,17 +11,11 @@ reliable) by the side that opens the stream. DTLS already encrypts and authentic
 channel, so streams carry plain bytes: no second encryption and no second multiplexer, which
 is what made a single Noise + Yamux channel cost a third of the bare data channel's throughput.
 
-Each data-channel message on a channel is one frame:
-
-    0x00 payload...        DATA: stream bytes (at most CHUNK bytes of payload)
-    0x01 u32 (big endian)  CREDIT: the receiver has consumed that many more bytes
-    0x02                   FIN: the sender will send no more DATA
-
-A sender may have at most WINDOW bytes of DATA payload that the receiver has not credited yet.
-aiortc returns SCTP receive window as soon as a message is handed over, read or not, so without
-this window a paused reader's buffer grows without bound; with it, a paused reader holds at most
-WINDOW bytes per stream (and a connection at most MAX_STREAMS streams) and loses none. A peer
-exceeding its credit, sending DATA after FIN or a frame we do not know resets the stream.
+The stream protocol on each channel (DATA, CREDIT and FIN frames, the credit window, the
+half-close states) is nat/webrtc_stream.py, without I/O; the description exchanged through
+signalling is nat/webrtc_description.py. This module carries them: aiortc runs on an asyncio
+loop in its own thread (nat/bridge.py), the streams are read and written from trio. A paused
+reader holds at most WINDOW bytes per stream, and a connection at most MAX_STREAMS streams.
 Once both FINs are through, each side closes the channel (an SCTP stream reset); a channel
 closed before that is a reset.
 """
@@ -30,12 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
-import re
-import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,24 +53,15 @@ from libp2p.io.abc import ReadWriteCloser
 from libp2p.io.exceptions import ConnectionClosedError
 
 from nat.bridge import AsyncioBridge, TrioCall, get_bridge
-from overlay.core.errors import DecodeError, DialError
+from nat.webrtc_description import Description
+from nat.webrtc_stream import FIN_FRAME, WINDOW, Data, Fin, StreamCore, StreamCounters, encode_credit, pack
+from overlay.core.errors import DecodeError, DialError, ProtocolError
 
 log = logging.getLogger(__name__)
 
-DATA, CREDIT, FIN = 0, 1, 2
-WINDOW = 1 << 20  # per stream
 MAX_STREAMS = 256  # open streams per connection, each way together
 MAX_PENDING_STREAMS = 32  # opened by the peer, not accepted yet
-CHUNK = 65535  # DATA payload per message: our SCTP capabilities allow 65,536-byte messages
 SCTP_PORT = 5000
-
-MAX_DESCRIPTION = 8 * 1024
-MAX_CANDIDATES = 16
-MAX_FINGERPRINTS = 4
-_ICE_CHARS = re.compile(r"^[A-Za-z0-9+/]+$")
-_FINGERPRINT = re.compile(r"^([0-9A-Fa-f]{2}:){15,63}[0-9A-Fa-f]{2}$")
-_HASHES = ("sha-256", "sha-384", "sha-512")
-_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
 
 
 @dataclass(frozen=True)
@@ -90,89 +72,6 @@ class WebRtcConfig:
     interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: every non-loopback address
     timeout: float = 10.0  # ICE + DTLS + SCTP, well below aioice's 63 s check-list failure
     allow_loopback_candidates: bool = False
-
-
-# ---- the description exchanged through signalling ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Description:
-    """What one side tells the other to connect: ICE credentials, DTLS fingerprints, candidates.
-
-    Wire form (JSON object, at most MAX_DESCRIPTION bytes once encoded):
-    {"ufrag": str, "pwd": str, "fingerprints": ["sha-256 AB:CD:...", ...],
-     "candidates": ["candidate:<foundation> 1 udp <prio> <ip> <port> typ <type> ...", ...]}
-    Candidates use the candidate-attribute syntax of RFC 8839, UDP and IP literals only.
-    """
-
-    ufrag: str
-    pwd: str
-    fingerprints: tuple[tuple[str, str], ...]
-    candidates: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ufrag": self.ufrag,
-            "pwd": self.pwd,
-            "fingerprints": [f"{a} {v}" for a, v in self.fingerprints],
-            "candidates": list(self.candidates),
-        }
-
-
-def parse_description(obj: Any, allow_loopback: bool = False) -> Description:
-    """Validate a remote description; DecodeError names what is wrong.
-
-    Candidates that a remote could use to aim our connectivity checks elsewhere are refused:
-    hostnames (aioice would resolve them, mDNS included), TCP, unspecified, multicast and
-    broadcast addresses, and loopback unless allowed.
-    """
-    if not isinstance(obj, dict):
-        raise DecodeError("description: expected a JSON object")
-    if len(json.dumps(obj)) > MAX_DESCRIPTION:
-        raise DecodeError(f"description: larger than {MAX_DESCRIPTION} bytes")
-    ufrag, pwd = obj.get("ufrag"), obj.get("pwd")
-    if not isinstance(ufrag, str) or not 4 <= len(ufrag) <= 256 or not _ICE_CHARS.match(ufrag):
-        raise DecodeError("description: ufrag must be 4-256 ICE characters")
-    if not isinstance(pwd, str) or not 22 <= len(pwd) <= 256 or not _ICE_CHARS.match(pwd):
-        raise DecodeError("description: pwd must be 22-256 ICE characters")
-    fingerprints = obj.get("fingerprints")
-    if not isinstance(fingerprints, list) or not 1 <= len(fingerprints) <= MAX_FINGERPRINTS:
-        raise DecodeError(f"description: 1 to {MAX_FINGERPRINTS} fingerprints expected")
-    parsed_fps = []
-    for fp in fingerprints:
-        algorithm, _, value = fp.partition(" ") if isinstance(fp, str) else ("", "", "")
-        if algorithm not in _HASHES or not _FINGERPRINT.match(value):
-            raise DecodeError(f"description: bad fingerprint {str(fp)[:80]!r}")
-        parsed_fps.append((algorithm, value.upper()))
-    candidates = obj.get("candidates")
-    if not isinstance(candidates, list) or len(candidates) > MAX_CANDIDATES:
-        raise DecodeError(f"description: at most {MAX_CANDIDATES} candidates expected")
-    for text in candidates:
-        check_candidate(text, allow_loopback)
-    return Description(ufrag, pwd, tuple(parsed_fps), tuple(candidates))
-
-
-def check_candidate(text: Any, allow_loopback: bool = False) -> None:
-    if not isinstance(text, str) or len(text) > 256:
-        raise DecodeError("candidate: expected a string of at most 256 characters")
-    try:
-        candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-    except Exception:  # noqa: BLE001 - the SDP parser raises several types
-        raise DecodeError(f"candidate: cannot parse {text[:80]!r}") from None
-    if candidate.protocol.lower() != "udp":
-        raise DecodeError(f"candidate: only UDP is used, got {candidate.protocol!r}")
-    if candidate.type not in _CANDIDATE_TYPES:
-        raise DecodeError(f"candidate: unknown type {candidate.type!r}")
-    try:
-        ip = ipaddress.ip_address(candidate.ip)
-    except ValueError:
-        raise DecodeError(f"candidate: {candidate.ip!r} is not an IP address") from None
-    if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
-        raise DecodeError(f"candidate: unusable address {ip}")
-    if ip.is_loopback and not allow_loopback:
-        raise DecodeError(f"candidate: loopback address {ip}")
-    if not 1 <= candidate.port <= 65535:
-        raise DecodeError(f"candidate: bad port {candidate.port}")
 
 
 # ---- ICE gathering on chosen interfaces -----------------------------------------------------------
@@ -417,16 +316,15 @@ def _selected_path(ice: RTCIceTransport) -> PathInfo:
 # ---- the byte stream ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Counters:
-    bytes_in: int = 0
-    bytes_out: int = 0
-    violations: int = 0
+def _drain(outbox: deque[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """What the trio side queued, including what it queues while this runs."""
+    while outbox:
+        yield outbox.popleft()
 
 
 class DataChannelStream(ReadWriteCloser):
     """One data channel as a byte stream, on the trio side; the channel itself is only touched on
-    the asyncio loop.
+    the asyncio loop. Its protocol state and credit are `core` (nat/webrtc_stream.py).
 
     Frames cross threads in batches, in order, one wake-up per burst: incoming ones through
     trio's run_sync_soon queue (FIFO), outgoing ones through call_soon_threadsafe.
@@ -439,19 +337,12 @@ class DataChannelStream(ReadWriteCloser):
         self.session = session
         self._channel: RTCDataChannel | None = None
         self._call = session._call
-        self._window = window
+        self.core = StreamCore(window)
         self._chunks: deque[bytes] = deque()  # received payloads, the first one from _offset
         self._offset = 0
-        self._buffered = 0
-        self._credit = window
-        self._consumed = 0
-        self.eof = False  # the peer's FIN arrived
-        self._write_closed = False  # our FIN is queued
-        self._broken: str | None = None  # reset, by either side, or the transport went away
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
         self._write_lock = trio.Lock()
-        self.counters = _Counters()
         self._inbox: deque[Any] = deque()
         self._inbox_scheduled = False
         self._outbox: deque[bytes | memoryview] = deque()
@@ -475,32 +366,10 @@ class DataChannelStream(ReadWriteCloser):
         self._call(self._on_channel_closed)
 
     def _flush_asyncio(self) -> None:
-        """Send what the trio side queued, packing consecutive stream bytes into full messages.
-
-        Every data-channel message costs a wake-up of the receiving trio thread and a share of
-        the GIL there, and writes (a Noise message is up to 65,537 bytes with its length) do not
-        divide into messages: packing them halves the message count of a bulk transfer.
-        """
+        """Send what the trio side queued, stream bytes packed into full DATA frames."""
         self._outbox_scheduled = False
-        outbox, send = self._outbox, self._send_asyncio
-        data = bytearray([DATA])
-        while outbox:
-            item = outbox.popleft()
-            if isinstance(item, memoryview):  # stream bytes
-                while item:
-                    room = CHUNK + 1 - len(data)
-                    data += item[:room]
-                    item = item[room:]
-                    if len(data) == CHUNK + 1:
-                        send(bytes(data))
-                        data = bytearray([DATA])
-            else:  # a control frame, after the bytes queued before it
-                if len(data) > 1:
-                    send(bytes(data))
-                    data = bytearray([DATA])
-                send(item)
-        if len(data) > 1:
-            send(bytes(data))
+        for frame in pack(_drain(self._outbox)):
+            self._send_asyncio(frame)
 
     def _send_asyncio(self, frame: bytes) -> None:
         if self._send_failed or self._channel is None or self._channel.readyState != "open":
@@ -536,75 +405,81 @@ class DataChannelStream(ReadWriteCloser):
             self._on_frame(self._inbox.popleft())
 
     def _on_frame(self, data: Any) -> None:
-        if self._broken:
+        try:
+            frame = self.core.receive(data)
+        except (DecodeError, ProtocolError) as e:  # the core has reset the stream
+            log.warning("webrtc: resetting a stream: %s", e)
+            self._after_reset()
             return
-        if not isinstance(data, bytes) or not data:
-            self._violation("text or empty frame")
-        elif data[0] == DATA:
-            payload = data[1:]
-            if self.eof:
-                self._violation("data after FIN")
-            elif self._buffered + len(payload) > self._window:
-                self._violation("peer sent beyond its credit")
-            elif payload:
-                self._chunks.append(payload)
-                self._buffered += len(payload)
-                self.counters.bytes_in += len(payload)
+        if isinstance(frame, Data):
+            if frame.payload:
+                self._chunks.append(frame.payload)
                 self._readable.unpark_all()
-        elif data[0] == CREDIT and len(data) == 5:
-            self._credit += struct.unpack(">I", data[1:])[0]
-            self._writable.unpark_all()
-        elif data[0] == FIN and len(data) == 1:
-            self.eof = True
+        elif isinstance(frame, Fin):
             self._readable.unpark_all()
-            self._maybe_done()
-        else:
-            self._violation(f"unknown frame type {data[0]}")
-
-    def _violation(self, why: str) -> None:
-        self.counters.violations += 1
-        log.warning("webrtc: resetting a stream: %s", why)
-        self._reset_now(why)
+            self._close_if_done()
+        elif frame is not None:  # CREDIT
+            self._writable.unpark_all()
 
     def _on_channel_closed(self) -> None:
-        if not (self.eof and self._write_closed):
-            self._on_broken("reset by the peer")
+        self.core.channel_closed()
+        self._wake()
         self._release()
 
     def _on_broken(self, why: str) -> None:
-        if self._broken is None:
-            self._broken = why
-        self._readable.unpark_all()
-        self._writable.unpark_all()
+        self.core.broke(why)
+        self._wake()
 
     def _reset_now(self, why: str) -> None:
-        self._on_broken(why)
+        if self.core.reset(why):
+            self._after_reset()
+
+    def _after_reset(self) -> None:
         self._chunks.clear()
-        self._buffered = 0
+        self._offset = 0
+        self._wake()
         self._release()
         self.session.bridge.call_soon(self._close_channel_asyncio)
 
-    def _maybe_done(self) -> None:
-        if self.eof and self._write_closed and not self._broken:
+    def _close_if_done(self) -> None:
+        if self.core.done:
             self._release()
             self.session.bridge.call_soon(self._close_channel_asyncio)
+
+    def _wake(self) -> None:
+        self._readable.unpark_all()
+        self._writable.unpark_all()
 
     def _release(self) -> None:
         self.session.streams.discard(self)
 
     @property
+    def counters(self) -> StreamCounters:
+        return self.core.counters
+
+    @property
+    def eof(self) -> bool:
+        """The peer's FIN arrived."""
+        return self.core.eof
+
+    @property
     def buffered(self) -> int:
         """Received bytes not read yet (at most the window)."""
-        return self._buffered
+        return self.core.window.buffered
+
+    @property
+    def credit(self) -> int:
+        """Bytes we may send before the peer credits more."""
+        return self.core.window.credit
 
     @property
     def broken(self) -> str | None:
-        return self._broken
+        return self.core.broken
 
     async def read(self, n: int | None = None) -> bytes:
         """Up to `n` bytes, from one received frame at a time (no copy of the whole buffer)."""
         while not self._chunks:
-            if self.eof or self._broken:
+            if self.core.eof or self.core.broken:
                 return b""
             await self._readable.park()
         chunk = self._chunks[0]
@@ -615,12 +490,9 @@ class DataChannelStream(ReadWriteCloser):
             self._offset = 0
         else:
             self._offset = end
-        size = len(data)
-        self._buffered -= size
-        self._consumed += size
-        if self._consumed >= self._window // 4 and not self.eof:
-            self._send(bytes([CREDIT]) + struct.pack(">I", self._consumed))
-            self._consumed = 0
+        credit = self.core.consume(len(data))
+        if credit:
+            self._send(encode_credit(credit))
         return data
 
     async def write(self, data: bytes) -> None:
@@ -628,29 +500,25 @@ class DataChannelStream(ReadWriteCloser):
         async with self._write_lock:
             pos = 0
             while pos < len(view):
-                while self._credit <= 0 and not (self._write_closed or self._broken):
+                while self.core.writable and self.core.window.credit <= 0:
                     await self._writable.park()
-                if self._write_closed or self._broken:
-                    why = self._broken or "closed for writing"
+                if not self.core.writable:
+                    why = self.core.broken or "closed for writing"
                     raise ConnectionClosedError(f"webrtc stream: {why}", transport="webrtc")
-                size = min(len(view) - pos, self._credit)
-                self._credit -= size
+                size = self.core.take(len(view) - pos)
                 self._send(view[pos : pos + size])
-                self.counters.bytes_out += size
                 pos += size
 
     async def close(self) -> None:
         """FIN behind the bytes already queued; reading goes on until the peer's FIN."""
-        if self._write_closed or self._broken:
+        if not self.core.close():
             return
-        self._write_closed = True
         self._writable.unpark_all()
-        self._send(bytes([FIN]))
-        self._maybe_done()
+        self._send(FIN_FRAME)
+        self._close_if_done()
 
     async def reset(self) -> None:
-        if not self._broken:
-            self._reset_now("reset locally")
+        self._reset_now("reset locally")
 
     def get_remote_address(self) -> tuple[str, int] | None:
         return self.session.path.remote

@@ -2,7 +2,7 @@
 
 Candidates come from the node's bootstraps and from DHT provider records under the signalling
 key, in the order offered (bootstraps first). The machine keeps `want` registrations: it asks for
-one (`Register`) whenever fewer are live or pending, replaces a lost one with the next candidate,
+one (`RegisterWith`) whenever fewer are live or pending, replaces a lost one with the next candidate,
 backs off from a candidate that failed (doubling per failure), asks for more candidates
 (`NeedCandidates`, at most once per `lookup_interval`) when it runs out, and reports every change
 of the live set (`Changed`), since the node's published record lists them.
@@ -23,7 +23,7 @@ SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # DHT providers:
 
 
 @dataclass(frozen=True)
-class Register:
+class RegisterWith:
     peer: PeerInfo
 
 
@@ -37,7 +37,7 @@ class NeedCandidates:
     pass
 
 
-Action = Union[Register, Changed, NeedCandidates]
+RegistrationAction = Union[RegisterWith, Changed, NeedCandidates]
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Registrations:
     def pending(self) -> tuple[PeerInfo, ...]:
         return tuple(self._pending.values())
 
-    def offer(self, candidates: Sequence[PeerInfo], now: float) -> list[Action]:
+    def offer(self, candidates: Sequence[PeerInfo], now: float) -> list[RegistrationAction]:
         """New or refreshed candidates (addresses of a known one are updated)."""
         for peer in candidates:
             self._candidates[peer.peer_id] = peer
@@ -83,7 +83,7 @@ class Registrations:
             del self._candidates[oldest]
         return self._fill(now)
 
-    def succeeded(self, peer_id: bytes, now: float) -> list[Action]:
+    def succeeded(self, peer_id: bytes, now: float) -> list[RegistrationAction]:
         peer = self._pending.pop(peer_id, None)
         if peer is None:
             return []
@@ -91,7 +91,7 @@ class Registrations:
         self._backoff.pop(peer_id, None)
         return [Changed(self.live)]
 
-    def lost(self, peer_id: bytes, now: float) -> list[Action]:
+    def lost(self, peer_id: bytes, now: float) -> list[RegistrationAction]:
         """Registering failed, or a live registration ended."""
         was_live = self._live.pop(peer_id, None) is not None
         if not was_live and self._pending.pop(peer_id, None) is None:
@@ -101,7 +101,7 @@ class Registrations:
         self._backoff[peer_id] = _Backoff(now + delay, delay)
         return ([Changed(self.live)] if was_live else []) + self._fill(now)
 
-    def handle_timer(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float) -> list[RegistrationAction]:
         return self._fill(now)
 
     def next_timer(self) -> float | None:
@@ -110,8 +110,8 @@ class Registrations:
         idle = (p for p in self._candidates if p not in self._live and p not in self._pending)
         return min((self._backoff[p].until for p in idle if p in self._backoff), default=None)
 
-    def _fill(self, now: float) -> list[Action]:
-        actions: list[Action] = []
+    def _fill(self, now: float) -> list[RegistrationAction]:
+        actions: list[RegistrationAction] = []
         for peer_id, peer in self._candidates.items():
             if len(self._live) + len(self._pending) >= self.want:
                 return actions
@@ -119,7 +119,7 @@ class Registrations:
             if peer_id in self._live or peer_id in self._pending or (backoff and backoff.until > now):
                 continue
             self._pending[peer_id] = peer
-            actions.append(Register(peer))
+            actions.append(RegisterWith(peer))
         if self._last_lookup is None or now - self._last_lookup >= self.lookup_interval:
             self._last_lookup = now
             actions.append(NeedCandidates())

@@ -2,21 +2,43 @@
 
 The adapter numbers each inbound stream and reports what happens on it, with the sender's
 authenticated peer ID and `now`; the server answers with actions: `Write` a message to a
-stream, `Close` a stream. It forwards a caller's messages only to a peer registered here and
+stream, `CloseStream`. It forwards a caller's messages only to a peer registered here and
 a registered peer's messages only to a caller with a live session to it, rate-limits every
 sender, bounds every table, and counts each drop by reason.
+
+A stream's role, and what moves it (everything is in `message`):
+
+    NEW           --register-->                REGISTRATION  (Registered; an older registration
+                                                               of the peer is closed)
+    NEW, SESSION  --signal to a peer-->        SESSION       (forwarded to that registered peer)
+    REGISTRATION  --ping-->                    REGISTRATION  (Pong; the registration is renewed)
+    REGISTRATION  --signal to a caller-->      REGISTRATION  (forwarded to the caller's session)
+    any           --any other message-->       closed        (Error bad-message, CloseStream)
+
+Refusals that keep the stream (rate-limited, no-session, not-registered) leave its role as it
+was. The adapter reports `opened` once per stream: a second `opened` is a bug and raises
+ProtocolError. Messages on a stream the server has closed itself (a replaced registration) can
+still arrive from the adapter's reader and are dropped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Union
 
+from overlay.core.errors import ProtocolError
 from overlay.core.ratelimit import RateLimiter
 from signaling.messages import Error, Message, Ping, Pong, Register, Registered, Signal
 
 StreamId = int
+
+
+class StreamRole(Enum):
+    NEW = "new"  # nothing said yet
+    REGISTRATION = "registration"  # its peer is registered here for as long as it lives
+    SESSION = "session"  # a caller's signalling sessions
 
 
 @dataclass(frozen=True)
@@ -38,18 +60,18 @@ class Write:
 
 
 @dataclass(frozen=True)
-class Close:
+class CloseStream:
     stream: StreamId
     reason: str
 
 
-Action = Union[Write, Close]
+ServerAction = Union[Write, CloseStream]
 
 
 @dataclass
 class _Stream:
     peer: str
-    role: str = "new"  # then "registration" or "session"
+    role: StreamRole = StreamRole.NEW
 
 
 @dataclass
@@ -97,36 +119,38 @@ class SignalingServer:
 
     # ---- inputs ----------------------------------------------------------------------------
 
-    def opened(self, stream: StreamId, peer: str, now: float) -> list[Action]:
+    def opened(self, stream: StreamId, peer: str, now: float) -> list[ServerAction]:
+        if stream in self._streams:
+            raise ProtocolError(f"signalling server: stream {stream} opened twice")
         self._streams[stream] = _Stream(peer)
         return []
 
-    def message(self, stream: StreamId, msg: Message, now: float) -> list[Action]:
+    def message(self, stream: StreamId, msg: Message, now: float) -> list[ServerAction]:
         state = self._streams.get(stream)
         if state is None:
-            return []
-        if isinstance(msg, Register) and state.role == "new":
+            return []  # closed by the server itself; the adapter's reader had it already
+        if isinstance(msg, Register) and state.role is StreamRole.NEW:
             return self._register(stream, state, now)
-        if isinstance(msg, Ping) and state.role == "registration":
+        if isinstance(msg, Ping) and state.role is StreamRole.REGISTRATION:
             self._registrations[state.peer].expires = now + self.limits.ttl
             return [Write(stream, Pong())]
-        if isinstance(msg, Signal) and msg.to is not None and state.role != "registration":
-            state.role = "session"
+        if isinstance(msg, Signal) and msg.to is not None and state.role is not StreamRole.REGISTRATION:
+            state.role = StreamRole.SESSION
             return self._from_caller(stream, state.peer, msg, now)
         if isinstance(msg, Signal) and msg.to is not None:
             self._registrations[state.peer].expires = now + self.limits.ttl
             return self._from_registered(stream, state.peer, msg, now)
         return self._refuse(stream, "bad-message", f"{type(msg).__name__} is not expected here", close=True)
 
-    def bad_input(self, stream: StreamId, code: str, reason: str) -> list[Action]:
+    def bad_input(self, stream: StreamId, code: str, reason: str) -> list[ServerAction]:
         """The adapter could not decode a frame (`bad-message`) or it was too large (`too-large`)."""
         return self._refuse(stream, code, reason, close=True)
 
-    def closed(self, stream: StreamId, now: float) -> list[Action]:
+    def closed(self, stream: StreamId, now: float) -> list[ServerAction]:
         state = self._streams.pop(stream, None)
         if state is None:
             return []
-        actions: list[Action] = []
+        actions: list[ServerAction] = []
         reg = self._registrations.get(state.peer)
         if reg is not None and reg.stream == stream:
             del self._registrations[state.peer]
@@ -139,12 +163,12 @@ class SignalingServer:
                 self._end_session(key)
         return actions
 
-    def handle_timer(self, now: float) -> list[Action]:
-        actions: list[Action] = []
+    def handle_timer(self, now: float) -> list[ServerAction]:
+        actions: list[ServerAction] = []
         for peer, reg in list(self._registrations.items()):
             if reg.expires <= now:
                 self.counters.dropped["expired"] += 1
-                actions += [Close(reg.stream, "registration expired")] + self.closed(reg.stream, now)
+                actions += [CloseStream(reg.stream, "registration expired")] + self.closed(reg.stream, now)
         for key, session in list(self._sessions.items()):
             if session.expires <= now:
                 self._end_session(key)
@@ -156,19 +180,19 @@ class SignalingServer:
 
     # ---- rules -----------------------------------------------------------------------------
 
-    def _register(self, stream: StreamId, state: _Stream, now: float) -> list[Action]:
-        actions: list[Action] = []
+    def _register(self, stream: StreamId, state: _Stream, now: float) -> list[ServerAction]:
+        actions: list[ServerAction] = []
         old = self._registrations.get(state.peer)
         if old is None and len(self._registrations) >= self.limits.max_registrations:
             return self._refuse(stream, "full", "no room for more registrations", close=True)
         if old is not None:
-            actions += [Close(old.stream, "registered again on another stream")] + self.closed(old.stream, now)
-        state.role = "registration"
+            actions += [CloseStream(old.stream, "registered again on another stream")] + self.closed(old.stream, now)
+        state.role = StreamRole.REGISTRATION
         self._registrations[state.peer] = _Registration(stream, now + self.limits.ttl)
         self._arm(now)
         return actions + [Write(stream, Registered(self.limits.ttl))]
 
-    def _from_caller(self, stream: StreamId, caller: str, msg: Signal, now: float) -> list[Action]:
+    def _from_caller(self, stream: StreamId, caller: str, msg: Signal, now: float) -> list[ServerAction]:
         assert msg.to is not None
         if not self._rate.allow(caller, now):
             return self._refuse(stream, "rate-limited", "too many signalling messages", session=msg.session)
@@ -191,7 +215,7 @@ class SignalingServer:
             return self._refuse(stream, "not-registered", f"{msg.to} is not registered here", session=msg.session)
         return self._forward(key, session, reg.stream, Signal(msg.session, msg.kind, msg.body, sender=caller), now)
 
-    def _from_registered(self, stream: StreamId, peer: str, msg: Signal, now: float) -> list[Action]:
+    def _from_registered(self, stream: StreamId, peer: str, msg: Signal, now: float) -> list[ServerAction]:
         assert msg.to is not None
         if not self._rate.allow(peer, now):
             return self._refuse(stream, "rate-limited", "too many signalling messages", session=msg.session)
@@ -201,7 +225,7 @@ class SignalingServer:
             return self._refuse(stream, "no-session", "no such session with that caller", session=msg.session)
         return self._forward(key, session, session.stream, Signal(msg.session, msg.kind, msg.body, sender=peer), now)
 
-    def _forward(self, key: tuple[str, str], session: _Session, to: StreamId, msg: Signal, now: float) -> list[Action]:
+    def _forward(self, key: tuple[str, str], session: _Session, to: StreamId, msg: Signal, now: float) -> list[ServerAction]:
         self.counters.forwarded += 1
         session.expires = now + self.limits.session_timeout
         self._arm(now)
@@ -215,11 +239,11 @@ class SignalingServer:
             if self._per_caller[key[0]] <= 0:
                 del self._per_caller[key[0]]
 
-    def _refuse(self, stream: StreamId, code: str, reason: str, session: str | None = None, close: bool = False) -> list[Action]:
+    def _refuse(self, stream: StreamId, code: str, reason: str, session: str | None = None, close: bool = False) -> list[ServerAction]:
         self.counters.dropped[code] += 1
-        actions: list[Action] = [Write(stream, Error(code, reason, session))]
+        actions: list[ServerAction] = [Write(stream, Error(code, reason, session))]
         if close:
-            actions.append(Close(stream, reason))
+            actions.append(CloseStream(stream, reason))
         return actions
 
     def _arm(self, now: float) -> None:

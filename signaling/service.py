@@ -27,8 +27,8 @@ from overlay.kademlia.wire import PeerInfo
 from overlay.core.metrics import Registry
 from signaling import messages
 from signaling.messages import MAX_FRAME
-from signaling.registrations import Changed, NeedCandidates, Register, Registrations
-from signaling.server import Action, ServerLimits, SignalingServer, Write
+from signaling.registrations import Changed, NeedCandidates, RegisterWith, RegistrationAction, Registrations
+from signaling.server import ServerAction, ServerLimits, SignalingServer, Write
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class SignalingService:
                         msg = messages.decode(data)
                     except DecodeError as e:
                         self._apply(self.server.bad_input(sid, "bad-message", str(e)))
-                        continue  # the Close action ends this stream once the error is written
+                        continue  # the CloseStream action ends this stream once the error is written
                     self._apply(self.server.message(sid, msg, self.now()))
                 nursery.cancel_scope.cancel()
         except DecodeError as e:  # a frame over the size limit
@@ -164,7 +164,7 @@ class SignalingService:
             log.debug("signalling write failed: %s", e)
         scope.cancel()
 
-    def _apply(self, actions: list[Action]) -> None:
+    def _apply(self, actions: list[ServerAction]) -> None:
         for action in actions:
             if isinstance(action, Write) and isinstance(action.message, messages.Error):
                 self.dropped.inc(reason=action.message.code)
@@ -189,9 +189,9 @@ class SignalingService:
     def is_my_relay(self, peer: ID) -> bool:
         return peer.to_bytes() in self.live
 
-    def _apply_registrations(self, actions: list) -> None:
+    def _apply_registrations(self, actions: list[RegistrationAction]) -> None:
         for action in actions:
-            if isinstance(action, Register) and self._nursery is not None:
+            if isinstance(action, RegisterWith) and self._nursery is not None:
                 self._nursery.start_soon(self._register, action.peer)
             elif isinstance(action, Changed) and self.on_registrations is not None:
                 self.on_registrations(action.live)

@@ -1,14 +1,16 @@
-"""The channel relay (WSRelay) in the simulator: each node's shipped `ChannelTable` and
-`InmRouter` (overlay/channels), driven as `ChannelService` drives them, over simulated links.
+"""The channel relay (WSRelay) in the simulator: each node runs the node's own relay core
+(`overlay/channels/relay.py`: commands, onboarding, announcements, channel messages), and this
+module only carries its envelopes over simulated links, as the node's adapter carries them over
+INM streams.
 
-- Every node keeps up to `inm_peers` neighbours (links both ways), replaced when one leaves.
-- A subscription opens the channel on its node, which floods a channel-open announcement
-  through the router; nodes with open channels re-announce every REFRESH seconds, and the table
-  expires what is not renewed (the shipped anti-entropy). A new link onboards: the newcomer takes
-  its neighbour's open channels, as `_onboard` does with list-channels.
-- A publish goes to the local subscribers and, one unicast each, to every node where the table
-  says the channel is open. Unicasts to a node not yet connected pay a connection setup (and,
-  behind NAT, a relayed dial).
+- Every node keeps up to `inm_peers` neighbours (links both ways), replaced when one leaves; a
+  new link is `link_up` on both sides, which onboards with list-channels and
+  list-reserved-channels.
+- Envelopes to a neighbour take the one-way delay; a unicast to another node (a channel message,
+  a command's response) is sent straight to it, paying a connection setup first (and, behind
+  NAT, a relayed dial) when the two are not connected. The node would make that node a
+  neighbour too (up to its `max_links`); the simulator keeps the neighbour graph at `inm_peers`.
+- Subscriptions, publishes and the REFRESH timer are the relay's events.
 What is measured: for each message, the subscribers online on nodes where the channel was open
 when it was sent, and which of them got it, when.
 """
@@ -18,37 +20,38 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from overlay.channels.inm import BROADCAST, Inm
-from overlay.channels.router import InmRouter
-from overlay.channels.table import REFRESH, ChannelTable, hash_password
+from overlay.channels.inm import Inm
+from overlay.channels.relay import ChannelRelay, Deliver, RelayAction, SendEnvelope
+from overlay.channels.table import REFRESH, hash_password
 
 if TYPE_CHECKING:
-    from simulations.network import Simulation, SimNode
+    from simulations.network import SimNode, Simulation
 
 RELAYED_DIAL_RTTS = 4  # lookup and relay setup before a first unicast to a node behind NAT
+CONTROL_BYTES = 200  # an envelope's size on the wire, for the link model
+MESSAGE_BYTES = 300
 
 
 class ChannelWorkload:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
-        sc = sim.scenario
-        self.names = [f"channel-{i}" for i in range(sc.channels)]
-        self.tables: dict[int, ChannelTable] = {}
-        self.routers: dict[int, InmRouter] = {}
+        self.names = [f"channel-{i}" for i in range(sim.scenario.channels)]
+        self.relays: dict[int, ChannelRelay] = {}
         self.links: dict[int, set[int]] = {}
-        self._neighbours: dict[int, list[str]] = {}  # names of links[i], rebuilt after a change
         self.subscribers: dict[str, set[tuple[int, int]]] = {name: set() for name in self.names}  # (node, client)
         self.messages: list[dict] = []
+        self._sent: dict[str, tuple[dict, float]] = {}  # message nonce -> (entry, sent at)
         self._clients = itertools.count()
         self._nonces = itertools.count()
         self.password = {name: hash_password(name, None) for name in self.names}
 
+    def _wall_ms(self) -> int:
+        return int(self.sim.sched.now * 1000)
+
     # ---- nodes ----
 
     def joined(self, node: SimNode) -> None:
-        me = node.name
-        self.tables[node.index] = ChannelTable(me)
-        self.routers[node.index] = InmRouter(me)
+        self.relays[node.index] = ChannelRelay(node.name, self._wall_ms)
         self.links[node.index] = set()
         self._fill_links(node)
         self.sim.sched.after(REFRESH * (0.8 + 0.2 * self.sim.rng.random()), lambda: self._refresh(node))
@@ -56,15 +59,13 @@ class ChannelWorkload:
     def left(self, node: SimNode) -> None:
         for name in self.names:
             self.subscribers[name] = {s for s in self.subscribers[name] if s[0] != node.index}
-        self._neighbours.pop(node.index, None)
         for peer in self.links.pop(node.index, set()):
             if peer in self.links:
                 self.links[peer].discard(node.index)
-                self._neighbours.pop(peer, None)
+                self.relays[peer].link_gone(node.name)
                 other = self.sim.nodes[peer]
                 self.sim.sched.after(15.0, lambda other=other: self._fill_links(other) if other.online else None)
-        self.tables.pop(node.index, None)
-        self.routers.pop(node.index, None)
+        self.relays.pop(node.index, None)
 
     def _fill_links(self, node: SimNode) -> None:
         links, want, online = self.links[node.index], self.sim.scenario.inm_peers, self.sim.online
@@ -76,29 +77,18 @@ class ChannelWorkload:
                 continue
             links.add(peer.index)
             self.links[peer.index].add(node.index)
-            self._neighbours.pop(node.index, None)
-            self._neighbours.pop(peer.index, None)
-            self._onboard(node, peer)
-            self._onboard(peer, node)
-
-    def _onboard(self, node: SimNode, peer: SimNode) -> None:
-        """`node` takes `peer`'s open channels (list-channels on a new link)."""
-        table, theirs, now = self.tables[node.index], self.tables[peer.index], self.sim.sched.now
-        for name in theirs.open_here():
-            reservation = theirs.reservation(name)
-            if reservation is not None:
-                table.announce(peer.name, name, reservation, True, now)
+            now = self.sim.sched.now
+            self._act(node, self.relays[node.index].link_up(peer.name, now))
+            self._act(peer, self.relays[peer.index].link_up(node.name, now))
 
     # ---- clients ----
 
     def subscribe(self, node: SimNode, name: str) -> None:
         client = next(self._clients)
-        table, now = self.tables[node.index], self.sim.sched.now
-        reason, change = table.subscribe(client, name, self.password[name], now, int(now * 1000))
+        reason, actions = self.relays[node.index].subscribe(client, name, self.password[name], self.sim.sched.now)
         if reason is None:
             self.subscribers[name].add((node.index, client))
-            if change.opened:
-                self._announce(node, name, True)
+        self._act(node, actions)
 
     def publish(self, name: str) -> None:
         candidates = [s for s in self.subscribers[name] if self.sim.nodes[s[0]].online]
@@ -106,71 +96,51 @@ class ChannelWorkload:
             return
         node_index, client = self.sim.rng.choice(candidates)
         node, now = self.sim.nodes[node_index], self.sim.sched.now
-        table = self.tables[node_index]
-        if not table.subscribed(client, name):
+        nonce = f"m{next(self._nonces)}"
+        reason, actions = self.relays[node_index].publish(client, name, "x", nonce, now)
+        if reason is not None:
             return
-        expected = {s for s in candidates if s[1] != client}
+        expected = [s for s in candidates if s[1] != client]
         entry = {"t": now, "channel": name, "expected": len(expected), "latencies": []}
         self.messages.append(entry)
-        entry["latencies"] += [0.0 for s in expected if s[0] == node_index]  # local subscribers
-        for target in table.open_elsewhere(name):
-            dst = self.sim.by_name.get(target)
-            if dst is None:
-                continue
-            delay = self._unicast_delay(node, dst)
-            if delay is not None:
-                self.sim.sched.after(delay, lambda dst=dst: self._arrive(dst, name, client, entry, now))
+        self._sent[nonce] = (entry, now)
+        self._act(node, actions)
 
-    def _arrive(self, node: SimNode, name: str, sender: int, entry: dict, sent: float) -> None:
-        if not node.online:
+    # ---- carrying the relay's actions ----
+
+    def _act(self, node: SimNode, actions: list[RelayAction]) -> None:
+        for action in actions:
+            if type(action) is SendEnvelope:
+                size = MESSAGE_BYTES if action.channel else CONTROL_BYTES
+                for target in action.targets:
+                    self._carry(node, target, action.inm, size)
+            elif type(action) is Deliver:
+                sent = self._sent.get(action.nonce)
+                if sent is not None:
+                    sent[0]["latencies"] += [self.sim.sched.now - sent[1]] * len(action.clients)
+            # ToClient (evictions) and AnswerLocally (stats commands nobody sends here): nothing to carry
+
+    def _carry(self, src: SimNode, target: str, inm: Inm, size: int) -> None:
+        sim = self.sim
+        dst = sim.by_name.get(target)
+        if dst is None or not dst.online or sim.cut(src, dst):
             return
-        table = self.tables[node.index]
-        for client in table.subscribers(name):
-            if client != sender:
-                entry["latencies"].append(self.sim.sched.now - sent)
-
-    def _unicast_delay(self, src: SimNode, dst: SimNode) -> float | None:
-        if not dst.online or self.sim.cut(src, dst):
-            return None
-        setup = 0.0
-        if dst.index not in src.connections:
-            setup = self.sim.connect_cost(src, dst)
+        delay = sim.net.delay(src.region, dst.region, size)
+        if dst.index not in self.links[src.index] and dst.index not in src.connections:
+            delay += sim.connect_cost(src, dst)
             if not dst.public:
-                setup += RELAYED_DIAL_RTTS * self.sim.net.rtt(src.region, dst.region)
-        return setup + self.sim.net.delay(src.region, dst.region, 300)
+                delay += RELAYED_DIAL_RTTS * sim.net.rtt(src.region, dst.region)
+        sim.sched.after(delay, lambda: self._arrive(src, dst, inm))
 
-    # ---- announcements ----
-
-    def _announce(self, node: SimNode, name: str, is_open: bool) -> None:
-        reservation = self.tables[node.index].reservation(name)
-        if reservation is None:
-            return
-        inm = Inm(node.name, BROADCAST, "command", f"n{next(self._nonces)}",
-                  {"channel": name, "open": is_open, "reservation": reservation})
-        self._route(node, inm, None)
-
-    def _route(self, node: SimNode, inm: Inm, came_from: SimNode | None) -> None:
-        router = self.routers.get(node.index)
-        if router is None:
-            return
-        neighbours = self._neighbours.get(node.index)
-        if neighbours is None:
-            neighbours = self._neighbours[node.index] = [self.sim.nodes[i].name for i in self.links[node.index]]
-        route = router.route(inm, came_from.name if came_from else None, neighbours, self.sim.sched.now)
-        if route.handle:
-            data = inm.data
-            self.tables[node.index].announce(inm.source, data["channel"], data["reservation"], data["open"], self.sim.sched.now)
-        for target in route.forward:
-            dst = self.sim.by_name[target]
-            if dst.online and not self.sim.cut(node, dst):
-                delay = self.sim.net.delay(node.region, dst.region, 200)
-                self.sim.sched.after(delay, lambda dst=dst: self._route(dst, inm, node) if dst.online else None)
+    def _arrive(self, src: SimNode, dst: SimNode, inm: Inm) -> None:
+        relay = self.relays.get(dst.index)
+        if relay is not None and dst.online:
+            self._act(dst, relay.receive(inm, src.name, self.sim.sched.now))
 
     def _refresh(self, node: SimNode) -> None:
-        table = self.tables.get(node.index)
-        if table is None or not node.online:
+        relay = self.relays.get(node.index)
+        if relay is None or not node.online:
             return
-        for name in table.expire(self.sim.sched.now):
-            self._announce(node, name, True)
+        now = self.sim.sched.now
+        self._act(node, relay.tick(now) + relay.refresh(now))
         self.sim.sched.after(REFRESH * (0.8 + 0.2 * self.sim.rng.random()), lambda: self._refresh(node))
-

@@ -6,8 +6,14 @@ What runs is the node's own code without I/O:
   timers; public nodes are DHT servers, nodes behind NAT clients, as on the real node;
 - peer records (`overlay.core.records`): signed with each node's Ed25519 key, validated by the DHT;
 - `signaling.registrations.Registrations`: which signalling nodes a node behind NAT keeps;
-- `nat.strategy.DialStrategy`: dial by peer ID, direct or relayed, then the upgrade to a direct
-  path.
+- `nat.strategy.DialStrategy` with `nat.plan.plan_for`: dial by peer ID, direct or relayed,
+  then the upgrade to a direct path;
+- `overlay.node.roles`: what a node's record carries, which record a lookup believes, and the
+  join through the bootstraps (`Joiner`);
+- `overlay.kademlia.driver.MemoryDriver`: the Kademlia actions carried between cores, the same
+  driver the tests use (this module gives it the internet model, `InternetLinks`);
+- `overlay.channels.relay.ChannelRelay` (channels.py): the channel relay's commands, onboarding,
+  announcements and messages.
 What is modelled: connections (a first message between two nodes pays a connection setup of
 CONNECT_RTTS round trips), relays (a relayed connection needs the target to be registered with
 that relay), and ICE (internet.py).
@@ -24,13 +30,14 @@ import multiaddr
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nat.plan import plan_for
-from nat.strategy import Connected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded
+from nat.strategy import DialConnected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded
 from overlay.core.records import PeerRecord, PeerRecordValidator, peer_id_from_public_key, peer_id_to_str, record_key, seal_peer_record
-from overlay.kademlia.core import KadConfig, Kademlia, QueryDone, Send
+from overlay.kademlia.core import KadConfig, Kademlia, QueryDone
+from overlay.kademlia.driver import Links, MemoryDriver
 from overlay.kademlia.store import NamespacedValidator
-from overlay.kademlia.wire import MessageType, PeerInfo, encode_message
-from overlay.node.roles import best_record, record_addrs
-from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, Register, Registrations
+from overlay.kademlia.wire import Message, PeerInfo, encode_message
+from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, best_record, record_addrs
+from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, RegisterWith, Registrations
 from simulations.channels import ChannelWorkload
 from simulations.engine import Scheduler
 from simulations.internet import Internet, Nat, direct_path_possible, dialable, upgrade_time
@@ -41,7 +48,6 @@ DIAL_TIMEOUT = 10.0  # a dial to a vanished host waits this long (no RST comes b
 LOSS_DETECTION = 15.0  # a signalling node's clients notice it left after this long
 MAX_CONNECTIONS = 256  # per node, oldest closed first: the connection manager's bound
 SAMPLE = 60.0  # seconds between time-series samples
-JOIN_TIMEOUT = 10.0  # a join lookup starts at the latest this long after the bootstrap pings
 
 
 @dataclass(eq=False)
@@ -59,10 +65,10 @@ class SimNode:
     ready: bool = False  # record published (and, behind NAT, registered)
     seq: int = 0
     registrations: Registrations | None = None
+    joiner: Joiner[SimBootstrap] | None = None
     relays: dict[int, None] = field(default_factory=dict)  # signalling nodes we are registered with
     clients: set[int] = field(default_factory=set)  # (signalling nodes) who is registered here
     connections: dict[int, None] = field(default_factory=dict)
-    timer_at: float | None = None
     reg_timer_at: float | None = None
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -72,6 +78,11 @@ class SimNode:
     @property
     def public(self) -> bool:
         return self.nat is Nat.PUBLIC
+
+
+@dataclass(eq=False)
+class SimBootstrap(Bootstrap):
+    node: SimNode
 
 
 @dataclass
@@ -96,7 +107,7 @@ class Simulation:
         self.online: list[SimNode] = []  # in no order; removal by swap
         self._online_at: dict[int, int] = {}
         self.bootstraps: list[SimNode] = []
-        self.queries: dict[tuple[int, int], Callable[[QueryDone], None]] = {}
+        self.dht = MemoryDriver(self.sched, InternetLinks(self))
         self.metrics = Metrics()
         self.channels = ChannelWorkload(self) if scenario.channels else None
         self.progress = progress
@@ -158,31 +169,47 @@ class Simulation:
         self.metrics.joins += 1
         if self.channels is not None:
             self.channels.joined(node)
-        if self.bootstraps:
-            for b in self.bootstraps:
-                if b.online:
-                    self._apply(node, node.core.add_address(b.core.local, self.sched.now))
-            self._when_in_table(node, self.sched.now + JOIN_TIMEOUT,
-                                lambda: self._query(node, node.core.bootstrap, lambda done: self._joined(node)))
-        else:
+        if self.bootstraps:  # the bootstraps that came before are the node's configured ones
+            node.joiner = Joiner([SimBootstrap(node=b) for b in self.bootstraps],
+                                 lambda b: b.node.peer_id in node.core.table, self.kad_config.request_timeout)
+            self._join_step(node, node.joiner.wake(self.sched.now))
+        else:  # the first node: only its start-up publish, as the node's
             self._joined(node)
         if node.bootstrap:
             self.bootstraps.append(node)
 
-    def _when_in_table(self, node: SimNode, deadline: float, then: Callable[[], None]) -> None:
-        """As the node does: the join lookup starts once a bootstrap answered the ping and is in
-        the routing table (or, if none does, at the deadline)."""
-        if not node.online:
-            return
-        if self.sched.now >= deadline or any(b.peer_id in node.core.table for b in self.bootstraps):
-            then()
-        else:
-            self.sched.after(0.05, lambda: self._when_in_table(node, deadline, then))
+    def _join_step(self, node: SimNode, actions: list[JoinAction]) -> None:
+        """The join core's actions, carried out as the node does (overlay/node/node.py,
+        _join_loop); the dial is the connection setup that the ping to the bootstrap pays."""
+        joiner = node.joiner
+        for action in actions:
+            if isinstance(action, TryBootstrap):
+                b = action.bootstrap
+                self.dht.apply(node, node.core.add_address(b.node.core.local, self.sched.now))
+                self.dht.until(node, lambda b=b: joiner.in_table(b), action.wait, lambda ok, b=b: self._tried(node, b, ok))
+            elif isinstance(action, Join):
+                self.dht.query(node, node.core.bootstrap, lambda done: self._bootstrapped(node))
+            else:
+                self.sched.at(action.at, lambda: self._join_step(node, joiner.wake(self.sched.now)) if node.online else None)
+
+    def _tried(self, node: SimNode, b: SimBootstrap, ok: bool) -> None:
+        if node.online:
+            now = self.sched.now
+            self._join_step(node, node.joiner.answered(b, now) if ok else node.joiner.failed(b, "no answer", now))
+
+    def _bootstrapped(self, node: SimNode) -> None:
+        """A join lookup is done. The first makes the node take its part; a later one (a bootstrap
+        was back in the table) republishes, as the node does, once the record has addresses."""
+        if node.joiner.joins == 0:
+            self._joined(node)
+        elif node.public or node.relays:
+            self._publish_record(node)
+        self._join_step(node, node.joiner.joined(self.sched.now))
 
     def _joined(self, node: SimNode) -> None:
         if node.public:
             self._publish_record(node)
-            self._query(node, lambda now: node.core.provide(SIGNALING_KEY, now), lambda done: None)
+            self.dht.query(node, lambda now: node.core.provide(SIGNALING_KEY, now), lambda done: None)
         else:
             candidates = [b.core.local for b in self.bootstraps if b.online]
             self._apply_registrations(node, node.registrations.offer(candidates, self.sched.now))
@@ -234,12 +261,12 @@ class Simulation:
         addrs = record_addrs(node.public, map(multiaddr.Multiaddr, node.core.local.addrs),
                              (self.nodes[r].core.local for r in node.relays))
         sealed = seal_peer_record(PeerRecord(node.peer_id, node.seq, addrs), node.key)
-        self._query(node, lambda now: node.core.publish(record_key(node.peer_id), sealed, now),
+        self.dht.query(node, lambda now: node.core.publish(record_key(node.peer_id), sealed, now),
                     lambda done: setattr(node, "ready", True))
 
     def _apply_registrations(self, node: SimNode, actions: list) -> None:
         for action in actions:
-            if isinstance(action, Register):
+            if isinstance(action, RegisterWith):
                 relay = self.by_id.get(action.peer.peer_id)
                 ok = relay is not None and relay.online and relay.public and not self.cut(node, relay)
                 rtt = self.net.rtt(node.region, relay.region) if relay is not None else 0.0
@@ -249,7 +276,7 @@ class Simulation:
                 node.relays = {self.by_id[p.peer_id].index: None for p in action.live}
                 self._publish_record(node)
             elif isinstance(action, NeedCandidates):
-                self._query(node, lambda now: node.core.get_providers(SIGNALING_KEY, now),
+                self.dht.query(node, lambda now: node.core.get_providers(SIGNALING_KEY, now),
                             lambda done: self._offer(node, done.result.providers))
         self._touch_registrations(node)
 
@@ -277,61 +304,7 @@ class Simulation:
             node.reg_timer_at = None
             self._apply_registrations(node, node.registrations.handle_timer(self.sched.now))
 
-    # ---- Kademlia over simulated links -------------------------------------------------------
-
-    def _query(self, node: SimNode, start: Callable[[float], tuple[int, list]], then: Callable[[QueryDone], None]) -> None:
-        if not node.online:
-            return
-        query_id, actions = start(self.sched.now)
-        self.queries[(node.index, query_id)] = then
-        self._apply(node, actions)
-
-    def _apply(self, node: SimNode, actions: list) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                self._send(node, action)
-            elif isinstance(action, QueryDone):
-                then = self.queries.pop((node.index, action.query_id), None)
-                if then is not None:
-                    then(action)
-        t = node.core.next_timer()
-        if t is not None and t != node.timer_at:
-            node.timer_at = t
-            self.sched.at(t, lambda: self._timer(node, t))
-
-    def _timer(self, node: SimNode, t: float) -> None:
-        if node.online and node.timer_at == t:
-            node.timer_at = None
-            self._apply(node, node.core.handle_timer(self.sched.now))
-
-    def _send(self, src: SimNode, send: Send) -> None:
-        dst = self.by_id.get(send.peer.peer_id)
-        size = len(encode_message(send.message))
-        src.bytes_sent += size
-        if dst is None or not dst.online or not dst.core.server or self.cut(src, dst):
-            return  # silence: the request times out in the sender's core
-        delay = self.net.delay(src.region, dst.region, size) + self.connect_cost(src, dst)
-
-        def request() -> None:
-            if not dst.online:
-                return
-            dst.bytes_received += size
-            response, actions = dst.core.handle_request(src.core.local, send.message, self.sched.now)
-            self._apply(dst, actions)
-            if response is None or send.message.type is MessageType.ADD_PROVIDER:
-                return
-            answer = len(encode_message(response))
-            dst.bytes_sent += answer
-
-            def reply() -> None:
-                if src.online:
-                    src.bytes_received += answer
-                    self._apply(src, src.core.handle_response(send.request_id, response, self.sched.now))
-
-            if not self.cut(src, dst):
-                self.sched.after(self.net.delay(dst.region, src.region, answer), reply)
-
-        self.sched.after(delay, request)
+    # ---- Kademlia over simulated links: the shared in-memory driver (overlay/kademlia/driver.py) --
 
     def connect_cost(self, a: SimNode, b: SimNode) -> float:
         """Connection setup time for a first message between a and b (0 when connected)."""
@@ -387,7 +360,7 @@ class Simulation:
             entry["found"] = True
             self._connect_by_record(source, target, best, start, entry)
 
-        self._query(source, lambda now: source.core.get_value(record_key(target.peer_id), now, 1), looked_up)
+        self.dht.query(source, lambda now: source.core.get_value(record_key(target.peer_id), now, 1), looked_up)
 
     def _connect_by_record(self, source: SimNode, target: SimNode, record: PeerRecord, start: float, entry: dict) -> None:
         plan = plan_for(map(multiaddr.Multiaddr, record.addrs))
@@ -417,7 +390,7 @@ class Simulation:
                     time = self._relayed_rtt(source, relay, target) + upgrade_time(
                         source.nat, target.nat, self.net.rtt(source.region, target.region))
                     self.sched.after(time if ok else time + DIAL_TIMEOUT, lambda ok=ok: act(strategy.upgrade_done(ok, self.sched.now)))
-                elif isinstance(action, Connected):
+                elif isinstance(action, DialConnected):
                     entry["connected"], entry["path"] = True, action.path
                     if action.path == "relayed":
                         state["via"].relayed += 1
@@ -472,6 +445,40 @@ class Simulation:
             "events": self.sched.events,
         })
         self.sched.after(SAMPLE, self._sample)
+
+
+class InternetLinks(Links[SimNode]):
+    """The simulated internet as the DHT driver's network model: region delays with jitter and
+    loss, connection setup on a first message, partitions, and every node's byte counts."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def core(self, node: SimNode) -> Kademlia:
+        return node.core
+
+    def resolve(self, peer_id: bytes) -> SimNode | None:
+        return self.sim.by_id.get(peer_id)
+
+    def alive(self, node: SimNode) -> bool:
+        return node.online
+
+    def size(self, message: Message) -> int:
+        return len(encode_message(message))
+
+    def sent(self, node: SimNode, size: int) -> None:
+        node.bytes_sent += size
+
+    def received(self, node: SimNode, size: int) -> None:
+        node.bytes_received += size
+
+    def request_delay(self, src: SimNode, dst: SimNode, size: int) -> float | None:
+        if self.sim.cut(src, dst):
+            return None
+        return self.sim.net.delay(src.region, dst.region, size) + self.sim.connect_cost(src, dst)
+
+    def response_delay(self, dst: SimNode, src: SimNode, size: int) -> float | None:
+        return None if self.sim.cut(src, dst) else self.sim.net.delay(dst.region, src.region, size)
 
 
 def _pick(rng: random.Random, shares: dict[str, float]) -> str:

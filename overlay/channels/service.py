@@ -1,7 +1,9 @@
 """The channel relay on the network: INM links between nodes, the ten commands, local clients.
 
-The trio adapter around the cores (table.py, router.py): it owns the streams, the tasks and
-the clocks; every decision is the cores'. PROTOCOL.md in this directory is the wire format.
+The trio adapter around the relay core (relay.py, over table.py and router.py): it owns the
+streams, the tasks, the clocks and the local clients, and carries out the core's actions; every
+protocol decision is the core's, which the simulator drives too. PROTOCOL.md in this directory
+is the wire format.
 
 Links. Each node keeps an INM link to each neighbour: our outbound stream carries our envelopes
 to it (one writer task draining the link's bounded queue, at most one write per COALESCE), its
@@ -25,13 +27,9 @@ node processes on one 2-core machine, docs/benchmarks.md):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
-import json
 import logging
 import random
-import secrets
 import statistics
 import time
 from collections import deque
@@ -44,13 +42,14 @@ from libp2p.network.stream.net_stream import INetStream
 from libp2p.peer.id import ID
 
 from overlay.channels import client as client_frames
-from overlay.channels.inm import BROADCAST, CommandHandler, Inm, decode, new_nonce
-from overlay.channels.router import InmRouter, LinkQueue
+from overlay.channels.inm import CommandHandler, Inm, decode, new_nonce
+from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, RelayAction, SendEnvelope,
+                                    ToClient)
+from overlay.channels.router import LinkQueue
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
-from overlay.channels.table import REFRESH, ChannelTable, Reservation, hash_password, valid_channel_name, valid_hash
+from overlay.channels.table import REFRESH, ChannelTable, hash_password
 from overlay.core.errors import DecodeError, DialError
 from overlay.core.framing import frame
-from overlay.core.jsonwire import loads
 from overlay.core.metrics import Registry
 from overlay.core.ratelimit import TokenBucket
 from overlay.transport.framed import FramedStream
@@ -58,19 +57,12 @@ from overlay.transport.host import StreamHost
 
 log = logging.getLogger(__name__)
 
-COMMAND_TIMEOUT = 5.0
-TOKEN_TTL = 60.0
-MAX_TOKENS = 1024
 HIGH_LATENCY = 0.010  # seconds, WSRelay's "high latency"
 LATENCY_EVERY = 15.0
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
 RETRY = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a link with envelopes waiting
 COALESCE = 0.010  # seconds between two writes on one link
-ANNOUNCE = "channel-open"  # extension: where a channel is open (no response)
-OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
-                          "reserve-channel", "unreserve-channel", "node-stats", "host-stats", "get-node-connection",
-                          "get-latency"})
 
 
 def inm_protocol(network: str) -> TProtocol:
@@ -118,28 +110,21 @@ class ChannelService:
         self.protocol = inm_protocol(network)
         self.want = want
         self.max_links = max_links
-        self.network_token = token
-        self.table = ChannelTable(self.me)
-        self.router = InmRouter(self.me)
+        self.received = metrics.counter("overlay_inm_received_total", "Intra-node messages received, by type")
+        self.dropped = metrics.counter("overlay_inm_dropped_total", "Intra-node messages dropped, by reason")
+        self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), token, self.received, self.dropped)
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
-        self._handlers: dict[str, CommandHandler] = {}  # other protocols' INM commands (register)
         self._client_ids = itertools.count(1)
         self._client_drops_gone = 0
-        self._waiting: dict[str, tuple[float, Callable[[Inm], None]]] = {}
-        self._tokens: dict[str, tuple[str, float]] = {}  # token -> (node, expiry)
         self._not_nodes: dict[str, float] = {}  # peers that do not speak INM, until when
         self._lost: dict[str, int] = {}  # drops of links that are gone, by channel
-        self.traffic = Traffic()
-        self.channel_traffic: dict[str, Traffic] = {}
         self.host_stats = HostStats()
         self._nursery: trio.Nursery | None = None
-        self.received = metrics.counter("overlay_inm_received_total", "Intra-node messages received, by type")
-        self.dropped = metrics.counter("overlay_inm_dropped_total", "Intra-node messages dropped, by reason")
         self.delivered = metrics.counter("overlay_channel_delivered_total", "Channel messages delivered to local clients")
         self.client_drops = metrics.counter("overlay_channel_client_dropped_total", "Channel messages dropped for slow local clients")
-        metrics.gauge("overlay_inm_neighbours", "Nodes with an INM link", lambda: len(self.neighbours()))
+        metrics.gauge("overlay_inm_neighbours", "Nodes with an INM link", lambda: len(self.relay.neighbours))
         metrics.gauge("overlay_channel_clients", "Local channel clients", lambda: len(self.clients))
         metrics.gauge("overlay_channels_open", "Channels open on this node", lambda: len(self.table.open_here()))
         metrics.gauge("overlay_channels_reserved", "Channels reserved in the network", lambda: len(self.table.channels))
@@ -148,9 +133,13 @@ class ChannelService:
         # node-stats' network figures, the same numbers as the command answers
         for window in WINDOWS:
             metrics.gauge(f"overlay_channel_packets_{window}s", f"Channel messages through this node in the last {window} s",
-                          lambda w=window: self.traffic.summary(trio.current_time())["packets"][f"{w}s"])
+                          lambda w=window: self.relay.traffic.summary(trio.current_time())["packets"][f"{w}s"])
             metrics.gauge(f"overlay_channel_bandwidth_{window}s_kbytes", f"Channel message kB/s through this node over the last {window} s",
-                          lambda w=window: self.traffic.summary(trio.current_time())["bandwidth"][f"{w}s"])
+                          lambda w=window: self.relay.traffic.summary(trio.current_time())["bandwidth"][f"{w}s"])
+
+    @property
+    def table(self) -> ChannelTable:
+        return self.relay.table
 
     # ---- lifecycle ----
 
@@ -172,7 +161,7 @@ class ChannelService:
         return out
 
     def neighbours(self) -> list[str]:
-        return [p for p, link in self.links.items() if link.ready.is_set()]
+        return list(self.relay.neighbours)
 
     def _link(self, peer: str) -> Link | None:
         link = self.links.get(peer)
@@ -194,6 +183,7 @@ class ChannelService:
                 except Exception as e:  # noqa: BLE001 - any stream or dial failure ends this attempt
                     log.debug("inm link to %s failed: %s", peer, e)
                 link.ready = trio.Event()
+                self.relay.link_down(peer)
                 link.failures += 1
                 if link.failures > len(RETRY):
                     break
@@ -206,7 +196,7 @@ class ChannelService:
                 for _, channel in link.queue.items:
                     self._lost[channel] = self._lost.get(channel, 0) + 1
                     self.dropped.inc(reason="link lost")
-                self.table.forget_node(peer)
+                self.relay.link_gone(peer)
 
     async def _serve_link(self, link: Link) -> None:
         peer = str(link.peer)
@@ -217,15 +207,12 @@ class ChannelService:
             except Exception:
                 self._not_nodes[peer] = trio.current_time() + 300
                 raise
-        hello = {"command": "handshake", "data": {"name": self.me}}
-        if self.network_token:
-            hello["data"]["token"] = self.network_token
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
-                await stream.write(frame(json.dumps(hello).encode()))
+                await stream.write(frame(self.relay.hello()))
             link.ready.set()
             link.failures = 0
-            self._spawn(self._onboard, peer)
+            self._act(self.relay.link_up(peer, trio.current_time()))
             last = -COALESCE
             while True:
                 while not link.queue:
@@ -255,7 +242,7 @@ class ChannelService:
         framed = FramedStream(stream, max_size=256 * 1024 + 16)
         with trio.fail_after(COMMAND_TIMEOUT):
             raw = await framed.read()
-        if not self._accept_handshake(peer, raw):
+        if not self.relay.accept_handshake(peer, raw, trio.current_time()):
             self.dropped.inc(reason="handshake refused")
             await stream.reset()
             return
@@ -273,292 +260,92 @@ class ChannelService:
                     self.dropped.inc(reason="malformed")
                     log.debug("inm from %s: %s", peer, e)
                     continue
-                self._receive(inm, peer)
+                self._act(self.relay.receive(inm, peer, trio.current_time()))
         finally:
             self.inbound.discard(peer)
 
-    def _accept_handshake(self, peer: str, raw: bytes | None) -> bool:
-        """The INM link handshake (WSRelay's `WS /node` one): the name must be the
-        Noise-authenticated peer, and the token the network's (when one is configured) or one
-        issued to that name."""
+    # ---- the core's actions ----
+
+    def _act(self, actions: list[RelayAction]) -> None:
+        for action in actions:
+            if isinstance(action, SendEnvelope):
+                self._forward(action)
+            elif isinstance(action, Deliver):
+                text = client_frames.message(action.channel, action.message, action.nonce)
+                for client_id in action.clients:
+                    if (client := self.clients.get(client_id)) is not None:  # type: ignore[arg-type]
+                        self._to_client(client, text)
+            elif isinstance(action, ToClient):
+                if (client := self.clients.get(action.client)) is not None:  # type: ignore[arg-type]
+                    self._to_client(client, client_frames.response(None, action.data))
+            elif isinstance(action, AnswerLocally):
+                self._spawn(self._answer_locally, action.inm)
+
+    def _forward(self, send: SendEnvelope) -> None:
         try:
-            hello = loads(raw or b"", "INM link hello")
-            data = hello["data"]
-            name, token = data["name"], data.get("token", "")
-        except (DecodeError, TypeError, KeyError):
-            return False
-        if hello.get("command") != "handshake" or name != peer:
-            return False
-        if not self.network_token:
-            return True
-        if secrets.compare_digest(str(token), self.network_token):
-            return True
-        issued = self._tokens.pop(str(token), None)
-        return issued is not None and issued[0] == peer and issued[1] > trio.current_time()
-
-    # ---- envelopes ----
-
-    def send(self, inm: Inm, channel: str = "") -> None:
-        """Send an envelope we made: unicast (dialing if needed) or "*" to every neighbour."""
-        route = self.router.route(inm, None, self.neighbours(), trio.current_time())
-        self._forward(inm, route.forward, channel)
-
-    def _forward(self, inm: Inm, targets: tuple[str, ...], channel: str = "") -> None:
-        if not targets:
-            return
-        try:
-            data = frame(inm.encode())
+            data = frame(send.inm.encode())
         except DecodeError:
             self.dropped.inc(reason="too large")
             return
-        for target in targets:
+        for target in send.targets:
             link = self._link(target)
             if link is None:
                 self.dropped.inc(reason="no link")
-            elif link.queue.put(data, channel):
+            elif link.queue.put(data, send.channel):
                 link.wake.set()
 
-    def _receive(self, inm: Inm, came_from: str) -> None:
-        now = trio.current_time()
-        if inm.source == self.me:
-            self.dropped.inc(reason="own")
-            return
-        route = self.router.route(inm, came_from, self.neighbours(), now)
-        if route.dropped:
-            self.dropped.inc(reason=route.dropped)
-            return
-        self._forward(inm, route.forward)
-        if route.handle:
-            self.received.inc(type=inm.type)
-            try:
-                if inm.type == "message":
-                    self._on_message(inm)
-                elif inm.type == "command":
-                    self._on_command(inm)
-                else:
-                    self._on_response(inm)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                self.dropped.inc(reason="bad data")
-                log.debug("inm %s from %s: bad data: %s", inm.type, inm.source, e)
+    async def _answer_locally(self, inm: Inm) -> None:
+        """The commands whose answers are this process's figures."""
+        name = inm.data["command"]
+        if name == "node-stats":
+            answer = self.node_stats()
+        elif name == "host-stats":
+            answer = self.host_stats.report()
+        else:  # get-latency
+            target = inm.data.get("node")
+            latency = await self.latency(target) if isinstance(target, str) and target in self.relay.neighbours else None
+            answer = ({"ok": True, "latency": round(latency * 1000, 3)} if latency is not None
+                      else {"ok": False, "reason": "target not connected"})
+        self._act(self.relay.reply(inm, answer, trio.current_time()))
+
+    # ---- the INM bus other protocols use (InmBus) ----
+
+    def send(self, inm: Inm, channel: str = "") -> None:
+        """Send an envelope we made: unicast (dialing if needed) or "*" to every neighbour."""
+        self._act(self.relay.send(inm, trio.current_time(), channel))
 
     async def command(self, node: str, data: dict, timeout: float = COMMAND_TIMEOUT) -> dict:
         """Send a command to one node and wait for its response's data."""
-        got: list[dict] = []
+        got: list[object] = []
         done = trio.Event()
 
-        def on_response(inm: Inm) -> None:
+        def on_response(inm: Inm, now: float) -> None:
             got.append(inm.data)
             done.set()
 
-        nonce = new_nonce()
-        self._waiting[nonce] = (trio.current_time() + timeout, on_response)
-        try:
-            self.send(Inm(self.me, node, "command", nonce, data))
-            with trio.fail_after(timeout):
-                await done.wait()
-        except trio.TooSlowError:
-            raise DialError(f"no response from {node} to {data.get('command')}") from None
-        finally:
-            self._waiting.pop(nonce, None)
+        self._act(self.relay.command(node, data, trio.current_time(), on_response, timeout))
+        with trio.move_on_after(timeout):
+            await done.wait()
+        if not got:
+            raise DialError(f"no response from {node} to {data.get('command')}")
         return got[0] if isinstance(got[0], dict) else {}
 
     def register(self, command: str, handler: CommandHandler) -> None:
-        """Another protocol's INM command: `handler` takes each one addressed here and returns
-        the response's data, or None for no response. One handler per command."""
-        if command in self._handlers or command in OWN_COMMANDS:
-            raise ValueError(f"INM command {command!r} is taken")
-        self._handlers[command] = handler
+        self.relay.register(command, handler)
 
     def notify(self, node: str, data: dict) -> None:
-        """A command to one node that is not answered (the receiver may send one of its own)."""
-        self.send(Inm(self.me, node, "command", new_nonce(), data))
+        self._act(self.relay.notify(node, data, trio.current_time()))
 
     def broadcast(self, data: dict, on_response: Callable[[Inm], None] | None = None, answered: bool = True) -> None:
-        """A command to every node, each once; their responses go to `on_response` for
-        COMMAND_TIMEOUT seconds (announcements and `answered=False` commands have none)."""
-        nonce = new_nonce()
-        if answered and data.get("command") != ANNOUNCE:
-            self._waiting[nonce] = (trio.current_time() + COMMAND_TIMEOUT, on_response or (lambda inm: None))
-        self.send(Inm(self.me, BROADCAST, "command", nonce, data))
+        handler = (lambda inm, now: on_response(inm)) if on_response else None
+        self._act(self.relay.broadcast(data, trio.current_time(), handler, answered))
 
-    def _on_response(self, inm: Inm) -> None:
-        waiting = self._waiting.get(inm.nonce)
-        if waiting is None:
-            self.dropped.inc(reason="unexpected response")
-            return
-        waiting[1](inm)
-
-    # ---- commands (WSRelay's, and the channel-open announcement) ----
-
-    def _on_command(self, inm: Inm) -> None:
-        data = inm.data
-        name = data.get("command") if isinstance(data, dict) else None
-        if name == ANNOUNCE:
-            self._on_announce(inm.source, data)
-            return
-        if name in self._handlers:  # other protocols' commands (MessageNet, Degas)
-            reply = self._handlers[name](inm)
-            if reply is not None:
-                self.send(inm.reply(self.me, reply))
-            return
-        handler = {
-            "get-connection-token": self._cmd_token,
-            "list-nodes": lambda inm: {"nodes": sorted(self.neighbours())},
-            "list-channels": lambda inm: {"channels": self.table.listing(open_only=True)},
-            "list-reserved-channels": lambda inm: {"channels": self.table.listing(open_only=False)},
-            "reserve-channel": self._cmd_reserve,
-            "unreserve-channel": self._cmd_unreserve,
-            "node-stats": lambda inm: self.node_stats(),
-            "host-stats": lambda inm: self.host_stats.report(),
-        }.get(name)
-        if name in ("get-node-connection", "get-latency"):
-            self._spawn(self._answer_async, inm, name)
-        elif handler is None:
-            self.send(inm.reply(self.me, {"ok": False, "reason": "unknown command"}))
-        else:
-            self.send(inm.reply(self.me, handler(inm)))
-
-    async def _answer_async(self, inm: Inm, name: str) -> None:
-        target = inm.data.get("node")
-        if not isinstance(target, str) or target not in self.neighbours():
-            answer = {"ok": False, "reason": "target not connected"}
-        elif name == "get-latency":
-            latency = await self.latency(target)
-            answer = {"ok": True, "latency": round(latency * 1000, 3)} if latency is not None else {"ok": False, "reason": "target not connected"}
-        else:
-            try:
-                token = await self.command(target, {"command": "get-connection-token", "node": inm.source})
-                answer = {"ok": True, "host": f"/p2p/{target}", "token": token["token"]}
-            except (DialError, KeyError):
-                answer = {"ok": False, "reason": "target not connected"}
-        self.send(inm.reply(self.me, answer))
-
-    def _cmd_token(self, inm: Inm) -> dict:
-        """A one-time token that lets `node` (only) complete the INM handshake with us."""
-        node = inm.data.get("node")
-        if not isinstance(node, str):
-            return {"ok": False, "reason": "node missing"}
-        now = trio.current_time()
-        self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
-        while len(self._tokens) >= MAX_TOKENS:
-            self._tokens.pop(next(iter(self._tokens)))
-        token = secrets.token_urlsafe(24)
-        self._tokens[token] = (node, now + TOKEN_TTL)
-        return {"token": token}
-
-    def _reservation(self, source: str, data: dict) -> tuple[str, Reservation]:
-        name, password = data["channel"], data.get("password", "")
-        if not valid_channel_name(name) or not valid_hash(password):
-            raise ValueError("invalid channel or password hash")
-        owner, at = data.get("owner", source), data.get("at")
-        if not isinstance(owner, str) or not isinstance(at, int):
-            owner, at = source, int(time.time() * 1000)  # a WSRelay-style command without our fields
-        return name, Reservation(at, owner, password)
-
-    def _cmd_reserve(self, inm: Inm) -> dict:
-        name, reservation = self._reservation(inm.source, inm.data)
-        reason, change = self.table.reserve(name, reservation, trio.current_time())
-        self._apply(name, change)
-        return {"ok": False, "reason": reason} if reason else {"ok": True}
-
-    def _cmd_unreserve(self, inm: Inm) -> dict:
-        reason = self.table.unreserve(inm.data["channel"], trio.current_time())
-        return {"ok": False, "reason": reason} if reason else {"ok": True}
-
-    def _on_announce(self, source: str, data: dict) -> None:
-        name, reservation = self._reservation(source, data)
-        change = self.table.announce(source, name, reservation, bool(data.get("open")), trio.current_time())
-        self._apply(name, change)
-
-    def _announce(self, name: str, is_open: bool) -> None:
-        reservation = self.table.reservation(name)
-        if reservation is not None:
-            self.broadcast({"command": ANNOUNCE, "open": is_open, **reservation.to_json(name)})
-
-    def _apply(self, name: str, change) -> None:
-        """Act on a table change: announce, evict, unreserve."""
-        for client_id in change.evicted:
-            client = self.clients.get(client_id)
-            if client is not None:
-                self._to_client(client, client_frames.response(None, {"ok": False, "reason": "channel reserved elsewhere", "channel": name}))
-        if change.reserved is not None:
-            self.broadcast({"command": "reserve-channel", **change.reserved.to_json(name)})
-        if change.opened:
-            self._announce(name, True)
-        if change.closed:
-            self._announce_closed(name)
-
-    def _announce_closed(self, name: str) -> None:
-        reservation = self.table.reservation(name)
-        if reservation is None:
-            return
-        self.broadcast({"command": ANNOUNCE, "open": False, **reservation.to_json(name)})
-        if self.table.open_elsewhere(name):
-            return
-        # As WSRelay asks: a node that still has clients refuses, and we reserve again.
-        def on_answer(inm: Inm) -> None:
-            if isinstance(inm.data, dict) and inm.data.get("reason") == "channel still open":
-                self.table.reserve(name, reservation, trio.current_time())
-                self.broadcast({"command": "reserve-channel", **reservation.to_json(name)})
-
-        if not self.table.subscribers(name):
-            self.table.unreserve(name, trio.current_time())
-            self.broadcast({"command": "unreserve-channel", "channel": name}, on_answer)
-
-    async def _onboard(self, peer: str) -> None:
-        """WSRelay's onboarding: take the new neighbour's open and reserved channels."""
-        now = trio.current_time
-        try:
-            open_ = await self.command(peer, {"command": "list-channels"})
-            reserved = await self.command(peer, {"command": "list-reserved-channels"})
-        except DialError:
-            return
-        for listing, is_open in ((open_.get("channels", []), True), (reserved.get("channels", []), False)):
-            for item in listing if isinstance(listing, list) else []:
-                try:
-                    name, reservation = self._reservation(peer, {"channel": item["name"], **item})
-                except (KeyError, TypeError, ValueError):
-                    self.dropped.inc(reason="bad listing")
-                    continue
-                if is_open:
-                    self._apply(name, self.table.announce(peer, name, reservation, True, now()))
-                else:
-                    self._apply(name, self.table.reserve(name, reservation, now())[1])
-
-    # ---- channel messages ----
-
-    def _on_message(self, inm: Inm) -> None:
-        name, text = inm.data["channel"], inm.data["message"]
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise ValueError("channel and message must be strings")
-        try:
-            message = base64.b64decode(text, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            raise ValueError("message is not base64 of UTF-8") from None
-        nonce = inm.data.get("nonce", inm.nonce)
-        self._count(name, len(message))
-        self._deliver(name, message, nonce if isinstance(nonce, str) else inm.nonce, sender=None)
+    # ---- local clients (WS /connect) ----
 
     def publish(self, client: Client, name: str, message: str, nonce: str) -> str | None:
-        """A local client sends to a channel: its other local subscribers, then each node where
-        the channel is open, one unicast each over that node's link (so in order)."""
-        if not self.table.subscribed(client.id, name):
-            return "not subscribed"
-        self._count(name, len(message))
-        self._deliver(name, message, nonce, sender=client.id)
-        data = {"message": base64.b64encode(message.encode()).decode(), "channel": name, "nonce": nonce}
-        for node in self.table.open_elsewhere(name):  # each envelope its own nonce: clients reuse theirs
-            self.send(Inm(self.me, node, "message", new_nonce(), data), channel=name)
-        return None
-
-    def _deliver(self, name: str, message: str, nonce: str, sender: int | None) -> None:
-        subscribers = self.table.subscribers(name)
-        if not subscribers:
-            return
-        text = client_frames.message(name, message, nonce)
-        for client_id in subscribers:
-            if client_id != sender and (client := self.clients.get(client_id)) is not None:
-                self._to_client(client, text)
+        reason, actions = self.relay.publish(client.id, name, message, nonce, trio.current_time())
+        self._act(actions)
+        return reason
 
     def _to_client(self, client: Client, text: str) -> None:
         try:
@@ -570,18 +357,6 @@ class ChannelService:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    def _count(self, name: str, size: int) -> None:
-        now = trio.current_time()
-        self.traffic.record(now, size)
-        traffic = self.channel_traffic.get(name)
-        if traffic is None:
-            if len(self.channel_traffic) >= 1000:
-                self.channel_traffic = {n: t for n, t in self.channel_traffic.items() if n in self.table.channels}
-            traffic = self.channel_traffic[name] = Traffic()
-        traffic.record(now, size)
-
-    # ---- local clients (WS /connect) ----
-
     def new_client(self) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
         send, receive = trio.open_memory_channel[str](CLIENT_QUEUE)
         client = Client(next(self._client_ids), send)
@@ -592,8 +367,7 @@ class ChannelService:
         if self.clients.pop(client.id, None) is not None:
             self._client_drops_gone += client.dropped
         client.send.close()
-        for name in self.table.drop_client(client.id, trio.current_time()):
-            self._announce_closed(name)
+        self._act(self.relay.drop_client(client.id, trio.current_time()))
 
     async def handle_client_frame(self, client: Client, text: str | bytes) -> str | None:
         """One frame from a client; the response to send back (None for none)."""
@@ -608,18 +382,17 @@ class ChannelService:
             if not client.send_bucket.allow(now):
                 return client_frames.failure(request.nonce, "rate limited")
             reason = self.publish(client, request.channel, request.message, request.nonce or new_nonce())
-            return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
-        if request.command == "unsubscribe":
-            reason, change = self.table.unsubscribe(client.id, request.channel, now)
-            self._apply(request.channel, change)
-            return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
-        if not client.subscribe_bucket.allow(now):
-            return client_frames.failure(request.nonce, "rate limited")
-        hashed = await trio.to_thread.run_sync(hash_password, request.channel, request.password)
-        if client.id not in self.clients:
-            return None
-        reason, change = self.table.subscribe(client.id, request.channel, hashed, trio.current_time(), int(time.time() * 1000))
-        self._apply(request.channel, change)
+        elif request.command == "unsubscribe":
+            reason, actions = self.relay.unsubscribe(client.id, request.channel, now)
+            self._act(actions)
+        else:
+            if not client.subscribe_bucket.allow(now):
+                return client_frames.failure(request.nonce, "rate limited")
+            hashed = await trio.to_thread.run_sync(hash_password, request.channel, request.password)
+            if client.id not in self.clients:
+                return None
+            reason, actions = self.relay.subscribe(client.id, request.channel, hashed, trio.current_time())
+            self._act(actions)
         return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
 
     # ---- stats and health ----
@@ -633,8 +406,8 @@ class ChannelService:
                 "clients": len(self.clients),
                 "channel_connections": {name: len(self.table.subscribers(name)) for name in open_here},
             },
-            "network": self.traffic.summary(now),
-            "channels": {name: self.channel_traffic.get(name, Traffic()).summary(now) for name in open_here},
+            "network": self.relay.traffic.summary(now),
+            "channels": {name: self.relay.channel_traffic.get(name, Traffic()).summary(now) for name in open_here},
             "dropped": {  # an addition to WSRelay: what slow clients and links lost
                 "clients": sum(c.dropped for c in self.clients.values()) + self._client_drops_gone,
                 "links": self.link_drops(),
@@ -656,7 +429,7 @@ class ChannelService:
         """WSRelay's channel reasons, most serious first; None when none applies."""
         if self.table.open_here() and not self.clients:
             return "bad", "channels no clients"
-        if self.expects_peers and not self.neighbours():
+        if self.expects_peers and not self.relay.neighbours:
             return "degraded", "no peers"
         if len(self.clients) > 3 and not self.table.open_here():
             return "degraded", "clients no channels"
@@ -671,10 +444,10 @@ class ChannelService:
             self._nursery.start_soon(fn, *args)
 
     async def _maintain(self) -> None:
-        """Keep `want` neighbours among connected peers; expire waiting responses."""
+        """Keep `want` neighbours among connected peers; give up on responses that lapsed."""
         while True:
             now = trio.current_time()
-            self._waiting = {n: w for n, w in self._waiting.items() if w[0] > now}
+            self._act(self.relay.tick(now))
             self._not_nodes = {p: t for p, t in self._not_nodes.items() if t > now}
             if len(self.links) < self.want:
                 candidates = [str(p) for p in self.peers()]
@@ -687,11 +460,9 @@ class ChannelService:
             await trio.sleep(1.0 if len(self.links) < self.want else MAINTAIN_EVERY)
 
     async def _refresh(self) -> None:
-        """Re-announce open channels and expire what lapsed (table.py's soft state)."""
         while True:
             await trio.sleep(REFRESH * random.uniform(0.8, 1.0))
-            for name in self.table.expire(trio.current_time()):
-                self._announce(name, True)
+            self._act(self.relay.refresh(trio.current_time()))
 
     async def _measure(self) -> None:
         while True:

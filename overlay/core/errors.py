@@ -17,6 +17,11 @@ class DecodeError(OverlayError):
     """Bytes from the network or a client do not form a valid message, or exceed a size limit."""
 
 
+class ProtocolError(OverlayError):
+    """An event a protocol's state machine does not allow in its state: from a peer, a violation
+    of the protocol; from the adapter that drives the machine, a bug in it."""
+
+
 class RecordError(OverlayError):
     """A signed record is malformed, forged, or does not match its key."""
 

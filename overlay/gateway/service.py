@@ -54,11 +54,11 @@ from overlay.gateway.session import (
     MAX_PAYLOAD,
     Bound,
     ClientSession,
-    Close,
     Code,
     Forward,
+    GatewayClose,
+    GatewayReply,
     Recover,
-    Reply,
     challenge_text,
     client_error,
     error,
@@ -182,15 +182,15 @@ class Gateway:
 
     # ---- clients (WS /gateway) ----
 
-    async def client_frame(self, sock: Socket, frame: bytes | None) -> tuple[bytes, Close] | None:
+    async def client_frame(self, sock: Socket, frame: bytes | None) -> tuple[bytes, GatewayClose] | None:
         """One frame from a client (None: a text frame). Returns the last frame and the close
         when the connection must end; everything else goes to the socket's queue."""
         assert sock.session is not None
         now = trio.current_time()
         actions = sock.session.on_text() if frame is None else sock.session.on_frame(frame, now)
         for i, action in enumerate(actions):
-            if isinstance(action, Reply):
-                if i + 1 < len(actions) and isinstance(actions[i + 1], Close):
+            if isinstance(action, GatewayReply):
+                if i + 1 < len(actions) and isinstance(actions[i + 1], GatewayClose):
                     return action.frame, actions[i + 1]
                 self._put(sock, action.frame)
             elif isinstance(action, Bound):

@@ -40,14 +40,14 @@ CLOSE_PROTOCOL_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG = 1002, 1008, 1009
 
 
 @dataclass(frozen=True)
-class Reply:
+class GatewayReply:
     """A GatewayMessage to the client."""
 
     frame: bytes
 
 
 @dataclass(frozen=True)
-class Close:
+class GatewayClose:
     code: int
     reason: str
 
@@ -67,7 +67,7 @@ class Forward:
     payload: bytes
 
 
-Action = Reply | Close | Bound | Forward
+GatewayAction = GatewayReply | GatewayClose | Bound | Forward
 Recover = Callable[[str, bytes], str]  # (challenge, signature) -> address; raises ValueError
 
 
@@ -125,10 +125,10 @@ class ClientSession:
         self._recover = recover
         self.proof = ("", b"")  # once READY: the challenge and the client's signature of it
 
-    def on_text(self) -> list[Action]:
+    def on_text(self) -> list[GatewayAction]:
         return self._close(CLOSE_PROTOCOL_ERROR, "binary frames only", Code.MALFORMED)
 
-    def on_frame(self, frame: bytes, now: float) -> list[Action]:
+    def on_frame(self, frame: bytes, now: float) -> list[GatewayAction]:
         if self.state is State.CLOSED:
             return []
         if len(frame) > MAX_CLIENT_FRAME:
@@ -137,7 +137,7 @@ class ClientSession:
             message = parse_client(frame)
         except ValueError as e:
             if self.state is State.READY:
-                return [Reply(client_error(Code.MALFORMED, str(e)))]
+                return [GatewayReply(client_error(Code.MALFORMED, str(e)))]
             return self._close(CLOSE_POLICY, str(e), Code.MALFORMED)
         kind = message.WhichOneof("payload")
         if self.state is State.HELLO:
@@ -149,15 +149,15 @@ class ClientSession:
                 return self._close(CLOSE_POLICY, "authentication must come next", Code.NOT_AUTHENTICATED)
             return self._auth(message.eth_auth.signature, now)
         if kind != "degas":
-            return [Reply(client_error(Code.MALFORMED, "already authenticated"))]
+            return [GatewayReply(client_error(Code.MALFORMED, "already authenticated"))]
         degas = message.degas
         if len(degas.degas_id) != DEGAS_ID_SIZE:
-            return [Reply(client_error(Code.MALFORMED, f"degas_id must be {DEGAS_ID_SIZE} bytes"))]
+            return [GatewayReply(client_error(Code.MALFORMED, f"degas_id must be {DEGAS_ID_SIZE} bytes"))]
         if len(degas.payload) > MAX_PAYLOAD:
-            return [Reply(client_error(Code.PAYLOAD_TOO_LARGE, f"payload over {MAX_PAYLOAD} bytes", degas.degas_id))]
+            return [GatewayReply(client_error(Code.PAYLOAD_TOO_LARGE, f"payload over {MAX_PAYLOAD} bytes", degas.degas_id))]
         return [Forward(degas.degas_id, degas.payload)]
 
-    def _hello(self, hello: pb.ClientHelloMessage, now: float) -> list[Action]:
+    def _hello(self, hello: pb.ClientHelloMessage, now: float) -> list[GatewayAction]:
         if hello.WhichOneof("signer") != "ethereum_signer":
             return self._close(CLOSE_POLICY, "an Ethereum signer is required", Code.MALFORMED)
         address = hello.ethereum_signer.address
@@ -168,9 +168,9 @@ class ClientSession:
         self.state, self.account_id, self._address = State.AUTH, hello.account_id, address.lower()
         self._challenge_expires = now + CHALLENGE_TTL
         request = pb.GatewayAuthRequestMessage(ethereum_auth=pb.EthereumAuthMessage(challenge=self._challenge))
-        return [Reply(pb.GatewayMessage(auth_request=request).SerializeToString())]
+        return [GatewayReply(pb.GatewayMessage(auth_request=request).SerializeToString())]
 
-    def _auth(self, signature: bytes, now: float) -> list[Action]:
+    def _auth(self, signature: bytes, now: float) -> list[GatewayAction]:
         challenge, self._challenge = self._challenge, ""  # single-use, whatever the outcome
         if now > self._challenge_expires:
             return self._close(CLOSE_POLICY, "challenge expired", Code.AUTH_FAIL)
@@ -182,11 +182,11 @@ class ClientSession:
             return self._close(CLOSE_POLICY, "signature does not match the address", Code.AUTH_FAIL)
         self.state, self.proof = State.READY, (challenge, signature)
         ok = pb.GatewayMessage(auth_ok=pb.GatewayAuthOkMessage(account_id=self.account_id)).SerializeToString()
-        return [Bound(self.account_id), Reply(ok)]
+        return [Bound(self.account_id), GatewayReply(ok)]
 
-    def _close(self, code: int, reason: str, error_code: int) -> list[Action]:
+    def _close(self, code: int, reason: str, error_code: int) -> list[GatewayAction]:
         self.state = State.CLOSED
-        return [Reply(client_error(error_code, reason)), Close(code, reason)]
+        return [GatewayReply(client_error(error_code, reason)), GatewayClose(code, reason)]
 
 
 def _eth_account() -> tuple[type, Callable[..., object]]:

@@ -10,6 +10,13 @@ real peer that hangs look the same.
 Messages are libp2p Kademlia messages (`overlay.kademlia.wire`). Routing follows libp2p's
 Kademlia: only peers that answered a request of ours (server-mode peers) enter the table;
 an unknown peer that asks us something is pinged once before it is added.
+
+A query is of one `QueryKind` and moves through `QueryPhase`s; these are the only changes
+(anything else is a bug in the core and raises ProtocolError):
+
+    LOOKUP -> STORE   put_value, provide: the lookup found the k closest peers; store on them
+    LOOKUP -> DONE    every kind: the lookup ended, or the query timed out or was withdrawn
+    STORE  -> DONE    put_value, provide: every store was answered, failed or timed out
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Union
 
-from overlay.core.errors import RecordError
+from overlay.core.errors import ProtocolError, RecordError
 from overlay.kademlia.lookup import Lookup, LookupResult
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore, Validator
@@ -30,6 +38,30 @@ from overlay.kademlia.wire import Message, MessageType, PeerInfo, Record
 
 
 MAX_NOT_SERVERS = 4096
+
+
+class QueryKind(Enum):
+    FIND_NODE = "find_node"
+    GET_VALUE = "get_value"
+    GET_PROVIDERS = "get_providers"
+    PUT_VALUE = "put_value"
+    PROVIDE = "provide"
+    BOOTSTRAP = "bootstrap"
+
+
+class QueryPhase(Enum):
+    LOOKUP = "lookup"
+    STORE = "store"
+    DONE = "done"
+
+
+_STORING = frozenset({QueryKind.PUT_VALUE, QueryKind.PROVIDE})
+# (from, to) -> the kinds that may make that change: the table in the module docstring
+PHASE_CHANGES: dict[tuple[QueryPhase, QueryPhase], frozenset[QueryKind]] = {
+    (QueryPhase.LOOKUP, QueryPhase.STORE): _STORING,
+    (QueryPhase.LOOKUP, QueryPhase.DONE): frozenset(QueryKind),
+    (QueryPhase.STORE, QueryPhase.DONE): _STORING,
+}
 
 
 @dataclass(frozen=True)
@@ -55,31 +87,42 @@ class Send:
     peer: PeerInfo
     message: Message
 
+    @property
+    def expects_response(self) -> bool:
+        """ADD_PROVIDER has no response in libp2p: every driver sends it and forgets it."""
+        return self.message.type is not MessageType.ADD_PROVIDER
+
 
 @dataclass(frozen=True)
 class QueryDone:
     query_id: int
-    kind: str
+    kind: QueryKind
     result: LookupResult
     stored: int = 0  # PUT_VALUE / ADD_PROVIDER: how many peers accepted
     duration: float = 0.0
 
 
-Action = Union[Send, QueryDone]
+DhtAction = Union[Send, QueryDone]
 
 
 @dataclass
 class _Query:
     id: int
-    kind: str  # "find_node" | "get_value" | "get_providers" | "put_value" | "provide" | "bootstrap"
+    kind: QueryKind
     lookup: Lookup
     started: float
     deadline: float
     message_type: MessageType
     value: bytes | None = None  # the record to store (put_value) once the lookup is done
-    phase: str = "lookup"  # then "store"
+    phase: QueryPhase = QueryPhase.LOOKUP
     store_waiting: set[int] = field(default_factory=set)
     stored: int = 0
+
+    def enter(self, phase: QueryPhase) -> None:
+        """Move to `phase`; ProtocolError unless PHASE_CHANGES allows it for this kind."""
+        if self.kind not in PHASE_CHANGES.get((self.phase, phase), ()):
+            raise ProtocolError(f"{self.kind.value} query {self.id}: no change from {self.phase.value} to {phase.value}")
+        self.phase = phase
 
 
 @dataclass
@@ -91,7 +134,7 @@ class _Request:
 
 
 @dataclass
-class Counters:
+class DhtCounters:
     requests_sent: int = 0
     responses: int = 0
     failures: int = 0
@@ -118,7 +161,7 @@ class Kademlia:
         self.table = RoutingTable(local.peer_id, config.k, stale_after=config.stale_after)
         self.records = RecordStore(validator, config.record_ttl, config.max_records)
         self.providers = ProviderStore(config.provider_ttl, config.max_provider_keys)
-        self.counters = Counters()
+        self.counters = DhtCounters()
         self._ids = itertools.count(1)
         self._queries: dict[int, _Query] = {}
         self._requests: dict[int, _Request] = {}
@@ -135,32 +178,32 @@ class Kademlia:
 
     # ---- commands -------------------------------------------------------------------------
 
-    def add_address(self, peer: PeerInfo, now: float) -> list[Action]:
+    def add_address(self, peer: PeerInfo, now: float) -> list[DhtAction]:
         """A peer we were told about (a bootstrap): ping it; it joins the table if it answers."""
         return self._send(peer, Message(MessageType.PING), now, None)
 
-    def bootstrap(self, now: float) -> tuple[int, list[Action]]:
+    def bootstrap(self, now: float) -> tuple[int, list[DhtAction]]:
         """Look up our own ID, then refresh the buckets none of whose peers answered us within
         `refresh_interval` (as libp2p does); repeats every `refresh_interval`."""
         self._next_refresh = now + self.config.refresh_interval
-        return self._start("bootstrap", self.local.peer_id, MessageType.FIND_NODE, now)
+        return self._start(QueryKind.BOOTSTRAP, self.local.peer_id, MessageType.FIND_NODE, now)
 
-    def find_node(self, key: bytes, now: float) -> tuple[int, list[Action]]:
-        return self._start("find_node", key, MessageType.FIND_NODE, now)
+    def find_node(self, key: bytes, now: float) -> tuple[int, list[DhtAction]]:
+        return self._start(QueryKind.FIND_NODE, key, MessageType.FIND_NODE, now)
 
-    def get_value(self, key: bytes, now: float, quorum: int = 0) -> tuple[int, list[Action]]:
+    def get_value(self, key: bytes, now: float, quorum: int = 0) -> tuple[int, list[DhtAction]]:
         """Look a value up; `quorum` > 0 stops after that many valid values (0: full lookup)."""
-        return self._start("get_value", key, MessageType.GET_VALUE, now, quorum=quorum)
+        return self._start(QueryKind.GET_VALUE, key, MessageType.GET_VALUE, now, quorum=quorum)
 
-    def get_providers(self, key: bytes, now: float, quorum: int = 0) -> tuple[int, list[Action]]:
-        return self._start("get_providers", key, MessageType.GET_PROVIDERS, now, quorum=quorum)
+    def get_providers(self, key: bytes, now: float, quorum: int = 0) -> tuple[int, list[DhtAction]]:
+        return self._start(QueryKind.GET_PROVIDERS, key, MessageType.GET_PROVIDERS, now, quorum=quorum)
 
-    def put_value(self, key: bytes, value: bytes, now: float) -> tuple[int, list[Action]]:
+    def put_value(self, key: bytes, value: bytes, now: float) -> tuple[int, list[DhtAction]]:
         """Store locally and on the k closest peers. Raises RecordError for an invalid value."""
         self.records.put(key, value, now)
-        return self._start("put_value", key, MessageType.FIND_NODE, now, value=value)
+        return self._start(QueryKind.PUT_VALUE, key, MessageType.FIND_NODE, now, value=value)
 
-    def publish(self, key: bytes, value: bytes, now: float) -> tuple[int, list[Action]]:
+    def publish(self, key: bytes, value: bytes, now: float) -> tuple[int, list[DhtAction]]:
         """put_value, and keep republishing it every `republish_interval` until replaced."""
         self._published[key] = value
         self._size_at_publish = max(1, len(self.table))
@@ -168,21 +211,21 @@ class Kademlia:
             self._next_republish = now + self.config.republish_interval
         return self.put_value(key, value, now)
 
-    def provide(self, key: bytes, now: float) -> tuple[int, list[Action]]:
+    def provide(self, key: bytes, now: float) -> tuple[int, list[DhtAction]]:
         """Announce that we provide `key` to the k closest peers, and keep announcing it."""
         self._provided.add(key)
         self.providers.add(key, self.local, now)
         if self._next_republish is None:
             self._next_republish = now + self.config.republish_interval
-        return self._start("provide", key, MessageType.FIND_NODE, now)
+        return self._start(QueryKind.PROVIDE, key, MessageType.FIND_NODE, now)
 
-    def unprovide(self, key: bytes, now: float) -> list[Action]:
+    def unprovide(self, key: bytes, now: float) -> list[DhtAction]:
         """Stop announcing `key`, ending announcements under way (the records others already
         hold expire with their TTL)."""
         self._provided.discard(key)
         self.providers.remove(key, self.local.peer_id)
-        actions: list[Action] = []
-        for query in [q for q in self._queries.values() if q.kind == "provide" and q.lookup.key == key]:
+        actions: list[DhtAction] = []
+        for query in [q for q in self._queries.values() if q.kind is QueryKind.PROVIDE and q.lookup.key == key]:
             actions += self._finish(query, now)
         return actions
 
@@ -193,7 +236,7 @@ class Kademlia:
 
     def handle_request(
         self, peer: PeerInfo, msg: Message, now: float
-    ) -> tuple[Message | None, list[Action]]:
+    ) -> tuple[Message | None, list[DhtAction]]:
         """Answer an inbound request. None: refuse it (the adapter resets the stream)."""
         self.counters.requests_handled += 1
         actions = self._verify_unknown(peer, now)
@@ -241,13 +284,13 @@ class Kademlia:
 
     def handle_response(
         self, request_id: int, msg: Message, now: float, addrs: tuple[bytes, ...] = ()
-    ) -> list[Action]:
+    ) -> list[DhtAction]:
         """`addrs`: the responder's addresses as the transport knows them now, if fresher."""
         request = self._requests.pop(request_id, None)
         if request is None:
             return []  # late answer to a timed-out request
         self.counters.responses += 1
-        actions: list[Action] = []
+        actions: list[DhtAction] = []
         to_ping = self.table.observe(request.peer.peer_id, addrs or request.peer.addrs, now)
         self._verifying.discard(request.peer.peer_id)
         if to_ping is not None:
@@ -256,7 +299,7 @@ class Kademlia:
         query = self._queries.get(request.query_id) if request.query_id is not None else None
         if query is None:
             return actions
-        if query.phase == "store":
+        if query.phase is QueryPhase.STORE:
             if request_id in query.store_waiting:
                 query.store_waiting.discard(request_id)
                 query.stored += 1
@@ -271,7 +314,7 @@ class Kademlia:
         query.lookup.on_response(request.peer.peer_id, msg.closer_peers, value, msg.provider_peers)
         return actions + self._advance(query, now)
 
-    def handle_failure(self, request_id: int, now: float) -> list[Action]:
+    def handle_failure(self, request_id: int, now: float) -> list[DhtAction]:
         request = self._requests.pop(request_id, None)
         if request is None:
             return []
@@ -289,14 +332,14 @@ class Kademlia:
         query = self._queries.get(request.query_id)
         if query is None:
             return []
-        if query.phase == "store":
+        if query.phase is QueryPhase.STORE:
             query.store_waiting.discard(request_id)
         else:
             query.lookup.on_failure(request.peer.peer_id)
         return self._advance(query, now)
 
-    def handle_timer(self, now: float) -> list[Action]:
-        actions: list[Action] = []
+    def handle_timer(self, now: float) -> list[DhtAction]:
+        actions: list[DhtAction] = []
         while self._timeouts and self._timeouts[0][0] <= now:
             _, request_id = heapq.heappop(self._timeouts)
             if request_id in self._requests:
@@ -316,9 +359,9 @@ class Kademlia:
             actions += self._republish_all(now)
         return actions
 
-    def _republish_all(self, now: float) -> list[Action]:
+    def _republish_all(self, now: float) -> list[DhtAction]:
         self._size_at_publish = max(1, len(self.table))
-        actions: list[Action] = []
+        actions: list[DhtAction] = []
         for key, value in list(self._published.items()):
             try:
                 actions += self.put_value(key, value, now)[1]
@@ -340,7 +383,7 @@ class Kademlia:
         else:
             self._retry_backoff = self.config.republish_retry
 
-    def _republish_if_grown(self, now: float) -> list[Action]:
+    def _republish_if_grown(self, now: float) -> list[DhtAction]:
         """Republish when our routing table has doubled since the last publish.
 
         A node that published while the network (or its view of it) was small stored its
@@ -367,13 +410,13 @@ class Kademlia:
 
     def _start(
         self,
-        kind: str,
+        kind: QueryKind,
         key: bytes,
         message_type: MessageType,
         now: float,
         quorum: int = 0,
         value: bytes | None = None,
-    ) -> tuple[int, list[Action]]:
+    ) -> tuple[int, list[DhtAction]]:
         seeds = self._peer_infos(self.table.closest(key_position(key), self.config.k))
         lookup = Lookup(key, self.local.peer_id, seeds, self.config.k, self.config.alpha, quorum)
         query = _Query(
@@ -388,10 +431,10 @@ class Kademlia:
         self._queries[query.id] = query
         return query.id, self._advance(query, now)
 
-    def _advance(self, query: _Query, now: float) -> list[Action]:
-        if query.phase == "store":
+    def _advance(self, query: _Query, now: float) -> list[DhtAction]:
+        if query.phase is QueryPhase.STORE:
             return self._finish(query, now) if not query.store_waiting else []
-        actions: list[Action] = []
+        actions: list[DhtAction] = []
         for peer in query.lookup.next_peers():
             msg = Message(query.message_type, key=query.lookup.key)
             actions += self._send(peer, msg, now, query.id)
@@ -399,26 +442,27 @@ class Kademlia:
             actions += self._lookup_done(query, now)
         return actions
 
-    def _lookup_done(self, query: _Query, now: float) -> list[Action]:
+    def _lookup_done(self, query: _Query, now: float) -> list[DhtAction]:
         result = query.lookup.finish()
-        if query.kind == "bootstrap":
+        if query.kind is QueryKind.BOOTSTRAP:
+            query.enter(QueryPhase.DONE)
             del self._queries[query.id]
-            actions: list[Action] = [QueryDone(query.id, query.kind, result, duration=now - query.started)]
+            actions: list[DhtAction] = [QueryDone(query.id, query.kind, result, duration=now - query.started)]
             for cpl in range(min(self.table.deepest_bucket(), self.config.refresh_max_cpl)):
                 if now - self.table.last_useful.get(cpl, -math.inf) >= self.config.refresh_interval:
                     actions += self.find_node(self._random_key_in_bucket(cpl), now)[1]
             return actions
-        if query.kind == "put_value" and query.value is not None:
+        if query.kind is QueryKind.PUT_VALUE and query.value is not None:
             msg = Message(MessageType.PUT_VALUE, key=query.lookup.key, record=Record(query.lookup.key, query.value))
-        elif query.kind == "provide":
+        elif query.kind is QueryKind.PROVIDE:
             msg = Message(MessageType.ADD_PROVIDER, key=query.lookup.key, provider_peers=(self.local,))
         else:
             return self._finish(query, now)
-        query.phase = "store"
+        query.enter(QueryPhase.STORE)
         actions = []
         for peer in result.closest:
             request_id = next(self._ids)
-            if query.kind == "put_value":
+            if query.kind is QueryKind.PUT_VALUE:
                 query.store_waiting.add(request_id)
                 actions += self._send(peer, msg, now, query.id, request_id)
             else:
@@ -428,11 +472,11 @@ class Kademlia:
             actions += self._finish(query, now)
         return actions
 
-    def _finish(self, query: _Query, now: float) -> list[Action]:
-        if self._queries.pop(query.id, None) is None:
-            return []
+    def _finish(self, query: _Query, now: float) -> list[DhtAction]:
+        query.enter(QueryPhase.DONE)  # a query finished twice is a bug, no longer passed over
+        del self._queries[query.id]
         result = query.lookup.finish()
-        if query.kind == "put_value" and query.lookup.key in self._published:
+        if query.kind is QueryKind.PUT_VALUE and query.lookup.key in self._published:
             self._schedule_retry(query.stored, now)
         return [QueryDone(query.id, query.kind, result, query.stored, now - query.started)]
 
@@ -443,7 +487,7 @@ class Kademlia:
         now: float,
         query_id: int | None,
         request_id: int | None = None,
-    ) -> list[Action]:
+    ) -> list[DhtAction]:
         request_id = request_id or next(self._ids)
         deadline = now + self.config.request_timeout
         self._requests[request_id] = _Request(peer, msg, deadline, query_id)
@@ -451,7 +495,7 @@ class Kademlia:
         self.counters.requests_sent += 1
         return [Send(request_id, peer, msg)]
 
-    def _verify_unknown(self, peer: PeerInfo, now: float) -> list[Action]:
+    def _verify_unknown(self, peer: PeerInfo, now: float) -> list[DhtAction]:
         """Ping a peer that asked us something before it may enter the table (it may be a client).
 
         A peer whose ping failed is not pinged again for `refresh_interval`.
@@ -462,7 +506,7 @@ class Kademlia:
         self._verifying.add(pid)
         return self._send(peer, Message(MessageType.PING), now, None)
 
-    def _ping_contact(self, peer_id: bytes, now: float) -> list[Action]:
+    def _ping_contact(self, peer_id: bytes, now: float) -> list[DhtAction]:
         contact = self.table.get(peer_id)
         if contact is None or peer_id in self._verifying:
             return []

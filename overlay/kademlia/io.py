@@ -20,7 +20,8 @@ from libp2p.peer.id import ID
 
 from overlay.transport.dialer import Dialer, known_addrs
 from overlay.core.errors import DecodeError
-from overlay.kademlia.core import Action, Kademlia, QueryDone, Send
+from overlay.kademlia.core import DhtAction, Kademlia, QueryDone, Send
+from overlay.kademlia.driver import answer, dispatch
 from overlay.kademlia.lookup import LookupResult
 from overlay.transport.framed import FramedStream
 from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, PeerInfo, decode_message, encode_message
@@ -147,7 +148,7 @@ class DhtService:
 
     # ---- queries ----------------------------------------------------------------------------
 
-    async def query(self, start: Callable[[float], tuple[int, list[Action]]]) -> QueryDone:
+    async def query(self, start: Callable[[float], tuple[int, list[DhtAction]]]) -> QueryDone:
         """Run one core query (e.g. `lambda now: core.find_node(key, now)`) to its end."""
         event = trio.Event()
         query_id, actions = start(self.now())
@@ -158,8 +159,8 @@ class DhtService:
             done = self._results[query_id][1][0]
         finally:
             del self._results[query_id]
-        self.op_latency.observe(done.duration, kind=done.kind)
-        self.ops.inc(kind=done.kind, outcome="ok" if done.result.closest or done.result.values else "empty")
+        self.op_latency.observe(done.duration, kind=done.kind.value)
+        self.ops.inc(kind=done.kind.value, outcome="ok" if done.result.closest or done.result.values else "empty")
         return done
 
     async def bootstrap(self) -> LookupResult:
@@ -191,26 +192,27 @@ class DhtService:
 
     # ---- driving the core ----------------------------------------------------------------------
 
-    def _apply(self, actions: list[Action]) -> None:
+    def _apply(self, actions: list[DhtAction]) -> None:
         """Carry out actions from an input to the core, and let the timer loop re-read its timer."""
         self._dispatch(actions)
         self._wakeup.set()
 
-    def _dispatch(self, actions: list[Action]) -> None:
+    def _dispatch(self, actions: list[DhtAction]) -> None:
         """Carry out what the core answered to an input (each input's answer passes here)."""
-        assert self._nursery is not None, "DhtService.run() must be started first"
+        nursery = self._nursery
+        assert nursery is not None, "DhtService.run() must be started first"
         self._fed.set()
         self._fed = trio.Event()
-        for action in actions:
-            if isinstance(action, Send):
-                self._nursery.start_soon(self._request, action)
-            elif action.query_id in self._results:
-                event, slot = self._results[action.query_id]
-                slot.append(action)
-                event.set()
+        dispatch(actions, lambda send: nursery.start_soon(self._request, send), self._done)
+
+    def _done(self, done: QueryDone) -> None:
+        if done.query_id in self._results:
+            event, slot = self._results[done.query_id]
+            slot.append(done)
+            event.set()
 
     async def _request(self, send: Send) -> None:
-        expects_answer = send.message.type is not MessageType.ADD_PROVIDER
+        expects_answer = send.expects_response
         peer_id = ID(send.peer.peer_id)
         response: Message | None = None
         try:
@@ -225,10 +227,7 @@ class DhtService:
             log.debug("DHT request to %s failed: %s", peer_id, e)
         if not expects_answer:
             return
-        if response is not None and response.type is send.message.type:
-            self._apply(self.core.handle_response(send.request_id, response, self.now(), self._known_addrs(peer_id)))
-        else:
-            self._apply(self.core.handle_failure(send.request_id, self.now()))
+        self._apply(answer(self.core, send, response, self.now(), self._known_addrs(peer_id) if response is not None else ()))
 
     async def _exchange(self, peer_id: ID, message: Message, expects_answer: bool) -> Message | None:
         """One request (and its response) on a pooled stream; a stale reused stream gets one retry."""

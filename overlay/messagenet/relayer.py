@@ -41,7 +41,7 @@ ACTIONS = {
 
 
 @dataclass(frozen=True)
-class Request:
+class RelayerRequest:
     action: int
     relayer_id: int
     node_id: bytes | None = None  # binary peer ID, for the unicasts
@@ -64,7 +64,7 @@ def _int(body: dict, key: str, low: int, high: int) -> int:
     return value
 
 
-def decode_request(frame: bytes) -> Request:
+def decode_request(frame: bytes) -> RelayerRequest:
     """One relayer frame; DecodeError names what is wrong (answered with an ERROR frame)."""
     if not isinstance(frame, (bytes, bytearray)) or not frame:
         raise DecodeError("expected a binary frame with a dispatch byte")
@@ -78,7 +78,7 @@ def decode_request(frame: bytes) -> Request:
         raise DecodeError(f"{ACTIONS[action]}: body must be a JSON object")
     relayer_id = _int(body, "relayer_id", 0, MAX_RELAYER_ID)
     if action == REGISTER:
-        return Request(action, relayer_id)
+        return RelayerRequest(action, relayer_id)
     node_id = None
     if action in (SEND_TO_VALIDATOR, SIGN_AND_SEND_TO_VALIDATOR):
         text = body.get("node_id")
@@ -95,7 +95,7 @@ def decode_request(frame: bytes) -> Request:
     request_id = body.get("id")
     if request_id is not None:
         request_id = _int(body, "id", -(2**63), 2**63 - 1)
-    return Request(action, relayer_id, node_id, data, request_id)
+    return RelayerRequest(action, relayer_id, node_id, data, request_id)
 
 
 def _frame(kind: int, body: dict[str, Any]) -> bytes:

@@ -108,7 +108,7 @@ class RelayerService:
         await sock.in_flight.acquire()
         nursery.start_soon(self._unicast, sock, request, body)
 
-    async def _unicast(self, sock: RelayerSocket, request: relayer.Request, body: dict) -> None:
+    async def _unicast(self, sock: RelayerSocket, request: relayer.RelayerRequest, body: dict) -> None:
         try:
             node = peer_id_to_str(request.node_id)
             if node == self.bus.me:

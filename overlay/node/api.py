@@ -43,7 +43,7 @@ from libp2p.peer.id import ID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from overlay.node.apiauth import ApiGuard, is_loopback, load_or_create_token
@@ -51,7 +51,7 @@ from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, a
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.core.errors import DialError, NotFoundError, OverlayError, SelfDialError
 from overlay.core.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, fd_limit
-from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, Close
+from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, GatewayClose
 from overlay.gateway.session import MAX_CLIENT_FRAME as MAX_GATEWAY_FRAME
 from overlay.messagenet.relayer import MAX_RELAYER_FRAME
 from overlay.messagenet.relayer import error as relayer_error
@@ -73,47 +73,55 @@ def _peer_id(request: Request) -> ID:
     return ID(peer_id_from_str(request.path_params["peer_id"]))
 
 
-def build_app(node: Node) -> Starlette:
-    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    return await handler(request)
-            except NotFoundError as e:
-                return _error(404, str(e))
-            except SelfDialError as e:
-                return _error(400, str(e))
-            except DialError as e:
-                return _error(502, str(e))
-            except OverlayError as e:
-                return _error(400, str(e))
-            except trio.TooSlowError:
-                return _error(504, f"timed out after {REQUEST_TIMEOUT:.0f}s")
+def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """The project's errors as HTTP statuses, and a time bound on every request."""
+    async def run(request: Request) -> Response:
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                return await handler(request)
+        except NotFoundError as e:
+            return _error(404, str(e))
+        except SelfDialError as e:
+            return _error(400, str(e))
+        except DialError as e:
+            return _error(502, str(e))
+        except OverlayError as e:
+            return _error(400, str(e))
+        except trio.TooSlowError:
+            return _error(504, f"timed out after {REQUEST_TIMEOUT:.0f}s")
 
-        return run
+    return run
 
-    async def health(request: Request) -> Response:
-        return JSONResponse(node.health())
 
-    async def metrics(request: Request) -> Response:
-        return PlainTextResponse(node.metrics.render(), media_type="text/plain; version=0.0.4")
+class Api:
+    """The local API's routes, one method each, over the node they serve (the guard in
+    apiauth.py and the caps in apilimits.py wrap the whole app)."""
 
-    async def status(request: Request) -> Response:
-        return JSONResponse(node.status())
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
-    async def peers(request: Request) -> Response:
-        return JSONResponse(node.peers())
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(self.node.health())
 
-    async def find(request: Request) -> Response:
+    async def metrics(self, request: Request) -> Response:
+        return PlainTextResponse(self.node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def status(self, request: Request) -> Response:
+        return JSONResponse(self.node.status())
+
+    async def peers(self, request: Request) -> Response:
+        return JSONResponse(self.node.peers())
+
+    async def find(self, request: Request) -> Response:
         peer_id = _peer_id(request)
         start = trio.current_time()
-        record, hops = await node.find_with_hops(peer_id)
+        record, hops = await self.node.find_with_hops(peer_id)
         lookup_ms = round((trio.current_time() - start) * 1000, 2)
         addrs = [str(multiaddr.Multiaddr(a)) for a in record.addrs]
         return JSONResponse({"peer_id": str(peer_id), "addrs": addrs, "seq": record.seq, "hops": hops,
                              "lookup_ms": lookup_ms})
 
-    async def ping(request: Request) -> Response:
+    async def ping(self, request: Request) -> Response:
         peer_id = _peer_id(request)
         count_text = request.query_params.get("count", "1")
         if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_PING_COUNT:
@@ -121,7 +129,7 @@ def build_app(node: Node) -> Starlette:
         rtts, errors = [], []
         for _ in range(int(count_text)):
             try:
-                rtts.append(round(await node.ping(peer_id) * 1000, 3))
+                rtts.append(round(await self.node.ping(peer_id) * 1000, 3))
             except SelfDialError:
                 raise
             except DialError as e:
@@ -130,37 +138,37 @@ def build_app(node: Node) -> Starlette:
             raise DialError("; ".join(errors))
         return JSONResponse({"peer_id": str(peer_id), "rtt_ms": rtts, "errors": errors})
 
-    async def netcheck(request: Request) -> Response:
-        return JSONResponse(await node.netcheck())
+    async def netcheck(self, request: Request) -> Response:
+        return JSONResponse(await self.node.netcheck())
 
-    async def disconnect(request: Request) -> Response:
+    async def disconnect(self, request: Request) -> Response:
         peer_id = _peer_id(request)
-        closed = len(node.host.get_network().get_connections(peer_id))
-        await node.host.disconnect(peer_id)
+        closed = len(self.node.host.get_network().get_connections(peer_id))
+        await self.node.host.disconnect(peer_id)
         return JSONResponse({"peer_id": str(peer_id), "closed": closed})
 
-    async def connect(request: Request) -> Response:
-        return JSONResponse(await node.first_stream(_peer_id(request)))
+    async def connect(self, request: Request) -> Response:
+        return JSONResponse(await self.node.first_stream(_peer_id(request)))
 
-    async def channels(request: Request) -> Response:
-        table = node.channels.table
+    async def channels(self, request: Request) -> Response:
+        table = self.node.channels.table
         reserved = [{k: v for k, v in entry.items() if k != "password"} | {"protected": bool(entry["password"])}
                     for entry in table.listing(open_only=False)]  # a password hash opens the channel: never shown
-        return JSONResponse({**node.channels.node_stats(), "reserved": reserved,
+        return JSONResponse({**self.node.channels.node_stats(), "reserved": reserved,
                              "open_elsewhere": {name: table.open_elsewhere(name) for name in table.channels}})
 
-    async def channel_client(websocket: WebSocket) -> None:
+    async def channel_client(self, websocket: WebSocket) -> None:
         """One WS /connect client: its frames in order, answers and channel messages out through
         one bounded queue (a client that does not read loses messages, counted, not memory)."""
         await websocket.accept()
-        client, outbox = node.channels.new_client()
+        client, outbox = self.node.channels.new_client()
 
         async def handle(message: dict, nursery: trio.Nursery) -> bool:
             frame = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
             if len(frame) > MAX_CLIENT_FRAME:
                 await websocket.close(code=1009)  # message too big (RFC 6455)
                 return False
-            reply = await node.channels.handle_client_frame(client, frame)
+            reply = await self.node.channels.handle_client_frame(client, frame)
             if reply is not None:
                 await client.send.send(reply)
             return True
@@ -168,29 +176,29 @@ def build_app(node: Node) -> Starlette:
         try:
             await _serve_socket(websocket, outbox, websocket.send_text, handle)
         finally:
-            node.channels.drop_client(client)
+            self.node.channels.drop_client(client)
 
-    async def relayer_socket(websocket: WebSocket) -> None:
+    async def relayer_socket(self, websocket: WebSocket) -> None:
         """One MessageNet relayer connection: binary frames, dispatched on their first byte."""
         await websocket.accept()
-        sock, outbox = node.relayers.open_socket()
+        sock, outbox = self.node.relayers.open_socket()
 
         async def handle(message: dict, nursery: trio.Nursery) -> bool:
             if message.get("bytes") is None:
                 await sock.send.send(relayer_error("binary frames only"))
             else:
-                await node.relayers.handle_frame(sock, message["bytes"], nursery)
+                await self.node.relayers.handle_frame(sock, message["bytes"], nursery)
             return True
 
         try:
             await _serve_socket(websocket, outbox, websocket.send_bytes, handle)
         finally:
-            node.relayers.close_socket(sock)
+            self.node.relayers.close_socket(sock)
 
-    async def peermsg_app(websocket: WebSocket) -> None:
+    async def peermsg_app(self, websocket: WebSocket) -> None:
         """One typed-message application (WS /peermsg, overlay/peermsg/app.py)."""
         await websocket.accept()
-        service = node.peermsg
+        service = self.node.peermsg
         send, outbox = trio.open_memory_channel[str](1024)
 
         async def handle(message: dict, nursery: trio.Nursery) -> bool:
@@ -218,20 +226,20 @@ def build_app(node: Node) -> Starlette:
             service.unregister_app(send)
             send.close()
 
-    async def gateway_socket(websocket: WebSocket, client: bool) -> None:
+    async def gateway_socket(self, websocket: WebSocket, client: bool) -> None:
         """A Degas client (`WS /gateway`) or service instance (`WS /service`): binary protobuf
         frames only; a text frame closes the connection with a protocol error."""
         await websocket.accept()
-        sock, outbox = node.gateway.open_socket(client)
+        sock, outbox = self.node.gateway.open_socket(client)
 
         async def handle(message: dict, nursery: trio.Nursery) -> bool:
             frame = message.get("bytes")
             if client:
-                end = await node.gateway.client_frame(sock, frame)
+                end = await self.node.gateway.client_frame(sock, frame)
             elif frame is None:
-                end = (b"", Close(CLOSE_PROTOCOL_ERROR, "binary frames only"))
+                end = (b"", GatewayClose(CLOSE_PROTOCOL_ERROR, "binary frames only"))
             else:
-                await node.gateway.instance_frame(sock, frame)
+                await self.node.gateway.instance_frame(sock, frame)
                 end = None
             if end is None:
                 return True
@@ -244,33 +252,36 @@ def build_app(node: Node) -> Starlette:
         try:
             await _serve_socket(websocket, outbox, websocket.send_bytes, handle)
         finally:
-            node.gateway.close_socket(sock)
+            self.node.gateway.close_socket(sock)
 
-    async def gateway_client(websocket: WebSocket) -> None:
-        await gateway_socket(websocket, client=True)
+    async def gateway_client(self, websocket: WebSocket) -> None:
+        await self.gateway_socket(websocket, client=True)
 
-    async def gateway_instance(websocket: WebSocket) -> None:
-        await gateway_socket(websocket, client=False)
+    async def gateway_instance(self, websocket: WebSocket) -> None:
+        await self.gateway_socket(websocket, client=False)
 
-    return Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/metrics", metrics),
-            Route("/v1/status", guarded(status)),
-            Route("/v1/peers", guarded(peers)),
-            Route("/v1/netcheck", guarded(netcheck)),
-            Route("/v1/peers/{peer_id}", guarded(disconnect), methods=["DELETE"]),
-            Route("/v1/find/{peer_id}", guarded(find)),
-            Route("/v1/ping/{peer_id}", guarded(ping), methods=["POST"]),
-            Route("/v1/connect/{peer_id}", guarded(connect), methods=["POST"]),
-            Route("/v1/channels", guarded(channels)),
-            WebSocketRoute("/connect", channel_client),
-            WebSocketRoute("/relayer", relayer_socket),
-            WebSocketRoute("/peermsg", peermsg_app),
-            WebSocketRoute("/gateway", gateway_client),
-            WebSocketRoute("/service", gateway_instance),
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/health", self.health),
+            Route("/metrics", self.metrics),
+            Route("/v1/status", _guarded(self.status)),
+            Route("/v1/peers", _guarded(self.peers)),
+            Route("/v1/netcheck", _guarded(self.netcheck)),
+            Route("/v1/peers/{peer_id}", _guarded(self.disconnect), methods=["DELETE"]),
+            Route("/v1/find/{peer_id}", _guarded(self.find)),
+            Route("/v1/ping/{peer_id}", _guarded(self.ping), methods=["POST"]),
+            Route("/v1/connect/{peer_id}", _guarded(self.connect), methods=["POST"]),
+            Route("/v1/channels", _guarded(self.channels)),
+            WebSocketRoute("/connect", self.channel_client),
+            WebSocketRoute("/relayer", self.relayer_socket),
+            WebSocketRoute("/peermsg", self.peermsg_app),
+            WebSocketRoute("/gateway", self.gateway_client),
+            WebSocketRoute("/service", self.gateway_instance),
         ]
-    )
+
+
+def build_app(node: Node) -> Starlette:
+    return Starlette(routes=Api(node).routes())
 
 
 async def _serve_socket(

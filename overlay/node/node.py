@@ -25,7 +25,8 @@ from libp2p.peer.id import ID
 from aiortc import RTCIceServer
 
 from nat.portmap import keep_port_mapping
-from nat.reachability import ReachabilityService
+from nat.reachability import Reachability, ReachabilityMachine
+from nat.reachability_io import ReachabilityService
 from nat.relay import RelayService
 from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
 from nat.traversal import Traversal, path_of
@@ -46,7 +47,7 @@ from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import PeerInfo
 from overlay.messagenet.service import RelayerService
 from overlay.node.config import Config, parse_host_port
-from overlay.node.roles import best_record, record_addrs
+from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, Wake, best_record, record_addrs
 from overlay.peermsg.service import PeerMessaging
 from overlay.transport.dialer import Dialer, known_addrs
 from overlay.transport.host import build_host, close_quietly
@@ -55,8 +56,6 @@ from signaling.service import SignalingService
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_BACKOFF = (1.0, 60.0)  # first retry, cap
-BOOTSTRAP_CHECK = 30.0  # how often a joined node checks that its bootstraps are still there
 ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
 REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
@@ -114,14 +113,12 @@ def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
     return out
 
 
-@dataclass
-class BootstrapState:
+@dataclass(eq=False)
+class BootstrapState(Bootstrap):
+    """A configured bootstrap: where to dial it; its retry bookkeeping is the join core's."""
+
     addr: multiaddr.Multiaddr
     peer_id: ID
-    last_error: str = ""
-    attempts: int = 0
-    next_try: float = 0.0
-    backoff: float = BOOTSTRAP_BACKOFF[0]
 
 
 class Node:
@@ -136,7 +133,7 @@ class Node:
         validator = NamespacedValidator({b"peer": PeerRecordValidator()})
         self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=config.dht_mode != "client")
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
-        self.reachability = config.reachability if config.reachability != "auto" else "unknown"
+        self._reachability = ReachabilityMachine(None if config.reachability == "auto" else Reachability(config.reachability))
         self.observed: tuple[str, ...] = ()
         self.port_mapping: dict[str, object] | None = None
         self.mapped_addrs: list[multiaddr.Multiaddr] = []
@@ -172,7 +169,6 @@ class Node:
         self.stopped = trio.Event()
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._role: str | None = None  # the reachability whose role we have taken
         self.record: PeerRecord | None = None
         self.start_time = time.time()
         self.bytes = self.metrics.counter("overlay_stream_bytes_total", "Payload bytes of the node's own protocols")
@@ -195,7 +191,7 @@ class Node:
                         await nursery.start(self.peermsg.run)
                         await nursery.start(self.gateway.run)
                         nursery.start_soon(serve_stun_on_tcp_ports, self._tcp_ipv4(), self.stun)
-                        await self._set_reachability(self.reachability)
+                        await self._set_reachability(self._reachability.start(), changed=False)
                         await self.publish_record()
                         nursery.start_soon(self._join_loop)
                         nursery.start_soon(self._watch_addresses)
@@ -227,23 +223,23 @@ class Node:
     # ---- reachability and signalling ---------------------------------------------------------
 
     @property
+    def reachability(self) -> Reachability:
+        return self._reachability.state
+
+    @property
     def public(self) -> bool:
         """Unknown counts as public: the first node of a network must serve the others."""
-        return self.reachability != "private"
+        return self.reachability is not Reachability.PRIVATE
 
-    async def _set_reachability(self, state: str) -> None:
+    async def _set_reachability(self, state: Reachability, changed: bool = True) -> None:
         """Take the role `state` asks for: serve DHT, signalling and relay, or register with others.
-        Only a change does anything (re-checks confirm the same state most of the time)."""
-        if state == self._role:
-            return
-        changed = self._role is not None
-        self._role = self.reachability = state
+        Called when the machine starts or says the state changed (re-checks mostly confirm it)."""
         if self.config.dht_mode == "auto":
             self.dht.set_server(self.public)
         self.signaling.serve(self.public)
-        if state == "public" or (state == "unknown" and not self.bootstraps):
+        if state is Reachability.PUBLIC or (state is Reachability.UNKNOWN and not self.bootstraps):
             self._spawn(self._announce_signaling)  # a node that may be behind NAT must not
-        elif state == "private":
+        elif state is Reachability.PRIVATE:
             self.dht.unprovide(SIGNALING_KEY)
             self._spawn(self._find_signaling_nodes)
             if self.config.port_mapping and self.port_mapping is None:
@@ -266,9 +262,10 @@ class Node:
             peers.sort(key=lambda p: p not in bootstrap_ids)
             verdict = await self.reachability_service.ask(peers, self._listen_ports())
             self.observed = verdict.observed
-            if verdict.reachability != "unknown":
-                await self._set_reachability(verdict.reachability)
-            with trio.move_on_after(REACHABILITY_RECHECK[verdict.reachability != "unknown"]):
+            changed = self._reachability.on_verdict(verdict.reachability)
+            if changed is not None:
+                await self._set_reachability(changed)
+            with trio.move_on_after(REACHABILITY_RECHECK[verdict.reachability is not Reachability.UNKNOWN]):
                 await self._recheck.wait()
             self._recheck = trio.Event()
 
@@ -397,47 +394,50 @@ class Node:
     # ---- joining -----------------------------------------------------------------------------
 
     async def _join_loop(self) -> None:
-        """Reach the bootstraps (retrying with backoff), then fill the table and publish.
-
-        A bootstrap counts as reached once it answers our DHT ping and sits in the routing
-        table, so a node of another network (its DHT protocol ID differs) is reported as such.
-        Runs for the node's lifetime: when a bootstrap drops out it is tried again, and each
-        newly reached bootstrap triggers a fresh lookup of our own ID and a republish.
-        """
+        """Carry out the join core's actions (overlay.node.roles.Joiner: who to try, when to
+        retry, when to look our ID up and publish) for the node's lifetime. The tries of a
+        round run together; the last one back brings the round's outcome."""
+        join = Joiner(self.bootstraps, self._in_table, answer_wait=self.core.config.request_timeout)
+        actions: list[JoinAction] = join.wake(trio.current_time())
         while True:
-            due = [b for b in self.bootstraps if not self._in_table(b) and b.next_try <= trio.current_time()]
-            before = sum(self._in_table(b) for b in self.bootstraps)
-            async with trio.open_nursery() as nursery:
-                for b in due:
-                    nursery.start_soon(self._try_bootstrap, b)
-            if sum(self._in_table(b) for b in self.bootstraps) > before:
+            if isinstance(actions[0], TryBootstrap):
+                outcome: list[JoinAction] = []
+                async with trio.open_nursery() as nursery:
+                    for attempt in actions:
+                        nursery.start_soon(self._try_bootstrap, join, attempt, outcome)
+                actions = outcome
+            elif isinstance(actions[0], Join):
                 await self.dht.bootstrap()
                 stored = await self.publish_record()
                 log.info("joined: %d peers in the routing table, record stored on %d", len(self.core.table), stored)
                 self.joined.set()
-            now = trio.current_time()
-            wake = min((b.next_try for b in self.bootstraps if not self._in_table(b)), default=now + BOOTSTRAP_CHECK)
-            await trio.sleep(min(max(wake - now, 0.5), BOOTSTRAP_CHECK))
+                actions = join.joined(trio.current_time())
+            else:
+                assert isinstance(actions[0], Wake)
+                await trio.sleep_until(actions[0].at)
+                actions = join.wake(trio.current_time())
 
     def _in_table(self, b: BootstrapState) -> bool:
         return b.peer_id.to_bytes() in self.core.table
 
-    async def _try_bootstrap(self, b: BootstrapState) -> None:
-        b.attempts += 1
+    async def _try_bootstrap(
+        self, join: Joiner[BootstrapState], attempt: TryBootstrap[BootstrapState], outcome: list[JoinAction]
+    ) -> None:
+        """Dial the bootstrap, ping it over the DHT and await its arrival in the routing table
+        (on the adapter's signal, no polling); report to the join core either way."""
+        b = attempt.bootstrap
         try:
             await self.dialer.connect(b.peer_id, [b.addr])
             self.dht.add_address(PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)))
-            with trio.move_on_after(self.core.config.request_timeout):
+            with trio.move_on_after(attempt.wait):
                 await self.dht.until(lambda: self._in_table(b))
             if not self._in_table(b):
                 raise DialError(f"connected, but it does not answer {self.dht.protocol} (another --network?)")
         except DialError as e:
-            b.last_error = str(e)
-            b.next_try = trio.current_time() + b.backoff
-            b.backoff = min(b.backoff * 2, BOOTSTRAP_BACKOFF[1])
+            outcome += join.failed(b, str(e), trio.current_time())
             log.warning("bootstrap %s not reached (retry in %.0fs): %s", b.addr, b.next_try - trio.current_time(), e)
             return
-        b.last_error, b.backoff = "", BOOTSTRAP_BACKOFF[0]
+        outcome += join.answered(b, trio.current_time())
 
     # ---- finding and reaching peers ---------------------------------------------------------
 

@@ -36,7 +36,7 @@ from typing import Any
 from overlay.core.errors import DecodeError, RecordError
 from overlay.core.jsonwire import base64_field, loads
 from overlay.peermsg.core import Code
-from overlay.peermsg.frames import MessageType
+from overlay.peermsg.frames import PeerMessageType
 from overlay.core.records import peer_id_from_str
 
 MAX_APP_FRAME = 2 << 20  # room for a body of 1.5 MB in base64
@@ -46,18 +46,18 @@ OPS = ("register", "send", "broadcast", "answer")
 @dataclass(frozen=True)
 class AppRequest:
     op: str
-    types: frozenset[MessageType] = frozenset()
+    types: frozenset[PeerMessageType] = frozenset()
     peer: str = ""
-    type: MessageType | None = None
+    type: PeerMessageType | None = None
     body: bytes = b""
     ref: int = 0
     code: Code = Code.OK
 
 
-def _type(value: Any) -> MessageType:
-    if not isinstance(value, str) or value not in MessageType.__members__:
-        raise DecodeError(f"type must be one of {', '.join(MessageType.__members__)}")
-    return MessageType[value]
+def _type(value: Any) -> PeerMessageType:
+    if not isinstance(value, str) or value not in PeerMessageType.__members__:
+        raise DecodeError(f"type must be one of {', '.join(PeerMessageType.__members__)}")
+    return PeerMessageType[value]
 
 
 def _peer(obj: dict) -> str:
@@ -78,7 +78,7 @@ def decode_app(text: str | bytes) -> AppRequest:
     op = obj["op"]
     if op == "register":
         types = obj.get("types")
-        if not isinstance(types, list) or len(types) > len(MessageType):
+        if not isinstance(types, list) or len(types) > len(PeerMessageType):
             raise DecodeError("types must be a list of message types")
         return AppRequest(op, types=frozenset(_type(t) for t in types))
     if op == "answer":
@@ -96,5 +96,5 @@ def encode_app(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def delivered(peer: str, tag: MessageType, message_id: int, body: bytes) -> str:
+def delivered(peer: str, tag: PeerMessageType, message_id: int, body: bytes) -> str:
     return encode_app({"op": "message", "peer": peer, "type": tag.name, "id": message_id, "body": base64.b64encode(body).decode()})

@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from overlay.core.errors import DecodeError
-from overlay.peermsg.frames import MessageType
+from overlay.peermsg.frames import PeerMessageType
 
 SUSPEND_FOR = 5.0
 MAX_REFS = 64
@@ -59,31 +59,31 @@ class Code(IntEnum):
 
 
 @dataclass(frozen=True)
-class Send:
+class SendPeerMessage:
     peer: str
-    tag: MessageType
+    tag: PeerMessageType
     payload: bytes
 
 
 @dataclass(frozen=True)
-class Deliver:
+class DeliverPeerMessage:
     """To the application: BELIEF, QUERY, TRANSACT (its body without refs; a TRANSACT's
     signature and sequence number already checked) or RESULT."""
 
     peer: str
-    tag: MessageType
+    tag: PeerMessageType
     id: int
     body: bytes
 
 
-Action = Send | Deliver
+PeerMessageAction = SendPeerMessage | DeliverPeerMessage
 
 
 def digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def message(tag: MessageType, id: int, body: bytes) -> tuple[MessageType, bytes]:
+def message(tag: PeerMessageType, id: int, body: bytes) -> tuple[PeerMessageType, bytes]:
     return tag, struct.pack(">Q", id) + body
 
 
@@ -113,7 +113,7 @@ def _split_refs(body: bytes) -> tuple[list[bytes], bytes]:
 @dataclass
 class _Suspended:
     peer: str
-    tag: MessageType
+    tag: PeerMessageType
     id: int
     body: bytes
     missing: set[bytes]
@@ -121,7 +121,7 @@ class _Suspended:
 
 
 @dataclass
-class Counters:
+class PeerMessageCounters:
     malformed: int = 0
     duplicate_beliefs: int = 0
     shed: int = 0
@@ -135,7 +135,7 @@ class PeerMessages:
     trusted: frozenset[str] = frozenset()
     max_pending: int = 1_000
     trusted_reserve: int = 200
-    counters: Counters = field(default_factory=Counters)
+    counters: PeerMessageCounters = field(default_factory=PeerMessageCounters)
     pending: int = 0  # delivered, not yet answered or released by the application
     status: bytes = b""
     _store: OrderedDict[bytes, bytes] = field(default_factory=OrderedDict)
@@ -153,10 +153,10 @@ class PeerMessages:
         """The application finished with a delivered message (answered or not)."""
         self.pending = max(0, self.pending - 1)
 
-    def result(self, peer: str, ref: int, code: Code, result: bytes, id: int) -> Send:
+    def result(self, peer: str, ref: int, code: Code, result: bytes, id: int) -> SendPeerMessage:
         """The RESULT answering message `ref` of `peer`."""
         self.released()
-        return Send(peer, *message(MessageType.RESULT, id, struct.pack(">QB", ref, code) + result))
+        return SendPeerMessage(peer, *message(PeerMessageType.RESULT, id, struct.pack(">QB", ref, code) + result))
 
     def put(self, value: bytes) -> bytes:
         """Keep a value others may ask for; returns its ID."""
@@ -174,32 +174,32 @@ class PeerMessages:
 
     # ---- events ----
 
-    def on_message(self, peer: str, tag: int, payload: bytes, now: float) -> list[Action]:
+    def on_message(self, peer: str, tag: int, payload: bytes, now: float) -> list[PeerMessageAction]:
         """A complete message from `peer` (as the frame reader returns it)."""
         try:
             if len(payload) < 8:
                 raise DecodeError("no message id")
             (id,) = struct.unpack_from(">Q", payload)
             body = payload[8:]
-            kind = MessageType(tag)
-            if kind is MessageType.DATA:
+            kind = PeerMessageType(tag)
+            if kind is PeerMessageType.DATA:
                 return self._on_data(body, now)
-            if kind is MessageType.MISSING_DATA:
+            if kind is PeerMessageType.MISSING_DATA:
                 value = self._store.get(body) if len(body) == 32 else None
-                return [Send(peer, *message(MessageType.DATA, id, value))] if value is not None else []
-            if kind is MessageType.STATUS:
-                return [Send(peer, *message(MessageType.RESULT, id, struct.pack(">QB", id, Code.OK) + self.status))]
-            if kind is MessageType.RESULT:
+                return [SendPeerMessage(peer, *message(PeerMessageType.DATA, id, value))] if value is not None else []
+            if kind is PeerMessageType.STATUS:
+                return [SendPeerMessage(peer, *message(PeerMessageType.RESULT, id, struct.pack(">QB", id, Code.OK) + self.status))]
+            if kind is PeerMessageType.RESULT:
                 if len(body) < 9:
                     raise DecodeError("RESULT too short")
-                return [Deliver(peer, kind, id, body)]
+                return [DeliverPeerMessage(peer, kind, id, body)]
             refs, content = _split_refs(body)
         except (DecodeError, ValueError):  # unknown tag, short payload, bad refs
             self.counters.malformed += 1
             return []
         return self._gate(peer, kind, id, refs, content, now)
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float) -> list[PeerMessageAction]:
         """Discard suspended messages whose data did not come in time."""
         kept = []
         for s in self._suspended:
@@ -212,9 +212,9 @@ class PeerMessages:
 
     # ---- inside ----
 
-    def _on_data(self, value: bytes, now: float) -> list[Action]:
+    def _on_data(self, value: bytes, now: float) -> list[PeerMessageAction]:
         key = self.put(value)
-        actions: list[Action] = []
+        actions: list[PeerMessageAction] = []
         waiting = []
         for s in self._suspended:
             s.missing.discard(key)
@@ -225,7 +225,7 @@ class PeerMessages:
         self._suspended = waiting
         return actions
 
-    def _gate(self, peer: str, kind: MessageType, id: int, refs: list[bytes], content: bytes, now: float) -> list[Action]:
+    def _gate(self, peer: str, kind: PeerMessageType, id: int, refs: list[bytes], content: bytes, now: float) -> list[PeerMessageAction]:
         missing = {r for r in refs if r not in self._store}
         if not missing:
             return self._accept(peer, kind, id, content)
@@ -233,10 +233,10 @@ class PeerMessages:
             self.counters.suspended_overflow += 1
             return []
         self._suspended.append(_Suspended(peer, kind, id, content, missing, now + SUSPEND_FOR))
-        return [Send(peer, *message(MessageType.MISSING_DATA, id, r)) for r in sorted(missing)]
+        return [SendPeerMessage(peer, *message(PeerMessageType.MISSING_DATA, id, r)) for r in sorted(missing)]
 
-    def _accept(self, peer: str, kind: MessageType, id: int, content: bytes) -> list[Action]:
-        if kind is MessageType.BELIEF:
+    def _accept(self, peer: str, kind: PeerMessageType, id: int, content: bytes) -> list[PeerMessageAction]:
+        if kind is PeerMessageType.BELIEF:
             key = digest(content)
             if key in self._beliefs:
                 self.counters.duplicate_beliefs += 1
@@ -248,17 +248,17 @@ class PeerMessages:
             while len(self._beliefs) > MAX_SEEN_BELIEFS:
                 self._beliefs.popitem(last=False)
             self.pending += 1
-            return [Deliver(peer, kind, id, content)]
-        if kind is MessageType.TRANSACT:
+            return [DeliverPeerMessage(peer, kind, id, content)]
+        if kind is PeerMessageType.TRANSACT:
             refused = self._check_transaction(content)
             if refused is not None:
                 self.counters.refused_transactions += 1
-                return [Send(peer, *message(MessageType.RESULT, id, struct.pack(">QB", id, refused)))]
+                return [SendPeerMessage(peer, *message(PeerMessageType.RESULT, id, struct.pack(">QB", id, refused)))]
         if not self._room(peer):
             self.counters.shed += 1
-            return [Send(peer, *message(MessageType.RESULT, id, struct.pack(">QB", id, Code.TEMPORARY_FAILURE)))]
+            return [SendPeerMessage(peer, *message(PeerMessageType.RESULT, id, struct.pack(">QB", id, Code.TEMPORARY_FAILURE)))]
         self.pending += 1
-        return [Deliver(peer, kind, id, content)]
+        return [DeliverPeerMessage(peer, kind, id, content)]
 
     def _room(self, peer: str) -> bool:
         limit = self.max_pending + (self.trusted_reserve if peer in self.trusted else 0)

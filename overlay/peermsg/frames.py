@@ -42,7 +42,7 @@ FIRST_ROOM = MAX_FRAME - _FIRST_HEADER.size
 NEXT_ROOM = MAX_FRAME - _HEADER.size
 
 
-class MessageType(IntEnum):
+class PeerMessageType(IntEnum):
     BELIEF = 1
     DATA = 2
     QUERY = 3
@@ -52,7 +52,7 @@ class MessageType(IntEnum):
     MISSING_DATA = 7
 
 
-TYPES = frozenset(int(t) for t in MessageType)
+TYPES = frozenset(int(t) for t in PeerMessageType)
 
 
 def encode(tag: int, payload: bytes, message_id: int) -> list[bytes]:
@@ -82,7 +82,7 @@ class _Partial:
 
 
 @dataclass
-class Counters:
+class PeerFrameCounters:
     unknown_tag: int = 0
     malformed: int = 0
     too_large: int = 0
@@ -96,7 +96,7 @@ class FrameReader:
         self.max_message = max_message
         self.max_partial = max_partial
         self.max_buffered = max_buffered
-        self.counters = Counters()
+        self.counters = PeerFrameCounters()
         self._buffer = bytearray()
         self._partial: dict[int, _Partial] = {}
         self._buffered = 0  # bytes held in _partial

@@ -7,7 +7,7 @@ peer's carries its messages to us, read through a FrameReader. A frame over the 
 stream (it is out of sync); everything else bad is counted by the reader or the core.
 
 Application API: `send(peer, tag, body)` and `broadcast(tag, body)` (to every connected peer),
-`messages` (Deliver actions: BELIEF, QUERY, TRANSACT, RESULT), `answer(deliver, code, result)`
+`messages` (DeliverPeerMessage actions: BELIEF, QUERY, TRANSACT, RESULT), `answer(deliver, code, result)`
 for QUERY/TRANSACT, `release(deliver)` for the rest, `set_status(bytes)`, `put(value)`. Once a
 WebSocket application registers (`WS /peermsg`, app.py), a dispatcher reads `messages` and hands
 each type to the application registered for it.
@@ -27,8 +27,8 @@ from libp2p.peer.id import ID
 from overlay.core.errors import DecodeError, OverlayError
 from overlay.core.metrics import Registry
 from overlay.peermsg.app import delivered
-from overlay.peermsg.core import Code, Deliver, PeerMessages, Send, message
-from overlay.peermsg.frames import FrameReader, MessageType, encode
+from overlay.peermsg.core import Code, DeliverPeerMessage, PeerMessages, SendPeerMessage, message
+from overlay.peermsg.frames import FrameReader, PeerMessageType, encode
 from overlay.transport.framed import READ_CHUNK
 from overlay.transport.host import StreamHost
 
@@ -50,11 +50,11 @@ class PeerMessaging:
         self.protocol = TProtocol(f"/overlay/{network}/peermsg/1.0.0")
         self.core = PeerMessages(trusted=trusted)
         capacity = self.core.max_pending + self.core.trusted_reserve
-        self._send_app, self.messages = trio.open_memory_channel[Deliver](capacity)
+        self._send_app, self.messages = trio.open_memory_channel[DeliverPeerMessage](capacity)
         self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
         self._opening: dict[str, trio.Lock] = {}
         self._replying = 0  # automatic answers (DATA, RESULT) being written
-        self._apps: dict[MessageType, trio.MemorySendChannel[str]] = {}
+        self._apps: dict[PeerMessageType, trio.MemorySendChannel[str]] = {}
         self._unanswered: dict[tuple[str, int], trio.MemorySendChannel[str]] = {}  # bounded by the core's pending limit
         self._dispatching = False
         self.app_drops = metrics.counter("overlay_peermsg_app_dropped_total",
@@ -77,14 +77,14 @@ class PeerMessaging:
 
     # ---- the application's API ----
 
-    async def send(self, peer: str, tag: MessageType, body: bytes) -> int:
+    async def send(self, peer: str, tag: PeerMessageType, body: bytes) -> int:
         """Send one typed message; returns its id (RESULTs reference it). Raises OverlayError
         when the peer cannot be reached."""
         message_id = next(self._ids)
         await self._write(peer, *message(tag, message_id, body), message_id)
         return message_id
 
-    async def broadcast(self, tag: MessageType, body: bytes) -> int:
+    async def broadcast(self, tag: PeerMessageType, body: bytes) -> int:
         """To every connected peer; returns how many it reached."""
         reached = 0
         for peer in self.peers():
@@ -95,13 +95,13 @@ class PeerMessaging:
                 pass
         return reached
 
-    async def answer(self, deliver: Deliver, code: Code, result: bytes) -> None:
+    async def answer(self, deliver: DeliverPeerMessage, code: Code, result: bytes) -> None:
         send = self.core.result(deliver.peer, deliver.id, code, result, next(self._ids))
         await self._write(send.peer, send.tag, send.payload, 0)
 
     # ---- WebSocket applications (WS /peermsg, app.py) ----
 
-    def register_app(self, outbox: trio.MemorySendChannel[str], types: frozenset[MessageType]) -> None:
+    def register_app(self, outbox: trio.MemorySendChannel[str], types: frozenset[PeerMessageType]) -> None:
         """Deliver these types to `outbox` from now on. A type another connected application
         holds is not taken from it (that application would silently stop getting its messages):
         OverlayError, and none of `types` is registered. The first registration starts the
@@ -129,7 +129,7 @@ class PeerMessaging:
         if self._unanswered.get((peer, ref)) is not outbox:
             raise OverlayError(f"no unanswered QUERY or TRANSACT {ref} from {peer} was given to this application")
         del self._unanswered[(peer, ref)]
-        await self.answer(Deliver(peer, MessageType.QUERY, ref, b""), code, result)
+        await self.answer(DeliverPeerMessage(peer, PeerMessageType.QUERY, ref, b""), code, result)
 
     async def _dispatch(self) -> None:
         async for deliver in self.messages:
@@ -142,14 +142,14 @@ class PeerMessaging:
                 self.release(deliver)
                 self.app_drops.inc(type=deliver.tag.name, reason="no application" if outbox is None else "application too slow")
                 continue
-            if deliver.tag in (MessageType.QUERY, MessageType.TRANSACT):
+            if deliver.tag in (PeerMessageType.QUERY, PeerMessageType.TRANSACT):
                 self._unanswered[(deliver.peer, deliver.id)] = outbox
             else:
                 self.release(deliver)
 
-    def release(self, deliver: Deliver) -> None:
+    def release(self, deliver: DeliverPeerMessage) -> None:
         """The application is done with a BELIEF (or a QUERY/TRANSACT it will not answer)."""
-        if deliver.tag is not MessageType.RESULT:
+        if deliver.tag is not PeerMessageType.RESULT:
             self.core.released()
 
     def set_status(self, status: bytes) -> None:
@@ -202,20 +202,20 @@ class PeerMessaging:
 
     def _act(self, actions: list) -> None:
         for action in actions:
-            if isinstance(action, Deliver):
+            if isinstance(action, DeliverPeerMessage):
                 try:
                     self._send_app.send_nowait(action)
                 except trio.WouldBlock:  # the core's limits keep this from happening
                     self.core.released()
                     self.core.counters.shed += 1
-            elif isinstance(action, Send) and self._nursery is not None:
+            elif isinstance(action, SendPeerMessage) and self._nursery is not None:
                 if self._replying >= MAX_REPLYING:  # a peer that asks faster than it reads
                     self.send_failures.inc()
                     continue
                 self._replying += 1
                 self._nursery.start_soon(self._send_quietly, action)
 
-    async def _send_quietly(self, action: Send) -> None:
+    async def _send_quietly(self, action: SendPeerMessage) -> None:
         try:
             await self._write(action.peer, action.tag, action.payload, next(self._ids))
         except OverlayError as e:

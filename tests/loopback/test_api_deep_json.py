@@ -15,7 +15,7 @@ import trio
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.gateway import degas_pb2 as pb
 from overlay.core.jsonwire import MAX_JSON_DEPTH
-from overlay.messagenet import relayer as r
+from overlay.messagenet import relayer
 from tests.unit.test_gateway_codec import ACCOUNT, hello, sign
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,11 +52,11 @@ async def test_deep_json_gets_an_error_answer_and_the_node_stays_up(tmp_path, pr
             await app.send_message(document)
             assert json.loads(await answer(app)) == {"op": "error", "error": f"frame: {TOO_DEEP}"}
 
-    async with node.websocket("/relayer") as relayer:
+    async with node.websocket("/relayer") as relayer_socket:
         for document in (unclosed, closed):
-            await relayer.send_message(bytes([r.REGISTER]) + document.encode())
-            frame = await answer(relayer)
-            assert (frame[0], json.loads(frame[1:])) == (r.ERROR, {"error": f"register: body: {TOO_DEEP}"})
+            await relayer_socket.send_message(bytes([relayer.REGISTER]) + document.encode())
+            frame = await answer(relayer_socket)
+            assert (frame[0], json.loads(frame[1:])) == (relayer.ERROR, {"error": f"register: body: {TOO_DEEP}"})
 
     assert node.request("GET", "/health", token=False)[0] == 200
     assert node.popen.poll() is None

@@ -24,7 +24,7 @@ from trio_websocket import open_websocket_url
 from overlay.node.apiauth import SUBPROTOCOL, TOKEN_PROTOCOL, auth_headers
 from overlay.channels.table import hash_password
 from overlay.core.errors import RecordError
-from overlay.messagenet import relayer as r
+from overlay.messagenet import relayer
 from overlay.core.protobuf import field_bytes
 from overlay.core.records import PAYLOAD_TYPE, _signed_bytes, open_peer_record, public_key_from_protobuf
 from tests.loopback.nodeproc import Proc, cli, wait_until
@@ -193,14 +193,14 @@ def test_the_relayer_api_signs_nothing_that_verifies_as_a_record_or_a_noise_hand
 
     async def ask_to_sign(chosen: bytes) -> dict:
         async with open_websocket_url(f"ws://{a.api}/relayer", extra_headers=auth_headers(a.token)) as ws:
-            await ws.send_message(bytes([r.REGISTER]) + json.dumps({"relayer_id": 5}).encode())
+            await ws.send_message(bytes([relayer.REGISTER]) + json.dumps({"relayer_id": 5}).encode())
             body = {"relayer_id": 5, "node_id": a.peer_id, "identification_byte": chosen[0],
                     "msg_bytes": base64.b64encode(chosen[1:]).decode(), "id": 1}
-            await ws.send_message(bytes([r.SIGN_AND_SEND_TO_VALIDATOR]) + json.dumps(body).encode())
+            await ws.send_message(bytes([relayer.SIGN_AND_SEND_TO_VALIDATOR]) + json.dumps(body).encode())
             with trio.fail_after(15):
                 while True:
                     frame = await ws.get_message()
-                    if frame[0] == r.SEND_TO_CLIENT:
+                    if frame[0] == relayer.SEND_TO_CLIENT:
                         return json.loads(base64.b64decode(json.loads(frame[1:])["data"]))
 
     for chosen in (record_bytes, noise_bytes):

@@ -15,7 +15,7 @@ from trio_websocket import WebSocketConnection
 
 from overlay.gateway import degas_pb2 as pb
 from overlay.gateway.session import Code
-from overlay.messagenet import relayer as r
+from overlay.messagenet import relayer
 from overlay.peermsg.core import with_refs
 from tests.loopback.nodeproc import Proc
 from tests.unit.test_gateway_codec import ACCOUNT, DEGAS, degas, hello, sign
@@ -47,27 +47,27 @@ async def relayer_send(conn: WebSocketConnection, action: int, **body) -> None:
 
 
 async def self_send(conn: WebSocketConnection, proc: Proc, data: bytes, request_id: int) -> None:
-    await relayer_send(conn, r.SEND_TO_VALIDATOR, relayer_id=RELAYER_ID, node_id=proc.peer_id, raw_data=B64(data), id=request_id)
+    await relayer_send(conn, relayer.SEND_TO_VALIDATOR, relayer_id=RELAYER_ID, node_id=proc.peer_id, raw_data=B64(data), id=request_id)
 
 
 async def test_a_live_relayer_id_cannot_be_taken(tmp_path, procs):
     a = procs([], tmp_path / "a")
-    delivered = lambda data: (r.SEND_TO_CLIENT, {"relayer_id": RELAYER_ID, "node_id": a.peer_id, "data": B64(data)})
+    delivered = lambda data: (relayer.SEND_TO_CLIENT, {"relayer_id": RELAYER_ID, "node_id": a.peer_id, "data": B64(data)})
     async with a.websocket("/relayer") as holder, a.websocket("/relayer") as rival:
-        await relayer_send(holder, r.REGISTER, relayer_id=RELAYER_ID)
+        await relayer_send(holder, relayer.REGISTER, relayer_id=RELAYER_ID)
         await self_send(holder, a, b"mine", 1)
         assert await relayer_frame(holder) == delivered(b"mine")
-        assert await relayer_frame(holder) == (r.DELIVERY, {"id": 1, "ok": True})
+        assert await relayer_frame(holder) == (relayer.DELIVERY, {"id": 1, "ok": True})
         # the same connection registering again is no conflict
-        await relayer_send(holder, r.REGISTER, relayer_id=RELAYER_ID)
+        await relayer_send(holder, relayer.REGISTER, relayer_id=RELAYER_ID)
         await self_send(holder, a, b"still mine", 2)
         assert await relayer_frame(holder) == delivered(b"still mine")
-        assert await relayer_frame(holder) == (r.DELIVERY, {"id": 2, "ok": True})
+        assert await relayer_frame(holder) == (relayer.DELIVERY, {"id": 2, "ok": True})
 
-        await relayer_send(rival, r.REGISTER, relayer_id=RELAYER_ID)
-        assert await relayer_frame(rival) == (r.ERROR, {"error": f"relayer_id {RELAYER_ID} is registered by another connection"})
+        await relayer_send(rival, relayer.REGISTER, relayer_id=RELAYER_ID)
+        assert await relayer_frame(rival) == (relayer.ERROR, {"error": f"relayer_id {RELAYER_ID} is registered by another connection"})
         await self_send(rival, a, b"for the holder", 3)
-        assert await relayer_frame(rival) == (r.DELIVERY, {"id": 3, "ok": True})  # no SendToClient before it
+        assert await relayer_frame(rival) == (relayer.DELIVERY, {"id": 3, "ok": True})  # no SendToClient before it
         assert await relayer_frame(holder) == delivered(b"for the holder")
         assert a.metric('overlay_relayer_dropped_total{reason="relayer id taken"}') == 1
 
@@ -78,13 +78,13 @@ async def test_a_live_relayer_id_cannot_be_taken(tmp_path, procs):
             """A refused attempt's message may have been held for the ID (its holder gone by
             then): the next registration gets it first."""
             request_id = next(request_ids)
-            await relayer_send(rival, r.REGISTER, relayer_id=RELAYER_ID)
+            await relayer_send(rival, relayer.REGISTER, relayer_id=RELAYER_ID)
             await self_send(rival, a, b"now yours", request_id)
             frames = [await relayer_frame(rival)]
-            while frames[-1][0] != r.DELIVERY:
+            while frames[-1][0] != relayer.DELIVERY:
                 frames.append(await relayer_frame(rival))
-            assert frames[-1] == (r.DELIVERY, {"id": request_id, "ok": True})
-            if frames[0][0] == r.ERROR:
+            assert frames[-1] == (relayer.DELIVERY, {"id": request_id, "ok": True})
+            if frames[0][0] == relayer.ERROR:
                 return False
             assert frames[:-1] and all(f == delivered(b"now yours") for f in frames[:-1]), frames
             return True

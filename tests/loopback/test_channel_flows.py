@@ -270,24 +270,6 @@ async def test_inm_without_handshake_replayed_or_malformed_is_dropped_and_counte
         assert neighbours(a, b), "the link survives bad envelopes"
 
 
-async def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them(tmp_path):
-    async with cluster(tmp_path) as c:
-        a = await start(c, network_token="secret")
-        svc = a.channels
-        peer = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
-        hello = lambda name, token: json.dumps({"command": "handshake", "data": {"name": name, "token": token}}).encode()
-        issue = lambda: svc._cmd_token(Inm(str(a.peer_id), str(a.peer_id), "command", "n", {"node": peer}))["token"]
-        token = issue()
-        assert svc._accept_handshake(peer, hello(peer, token))
-        assert not svc._accept_handshake(peer, hello(peer, token)), "single use"
-        token = issue()
-        assert not svc._accept_handshake("12D3KooWSomeoneElse", hello("12D3KooWSomeoneElse", token))
-        assert not svc._accept_handshake(peer, hello(peer, token)), "as in WSRelay: a failed attempt wipes the token"
-        assert svc._accept_handshake(peer, hello(peer, "secret"))
-        assert not svc._accept_handshake(peer, hello(peer, "wrong"))
-        assert not svc._accept_handshake(peer, b"\xff")
-
-
 async def test_a_client_that_does_not_read_loses_messages_counted_and_stalls_no_one(tmp_path):
     async with cluster(tmp_path) as c:
         node = await start(c)

@@ -12,7 +12,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import overlay.messagenet.service as service
 from overlay.node.api import serve_api
-from overlay.messagenet import relayer as r
+from overlay.messagenet import relayer
 from overlay.channels.inm import BROADCAST, Inm, new_nonce
 from overlay.core.framing import frame
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
@@ -45,14 +45,14 @@ class Relayer:
                     return json.loads(frame[1:])
 
 
-class relayer:
+class registered_relayer:
     def __init__(self, node, *ids: int) -> None:
         self.cm, self.ids = open_api_websocket(node, node.relayer_url), ids
 
     async def __aenter__(self) -> Relayer:
         rel = Relayer(await self.cm.__aenter__())
         for relayer_id in self.ids:
-            await rel.send(r.REGISTER, relayer_id=relayer_id)
+            await rel.send(relayer.REGISTER, relayer_id=relayer_id)
         return rel
 
     async def __aexit__(self, *exc) -> None:
@@ -63,30 +63,30 @@ async def test_every_send_operation_across_three_nodes(tmp_path):
     async with cluster(tmp_path) as c:
         a, b, d = await three_nodes(start, c)
         A = str(a.peer_id)
-        async with relayer(a, 7) as ra, relayer(b, 7) as rb, relayer(d, 7, 8) as rd:
+        async with registered_relayer(a, 7) as ra, registered_relayer(b, 7) as rb, registered_relayer(d, 7, 8) as rd:
             await wait_for(lambda: all(7 in n.relayers.known for n in (a, b, d)), what="registrations")
             # SendToValidator, with its delivery report
-            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=7, node_id=str(d.peer_id), raw_data=B64(b"\x00to d"), id=1)
-            assert await rd.next(r.SEND_TO_CLIENT) == {"relayer_id": 7, "node_id": A, "data": B64(b"\x00to d")}
-            assert await ra.next(r.DELIVERY) == {"id": 1, "ok": True}
+            await ra.send(relayer.SEND_TO_VALIDATOR, relayer_id=7, node_id=str(d.peer_id), raw_data=B64(b"\x00to d"), id=1)
+            assert await rd.next(relayer.SEND_TO_CLIENT) == {"relayer_id": 7, "node_id": A, "data": B64(b"\x00to d")}
+            assert await ra.next(relayer.DELIVERY) == {"id": 1, "ok": True}
             # to a relayer ID the node never saw, and to a node that does not exist
-            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=99, node_id=str(b.peer_id), raw_data=B64(b"x"), id=2)
-            assert await ra.next(r.DELIVERY) == {"id": 2, "ok": False, "error": "no such relayer"}
+            await ra.send(relayer.SEND_TO_VALIDATOR, relayer_id=99, node_id=str(b.peer_id), raw_data=B64(b"x"), id=2)
+            assert await ra.next(relayer.DELIVERY) == {"id": 2, "ok": False, "error": "no such relayer"}
             # SendToPeers: every other node's relayer 7, once
-            await ra.send(r.SEND_TO_PEERS, relayer_id=7, raw_data=B64(b"all"))
+            await ra.send(relayer.SEND_TO_PEERS, relayer_id=7, raw_data=B64(b"all"))
             for rel in (rb, rd):
-                assert (await rel.next(r.SEND_TO_CLIENT))["data"] == B64(b"all")
+                assert (await rel.next(relayer.SEND_TO_CLIENT))["data"] == B64(b"all")
             # SignAndSendToValidator: the relayer gets a SignedMessage it can check against the sender
-            await ra.send(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=8, node_id=str(d.peer_id), identification_byte=5,
+            await ra.send(relayer.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=8, node_id=str(d.peer_id), identification_byte=5,
                           msg_bytes=B64(b"attest"), id=3)
-            got = await rd.next(r.SEND_TO_CLIENT)
-            signed = r.verify(base64.b64decode(got["data"]))
+            got = await rd.next(relayer.SEND_TO_CLIENT)
+            signed = relayer.verify(base64.b64decode(got["data"]))
             assert (signed.unsigned, signed.sender, signed.recipient) == (b"\x05attest", a.peer_id.to_bytes(), d.peer_id.to_bytes())
-            assert await ra.next(r.DELIVERY) == {"id": 3, "ok": True}
+            assert await ra.next(relayer.DELIVERY) == {"id": 3, "ok": True}
             # SignAndSendToPeers
-            await ra.send(r.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
+            await ra.send(relayer.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
             for rel in (rb, rd):
-                signed = r.verify(base64.b64decode((await rel.next(r.SEND_TO_CLIENT))["data"]))
+                signed = relayer.verify(base64.b64decode((await rel.next(relayer.SEND_TO_CLIENT))["data"]))
                 assert (signed.unsigned, signed.sender, signed.recipient) == (b"\x01vote", a.peer_id.to_bytes(), None)
             # nothing arrived twice
             with trio.move_on_after(0.5):
@@ -98,22 +98,22 @@ async def test_an_unreachable_peer_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(service, "UNICAST_TIMEOUT", 2.0)
     async with cluster(tmp_path) as c:
         a = await start(c)
-        async with relayer(a, 1) as ra:
-            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=1, node_id=NOBODY, raw_data=B64(b"x"), id=9)
-            assert await ra.next(r.DELIVERY) == {"id": 9, "ok": False, "error": "peer unreachable"}
+        async with registered_relayer(a, 1) as ra:
+            await ra.send(relayer.SEND_TO_VALIDATOR, relayer_id=1, node_id=NOBODY, raw_data=B64(b"x"), id=9)
+            assert await ra.next(relayer.DELIVERY) == {"id": 9, "ok": False, "error": "peer unreachable"}
 
 
 async def test_messages_wait_for_a_relayer_that_is_away_then_expire_counted(tmp_path):
     async with cluster(tmp_path) as c:
         a, b, d = await three_nodes(start, c)
-        async with relayer(d, 4):
+        async with registered_relayer(d, 4):
             await wait_for(lambda: 4 in d.relayers.relayers, what="registered")
         await wait_for(lambda: 4 not in d.relayers.relayers, what="gone")
-        async with relayer(a, 4) as ra:
-            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=4, node_id=str(d.peer_id), raw_data=B64(b"later"), id=1)
-            assert await ra.next(r.DELIVERY) == {"id": 1, "ok": True}
-        async with relayer(d, 4) as back:
-            assert (await back.next(r.SEND_TO_CLIENT))["data"] == B64(b"later")
+        async with registered_relayer(a, 4) as ra:
+            await ra.send(relayer.SEND_TO_VALIDATOR, relayer_id=4, node_id=str(d.peer_id), raw_data=B64(b"later"), id=1)
+            assert await ra.next(relayer.DELIVERY) == {"id": 1, "ok": True}
+        async with registered_relayer(d, 4) as back:
+            assert (await back.next(relayer.SEND_TO_CLIENT))["data"] == B64(b"later")
         d.relayers.hold = 0.0  # held messages now expire at once
         d.relayers._deliver(str(a.peer_id), {"relayer_id": 4, "data": B64(b"gone"), "signed": False})
         d.relayers._deliver(str(a.peer_id), {"relayer_id": 4, "data": B64(b"gone2"), "signed": False})
@@ -125,7 +125,7 @@ async def test_bad_signatures_and_bad_frames_are_refused_and_the_socket_stays(tm
         a = await start(c)
         svc = a.relayers
         key = Ed25519PrivateKey.generate()  # not NOBODY's key
-        forged = r.sign(key, r.new_message(b"\x01x", peer_id_from_public_key(key.public_key()), a.peer_id.to_bytes(), 3, time.time()))
+        forged = relayer.sign(key, relayer.new_message(b"\x01x", peer_id_from_public_key(key.public_key()), a.peer_id.to_bytes(), 3, time.time()))
         svc.known.add(3)
         answer = svc._deliver(NOBODY, {"relayer_id": 3, "data": B64(forged), "signed": True})
         assert answer == {"ok": False, "error": "not from its signer"} and svc.dropped.get(reason="not from its signer") == 1
@@ -134,16 +134,16 @@ async def test_bad_signatures_and_bad_frames_are_refused_and_the_socket_stays(tm
         answer = svc._deliver(peer_id_to_str(peer_id_from_public_key(key.public_key())), {"relayer_id": 3, "data": B64(json.dumps(body).encode()), "signed": True})
         assert answer == {"ok": False, "error": "bad signature"} and svc.dropped.get(reason="bad signature") == 1
         assert svc._deliver(NOBODY, {"relayer_id": "3", "data": "!", "signed": False})["error"] == "malformed"
-        async with relayer(a, 3) as ra:
+        async with registered_relayer(a, 3) as ra:
             await ra.ws.send_message("text is not for relayers")
-            assert (await ra.next(r.ERROR)) == {"error": "binary frames only"}
+            assert (await ra.next(relayer.ERROR)) == {"error": "binary frames only"}
             await ra.ws.send_message(b"\x42{}")
-            assert (await ra.next(r.ERROR)) == {"error": "unknown dispatch byte 0x42"}
-            await ra.send(r.REGISTER, relayer_id="x")
-            assert "relayer_id must be an integer" in (await ra.next(r.ERROR))["error"]
-            await ra.send(r.SEND_TO_VALIDATOR, relayer_id=3, node_id=str(a.peer_id), raw_data=B64(b"self"), id=5)
-            assert (await ra.next(r.SEND_TO_CLIENT))["data"] == B64(b"self")
-            assert await ra.next(r.DELIVERY) == {"id": 5, "ok": True}
+            assert (await ra.next(relayer.ERROR)) == {"error": "unknown dispatch byte 0x42"}
+            await ra.send(relayer.REGISTER, relayer_id="x")
+            assert "relayer_id must be an integer" in (await ra.next(relayer.ERROR))["error"]
+            await ra.send(relayer.SEND_TO_VALIDATOR, relayer_id=3, node_id=str(a.peer_id), raw_data=B64(b"self"), id=5)
+            assert (await ra.next(relayer.SEND_TO_CLIENT))["data"] == B64(b"self")
+            assert await ra.next(relayer.DELIVERY) == {"id": 5, "ok": True}
 
 
 async def test_a_node_reached_only_through_a_relay(tmp_path):
@@ -158,11 +158,11 @@ async def test_a_node_reached_only_through_a_relay(tmp_path):
                        what="joined, relay address published")
         await caller.host.disconnect(hidden.peer_id)
         await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="no direct connection")
-        async with relayer(caller, 2) as rc, relayer(hidden, 2) as rh:
+        async with registered_relayer(caller, 2) as rc, registered_relayer(hidden, 2) as rh:
             await wait_for(lambda: 2 in hidden.relayers.known, what="registered")
-            await rc.send(r.SEND_TO_VALIDATOR, relayer_id=2, node_id=str(hidden.peer_id), raw_data=B64(b"via relay"), id=1)
-            assert (await rh.next(r.SEND_TO_CLIENT))["data"] == B64(b"via relay")
-            assert await rc.next(r.DELIVERY) == {"id": 1, "ok": True}
+            await rc.send(relayer.SEND_TO_VALIDATOR, relayer_id=2, node_id=str(hidden.peer_id), raw_data=B64(b"via relay"), id=1)
+            assert (await rh.next(relayer.SEND_TO_CLIENT))["data"] == B64(b"via relay")
+            assert await rc.next(relayer.DELIVERY) == {"id": 1, "ok": True}
             paths = next(p["paths"] for p in caller.peers() if p["peer_id"] == str(hidden.peer_id))
             assert paths == ["relayed"]
 
@@ -173,16 +173,16 @@ async def test_a_peer_replaying_a_signed_message_gets_it_refused(tmp_path):
     d refuses each (replay, or another recipient) and its relayer sees each message once."""
     async with cluster(tmp_path) as c:
         a, b, d = await three_nodes(start, c)
-        async with relayer(a, 7) as ra, relayer(b, 7) as rb, relayer(d, 7) as rd:
+        async with registered_relayer(a, 7) as ra, registered_relayer(b, 7) as rb, registered_relayer(d, 7) as rd:
             await wait_for(lambda: all(7 in n.relayers.known for n in (a, b, d)), what="registrations")
             await wait_for(lambda: {str(b.peer_id), str(d.peer_id)} <= set(a.channels.neighbours())
                            and str(d.peer_id) in b.channels.neighbours(), what="INM links between all three")
-            await ra.send(r.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
-            broadcast = (await rb.next(r.SEND_TO_CLIENT))["data"]
-            assert r.verify(base64.b64decode((await rd.next(r.SEND_TO_CLIENT))["data"])).unsigned == b"\x01vote"
-            await ra.send(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=7, node_id=str(b.peer_id), identification_byte=2,
+            await ra.send(relayer.SIGN_AND_SEND_TO_PEERS, relayer_id=7, identification_byte=1, msg_bytes=B64(b"vote"))
+            broadcast = (await rb.next(relayer.SEND_TO_CLIENT))["data"]
+            assert relayer.verify(base64.b64decode((await rd.next(relayer.SEND_TO_CLIENT))["data"])).unsigned == b"\x01vote"
+            await ra.send(relayer.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=7, node_id=str(b.peer_id), identification_byte=2,
                           msg_bytes=B64(b"for b"), id=1)
-            unicast = (await rb.next(r.SEND_TO_CLIENT))["data"]
+            unicast = (await rb.next(relayer.SEND_TO_CLIENT))["data"]
 
             link = b.channels.links[str(d.peer_id)]
             for destination, command, data in ((BROADCAST, service.BROADCAST, broadcast), (str(d.peer_id), service.DELIVER, unicast)):

@@ -15,7 +15,7 @@ import overlay.node.api
 from overlay.node.api import serve_api
 from overlay.peermsg.app import MAX_APP_FRAME
 from overlay.peermsg.core import with_refs
-from overlay.peermsg.frames import MessageType
+from overlay.peermsg.frames import PeerMessageType
 from tests.conftest import wait_for
 from tests.loopback.nodes import cluster, open_api_websocket
 
@@ -92,6 +92,6 @@ async def test_a_client_that_stops_reading_does_not_hold_the_node(tmp_path, monk
             async with open_api_websocket(b, b.app_url) as app_b:  # takes frames up to 1 MiB
                 await app_b.send_message(json.dumps({"op": "register", "types": ["QUERY"]}))
                 await wait_for(lambda: b.peermsg._apps, what="registered")
-                await a.peermsg.send(str(b.peer_id), MessageType.QUERY, with_refs([], b"x" * 1_000_000))
+                await a.peermsg.send(str(b.peer_id), PeerMessageType.QUERY, with_refs([], b"x" * 1_000_000))
                 with pytest.raises(ConnectionClosed):
                     await next_op(app_b, "message")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from overlay.peermsg.core import Code, digest, signed_part, transaction, with_refs
-from overlay.peermsg.frames import MessageType as T
+from overlay.peermsg.frames import PeerMessageType
 from tests.conftest import wait_for
 from tests.loopback.nodes import cluster
 
@@ -37,44 +37,44 @@ async def test_typed_messages_across_three_nodes(tmp_path):
         a, b, d = await three(c)
         B, D = str(b.peer_id), str(d.peer_id)
         # QUERY answered by a RESULT that references it
-        query_id = await a.peermsg.send(D, T.QUERY, with_refs([], b"balance?"))
-        query = await next_message(d, T.QUERY)
+        query_id = await a.peermsg.send(D, PeerMessageType.QUERY, with_refs([], b"balance?"))
+        query = await next_message(d, PeerMessageType.QUERY)
         assert query.body == b"balance?" and query.peer == str(a.peer_id)
         await d.peermsg.answer(query, Code.OK, b"42")
-        result = await next_message(a, T.RESULT)
+        result = await next_message(a, PeerMessageType.RESULT)
         ref, code = struct.unpack_from(">QB", result.body)
         assert (ref, code, result.body[9:]) == (query_id, Code.OK, b"42")
         # a BELIEF that needs a value only its sender holds: asked for, fetched, then delivered
         cell = os.urandom(20_000)
         a.peermsg.put(cell)
-        await a.peermsg.send(B, T.BELIEF, with_refs([digest(cell)], b"belief 1"))
-        belief = await next_message(b, T.BELIEF)
+        await a.peermsg.send(B, PeerMessageType.BELIEF, with_refs([digest(cell)], b"belief 1"))
+        belief = await next_message(b, PeerMessageType.BELIEF)
         assert belief.body == b"belief 1" and b.peermsg.core.get(digest(cell)) == cell
         # the same belief again is not delivered twice
-        await a.peermsg.send(B, T.BELIEF, with_refs([digest(cell)], b"belief 1"))
+        await a.peermsg.send(B, PeerMessageType.BELIEF, with_refs([digest(cell)], b"belief 1"))
         await wait_for(lambda: b.peermsg.core.counters.duplicate_beliefs == 1, what="duplicate counted")
         # a signed TRANSACT, then the same sequence number again
         key = Ed25519PrivateKey.generate()
         raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         body = with_refs([], transaction(raw, 1, b"transfer", key.sign(signed_part(1, b"transfer"))))
-        await b.peermsg.send(D, T.TRANSACT, body)
-        await next_message(d, T.TRANSACT)
-        replay_id = await b.peermsg.send(D, T.TRANSACT, body)
-        refused = await next_message(b, T.RESULT)
+        await b.peermsg.send(D, PeerMessageType.TRANSACT, body)
+        await next_message(d, PeerMessageType.TRANSACT)
+        replay_id = await b.peermsg.send(D, PeerMessageType.TRANSACT, body)
+        refused = await next_message(b, PeerMessageType.RESULT)
         assert struct.unpack_from(">QB", refused.body) == (replay_id, Code.SEQUENCE_USED)
         # STATUS from the cache
         d.peermsg.set_status(b"height 7")
-        status_id = await b.peermsg.send(D, T.STATUS, b"")
-        status = await next_message(b, T.RESULT)
+        status_id = await b.peermsg.send(D, PeerMessageType.STATUS, b"")
+        status = await next_message(b, PeerMessageType.RESULT)
         assert struct.unpack_from(">Q", status.body)[0] == status_id and status.body.endswith(b"height 7")
         # a 1 MB DATA value goes through in frames of at most 8192 bytes
         big = os.urandom(1_000_000)
-        await a.peermsg.send(D, T.DATA, big)
+        await a.peermsg.send(D, PeerMessageType.DATA, big)
         await wait_for(lambda: d.peermsg.core.get(digest(big)) == big, what="1 MB value stored")
         # broadcast: every connected peer, once
-        assert await a.peermsg.broadcast(T.BELIEF, with_refs([], b"to all")) >= 2
+        assert await a.peermsg.broadcast(PeerMessageType.BELIEF, with_refs([], b"to all")) >= 2
         for node in (b, d):
-            assert (await next_message(node, T.BELIEF)).body == b"to all"
+            assert (await next_message(node, PeerMessageType.BELIEF)).body == b"to all"
 
 
 async def test_a_query_to_a_node_reached_only_through_a_relay(tmp_path):
@@ -87,9 +87,9 @@ async def test_a_query_to_a_node_reached_only_through_a_relay(tmp_path):
                        what="joined, relay address published")
         await caller.host.disconnect(hidden.peer_id)
         await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="no direct connection")
-        query_id = await caller.peermsg.send(str(hidden.peer_id), T.QUERY, with_refs([], b"via relay?"))
-        query = await next_message(hidden, T.QUERY)
+        query_id = await caller.peermsg.send(str(hidden.peer_id), PeerMessageType.QUERY, with_refs([], b"via relay?"))
+        query = await next_message(hidden, PeerMessageType.QUERY)
         await hidden.peermsg.answer(query, Code.OK, b"yes")
-        result = await next_message(caller, T.RESULT)
+        result = await next_message(caller, PeerMessageType.RESULT)
         assert struct.unpack_from(">QB", result.body) == (query_id, Code.OK) and result.body[9:] == b"yes"
         assert next(p["paths"] for p in caller.peers() if p["peer_id"] == str(hidden.peer_id)) == ["relayed"]

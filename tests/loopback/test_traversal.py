@@ -13,7 +13,7 @@ from nat.plan import parse_circuit
 from overlay.core.errors import DialError
 from overlay.transport.framed import FramedStream
 from overlay.core.records import open_peer_record, record_key
-from signaling import messages as m
+from signaling import messages
 from tests.conftest import wait_for
 from tests.loopback.nodes import cluster
 
@@ -65,10 +65,10 @@ async def test_relay_refuses_unregistered_targets_and_strangers_cannot_open_stop
             await caller.relay.dial(boot.peer_id, caller.peer_id)  # caller is not registered with boot
         # a stranger (not one of hidden's signalling nodes) pretends to relay a caller to it
         await caller.dialer.connect(hidden.peer_id, [multiaddr.Multiaddr(a) for a in boot.full_addrs()[:0]] or hidden.host.get_addrs())
-        framed = FramedStream(await caller.host.new_stream(hidden.peer_id, [caller.relay.protocol]), m.MAX_FRAME)
-        await framed.write(m.encode(m.Incoming(str(boot.peer_id))))
-        reply = m.decode(await framed.read())
-        assert isinstance(reply, m.Error) and reply.code == "refused"
+        framed = FramedStream(await caller.host.new_stream(hidden.peer_id, [caller.relay.protocol]), messages.MAX_FRAME)
+        await framed.write(messages.encode(messages.Incoming(str(boot.peer_id))))
+        reply = messages.decode(await framed.read())
+        assert isinstance(reply, messages.Error) and reply.code == "refused"
         await wait_for(lambda: hidden.metrics.render().count('overlay_relay_refused_total{reason="refused"} 1'), what="counted")
 
 
@@ -76,27 +76,27 @@ async def test_signalling_refuses_bad_input_and_keeps_serving_registrations(tmp_
     async with cluster(tmp_path) as c:
         boot, hidden, caller = await private_setup(c)
         stream = await caller.host.new_stream(boot.peer_id, [caller.signaling.protocol])
-        framed = FramedStream(stream, m.MAX_FRAME)
-        await framed.write(m.encode(m.Signal("s1", "offer", {}, to=str(caller.peer_id))))
-        reply = m.decode(await framed.read())
-        assert isinstance(reply, m.Error) and reply.code == "not-registered"
+        framed = FramedStream(stream, messages.MAX_FRAME)
+        await framed.write(messages.encode(messages.Signal("s1", "offer", {}, to=str(caller.peer_id))))
+        reply = messages.decode(await framed.read())
+        assert isinstance(reply, messages.Error) and reply.code == "not-registered"
         await framed.write(b"{not json")
-        reply = m.decode(await framed.read())
-        assert isinstance(reply, m.Error) and reply.code == "bad-message"
+        reply = messages.decode(await framed.read())
+        assert isinstance(reply, messages.Error) and reply.code == "bad-message"
         assert await framed.read() is None, "closed after a malformed message"
-        big = FramedStream(await caller.host.new_stream(boot.peer_id, [caller.signaling.protocol]), 10 * m.MAX_FRAME)
-        await big.write(b"x" * (m.MAX_FRAME + 1))
+        big = FramedStream(await caller.host.new_stream(boot.peer_id, [caller.signaling.protocol]), 10 * messages.MAX_FRAME)
+        await big.write(b"x" * (messages.MAX_FRAME + 1))
         with trio.fail_after(10):
             assert await big.read() is None, "an oversized frame ends the stream"
         # a flood of offers from one peer is cut by the rate limit; the registration stays
-        flood = FramedStream(await caller.host.new_stream(boot.peer_id, [caller.signaling.protocol]), m.MAX_FRAME)
+        flood = FramedStream(await caller.host.new_stream(boot.peer_id, [caller.signaling.protocol]), messages.MAX_FRAME)
         for i in range(60):
-            await flood.write(m.encode(m.Signal(f"f{i}", "offer", {"junk": i}, to=str(hidden.peer_id))))
+            await flood.write(messages.encode(messages.Signal(f"f{i}", "offer", {"junk": i}, to=str(hidden.peer_id))))
         codes = []
         with trio.fail_after(10):
             while len(codes) < 60:  # each offer gets one reply: refused here, or a bye from the peer
-                msg = m.decode(await flood.read())
-                codes.append(msg.code if isinstance(msg, m.Error) else msg.kind)
+                msg = messages.decode(await flood.read())
+                codes.append(msg.code if isinstance(msg, messages.Error) else msg.kind)
         assert codes.count("rate-limited") >= 35 and codes.count("bye") == 60 - codes.count("rate-limited")
         assert boot.signaling.server.is_registered(str(hidden.peer_id))
         await wait_for(lambda: 'reason="bad-description"' in hidden.metrics.render(), what="junk offers refused and counted")

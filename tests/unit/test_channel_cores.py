@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.channels import client as cp
+from overlay.channels import client as client_frames
 from overlay.channels.inm import MAX_INM, Inm, decode
 from overlay.channels.router import CONTROL_RESERVE, MAX_QUEUE, InmRouter, LinkQueue
 from overlay.channels.table import EXPIRE, GRACE, ChannelTable, Reservation, hash_password
@@ -82,28 +82,28 @@ def test_a_good_envelope_with_one_field_replaced_decodes_or_raises_decode_error(
 
 
 def test_topic_and_channel_name_the_same_thing():
-    a = cp.decode_request(json.dumps({"command": "subscribe", "data": {"topic": "c", "password": "p"}, "nonce": "1"}))
-    b = cp.decode_request(json.dumps({"command": "subscribe", "data": {"channel": "c", "password": "p"}, "nonce": "1"}))
-    assert a == b == cp.Request("subscribe", "1", "c", password="p")
-    send = cp.decode_request(json.dumps({"command": "send", "data": {"topic": "c", "message": "hi"}}))
-    assert send == cp.Request("send", None, "c", message="hi")
+    a = client_frames.decode_request(json.dumps({"command": "subscribe", "data": {"topic": "c", "password": "p"}, "nonce": "1"}))
+    b = client_frames.decode_request(json.dumps({"command": "subscribe", "data": {"channel": "c", "password": "p"}, "nonce": "1"}))
+    assert a == b == client_frames.Request("subscribe", "1", "c", password="p")
+    send = client_frames.decode_request(json.dumps({"command": "send", "data": {"topic": "c", "message": "hi"}}))
+    assert send == client_frames.Request("send", None, "c", message="hi")
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200) | st.builds(json.dumps, json_values))
 def test_arbitrary_client_frames_parse_or_raise_client_error(text):
     try:
-        cp.decode_request(text)
-    except cp.ClientError as e:
+        client_frames.decode_request(text)
+    except client_frames.ClientError as e:
         assert str(e)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(cp.COMMANDS), json_values, json_values)
+@given(st.sampled_from(client_frames.COMMANDS), json_values, json_values)
 def test_any_data_under_a_known_command_parses_or_raises_client_error(command, data, nonce):
     try:
-        request = cp.decode_request(json.dumps({"command": command, "data": data, "nonce": nonce}))
-    except cp.ClientError:
+        request = client_frames.decode_request(json.dumps({"command": command, "data": data, "nonce": nonce}))
+    except client_frames.ClientError:
         return
     assert request.command == command
 

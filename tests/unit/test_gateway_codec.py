@@ -21,10 +21,10 @@ from overlay.gateway.session import (
     MAX_PAYLOAD,
     Bound,
     ClientSession,
-    Close,
     Code,
     Forward,
-    Reply,
+    GatewayClose,
+    GatewayReply,
     State,
     parse_degas,
     recover_address,
@@ -51,7 +51,7 @@ def degas(payload: bytes, degas_id: bytes = DEGAS) -> bytes:
     return pb.ClientMessage(degas=pb.ClientDegasMessage(degas_id=degas_id, payload=payload)).SerializeToString()
 
 
-def gateway_message(action: Reply) -> pb.GatewayMessage:
+def gateway_message(action: GatewayReply) -> pb.GatewayMessage:
     message = pb.GatewayMessage()
     message.ParseFromString(action.frame)
     return message
@@ -69,9 +69,9 @@ def ready() -> ClientSession:
     return session
 
 
-def error_of(actions: list) -> tuple[int, Close | None]:
+def error_of(actions: list) -> tuple[int, GatewayClose | None]:
     reply = gateway_message(actions[0])
-    close = actions[1] if len(actions) > 1 and isinstance(actions[1], Close) else None
+    close = actions[1] if len(actions) > 1 and isinstance(actions[1], GatewayClose) else None
     return reply.error.code, close
 
 
@@ -173,7 +173,7 @@ def test_any_bytes_in_any_state_give_actions_not_exceptions(state, frame):
     if state == 2:
         session.on_frame(sign(session._challenge), 1.0)
     for action in session.on_frame(frame, 2.0):
-        assert isinstance(action, (Reply, Close, Forward, Bound))
+        assert isinstance(action, (GatewayReply, GatewayClose, Forward, Bound))
         if isinstance(action, Forward):
             assert len(action.degas_id) == 16 and len(action.payload) <= MAX_PAYLOAD
 

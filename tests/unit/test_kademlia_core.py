@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.kademlia.core import KadConfig, Kademlia, Send
+from overlay.core.errors import ProtocolError
+from overlay.kademlia.core import PHASE_CHANGES, KadConfig, Kademlia, QueryKind, QueryPhase, Send
 from overlay.kademlia.lookup import Lookup
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore
@@ -352,3 +354,24 @@ def test_unprovide_stops_announcing():
     actions = nodes[0].handle_timer(later)
     lookups = [a for a in actions if isinstance(a, Send) and a.message.key == b"k"]
     assert lookups == [], "nothing is republished for a key we stopped providing"
+
+
+def test_query_phases_change_only_as_the_table_allows():
+    """A query's phase changes only along PHASE_CHANGES; anything else is a bug and raises."""
+    net = KadNet(seed=4)
+    nodes = net.build(5)
+    put = net.run_query(nodes[0], nodes[0].put_value(b"/t/x", b"1", net.now))
+    provide = net.run_query(nodes[0], nodes[0].provide(b"p", net.now))
+    find = net.run_query(nodes[0], nodes[0].find_node(b"q", net.now))
+    assert (put.kind, provide.kind, find.kind) == (QueryKind.PUT_VALUE, QueryKind.PROVIDE, QueryKind.FIND_NODE)
+    assert put.stored >= 1 and provide.stored >= 1
+    assert PHASE_CHANGES[(QueryPhase.LOOKUP, QueryPhase.STORE)] == {QueryKind.PUT_VALUE, QueryKind.PROVIDE}
+
+    query_id, _ = nodes[1].find_node(b"r", net.now)
+    query = nodes[1]._queries[query_id]
+    with pytest.raises(ProtocolError, match="find_node .* lookup to store"):
+        query.enter(QueryPhase.STORE)  # only put_value and provide store
+    nodes[1]._finish(query, net.now)
+    assert query.phase is QueryPhase.DONE
+    with pytest.raises(ProtocolError, match="done to done"):
+        nodes[1]._finish(query, net.now)  # finished twice: no longer passed over

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.core.errors import DecodeError
-from overlay.messagenet import relayer as r
+from overlay.messagenet import relayer
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 from overlay.core.replay import ReplayWindow
 
@@ -30,13 +30,13 @@ def frame(action: int, **body) -> bytes:
 
 def test_each_action_decodes_with_the_seeds_field_names():
     node = peer_id_to_str(OTHER)
-    assert r.decode_request(frame(r.REGISTER, relayer_id=7)) == r.Request(r.REGISTER, 7)
-    assert r.decode_request(frame(r.SEND_TO_VALIDATOR, relayer_id=7, node_id=node, raw_data=B64(b"hi"), id=3)) == \
-        r.Request(r.SEND_TO_VALIDATOR, 7, OTHER, b"hi", 3)
-    assert r.decode_request(frame(r.SEND_TO_PEERS, relayer_id=7, raw_data=B64(b"all"))) == r.Request(r.SEND_TO_PEERS, 7, None, b"all")
-    signed = r.decode_request(frame(r.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=1, node_id=node, identification_byte=9, msg_bytes=B64(b"m")))
+    assert relayer.decode_request(frame(relayer.REGISTER, relayer_id=7)) == relayer.RelayerRequest(relayer.REGISTER, 7)
+    assert relayer.decode_request(frame(relayer.SEND_TO_VALIDATOR, relayer_id=7, node_id=node, raw_data=B64(b"hi"), id=3)) == \
+        relayer.RelayerRequest(relayer.SEND_TO_VALIDATOR, 7, OTHER, b"hi", 3)
+    assert relayer.decode_request(frame(relayer.SEND_TO_PEERS, relayer_id=7, raw_data=B64(b"all"))) == relayer.RelayerRequest(relayer.SEND_TO_PEERS, 7, None, b"all")
+    signed = relayer.decode_request(frame(relayer.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=1, node_id=node, identification_byte=9, msg_bytes=B64(b"m")))
     assert signed.data == b"\x09m" and signed.signed and signed.unicast
-    broadcast = r.decode_request(frame(r.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=255, msg_bytes=B64(b"")))
+    broadcast = relayer.decode_request(frame(relayer.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=255, msg_bytes=B64(b"")))
     assert broadcast.data == b"\xff" and broadcast.signed and not broadcast.unicast
 
 
@@ -47,27 +47,27 @@ def test_each_action_decodes_with_the_seeds_field_names():
         (b"\x99{}", "unknown dispatch byte 0x99"),
         (b"\x01not json", "not JSON"),
         (b"\x01[1]", "JSON object"),
-        (frame(r.REGISTER, relayer_id="7"), "relayer_id must be an integer"),
-        (frame(r.REGISTER, relayer_id=1.5), "relayer_id must be an integer"),
-        (frame(r.REGISTER, relayer_id=True), "relayer_id must be an integer"),
-        (frame(r.REGISTER, relayer_id=-1), "relayer_id must be an integer"),
-        (frame(r.SEND_TO_VALIDATOR, relayer_id=1, node_id="nope", raw_data="aGk="), "invalid peer ID"),
-        (frame(r.SEND_TO_PEERS, relayer_id=1, raw_data="!!"), "raw_data is not valid base64"),
-        (frame(r.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=256, msg_bytes=""), "identification_byte"),
-        (b"\x01" + b" " * r.MAX_RELAYER_FRAME, "larger than"),
+        (frame(relayer.REGISTER, relayer_id="7"), "relayer_id must be an integer"),
+        (frame(relayer.REGISTER, relayer_id=1.5), "relayer_id must be an integer"),
+        (frame(relayer.REGISTER, relayer_id=True), "relayer_id must be an integer"),
+        (frame(relayer.REGISTER, relayer_id=-1), "relayer_id must be an integer"),
+        (frame(relayer.SEND_TO_VALIDATOR, relayer_id=1, node_id="nope", raw_data="aGk="), "invalid peer ID"),
+        (frame(relayer.SEND_TO_PEERS, relayer_id=1, raw_data="!!"), "raw_data is not valid base64"),
+        (frame(relayer.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=256, msg_bytes=""), "identification_byte"),
+        (b"\x01" + b" " * relayer.MAX_RELAYER_FRAME, "larger than"),
     ],
 )
 def test_bad_frames_say_why(raw, reason):
     with pytest.raises(DecodeError, match=reason):
-        r.decode_request(raw)
+        relayer.decode_request(raw)
 
 
 def test_node_frames_are_dispatch_byte_and_json():
-    sent = r.to_client(7, "12D3KooWsender", b"\x00\xff")
-    assert sent[0] == r.SEND_TO_CLIENT and json.loads(sent[1:]) == {"relayer_id": 7, "node_id": "12D3KooWsender", "data": "AP8="}
-    assert json.loads(r.delivery(3, None)[1:]) == {"id": 3, "ok": True}
-    assert json.loads(r.delivery(3, "no such relayer")[1:]) == {"id": 3, "ok": False, "error": "no such relayer"}
-    assert r.error("x")[0] == r.ERROR
+    sent = relayer.to_client(7, "12D3KooWsender", b"\x00\xff")
+    assert sent[0] == relayer.SEND_TO_CLIENT and json.loads(sent[1:]) == {"relayer_id": 7, "node_id": "12D3KooWsender", "data": "AP8="}
+    assert json.loads(relayer.delivery(3, None)[1:]) == {"id": 3, "ok": True}
+    assert json.loads(relayer.delivery(3, "no such relayer")[1:]) == {"id": 3, "ok": False, "error": "no such relayer"}
+    assert relayer.error("x")[0] == relayer.ERROR
 
 
 NOW = 1_800_000_000.0
@@ -76,26 +76,26 @@ NOW = 1_800_000_000.0
 def signed_by(key, unsigned: bytes = b"\x07payload", recipient: bytes | None = OTHER, relayer_id: int = 3,
               now: float = NOW) -> bytes:
     sender = peer_id_from_public_key(key.public_key())
-    return r.sign(key, r.new_message(unsigned, sender, recipient, relayer_id, now))
+    return relayer.sign(key, relayer.new_message(unsigned, sender, recipient, relayer_id, now))
 
 
 def window() -> ReplayWindow:
-    return ReplayWindow(r.REPLAY_WINDOW, r.MAX_REPLAY_ENTRIES, r.MAX_REPLAY_PER_SIGNER)
+    return ReplayWindow(relayer.REPLAY_WINDOW, relayer.MAX_REPLAY_ENTRIES, relayer.MAX_REPLAY_PER_SIGNER)
 
 
 def test_a_signed_message_binds_its_sender_recipient_relayer_time_and_nonce():
     signed = signed_by(KEY)
-    message = r.verify(signed)
+    message = relayer.verify(signed)
     assert (message.unsigned, message.sender, message.recipient, message.relayer_id) == (b"\x07payload", ME, OTHER, 3)
-    assert r.accept(message, ME, OTHER, False, 3, window(), NOW) is None
-    assert r.accept(message, OTHER, OTHER, False, 3, window(), NOW) == "not from its signer"
-    assert r.accept(message, ME, ME, False, 3, window(), NOW) == "for another recipient"
-    assert r.accept(message, ME, OTHER, True, 3, window(), NOW) == "for another recipient"  # a unicast is no broadcast
-    assert r.accept(message, ME, OTHER, False, 4, window(), NOW) == "for another relayer"
-    assert r.accept(message, ME, OTHER, False, 3, window(), NOW + r.REPLAY_WINDOW + 1) == "stale"
-    assert r.accept(message, ME, OTHER, False, 3, window(), NOW - r.REPLAY_WINDOW - 1) == "from the future"
-    broadcast = r.verify(signed_by(KEY, recipient=None))
-    assert broadcast.recipient is None and r.accept(broadcast, ME, OTHER, True, 3, window(), NOW) is None
+    assert relayer.accept(message, ME, OTHER, False, 3, window(), NOW) is None
+    assert relayer.accept(message, OTHER, OTHER, False, 3, window(), NOW) == "not from its signer"
+    assert relayer.accept(message, ME, ME, False, 3, window(), NOW) == "for another recipient"
+    assert relayer.accept(message, ME, OTHER, True, 3, window(), NOW) == "for another recipient"  # a unicast is no broadcast
+    assert relayer.accept(message, ME, OTHER, False, 4, window(), NOW) == "for another relayer"
+    assert relayer.accept(message, ME, OTHER, False, 3, window(), NOW + relayer.REPLAY_WINDOW + 1) == "stale"
+    assert relayer.accept(message, ME, OTHER, False, 3, window(), NOW - relayer.REPLAY_WINDOW - 1) == "from the future"
+    broadcast = relayer.verify(signed_by(KEY, recipient=None))
+    assert broadcast.recipient is None and relayer.accept(broadcast, ME, OTHER, True, 3, window(), NOW) is None
     assert json.loads(signed_by(KEY, recipient=None))["recipient"] == "*"
 
 
@@ -107,16 +107,16 @@ def test_changing_any_signed_field_breaks_the_signature(field, value):
     body = json.loads(signed_by(KEY))
     body[field] = value
     with pytest.raises(DecodeError, match="bad signature|not the sender's"):
-        r.verify(json.dumps(body).encode())
+        relayer.verify(json.dumps(body).encode())
 
 
 def test_a_replay_within_the_window_is_refused_and_one_after_it_is_stale():
     replays = window()
-    message = r.verify(signed_by(KEY))
-    assert r.accept(message, ME, OTHER, False, 3, replays, NOW) is None
-    assert r.accept(message, ME, OTHER, False, 3, replays, NOW + 30) == "replay"
-    assert r.accept(message, ME, OTHER, False, 3, replays, NOW + r.REPLAY_WINDOW + 1) == "stale"
-    assert r.accept(r.verify(signed_by(KEY)), ME, OTHER, False, 3, replays, NOW) is None  # a fresh nonce passes
+    message = relayer.verify(signed_by(KEY))
+    assert relayer.accept(message, ME, OTHER, False, 3, replays, NOW) is None
+    assert relayer.accept(message, ME, OTHER, False, 3, replays, NOW + 30) == "replay"
+    assert relayer.accept(message, ME, OTHER, False, 3, replays, NOW + relayer.REPLAY_WINDOW + 1) == "stale"
+    assert relayer.accept(relayer.verify(signed_by(KEY)), ME, OTHER, False, 3, replays, NOW) is None  # a fresh nonce passes
 
 
 def test_the_signature_covers_a_domain_so_no_relayer_bytes_are_signed_bare():
@@ -129,8 +129,8 @@ def test_the_signature_covers_a_domain_so_no_relayer_bytes_are_signed_bare():
     signature = base64.b64decode(body["signature"])
     with pytest.raises(InvalidSignature):
         KEY.public_key().verify(signature, chosen)
-    assert r._signed_bytes(r.verify(json.dumps(body).encode())).startswith(r.SIGNED_DOMAIN)
-    assert not r.SIGNED_DOMAIN.startswith((DOMAIN, PAYLOAD_TYPE, b"noise-libp2p-static-key:"))
+    assert relayer._signed_bytes(relayer.verify(json.dumps(body).encode())).startswith(relayer.SIGNED_DOMAIN)
+    assert not relayer.SIGNED_DOMAIN.startswith((DOMAIN, PAYLOAD_TYPE, b"noise-libp2p-static-key:"))
 
 
 json_values = st.recursive(
@@ -143,7 +143,7 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_decode_or_raise_decode_error(raw):
-    for decoder in (r.decode_request, r.verify):
+    for decoder in (relayer.decode_request, relayer.verify):
         try:
             decoder(raw)
         except DecodeError:
@@ -151,11 +151,11 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(raw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(sorted(r.ACTIONS)), st.dictionaries(st.sampled_from(
+@given(st.sampled_from(sorted(relayer.ACTIONS)), st.dictionaries(st.sampled_from(
     ["relayer_id", "node_id", "raw_data", "identification_byte", "msg_bytes", "id"]), json_values))
 def test_any_json_under_a_known_dispatch_byte_decodes_or_raises_decode_error(action, body):
     try:
-        request = r.decode_request(bytes([action]) + json.dumps(body).encode())
+        request = relayer.decode_request(bytes([action]) + json.dumps(body).encode())
     except DecodeError:
         return
     assert request.action == action and isinstance(request.relayer_id, int)

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.core.errors import DecodeError
+from overlay.core.errors import DecodeError, ProtocolError
 from overlay.kademlia.wire import PeerInfo
 from overlay.core.records import peer_id_to_str
-from signaling import messages as m
-from signaling.registrations import Changed, NeedCandidates, Register, Registrations
-from signaling.server import Close, ServerLimits, SignalingServer, Write
+from signaling import messages
+from signaling.registrations import Changed, NeedCandidates, RegisterWith, Registrations
+from signaling.server import CloseStream, ServerLimits, SignalingServer, StreamRole, Write
 
 
 def peer(i: int) -> str:
@@ -31,13 +31,13 @@ BODY = {"ufrag": "abcd"}
 @pytest.mark.parametrize(
     "msg",
     [
-        m.Register(), m.Registered(60), m.Ping(), m.Pong(), m.Accepted(), m.Connected(),
-        m.Signal("s1", "offer", BODY, to=A), m.Signal("s-2_x", "bye", {}, sender=B),
-        m.Error("not-registered", "gone", "s1"), m.Error("full"), m.Connect(A), m.Incoming(B),
+        messages.Register(), messages.Registered(60), messages.Ping(), messages.Pong(), messages.Accepted(), messages.Connected(),
+        messages.Signal("s1", "offer", BODY, to=A), messages.Signal("s-2_x", "bye", {}, sender=B),
+        messages.Error("not-registered", "gone", "s1"), messages.Error("full"), messages.Connect(A), messages.Incoming(B),
     ],
 )
 def test_round_trip(msg):
-    assert m.decode(m.encode(msg)) == msg
+    assert messages.decode(messages.encode(msg)) == msg
 
 
 @pytest.mark.parametrize(
@@ -61,23 +61,23 @@ def test_round_trip(msg):
 )
 def test_bad_messages_are_refused_with_the_reason(obj, reason):
     with pytest.raises(DecodeError, match=reason):
-        m.decode(json.dumps(obj).encode())
+        messages.decode(json.dumps(obj).encode())
 
 
 def test_size_limit_is_exact():
-    pad = m.MAX_FRAME - len(json.dumps({"type": "ping", "p": ""}, separators=(",", ":")))
-    assert m.decode(json.dumps({"type": "ping", "p": "x" * pad}, separators=(",", ":")).encode()) == m.Ping()
+    pad = messages.MAX_FRAME - len(json.dumps({"type": "ping", "p": ""}, separators=(",", ":")))
+    assert messages.decode(json.dumps({"type": "ping", "p": "x" * pad}, separators=(",", ":")).encode()) == messages.Ping()
     with pytest.raises(DecodeError, match="exceeds"):
-        m.decode(json.dumps({"type": "ping", "p": "x" * (pad + 1)}, separators=(",", ":")).encode())
+        messages.decode(json.dumps({"type": "ping", "p": "x" * (pad + 1)}, separators=(",", ":")).encode())
     with pytest.raises(DecodeError, match="exceeds"):
-        m.encode(m.Signal("s", "offer", {"x": "y" * m.MAX_FRAME}, to=A))
+        messages.encode(messages.Signal("s", "offer", {"x": "y" * messages.MAX_FRAME}, to=A))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_or_raise_decode_error(data):
     try:
-        m.decode(data)
+        messages.decode(data)
     except DecodeError:
         pass
 
@@ -94,7 +94,7 @@ json_values = st.recursive(
        st.dictionaries(st.sampled_from(["to", "from", "kind", "body", "session", "ttl", "code", "reason"]), json_values))
 def test_arbitrary_fields_decode_or_raise_decode_error(kind, fields):
     try:
-        m.decode(json.dumps({"type": kind, **fields}).encode())
+        messages.decode(json.dumps({"type": kind, **fields}).encode())
     except DecodeError:
         pass
 
@@ -107,80 +107,80 @@ def writes(actions, stream=None):
 
 
 def closes(actions):
-    return [a.stream for a in actions if isinstance(a, Close)]
+    return [a.stream for a in actions if isinstance(a, CloseStream)]
 
 
 def registered_server(limits: ServerLimits = ServerLimits()) -> SignalingServer:
     """B registered on stream 1; A's session stream is 2."""
     s = SignalingServer(limits)
     s.opened(1, B, 0.0)
-    assert writes(s.message(1, m.Register(), 0.0)) == [m.Registered(limits.ttl)]
+    assert writes(s.message(1, messages.Register(), 0.0)) == [messages.Registered(limits.ttl)]
     s.opened(2, A, 0.0)
     return s
 
 
 def test_offer_answer_and_candidates_are_forwarded_with_the_authenticated_sender():
     s = registered_server()
-    out = s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
-    assert out == [Write(1, m.Signal("s1", "offer", BODY, sender=A))]
-    out = s.message(1, m.Signal("s1", "answer", BODY, to=A), 1.1)
-    assert out == [Write(2, m.Signal("s1", "answer", BODY, sender=B))]
-    out = s.message(2, m.Signal("s1", "candidate", {"candidate": "x"}, to=B), 1.2)
-    assert writes(out, 1) == [m.Signal("s1", "candidate", {"candidate": "x"}, sender=A)]
+    out = s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert out == [Write(1, messages.Signal("s1", "offer", BODY, sender=A))]
+    out = s.message(1, messages.Signal("s1", "answer", BODY, to=A), 1.1)
+    assert out == [Write(2, messages.Signal("s1", "answer", BODY, sender=B))]
+    out = s.message(2, messages.Signal("s1", "candidate", {"candidate": "x"}, to=B), 1.2)
+    assert writes(out, 1) == [messages.Signal("s1", "candidate", {"candidate": "x"}, sender=A)]
     assert s.counters.forwarded == 3
 
 
 def test_offers_for_unregistered_peers_are_refused_and_the_stream_stays_open():
     s = registered_server()
-    out = s.message(2, m.Signal("s1", "offer", BODY, to=C), 1.0)
-    assert writes(out) == [m.Error("not-registered", f"{C} is not registered here", "s1")] and not closes(out)
+    out = s.message(2, messages.Signal("s1", "offer", BODY, to=C), 1.0)
+    assert writes(out) == [messages.Error("not-registered", f"{C} is not registered here", "s1")] and not closes(out)
     assert s.counters.dropped["not-registered"] == 1
 
 
 def test_a_registered_peer_reaches_only_callers_with_a_session_to_it():
     s = registered_server()
-    out = s.message(1, m.Signal("s1", "answer", BODY, to=A), 1.0)
-    assert writes(out) == [m.Error("no-session", "no such session with that caller", "s1")]
+    out = s.message(1, messages.Signal("s1", "answer", BODY, to=A), 1.0)
+    assert writes(out) == [messages.Error("no-session", "no such session with that caller", "s1")]
     s.opened(3, C, 0.0)
-    s.message(3, m.Register(), 0.0)
-    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
-    out = s.message(3, m.Signal("s1", "answer", BODY, to=A), 1.1)  # C answers for B's session
+    s.message(3, messages.Register(), 0.0)
+    s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
+    out = s.message(3, messages.Signal("s1", "answer", BODY, to=A), 1.1)  # C answers for B's session
     assert writes(out)[0].code == "no-session"
 
 
 def test_a_session_continues_only_on_its_own_stream_and_must_start_with_an_offer():
     s = registered_server()
-    assert writes(s.message(2, m.Signal("s1", "candidate", {}, to=B), 1.0))[0].code == "no-session"
-    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert writes(s.message(2, messages.Signal("s1", "candidate", {}, to=B), 1.0))[0].code == "no-session"
+    s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
     s.opened(4, A, 1.0)
-    assert writes(s.message(4, m.Signal("s1", "candidate", {}, to=B), 1.1))[0].code == "no-session"
+    assert writes(s.message(4, messages.Signal("s1", "candidate", {}, to=B), 1.1))[0].code == "no-session"
 
 
 def test_flood_of_offers_is_rate_limited_per_peer_and_others_are_served():
     limits = ServerLimits(rate=1.0, burst=5.0, max_sessions_per_caller=100)
     s = registered_server(limits)
-    results = [writes(s.message(2, m.Signal(f"s{i}", "offer", BODY, to=B), 1.0)) for i in range(50)]
-    refused = [r for r in results if r and isinstance(r[0], m.Error)]
+    results = [writes(s.message(2, messages.Signal(f"s{i}", "offer", BODY, to=B), 1.0)) for i in range(50)]
+    refused = [r for r in results if r and isinstance(r[0], messages.Error)]
     assert len(refused) == 45 and all(r[0].code == "rate-limited" for r in refused)
     assert s.counters.dropped["rate-limited"] == 45
     s.opened(5, C, 1.0)
-    assert writes(s.message(5, m.Signal("c1", "offer", BODY, to=B), 1.0)) == [m.Signal("c1", "offer", BODY, sender=C)]
-    assert writes(s.message(2, m.Signal("late", "offer", BODY, to=B), 2.5))[0].kind == "offer", "refilled"
+    assert writes(s.message(5, messages.Signal("c1", "offer", BODY, to=B), 1.0)) == [messages.Signal("c1", "offer", BODY, sender=C)]
+    assert writes(s.message(2, messages.Signal("late", "offer", BODY, to=B), 2.5))[0].kind == "offer", "refilled"
 
 
 def test_sessions_per_caller_and_registrations_are_bounded():
     s = registered_server(ServerLimits(max_sessions_per_caller=2, max_registrations=1, burst=100))
-    assert writes(s.message(2, m.Signal("a", "offer", BODY, to=B), 1.0))[0].kind == "offer"
-    assert writes(s.message(2, m.Signal("b", "offer", BODY, to=B), 1.0))[0].kind == "offer"
-    assert writes(s.message(2, m.Signal("c", "offer", BODY, to=B), 1.0))[0].code == "full"
+    assert writes(s.message(2, messages.Signal("a", "offer", BODY, to=B), 1.0))[0].kind == "offer"
+    assert writes(s.message(2, messages.Signal("b", "offer", BODY, to=B), 1.0))[0].kind == "offer"
+    assert writes(s.message(2, messages.Signal("c", "offer", BODY, to=B), 1.0))[0].code == "full"
     s.opened(6, C, 1.0)
-    out = s.message(6, m.Register(), 1.0)
+    out = s.message(6, messages.Register(), 1.0)
     assert writes(out)[0].code == "full" and closes(out) == [6]
 
 
 def test_registration_expires_without_keepalive_and_pings_keep_it():
     s = registered_server(ServerLimits(ttl=10))
-    assert writes(s.message(1, m.Ping(), 8.0)) == [m.Pong()]
+    assert writes(s.message(1, messages.Ping(), 8.0)) == [messages.Pong()]
     assert not closes(s.handle_timer(15.0))
     assert s.is_registered(B)
     out = s.handle_timer(18.5)
@@ -189,10 +189,10 @@ def test_registration_expires_without_keepalive_and_pings_keep_it():
 
 def test_callee_leaving_tells_its_callers_and_caller_leaving_ends_its_sessions():
     s = registered_server()
-    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
-    assert writes(s.closed(1, 2.0)) == [m.Error("not-registered", "the peer left", "s1")]
+    s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert writes(s.closed(1, 2.0)) == [messages.Error("not-registered", "the peer left", "s1")]
     s = registered_server()
-    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
     s.closed(2, 2.0)
     assert s.sessions == 0
 
@@ -200,19 +200,35 @@ def test_callee_leaving_tells_its_callers_and_caller_leaving_ends_its_sessions()
 def test_register_again_replaces_the_old_stream():
     s = registered_server()
     s.opened(7, B, 1.0)
-    out = s.message(7, m.Register(), 1.0)
-    assert closes(out) == [1] and writes(out, 7) == [m.Registered(60)]
-    s.message(2, m.Signal("s1", "offer", BODY, to=B), 1.0)
+    out = s.message(7, messages.Register(), 1.0)
+    assert closes(out) == [1] and writes(out, 7) == [messages.Registered(60)]
+    s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
     assert s.closed(1, 2.0) == [] and s.is_registered(B), "the old stream's close changes nothing"
 
 
 def test_unexpected_messages_close_the_stream():
     s = registered_server()
-    for msg in (m.Ping(), m.Pong(), m.Connect(B), m.Signal("s", "offer", BODY, sender=B)):
+    for msg in (messages.Ping(), messages.Pong(), messages.Connect(B), messages.Signal("s", "offer", BODY, sender=B)):
         s.opened(9, C, 0.0)
         out = s.message(9, msg, 0.0)
         assert writes(out)[0].code == "bad-message" and closes(out) == [9]
         s.closed(9, 0.0)
+
+
+def test_a_stream_takes_its_role_from_its_first_message_and_keeps_it():
+    s = registered_server()
+    assert s._streams[1].role is StreamRole.REGISTRATION and s._streams[2].role is StreamRole.NEW
+    s.message(2, messages.Signal("s1", "offer", BODY, to=B), 1.0)
+    assert s._streams[2].role is StreamRole.SESSION
+    out = s.message(2, messages.Register(), 1.0)  # a session stream cannot become a registration
+    assert writes(out)[0].code == "bad-message" and closes(out) == [2] and s.is_registered(B)
+
+
+def test_a_stream_opened_twice_is_an_adapter_bug():
+    s = registered_server()
+    with pytest.raises(ProtocolError, match="stream 2 opened twice"):
+        s.opened(2, C, 1.0)
+    assert s.message(99, messages.Ping(), 1.0) == [], "a stream the server closed itself may still deliver"
 
 
 # ---- registrations -----------------------------------------------------------------------------
@@ -223,7 +239,7 @@ def info(i: int) -> PeerInfo:
 
 
 def registers(actions):
-    return [a.peer.peer_id for a in actions if isinstance(a, Register)]
+    return [a.peer.peer_id for a in actions if isinstance(a, RegisterWith)]
 
 
 def test_registers_with_want_candidates_in_the_order_offered():

@@ -149,7 +149,7 @@ def test_channel_messages_reach_every_subscriber_through_the_shipped_channel_cor
     assert channels["delivery_ratio"] == 1.0 and channels["latency_ms"][50] > 0
     # every node that has subscribers is known as open by the others' tables (the announcements spread)
     open_at = {s[0] for s in sim.channels.subscribers["channel-0"]}
-    table = sim.channels.tables[sim.bootstraps[0].index]
+    table = sim.channels.relays[sim.bootstraps[0].index].table
     assert {sim.by_name[n].index for n in table.open_elsewhere("channel-0")} == open_at - {sim.bootstraps[0].index}
 
 
@@ -192,3 +192,23 @@ def test_a_join_lookup_waits_for_the_bootstrap_as_the_node_does(monkeypatch):
     monkeypatch.setattr(Simulation, "_joined", lambda self, node: (tables.append(len(node.core.table)), joined(self, node)))
     Simulation(parse(raw)).run()
     assert len(tables) == 20 and all(size >= 1 for size in tables[2:])  # the 2 bootstraps start alone
+
+
+def test_a_bootstrap_out_of_reach_is_retried_with_backoff_as_the_node_does(monkeypatch):
+    """The simulator runs the node's join rule (overlay.node.roles.Joiner): no join lookup on an
+    empty table; tries every 1, 2, 4 ... s until the bootstrap answers, then the join."""
+    raw = small(**{"network__nat": {"public": 1.0}, "network__nodes": 6, "network__bootstrap": 1, "network__duration": 200,
+                   "network__join_window": 10, "network__warmup": 100, "workload__dials_per_node_hour": 0})
+    sim = Simulation(parse(raw))
+    monkeypatch.setattr(sim, "cut", lambda a, b: sim.sched.now < 40 and sim.nodes[0] in (a, b))  # the bootstrap
+    tables: list[tuple[float, int]] = []
+    joined = Simulation._joined
+    monkeypatch.setattr(Simulation, "_joined", lambda self, node: (tables.append((self.sched.now, len(node.core.table))),
+                                                                    joined(self, node)))
+    sim.run()
+    others = sim.nodes[1:]
+    assert [len(n.core.table) >= 1 for n in others] == [True] * 5 and all(n.ready for n in sim.nodes)
+    assert all(t >= 40 and size >= 1 for t, size in tables[1:]), tables
+    for node in others:
+        (b,) = node.joiner.bootstraps
+        assert node.joiner.joins == 1 and b.attempts >= 3 and b.last_error == "" and b.backoff == 1.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nat.strategy import (
-    Connected, DialDirect, DialRelay, DialState, DialStrategy, Failed, GaveUp, Plan, StrategyConfig, StrategyError,
+    DialConnected, DialDirect, DialRelay, DialState, DialStrategy, Failed, GaveUp, Plan, StrategyConfig, StrategyError,
     Upgrade, Upgraded,
 )
 
@@ -17,7 +17,7 @@ RELAYS = ((R1, ("/ip4/198.18.1.2/tcp/4001",)), (R2, ("/ip4/198.18.4.2/tcp/4001",
 def test_direct_only_peer_is_dialed_directly():
     s = DialStrategy(Plan(("/ip4/198.18.4.2/tcp/4001",), ()))
     assert s.start(0.0) == [DialDirect(("/ip4/198.18.4.2/tcp/4001",))]
-    assert s.direct_done(True, 0.01) == [Connected("direct")]
+    assert s.direct_done(True, 0.01) == [DialConnected("direct")]
     assert s.finished and s.state is DialState.DIRECT
 
 
@@ -29,7 +29,7 @@ def test_no_usable_address_fails_at_once():
 def test_peer_behind_nat_is_relayed_at_once_then_upgraded():
     s = DialStrategy(Plan((), RELAYS))
     assert s.start(0.0) == [DialRelay(*RELAYS[0])]
-    assert s.relay_done(R1, True, 0.05) == [Connected("relayed"), Upgrade(R1)]
+    assert s.relay_done(R1, True, 0.05) == [DialConnected("relayed"), Upgrade(R1)]
     assert s.upgrade_done(True, 0.6) == [Upgraded()]
     assert s.finished and s.state is DialState.DIRECT
 
@@ -59,7 +59,7 @@ def test_direct_winning_the_race_releases_a_late_relay():
     s = DialStrategy(Plan(("/ip4/198.18.4.2/tcp/4001",), RELAYS))
     s.start(0.0)
     s.handle_timer(0.25)
-    assert s.direct_done(True, 0.3) == [Connected("direct")]
+    assert s.direct_done(True, 0.3) == [DialConnected("direct")]
     assert s.relay_done(R1, True, 0.35) == [Upgraded()]
 
 
@@ -67,7 +67,7 @@ def test_direct_dial_succeeding_after_the_relay_counts_as_the_upgrade():
     s = DialStrategy(Plan(("/ip4/198.18.4.2/tcp/4001",), RELAYS))
     s.start(0.0)
     s.handle_timer(0.25)
-    assert s.relay_done(R1, True, 0.3) == [Connected("relayed"), Upgrade(R1)]
+    assert s.relay_done(R1, True, 0.3) == [DialConnected("relayed"), Upgrade(R1)]
     assert s.direct_done(True, 2.0) == [Upgraded()]
 
 
@@ -97,7 +97,7 @@ def test_an_event_the_strategy_did_not_ask_for_raises():
     with pytest.raises(StrategyError, match="start in state dialing"):
         s.start(0.1)
     assert s.handle_timer(0.3) == [DialRelay(R1, RELAYS[0][1])]
-    assert s.relay_done(R1, True, 0.4) == [Connected("relayed"), Upgrade(R1)]
+    assert s.relay_done(R1, True, 0.4) == [DialConnected("relayed"), Upgrade(R1)]
     assert s.direct_done(True, 0.5) == [Upgraded()]  # the direct dial, late: a result the table expects
     assert s.state is DialState.DIRECT and s.finished
     with pytest.raises(StrategyError):

@@ -1,29 +1,22 @@
 """Every decoder of client and peer JSON refuses documents nested deeper than jsonwire's limit, and
-keeps its own message for input that is not JSON at all.
-
-These are checks of codecs, without I/O, but two of the codecs share a module with py-libp2p code:
-the dialback codec (nat.reachability.decode_request/decode_response) sits beside the libp2p host
-that probes, and the INM link handshake check is a method of ChannelService (overlay.channels.service).
-Importing either needs py-libp2p, so the checks live here rather than in tests/unit."""
+keeps its own message for input that is not JSON at all (codecs without I/O)."""
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from nat import reachability
-from overlay.channels import client as cp
+from overlay.channels import client as client_frames
 from overlay.channels import inm
-from overlay.channels.service import ChannelService
+from overlay.channels.relay import ChannelRelay
 from overlay.core.errors import DecodeError
 from overlay.core.jsonwire import MAX_JSON_DEPTH
 from overlay.messagenet import relayer
 from overlay.peermsg.app import decode_app
 from signaling import messages
 from tests.unit.test_jsonwire import DEEP, nested
-
 
 
 def test_every_decoder_of_client_and_peer_json_refuses_deep_documents():
@@ -39,17 +32,17 @@ def test_every_decoder_of_client_and_peer_json_refuses_deep_documents():
     ):
         with pytest.raises(DecodeError, match=message):
             decode(deep)
-    with pytest.raises(cp.ClientError, match=f"^malformed json: nested deeper than {MAX_JSON_DEPTH}$"):
-        cp.decode_request(DEEP)
+    with pytest.raises(client_frames.ClientError, match=f"^malformed json: nested deeper than {MAX_JSON_DEPTH}$"):
+        client_frames.decode_request(DEEP)
     hello = json.dumps({"command": "handshake", "data": {"name": "peer", "x": nested(MAX_JSON_DEPTH)}})
-    node = SimpleNamespace(network_token="")
-    assert not ChannelService._accept_handshake(node, "peer", hello.encode())
-    assert ChannelService._accept_handshake(node, "peer", json.dumps({"command": "handshake", "data": {"name": "peer"}}).encode())
+    relay = ChannelRelay("me", lambda: 0)
+    assert not relay.accept_handshake("peer", hello.encode(), 0.0)
+    assert relay.accept_handshake("peer", json.dumps({"command": "handshake", "data": {"name": "peer"}}).encode(), 0.0)
 
 
 def test_shallow_input_keeps_each_decoders_own_error_message():
-    with pytest.raises(cp.ClientError, match="^malformed json$"):
-        cp.decode_request("{not json")
+    with pytest.raises(client_frames.ClientError, match="^malformed json$"):
+        client_frames.decode_request("{not json")
     for decode, message in ((decode_app, "^not JSON$"), (messages.decode, "^not a JSON document$"),
                             (inm.decode, "^INM: not JSON$"), (reachability.decode_request, "^dialback: not JSON$"),
                             (lambda raw: relayer.decode_request(b"\x03" + raw), "^SendToPeers: body is not JSON$"),

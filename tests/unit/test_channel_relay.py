@@ -1,0 +1,213 @@
+"""The channel relay core (overlay/channels/relay.py) without I/O: relays wired to each other by
+a queue, as the node's adapter and the simulator wire them over links."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import pytest
+
+from overlay.channels.inm import BROADCAST, Inm
+from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, SendEnvelope, ToClient)
+from overlay.channels.table import REFRESH, Reservation
+
+
+class Net:
+    """Relays by name; `run` carries envelopes (to neighbours or, as the adapter's dial does,
+    straight to any node) until none is in flight, and keeps what else the relays asked for."""
+
+    def __init__(self, *names: str) -> None:
+        self.now = 0.0
+        self.relays = {n: ChannelRelay(n, lambda: int(self.now * 1000) + 1_000_000) for n in names}
+        self.flight: deque[tuple[str, str, Inm]] = deque()
+        self.delivered: dict[str, list[Deliver]] = {n: [] for n in names}
+        self.other: list[object] = []
+
+    def link(self, a: str, b: str) -> None:
+        self.act(a, self.relays[a].link_up(b, self.now))
+        self.act(b, self.relays[b].link_up(a, self.now))
+
+    def act(self, at: str, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, SendEnvelope):
+                self.flight += [(at, target, action.inm) for target in action.targets]
+            elif isinstance(action, Deliver):
+                self.delivered[at].append(action)
+            else:
+                self.other.append((at, action))
+
+    def run(self) -> None:
+        while self.flight:
+            src, dst, inm = self.flight.popleft()
+            self.act(dst, self.relays[dst].receive(inm, src, self.now))
+
+
+def line(*names: str) -> Net:
+    net = Net(*names)
+    for a, b in zip(names, names[1:]):
+        net.link(a, b)
+    net.run()
+    return net
+
+
+def test_a_subscription_reserves_everywhere_and_is_known_as_open_by_every_node():
+    net = line("a", "b", "c")
+    reason, actions = net.relays["a"].subscribe(1, "ch", "", net.now)
+    assert reason is None
+    net.act("a", actions)
+    net.run()
+    for name in "bc":
+        table = net.relays[name].table
+        assert table.reservation("ch").owner == "a" and table.open_elsewhere("ch") == ["a"]
+
+
+def test_a_publish_reaches_the_subscribers_of_every_node_where_the_channel_is_open_once():
+    net = line("a", "b", "c")
+    for name, client in (("a", 1), ("a", 2), ("c", 3)):
+        net.act(name, net.relays[name].subscribe(client, "ch", "", net.now)[1])
+        net.run()
+    reason, actions = net.relays["a"].publish(1, "ch", "hello", "n1", net.now)
+    assert reason is None
+    net.act("a", actions)
+    net.run()
+    assert net.delivered["a"] == [Deliver((2,), "ch", "hello", "n1")]  # not back to its sender
+    assert net.delivered["c"] == [Deliver((3,), "ch", "hello", "n1")]
+    assert net.delivered["b"] == []  # nothing where the channel is not open
+    assert net.relays["a"].publish(9, "ch", "x", "n2", net.now) == ("not subscribed", [])
+
+
+def test_a_new_neighbour_is_onboarded_with_the_open_and_reserved_channels():
+    net = line("a", "b")
+    net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
+    net.run()
+    net.relays["late"] = ChannelRelay("late", lambda: 0)
+    net.delivered["late"] = []
+    net.link("late", "b")  # b has "ch" reserved, open on a
+    net.run()
+    late = net.relays["late"].table
+    assert late.reservation("ch") == net.relays["a"].table.reservation("ch")
+    assert late.open_here() == []
+
+
+def test_the_last_subscriber_leaving_frees_the_channel_in_the_whole_network():
+    net = line("a", "b", "c")
+    net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
+    net.run()
+    net.act("a", net.relays["a"].drop_client(1, net.now))
+    net.run()
+    assert all(r.table.reservation("ch") is None for r in net.relays.values())
+
+
+def test_concurrent_reservations_end_with_one_winner_and_the_losers_evicted():
+    net = Net("a", "b")
+    net.act("a", net.relays["a"].subscribe(1, "race", "", net.now)[1])
+    net.now = 1.0  # b reserves later, with a different password hash
+    net.act("b", net.relays["b"].subscribe(2, "race", "f" * 64, net.now)[1])
+    net.link("a", "b")
+    net.run()
+    assert net.relays["a"].table.reservation("race") == net.relays["b"].table.reservation("race")
+    assert ("b", ToClient(2, {"ok": False, "reason": "channel reserved elsewhere", "channel": "race"})) in net.other
+    assert not net.relays["b"].table.subscribers("race")
+
+
+def test_open_channels_are_announced_again_and_lapse_when_not():
+    net = line("a", "b")
+    net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
+    net.run()
+    net.now = REFRESH + 1
+    net.act("a", net.relays["a"].refresh(net.now))
+    assert net.flight, "the refresh re-announces"
+    net.flight.clear()  # ...but b never hears it
+    net.now = 10 * REFRESH
+    net.relays["b"].refresh(net.now)
+    assert net.relays["b"].table.open_elsewhere("ch") == []
+
+
+def test_get_node_connection_introduces_through_a_neighbour_or_answers_not_connected():
+    net = line("a", "b", "c")
+    got = []
+    net.act("a", net.relays["a"].command("b", {"command": "get-node-connection", "node": "c"}, net.now,
+                                         lambda inm, now: got.append(inm.data)))
+    net.run()
+    [(node, _)] = net.relays["c"]._tokens.values()
+    assert node == "a", "c issued a token for a only"
+    assert got == [{"ok": True, "host": "/p2p/c", "token": next(iter(net.relays["c"]._tokens))}]
+
+    # a silent target: b answers "target not connected" once the command times out
+    silent = Net("a", "b")
+    silent.link("a", "b")
+    silent.run()
+    silent.relays["b"].neighbours.append("ghost")
+    got = []
+    silent.act("a", silent.relays["a"].command("b", {"command": "get-node-connection", "node": "ghost"}, 0.0,
+                                               lambda inm, now: got.append(inm.data)))
+    while silent.flight:
+        src, dst, inm = silent.flight.popleft()
+        if dst != "ghost":
+            silent.act(dst, silent.relays[dst].receive(inm, src, silent.now))
+    assert got == []
+    silent.act("b", silent.relays["b"].tick(COMMAND_TIMEOUT + 1))
+    silent.run()
+    assert got == [{"ok": False, "reason": "target not connected"}]
+
+
+def test_commands_only_the_adapter_can_answer_are_handed_to_it_and_unknown_ones_refused():
+    relay = ChannelRelay("me", lambda: 0)
+    relay.link_up("p", 0.0)
+    for command in ("node-stats", "host-stats", "get-latency"):
+        inm = Inm("p", "me", "command", f"n-{command}", {"command": command})
+        assert relay.receive(inm, "p", 0.0) == [AnswerLocally(inm)]
+    [send] = relay.receive(Inm("p", "me", "command", "n-x", {"command": "nope"}), "p", 0.0)
+    assert send.inm.data == {"ok": False, "reason": "unknown command"} and send.targets == ("p",)
+    relay.register("ext", lambda inm: {"echo": inm.data["v"]})
+    [send] = relay.receive(Inm("p", "me", "command", "n-e", {"command": "ext", "v": 7}), "p", 0.0)
+    assert send.inm.data == {"echo": 7}
+    for taken in ("ext", "list-channels", "node-stats"):
+        with pytest.raises(ValueError):
+            relay.register(taken, lambda inm: None)
+
+
+def test_bad_envelopes_are_dropped_and_counted_by_reason():
+    relay = ChannelRelay("me", lambda: 0)
+    relay.link_up("p", 0.0)
+    bad = Inm("p", "me", "command", "n1", {"command": "reserve-channel", "channel": "x", "password": "not a hash"})
+    assert relay.receive(bad, "p", 0.0) == []
+    assert relay.receive(bad, "p", 0.0) == []
+    relay.receive(Inm("me", BROADCAST, "command", "n2", {"command": "list-nodes"}), "p", 0.0)
+    relay.receive(Inm("p", "me", "message", "n3", {"channel": "x", "message": "%%%"}), "p", 0.0)
+    assert [relay.dropped.get(reason=r) for r in ("bad data", "duplicate", "own")] == [2, 1, 1]
+
+
+def test_a_reservation_without_our_fields_takes_the_wall_clock():
+    relay = ChannelRelay("me", lambda: 1234)
+    relay.link_up("p", 0.0)
+    relay.receive(Inm("p", "me", "command", "n1", {"command": "reserve-channel", "channel": "x"}), "p", 0.0)
+    assert relay.table.reservation("x") == Reservation(1234, "p", "")
+
+
+def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them():
+    relay = ChannelRelay("me", lambda: 0, network_token="secret")
+    peer = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
+
+    def hello(name: str, token: str) -> bytes:
+        return json.dumps({"command": "handshake", "data": {"name": name, "token": token}}).encode()
+
+    def issue() -> str:
+        [send] = relay.receive(Inm("p", "me", "command", f"t{len(relay._tokens)}-{issue.n}", {"command": "get-connection-token", "node": peer}), "p", 0.0)
+        issue.n += 1
+        return send.inm.data["token"]
+
+    issue.n = 0
+    token = issue()
+    assert relay.accept_handshake(peer, hello(peer, token), 1.0)
+    assert not relay.accept_handshake(peer, hello(peer, token), 1.0), "single use"
+    token = issue()
+    assert not relay.accept_handshake("12D3KooWSomeoneElse", hello("12D3KooWSomeoneElse", token), 1.0)
+    assert not relay.accept_handshake(peer, hello(peer, token), 1.0), "as in WSRelay: a failed attempt wipes the token"
+    token = issue()
+    assert not relay.accept_handshake(peer, hello(peer, token), 61.0), "expired"
+    assert relay.accept_handshake(peer, hello(peer, "secret"), 1.0)
+    assert not relay.accept_handshake(peer, hello(peer, "wrong"), 1.0)
+    assert not relay.accept_handshake(peer, b"\xff", 1.0)
+    assert json.loads(relay.hello()) == {"command": "handshake", "data": {"name": "me", "token": "secret"}}
