@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
-from overlay.kademlia.wire import PeerInfo
+from overlay.core.peer import PeerInfo
 
 
 SIGNALING_KEY = hashlib.sha256(b"/overlay/signaling").digest()  # DHT providers: the signalling nodes

@@ -20,11 +20,11 @@ import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.transport.dialer import Dialer
 from overlay.core.errors import DecodeError, DialError
-from overlay.transport.framed import FramedStream
-from overlay.kademlia.wire import PeerInfo
 from overlay.core.metrics import Registry
+from overlay.core.peer import PeerInfo
+from overlay.transport.dialer import Dialer
+from overlay.transport.framed import FramedStream
 from signaling import messages
 from signaling.messages import MAX_FRAME
 from signaling.registrations import Changed, NeedCandidates, RegisterWith, RegistrationAction, Registrations

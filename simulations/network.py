@@ -31,11 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nat.plan import plan_for
 from nat.strategy import DialConnected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded
+from overlay.core.peer import PeerInfo
 from overlay.core.records import PeerRecord, PeerRecordValidator, peer_id_from_public_key, peer_id_to_str, record_key, seal_peer_record
 from overlay.kademlia.core import KadConfig, Kademlia, QueryDone
 from overlay.kademlia.driver import Links, MemoryDriver
 from overlay.kademlia.store import NamespacedValidator
-from overlay.kademlia.wire import Message, PeerInfo, encode_message
+from overlay.kademlia.wire import Message, encode_message
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, best_record, record_addrs
 from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, RegisterWith, Registrations
 from simulations.channels import ChannelWorkload

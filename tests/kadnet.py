@@ -10,10 +10,10 @@ import random
 from collections.abc import Callable
 
 from overlay.core.errors import RecordError
+from overlay.core.peer import PeerInfo
 from overlay.kademlia.core import DhtAction, KadConfig, Kademlia, QueryDone
 from overlay.kademlia.driver import Links, MemoryDriver
 from overlay.kademlia.store import NamespacedValidator
-from overlay.kademlia.wire import PeerInfo
 
 
 class IntValidator:

@@ -23,6 +23,7 @@ import os
 import resource
 import time
 import weakref
+from dataclasses import dataclass
 
 from overlay.core.metrics import Counter
 
@@ -131,3 +132,37 @@ def quiet_trio_accept_errors(where: str = "p2p-accept") -> None:
     logger = logging.getLogger("trio.serve_listeners")
     if not any(isinstance(f, AcceptCapacityFilter) for f in logger.filters):
         logger.addFilter(AcceptCapacityFilter(where))
+
+
+# ---- the local API's share of the limit ----
+
+FD_RESERVE = 128  # the interpreter, libraries, listeners, STUN sockets, the asyncio bridge, files
+FDS_PER_PEER = 2  # a peer's TCP socket, or a WebRTC session's UDP sockets and its share of ICE gathering
+MIN_CONNECTIONS = 16
+MAX_CONNECTIONS = 4096  # a local API serving more clients than this is not what it is for
+
+
+@dataclass(frozen=True)
+class ApiCaps:
+    connections: int  # TCP connections open at once, each one descriptor
+    websockets: int  # WebSocket sessions open at once, fewer: the rest is the reserve for HTTP
+
+
+def api_caps(soft_limit: int, max_peers: int) -> ApiCaps:
+    """The API's share of the open-file limit:
+
+        spare       = soft_limit - FD_RESERVE - FDS_PER_PEER * max_peers
+        connections = spare // 2, within [MIN_CONNECTIONS, MAX_CONNECTIONS]
+        websockets  = connections - max(4, connections // 8)
+
+    `max_peers` is the swarm's `max_connections`. Half of what peers and the reserve leave goes to
+    the API; the other half stays free for bursts (dials, STUN probes, WebRTC gathering, the
+    accept() of a connection that is then refused). At the common default limit of 1,024 with 256
+    peers: 192 connections, 168 WebSockets.
+    """
+    if soft_limit == resource.RLIM_INFINITY:
+        connections = MAX_CONNECTIONS
+    else:
+        spare = soft_limit - FD_RESERVE - FDS_PER_PEER * max_peers
+        connections = min(MAX_CONNECTIONS, max(MIN_CONNECTIONS, spare // 2))
+    return ApiCaps(connections, connections - max(4, connections // 8))

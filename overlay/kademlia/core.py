@@ -31,10 +31,11 @@ from enum import Enum
 from typing import Union
 
 from overlay.core.errors import ProtocolError, RecordError
+from overlay.core.peer import PeerInfo
 from overlay.kademlia.lookup import Lookup, LookupResult
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore, Validator
-from overlay.kademlia.wire import Message, MessageType, PeerInfo, Record
+from overlay.kademlia.wire import Message, MessageType, Record
 
 
 MAX_NOT_SERVERS = 4096

@@ -18,14 +18,15 @@ import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.transport.dialer import Dialer, known_addrs
 from overlay.core.errors import DecodeError
+from overlay.core.metrics import Registry
+from overlay.core.peer import PeerInfo
 from overlay.kademlia.core import DhtAction, Kademlia, QueryDone, Send
 from overlay.kademlia.driver import answer, dispatch
 from overlay.kademlia.lookup import LookupResult
+from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, decode_message, encode_message
+from overlay.transport.dialer import Dialer, known_addrs
 from overlay.transport.framed import FramedStream
-from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, PeerInfo, decode_message, encode_message
-from overlay.core.metrics import Registry
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import enum
 import operator
 from dataclasses import dataclass, field
 
+from overlay.core.peer import PeerInfo
 from overlay.kademlia.routing import key_position
-from overlay.kademlia.wire import PeerInfo
 
 
 class _State(enum.Enum):

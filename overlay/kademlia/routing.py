@@ -14,7 +14,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from overlay.kademlia.wire import PeerInfo
+from overlay.core.peer import PeerInfo
 
 KEY_BITS = 256
 

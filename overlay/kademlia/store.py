@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from overlay.core.errors import RecordError
-from overlay.kademlia.wire import PeerInfo
+from overlay.core.peer import PeerInfo
 
 
 class Validator(Protocol):

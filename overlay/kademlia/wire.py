@@ -20,13 +20,12 @@ an id, and a message type outside the enum is refused, since neither can be acte
 
 from __future__ import annotations
 
-import functools
-
 import enum
+import functools
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from overlay.core.errors import DecodeError
+from overlay.core.peer import PeerInfo
 from overlay.core.protobuf import (
     as_int32,
     expect_bytes,
@@ -52,14 +51,6 @@ class MessageType(enum.IntEnum):
     GET_PROVIDERS = 3
     FIND_NODE = 4
     PING = 5
-
-
-class PeerInfo(NamedTuple):
-    """A tuple, not a dataclass: answers are full of them and encoding caches them by hash."""
-
-    peer_id: bytes
-    addrs: tuple[bytes, ...] = ()
-    connection: int = 0
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from overlay.node.apiauth import ApiGuard, is_loopback, load_or_create_token
-from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, api_caps, serve
+from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, serve
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.core.errors import DialError, NotFoundError, OverlayError, SelfDialError
-from overlay.core.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, fd_limit
+from overlay.core.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, api_caps, fd_limit
 from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, GatewayClose
 from overlay.gateway.session import MAX_CLIENT_FRAME as MAX_GATEWAY_FRAME
 from overlay.messagenet.relayer import MAX_RELAYER_FRAME

@@ -1,4 +1,5 @@
-"""How many connections the local API takes, enforced where a file descriptor is spent.
+"""How many connections the local API takes (`api_caps`, overlay/core/fdlimits.py), enforced
+where a file descriptor is spent.
 
 A connection holds a descriptor from accept() on, whether or not it ever sends a byte, so the cap
 holds at the listener: beyond it a connection is closed the moment it is accepted and counted in
@@ -23,9 +24,7 @@ look here.
 from __future__ import annotations
 
 import logging
-import resource
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -37,15 +36,11 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
+from overlay.core.fdlimits import FD_EXHAUSTION, ApiCaps, is_capacity_error
 from overlay.core.metrics import Counter
 
 log = logging.getLogger(__name__)
 
-FD_RESERVE = 128  # the interpreter, libraries, listeners, STUN sockets, the asyncio bridge, files
-FDS_PER_PEER = 2  # a peer's TCP socket, or a WebRTC session's UDP sockets and its share of ICE gathering
-MIN_CONNECTIONS = 16
-MAX_CONNECTIONS = 4096  # a local API serving more clients than this is not what it is for
 IDLE_TIMEOUT = 5.0  # seconds a connection may stay without a complete request (Hypercorn's keep_alive_timeout)
 ACCEPT_RETRY = 0.1  # seconds between accept() attempts while the process is out of descriptors
 
@@ -53,32 +48,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ApiCaps:
-    connections: int  # TCP connections open at once, each one descriptor
-    websockets: int  # WebSocket sessions open at once, fewer: the rest is the reserve for HTTP
-
-
-def api_caps(soft_limit: int, max_peers: int) -> ApiCaps:
-    """The API's share of the open-file limit:
-
-        spare       = soft_limit - FD_RESERVE - FDS_PER_PEER * max_peers
-        connections = spare // 2, within [MIN_CONNECTIONS, MAX_CONNECTIONS]
-        websockets  = connections - max(4, connections // 8)
-
-    `max_peers` is the swarm's `max_connections`. Half of what peers and the reserve leave goes to
-    the API; the other half stays free for bursts (dials, STUN probes, WebRTC gathering, the
-    accept() of a connection that is then refused). At the common default limit of 1,024 with 256
-    peers: 192 connections, 168 WebSockets.
-    """
-    if soft_limit == resource.RLIM_INFINITY:
-        connections = MAX_CONNECTIONS
-    else:
-        spare = soft_limit - FD_RESERVE - FDS_PER_PEER * max_peers
-        connections = min(MAX_CONNECTIONS, max(MIN_CONNECTIONS, spare // 2))
-    return ApiCaps(connections, connections - max(4, connections // 8))
 
 
 class ConnectionGate:

@@ -40,11 +40,11 @@ from overlay.core.metrics import Registry
 from overlay.core.records import (
     MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, peer_id_from_public_key, record_key, seal_peer_record,
 )
+from overlay.core.peer import PeerInfo
 from overlay.gateway.service import Gateway
 from overlay.kademlia.core import KadConfig, Kademlia
 from overlay.kademlia.io import DhtService
 from overlay.kademlia.store import NamespacedValidator
-from overlay.kademlia.wire import PeerInfo
 from overlay.messagenet.service import RelayerService
 from overlay.node.config import Config, parse_host_port
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, Wake, best_record, record_addrs

@@ -15,8 +15,8 @@ import multiaddr
 from nat.plan import circuit_addr
 from overlay.core.addrs import dialable, strip_p2p
 from overlay.core.errors import ProtocolError, RecordError
+from overlay.core.peer import PeerInfo
 from overlay.core.records import MAX_RECORD_ADDRS, PeerRecord, open_peer_record
-from overlay.kademlia.wire import PeerInfo
 
 
 def record_addrs(public: bool, own: Iterable[multiaddr.Multiaddr], relays: Iterable[PeerInfo]) -> tuple[bytes, ...]:

@@ -28,10 +28,8 @@ from trio_websocket import open_websocket_url
 import overlay.node.node
 from nat.portmap import NatPmpClient, keep_port_mapping
 from overlay.node.apiauth import auth_headers
-from overlay.node.apilimits import (
-    IDLE_TIMEOUT, MAX_CONNECTIONS, MIN_CONNECTIONS, ApiCaps, ConnectionGate, WebSocketCap, api_caps, serve,
-)
-from overlay.core.fdlimits import FdExhaustion, quiet_trio_accept_errors
+from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, serve
+from overlay.core.fdlimits import FdExhaustion, api_caps, quiet_trio_accept_errors
 from overlay.core.metrics import Counter as MetricCounter
 from overlay.node.node import expand_unspecified
 from tests.loopback.nodeproc import http
@@ -197,20 +195,6 @@ def test_run_raises_its_soft_limit_to_the_hard_one(limited, tmp_path):
 
 
 # ---- the cap formula -----------------------------------------------------------------------
-
-
-def test_caps_leave_room_for_peers_and_a_reserve_for_http():
-    assert api_caps(1024, 256) == ApiCaps(connections=192, websockets=168)
-    assert api_caps(1024, 512).connections == MIN_CONNECTIONS  # nothing spare: the floor
-    assert api_caps(resource.RLIM_INFINITY, 256).connections == MAX_CONNECTIONS
-    assert api_caps(1 << 20, 256).connections == MAX_CONNECTIONS
-    for soft in (64, 256, 1024, 4096, 65536):
-        for peers in (0, 64, 256, 1024):
-            caps = api_caps(soft, peers)
-            assert MIN_CONNECTIONS <= caps.connections <= MAX_CONNECTIONS
-            assert caps.connections - caps.websockets >= 4  # /health gets in when WebSockets fill theirs
-            assert api_caps(soft * 2, peers).connections >= caps.connections
-            assert api_caps(soft, peers + 64).connections <= caps.connections
 
 
 # ---- the accept loop -----------------------------------------------------------------------

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import random
 
+from overlay.core.peer import PeerInfo
 from overlay.kademlia.core import KadConfig, Kademlia, QueryDone, QueryKind, Send
 from overlay.kademlia.driver import Links, MemoryDriver, answer, dispatch
-from overlay.kademlia.wire import Message, MessageType, PeerInfo
+from overlay.kademlia.wire import Message, MessageType
 from simulations.engine import Scheduler
 from tests.kadnet import int_validator
 

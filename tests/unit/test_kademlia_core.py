@@ -9,11 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.core.errors import ProtocolError
+from overlay.core.peer import PeerInfo
 from overlay.kademlia.core import PHASE_CHANGES, KadConfig, Kademlia, QueryKind, QueryPhase, Send
 from overlay.kademlia.lookup import Lookup
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore
-from overlay.kademlia.wire import Message, MessageType, PeerInfo, Record
+from overlay.kademlia.wire import Message, MessageType, Record
 from tests.kadnet import KadNet, int_validator
 
 

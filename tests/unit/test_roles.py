@@ -7,8 +7,8 @@ import multiaddr
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nat.plan import circuit_addr, parse_circuit, plan_for
+from overlay.core.peer import PeerInfo
 from overlay.core.records import MAX_RECORD_ADDRS, PeerRecord, peer_id_from_public_key, peer_id_to_str, seal_peer_record
-from overlay.kademlia.wire import PeerInfo
 from overlay.node.roles import best_record, record_addrs
 
 M = multiaddr.Multiaddr

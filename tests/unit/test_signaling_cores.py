@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.core.errors import DecodeError, ProtocolError
-from overlay.kademlia.wire import PeerInfo
+from overlay.core.peer import PeerInfo
 from overlay.core.records import peer_id_to_str
 from signaling import messages
 from signaling.registrations import Changed, NeedCandidates, RegisterWith, Registrations
