@@ -108,34 +108,33 @@ class ChannelWorkload:
 
     # ---- carrying the relay's actions ----
 
-    def _act(self, node: SimNode, actions: list[RelayAction]) -> None:
+    def _act(self, src: SimNode, actions: list[RelayAction]) -> None:
+        sim = self.sim
         for action in actions:
             if type(action) is SendEnvelope:
-                size = MESSAGE_BYTES if action.channel else CONTROL_BYTES
+                inm, size, links = action.inm, MESSAGE_BYTES if action.channel else CONTROL_BYTES, self.links[src.index]
                 for target in action.targets:
-                    self._carry(node, target, action.inm, size)
+                    dst = sim.by_name.get(target)
+                    if dst is None or not dst.online or sim.cut(src, dst):
+                        continue
+                    delay = sim.net.delay(src.region, dst.region, size)
+                    if dst.index not in links and dst.index not in src.connections:  # not linked: dial first
+                        delay += sim.connect_cost(src, dst)
+                        if not dst.public:
+                            delay += RELAYED_DIAL_RTTS * sim.net.rtt(src.region, dst.region)
+                    sim.sched.after(delay, lambda dst=dst, inm=inm: self._arrive(src, dst, inm))
             elif type(action) is Deliver:
                 sent = self._sent.get(action.nonce)
                 if sent is not None:
-                    sent[0]["latencies"] += [self.sim.sched.now - sent[1]] * len(action.clients)
+                    sent[0]["latencies"] += [sim.sched.now - sent[1]] * len(action.clients)
             # ToClient (evictions) and AnswerLocally (stats commands nobody sends here): nothing to carry
-
-    def _carry(self, src: SimNode, target: str, inm: Inm, size: int) -> None:
-        sim = self.sim
-        dst = sim.by_name.get(target)
-        if dst is None or not dst.online or sim.cut(src, dst):
-            return
-        delay = sim.net.delay(src.region, dst.region, size)
-        if dst.index not in self.links[src.index] and dst.index not in src.connections:
-            delay += sim.connect_cost(src, dst)
-            if not dst.public:
-                delay += RELAYED_DIAL_RTTS * sim.net.rtt(src.region, dst.region)
-        sim.sched.after(delay, lambda: self._arrive(src, dst, inm))
 
     def _arrive(self, src: SimNode, dst: SimNode, inm: Inm) -> None:
         relay = self.relays.get(dst.index)
         if relay is not None and dst.online:
-            self._act(dst, relay.receive(inm, src.name, self.sim.sched.now))
+            actions = relay.receive(inm, src.name, self.sim.sched.now)
+            if actions:  # most envelopes of a flood are duplicates, with nothing to do
+                self._act(dst, actions)
 
     def _refresh(self, node: SimNode) -> None:
         relay = self.relays.get(node.index)

@@ -37,7 +37,7 @@ import binascii
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from overlay.channels.inm import BROADCAST, CommandHandler, Inm, new_nonce
 from overlay.channels.router import InmRouter
@@ -57,29 +57,29 @@ OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-
                           "reserve-channel", "unreserve-channel", "get-node-connection"}) | LOCAL_COMMANDS
 
 
-@dataclass(frozen=True)
-class SendEnvelope:
+# Actions are named tuples, not frozen dataclasses: one is made per envelope and hop, and a
+# frozen dataclass costs several times as much to build (the simulator's floods make millions).
+
+
+class SendEnvelope(NamedTuple):
     inm: Inm
     targets: tuple[str, ...]
     channel: str = ""  # the channel of a channel message ("" for control), for per-channel drop counts
 
 
-@dataclass(frozen=True)
-class Deliver:
+class Deliver(NamedTuple):
     clients: tuple[object, ...]
     channel: str
     message: str
     nonce: str
 
 
-@dataclass(frozen=True)
-class ToClient:
+class ToClient(NamedTuple):
     client: object
     data: dict
 
 
-@dataclass(frozen=True)
-class AnswerLocally:
+class AnswerLocally(NamedTuple):
     inm: Inm
 
 

@@ -37,6 +37,11 @@ class Route:
     dropped: str = ""  # why nothing happens, for the counters
 
 
+_DUPLICATE = Route(False, dropped="duplicate")  # made once: most envelopes of a broadcast are duplicates
+_HERE = Route(True)
+_NO_ROUTE = Route(False, dropped="no route")
+
+
 class InmRouter:
     def __init__(self, me: str) -> None:
         self.me = me
@@ -58,18 +63,18 @@ class InmRouter:
         """For an envelope received from neighbour `came_from` (None: made here)."""
         if came_from is not None and self.seen(inm, now):
             self.duplicates += 1
-            return Route(False, dropped="duplicate")
+            return _DUPLICATE
         if came_from is None:
             self.seen(inm, now)  # our own broadcast coming back is a duplicate
         if inm.destination == BROADCAST:
             targets = tuple(n for n in neighbours if n != came_from and n != inm.source)
             return Route(came_from is not None, targets)
         if inm.destination == self.me:
-            return Route(True)
+            return _HERE
         if came_from is None or inm.destination in neighbours:
             return Route(False, (inm.destination,))
         self.unroutable += 1
-        return Route(False, dropped="no route")
+        return _NO_ROUTE
 
 
 @dataclass
