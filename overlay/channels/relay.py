@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Callable
@@ -88,6 +90,18 @@ ResponseHandler = Callable[[Inm, float], "list[RelayAction] | None"]
 TimeoutHandler = Callable[[float], "list[RelayAction]"]
 
 
+LINK_PROOF_DOMAIN = b"overlay-inm-link-proof-v1\0"
+
+
+def link_proof(token: str, sender: str, receiver: str) -> str:
+    """HMAC-SHA256 under a private network's token over the domain and both peer IDs: it shows
+    the receiver that the sender holds the token, and admits only that sender to that receiver,
+    so a stranger that collects proofs by being linked to can use none of them elsewhere. A
+    guessable token can be guessed offline from a proof: it must be random."""
+    message = LINK_PROOF_DOMAIN + sender.encode() + b"\0" + receiver.encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
 class ChannelRelay:
     def __init__(self, me: str, wall_ms: Callable[[], int], network_token: str = "",
                  received: Counter | None = None, dropped: Counter | None = None) -> None:
@@ -108,27 +122,29 @@ class ChannelRelay:
 
     # ---- links ----
 
-    def hello(self) -> bytes:
-        """Our side of the link handshake (WSRelay's `WS /node` one)."""
+    def hello(self, peer: str) -> bytes:
+        """Our side of the link handshake (WSRelay's `WS /node` one) to `peer`: in a private
+        network, a proof that we hold its token, never the token itself."""
         data: dict = {"name": self.me}
         if self.network_token:
-            data["token"] = self.network_token
+            data["proof"] = link_proof(self.network_token, self.me, peer)
         return json.dumps({"command": "handshake", "data": data}).encode()
 
     def accept_handshake(self, peer: str, raw: bytes | None, now: float) -> bool:
-        """The name must be the Noise-authenticated peer, and the token the network's (when one
-        is configured) or one issued to that name (single use: a failed attempt wipes it)."""
+        """The name must be the Noise-authenticated peer; in a private network the hello must
+        prove the network's token for this sender and this receiver, or carry a one-time token
+        issued to that name (single use: a failed attempt wipes it)."""
         try:
             hello = loads(raw or b"", "INM link hello")
             data = hello["data"]
-            name, token = data["name"], data.get("token", "")
+            name, token, proof = data["name"], data.get("token", ""), data.get("proof", "")
         except (DecodeError, TypeError, KeyError):
             return False
         if hello.get("command") != "handshake" or name != peer:
             return False
         if not self.network_token:
             return True
-        if secrets.compare_digest(str(token), self.network_token):
+        if isinstance(proof, str) and hmac.compare_digest(proof.encode(), link_proof(self.network_token, peer, self.me).encode()):
             return True
         issued = self._tokens.pop(str(token), None)
         return issued is not None and issued[0] == peer and issued[1] > now

@@ -209,7 +209,7 @@ class ChannelService:
                 raise
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
-                await stream.write(frame(self.relay.hello()))
+                await stream.write(frame(self.relay.hello(peer)))
             link.ready.set()
             link.failures = 0
             self._act(self.relay.link_up(peer, trio.current_time()))

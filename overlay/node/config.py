@@ -58,7 +58,7 @@ class Config:
     webrtc_interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: all but loopback
     port_mapping: bool = True  # try NAT-PMP on the gateway
     inm_peers: int = 8  # nodes to keep an INM link with (WSRelay channels)
-    network_token: str = ""  # if set, INM handshakes must carry it (a private network)
+    network_token: str = ""  # if set, a private network: INM handshakes prove it (never send it)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
     trusted_peers: tuple[str, ...] = ()  # peer IDs whose typed messages are shed last under load
     api_allowed_origins: tuple[str, ...] = ()  # web origins whose pages may use the API (with the token)

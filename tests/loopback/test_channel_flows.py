@@ -9,6 +9,8 @@ from functools import partial
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from trio_websocket import ConnectionClosed
 
 from overlay.node.api import serve_api
@@ -16,6 +18,8 @@ from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.channels.inm import Inm, new_nonce
 from overlay.channels.table import hash_password
 from overlay.core.framing import frame
+from overlay.transport.framed import FramedStream
+from overlay.transport.host import build_host
 from tests.conftest import wait_for
 from tests.loopback.nodes import cluster, open_api_websocket
 
@@ -268,6 +272,37 @@ async def test_inm_without_handshake_replayed_or_malformed_is_dropped_and_counte
         await wait_for(lambda: svc.dropped.get(reason="duplicate") == 1 and svc.dropped.get(reason="malformed") == 2,
                        what="counted")
         assert neighbours(a, b), "the link survives bad envelopes"
+
+
+async def test_a_private_networks_token_never_reaches_a_stranger_and_its_proofs_admit_no_one(tmp_path):
+    """A hostile peer (its own identity, the real INM protocol) connects to a node of a private
+    network: the node links to it, as to any connected peer, and its handshake carries a proof
+    for that pair only. The stranger can neither read the token in it nor link with it."""
+    token = "private-network-token-7f3a91c2"
+    async with cluster(tmp_path) as c:
+        a = await start(c, network_token=token)
+        b = await start(c, join=a, network_token=token)
+        await wait_for(lambda: neighbours(a, b), what="two holders of the token link")
+        hellos: list[bytes] = []
+        stranger = build_host(Ed25519PrivateKey.generate(), [])
+
+        async def capture(stream) -> None:
+            hellos.append(await FramedStream(stream, max_size=256 * 1024).read() or b"")
+
+        stranger.set_stream_handler(a.channels.protocol, capture)
+        async with stranger.run([]):
+            await stranger.connect(Libp2pPeerInfo(a.peer_id, a.host.get_addrs()))
+            await wait_for(lambda: hellos, what="the node's INM handshake to the stranger", timeout=30)
+            assert token.encode() not in hellos[0] and b'"token"' not in hellos[0]
+            assert json.loads(hellos[0])["data"]["name"] == str(a.peer_id)
+            refused = b.channels.dropped.get(reason="handshake refused")
+            await stranger.connect(Libp2pPeerInfo(b.peer_id, b.host.get_addrs()))
+            for hello in (hellos[0], json.dumps({"command": "handshake", "data": {
+                    "name": str(stranger.get_id()), "proof": json.loads(hellos[0])["data"]["proof"]}}).encode()):
+                stream = await stranger.new_stream(b.peer_id, [b.channels.protocol])
+                await stream.write(frame(hello))
+            await wait_for(lambda: b.channels.dropped.get(reason="handshake refused") == refused + 2, what="both refused")
+            assert str(stranger.get_id()) not in b.channels.inbound
 
 
 async def test_a_client_that_does_not_read_loses_messages_counted_and_stalls_no_one(tmp_path):

@@ -9,7 +9,7 @@ from collections import deque
 import pytest
 
 from overlay.channels.inm import BROADCAST, Inm
-from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, SendEnvelope, ToClient)
+from overlay.channels.relay import COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, SendEnvelope, ToClient, link_proof
 from overlay.channels.table import REFRESH, Reservation
 
 
@@ -207,7 +207,21 @@ def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them()
     assert not relay.accept_handshake(peer, hello(peer, token), 1.0), "as in WSRelay: a failed attempt wipes the token"
     token = issue()
     assert not relay.accept_handshake(peer, hello(peer, token), 61.0), "expired"
-    assert relay.accept_handshake(peer, hello(peer, "secret"), 1.0)
+    assert not relay.accept_handshake(peer, hello(peer, "secret"), 1.0), "the token itself is never a credential"
     assert not relay.accept_handshake(peer, hello(peer, "wrong"), 1.0)
     assert not relay.accept_handshake(peer, b"\xff", 1.0)
-    assert json.loads(relay.hello()) == {"command": "handshake", "data": {"name": "me", "token": "secret"}}
+
+
+def test_a_private_networks_token_is_proven_for_one_pair_and_never_sent():
+    a, b = (ChannelRelay(name, lambda: 0, network_token="s3cret-network-token") for name in ("peer-a", "peer-b"))
+    hello = a.hello("peer-b")
+    assert b"s3cret-network-token" not in hello and json.loads(hello)["data"]["proof"] == link_proof("s3cret-network-token", "peer-a", "peer-b")
+    assert b.accept_handshake("peer-a", hello, 0.0)
+    c = ChannelRelay("peer-c", lambda: 0, network_token="s3cret-network-token")
+    assert not c.accept_handshake("peer-a", hello, 0.0), "a proof made for b admits no one to c"
+    assert not a.accept_handshake("peer-a", hello, 0.0)
+    outsider = ChannelRelay("peer-a", lambda: 0, network_token="another-token")
+    assert not b.accept_handshake("peer-a", outsider.hello("peer-b"), 0.0)
+    odd = json.dumps({"command": "handshake", "data": {"name": "peer-a", "proof": "\u00e9" * 64}}).encode()
+    assert not b.accept_handshake("peer-a", odd, 0.0)
+    assert json.loads(ChannelRelay("open", lambda: 0).hello("x")) == {"command": "handshake", "data": {"name": "open"}}
