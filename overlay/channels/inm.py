@@ -1,32 +1,43 @@
 """Intra-node messages (INM, from WSRelay): the envelope nodes exchange, and its codec with limits.
 
     {"source": "<peer id>", "destination": "<peer id>" | "*", "type": "message" | "command" | "response",
-     "nonce": "<1-64 printable ASCII>", "data": <any JSON>}
+     "nonce": "<1-64 printable ASCII>", "data": <any JSON>, "at": <ms>, "sig": "<base64>"}
 
 One envelope per frame (unsigned-varint length, then UTF-8 JSON) on the stream protocol
 `/overlay/<network>/inm/1.0.0`; PROTOCOL.md in this directory has the whole protocol. Node names
-are peer IDs. The stream is Noise-authenticated, but `source` is not yet compared with the peer
-an envelope came from, and forwarded envelopes keep their original source: today `source` is a
-claim (docs/security.md, "Not yet defended"). What must be believed is signed by its author, as
-MessageNet's SignedMessage is.
+are peer IDs.
+
+Who sent an envelope is evidence, not a claim: on its first hop the source must be the
+Noise-authenticated peer of the stream it came on; an envelope passed on for another node (a
+broadcast, flooded) carries its source's Ed25519 signature over `signed_bytes`, with the
+wall-clock time `at` it was made, which receivers check (the relay core, relay.py). `at` and
+`sig` are absent from envelopes that travel one hop only.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from overlay.core.errors import DecodeError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from overlay.core.errors import DecodeError, RecordError
 from overlay.core.jsonwire import loads
+from overlay.core.records import peer_id_from_str, public_key_from_peer_id
 
 MAX_INM = 256 * 1024  # one encoded envelope
 MAX_NAME = 128
 MAX_NONCE = 64
 TYPES = ("message", "command", "response")
 BROADCAST = "*"
+SIGNED_DOMAIN = b"overlay-inm-envelope-v1\0"
+MAX_SIG = 100  # base64 of a 64-byte Ed25519 signature is 88
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,15 @@ class Inm:
     type: str
     nonce: str
     data: Any
+    at: int | None = None  # wall-clock ms when signed
+    sig: str = ""  # the source's signature over signed_bytes, base64
 
     def encode(self) -> bytes:
-        out = json.dumps(
-            {"source": self.source, "destination": self.destination, "type": self.type, "nonce": self.nonce, "data": self.data},
-            separators=(",", ":"),
-        ).encode()
+        envelope = {"source": self.source, "destination": self.destination, "type": self.type, "nonce": self.nonce,
+                    "data": self.data}
+        if self.sig:
+            envelope["at"], envelope["sig"] = self.at, self.sig
+        out = json.dumps(envelope, separators=(",", ":")).encode()
         if len(out) > MAX_INM:
             raise DecodeError(f"INM of {len(out)} bytes exceeds the limit of {MAX_INM}")
         return out
@@ -49,6 +63,28 @@ class Inm:
     def reply(self, source: str, data: dict[str, Any]) -> Inm:
         """The response to this command: back to its source, with its nonce."""
         return Inm(source, self.source, "response", self.nonce, data)
+
+
+def signed_bytes(inm: Inm) -> bytes:
+    """What the source signs: the domain, then each field length-prefixed, `data` as canonical
+    JSON (sorted keys, no spaces), which the receiver rebuilds from what it parsed."""
+    data = json.dumps(inm.data, sort_keys=True, separators=(",", ":"))
+    fields = (inm.source, inm.destination, inm.type, inm.nonce, str(inm.at), data)
+    return SIGNED_DOMAIN + b"".join(len(f).to_bytes(4, "big") + f for f in (x.encode() for x in fields))
+
+
+def sign(key: Ed25519PrivateKey, inm: Inm) -> str:
+    return base64.b64encode(key.sign(signed_bytes(inm))).decode()
+
+
+def verify(inm: Inm) -> bool:
+    """Whether `sig` is the source's signature (the key its peer ID embeds) over the envelope."""
+    try:
+        key = public_key_from_peer_id(peer_id_from_str(inm.source))
+        key.verify(base64.b64decode(inm.sig, validate=True), signed_bytes(inm))
+    except (RecordError, InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
 
 
 CommandHandler = Callable[[Inm], "dict | None"]  # a command's response data, or None for no response
@@ -96,4 +132,9 @@ def decode(raw: bytes) -> Inm:
         raise DecodeError(f"INM: nonce must be 1-{MAX_NONCE} printable ASCII")
     if "data" not in obj:
         raise DecodeError("INM: data is missing")
-    return Inm(_name(obj.get("source"), "source"), _name(obj.get("destination"), "destination", broadcast=True), kind, nonce, obj["data"])
+    at, sig = obj.get("at"), obj.get("sig", "")
+    if sig != "" and (not isinstance(sig, str) or len(sig) > MAX_SIG or not isinstance(at, int) or isinstance(at, bool)
+                      or not 0 <= at < 2**63):
+        raise DecodeError(f"INM: sig must be base64 of at most {MAX_SIG} characters, with at in ms")
+    return Inm(_name(obj.get("source"), "source"), _name(obj.get("destination"), "destination", broadcast=True), kind, nonce,
+               obj["data"], at if sig else None, sig)

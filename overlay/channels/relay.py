@@ -39,6 +39,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import NamedTuple
 
 from overlay.channels.inm import BROADCAST, CommandHandler, Inm, new_nonce
@@ -48,11 +49,15 @@ from overlay.channels.table import Change, ChannelTable, Reservation, valid_chan
 from overlay.core.errors import DecodeError
 from overlay.core.jsonwire import loads
 from overlay.core.metrics import Counter
+from overlay.core.replay import ReplayWindow
 
 COMMAND_TIMEOUT = 5.0
 TOKEN_TTL = 60.0
 MAX_TOKENS = 1024
 MAX_CHANNEL_TRAFFIC = 1000  # channels whose traffic is kept for node-stats
+MAX_SKEW = 60.0  # seconds a signed envelope's time may differ from ours
+MAX_SIGNED = 262_144  # (source, nonce) pairs of signed envelopes remembered, in all
+MAX_SIGNED_PER_SOURCE = 16_384  # ... and per source, so one identity cannot take them all
 ANNOUNCE = "channel-open"  # our extension: where a channel is open (no response)
 LOCAL_COMMANDS = frozenset({"node-stats", "host-stats", "get-latency"})
 OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
@@ -103,11 +108,16 @@ def link_proof(token: str, sender: str, receiver: str) -> str:
 
 
 class ChannelRelay:
-    def __init__(self, me: str, wall_ms: Callable[[], int], network_token: str = "",
-                 received: Counter | None = None, dropped: Counter | None = None) -> None:
-        """`received` counts envelopes handled here by type, `dropped` those refused by reason."""
+    def __init__(self, me: str, wall_ms: Callable[[], int], sign: Callable[[Inm], str], verify: Callable[[Inm], bool],
+                 network_token: str = "", received: Counter | None = None, dropped: Counter | None = None) -> None:
+        """`sign` signs an envelope as this node (inm.sign with the identity key), `verify`
+        checks a source's signature (inm.verify); `received` counts envelopes handled here by
+        type, `dropped` those refused by reason."""
         self.me = me
         self.wall_ms = wall_ms
+        self.sign = sign
+        self.verify = verify
+        self.replay = ReplayWindow(MAX_SKEW, MAX_SIGNED, MAX_SIGNED_PER_SOURCE)
         self.network_token = network_token
         self.table = ChannelTable(me)
         self.router = InmRouter(me)
@@ -210,7 +220,8 @@ class ChannelRelay:
         nonce = new_nonce()
         if answered and data.get("command") != ANNOUNCE:
             self._waiting[nonce] = (now + COMMAND_TIMEOUT, on_response or (lambda inm, now: None), None)
-        return self.send(Inm(self.me, BROADCAST, "command", nonce, data), now)
+        unsigned = Inm(self.me, BROADCAST, "command", nonce, data, self.wall_ms())
+        return self.send(replace(unsigned, sig=self.sign(unsigned)), now)  # passed on by every node: signed
 
     def reply(self, command: Inm, data: dict, now: float) -> list[RelayAction]:
         return self.send(command.reply(self.me, data), now)
@@ -228,6 +239,11 @@ class ChannelRelay:
         if inm.source == self.me:
             self.dropped.inc(reason="own")
             return []
+        if inm.source != came_from:
+            refused = self._unauthentic(inm)
+            if refused:
+                self.dropped.inc(reason=refused)
+                return []
         route = self.router.route(inm, came_from, self.neighbours, now)
         if route.dropped:
             self.dropped.inc(reason=route.dropped)
@@ -245,6 +261,17 @@ class ChannelRelay:
             except (KeyError, TypeError, ValueError, AttributeError):
                 self.dropped.inc(reason="bad data")
         return out
+
+    def _unauthentic(self, inm: Inm) -> str | None:
+        """Why an envelope that its source did not hand us itself cannot be believed (None: it
+        can): it must be signed by its source, made within MAX_SKEW of our clock, and new."""
+        if self.router.was_seen(inm):
+            return "duplicate"  # the flood's copies: not worth a verification
+        if not inm.sig:
+            return "unauthenticated source"
+        if not self.verify(inm):
+            return "bad signature"
+        return self.replay.check(inm.source.encode(), inm.nonce.encode(), inm.at / 1000, self.wall_ms() / 1000)
 
     def _on_response(self, inm: Inm, now: float) -> list[RelayAction]:
         waiting = self._waiting.get(inm.nonce)

@@ -59,6 +59,11 @@ class InmRouter:
         self._seen[key] = now
         return False
 
+    def was_seen(self, inm: Inm) -> bool:
+        """Whether the envelope was handled before, without recording it (checked before a
+        signature is verified, so that only a verified envelope is ever recorded)."""
+        return (inm.source, inm.nonce) in self._seen
+
     def route(self, inm: Inm, came_from: str | None, neighbours: list[str], now: float) -> Route:
         """For an envelope received from neighbour `came_from` (None: made here)."""
         if came_from is not None and self.seen(inm, now):

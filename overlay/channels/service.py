@@ -35,14 +35,18 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.net_stream import INetStream
 from libp2p.peer.id import ID
 
 from overlay.channels import client as client_frames
 from overlay.channels.inm import CommandHandler, Inm, decode, new_nonce
+from overlay.channels.inm import sign as sign_envelope
+from overlay.channels.inm import verify as verify_envelope
 from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, RelayAction, SendEnvelope,
                                     ToClient)
 from overlay.channels.router import LinkQueue
@@ -95,10 +99,10 @@ class Client:
 
 
 class ChannelService:
-    def __init__(self, me: str, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
+    def __init__(self, me: str, key: Ed25519PrivateKey, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
                  peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], network: str, metrics: Registry,
                  want: int = 8, max_links: int = 64, token: str = "", expects_peers: bool = False) -> None:
-        """`me`: this node's peer ID; `host`: streams to peers; `connect`: dial a peer by ID;
+        """`me`: this node's peer ID, `key` its identity key (signs its broadcasts); `host`: streams to peers; `connect`: dial a peer by ID;
         `peers`: the peers connected now (candidate neighbours); `ping`: a round trip to one, in
         seconds; `expects_peers`: bootstraps are configured, so no neighbour is a health problem."""
         self.me = me
@@ -112,7 +116,8 @@ class ChannelService:
         self.max_links = max_links
         self.received = metrics.counter("overlay_inm_received_total", "Intra-node messages received, by type")
         self.dropped = metrics.counter("overlay_inm_dropped_total", "Intra-node messages dropped, by reason")
-        self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), token, self.received, self.dropped)
+        self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), partial(sign_envelope, key), verify_envelope, token,
+                                  self.received, self.dropped)
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}

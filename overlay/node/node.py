@@ -157,7 +157,7 @@ class Node:
             for a in config.bootstrap
             if (pid := ID.from_base58(a.value_for_protocol("p2p"))) != self.peer_id  # a shared config may list us
         ]
-        self.channels = ChannelService(str(self.peer_id), self.host, self.connect, self.connected_peers, self.ping,
+        self.channels = ChannelService(str(self.peer_id), self.key, self.host, self.connect, self.connected_peers, self.ping,
                                        config.network, self.metrics, want=config.inm_peers, token=config.network_token,
                                        expects_peers=bool(self.bootstraps))
         self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold)

@@ -5,6 +5,8 @@ each with its API."""
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -15,7 +17,8 @@ from trio_websocket import ConnectionClosed
 
 from overlay.node.api import serve_api
 from overlay.channels.client import MAX_CLIENT_FRAME
-from overlay.channels.inm import Inm, new_nonce
+from overlay.channels.inm import BROADCAST, Inm, new_nonce
+from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.table import hash_password
 from overlay.core.framing import frame
 from overlay.transport.framed import FramedStream
@@ -303,6 +306,40 @@ async def test_a_private_networks_token_never_reaches_a_stranger_and_its_proofs_
                 await stream.write(frame(hello))
             await wait_for(lambda: b.channels.dropped.get(reason="handshake refused") == refused + 2, what="both refused")
             assert str(stranger.get_id()) not in b.channels.inbound
+
+
+async def test_a_peer_claiming_other_sources_gets_no_answer_no_dial_and_no_belief(tmp_path):
+    """A hostile peer (its own identity, the real INM protocol) links to a node and sends 70
+    commands under made-up sources, which used to make the node dial each of them and fill its
+    link slots, and a channel-open in a real node's name, unsigned and signed with its own key.
+    All are refused and counted, the node dials no one, believes nothing, and a real newcomer
+    still links."""
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: neighbours(a, b), what="INM link")
+        key = Ed25519PrivateKey.generate()
+        stranger = build_host(key, [])
+        svc = a.channels
+        async with stranger.run([]):
+            await stranger.connect(Libp2pPeerInfo(a.peer_id, a.host.get_addrs()))
+            me = str(stranger.get_id())
+            stream = await stranger.new_stream(a.peer_id, [svc.protocol])
+            out = [frame(json.dumps({"command": "handshake", "data": {"name": me}}).encode())]
+            out += [frame(Inm(f"12D3KooWMadeUp{i:03d}", str(a.peer_id), "command", new_nonce(), {"command": "list-nodes"}).encode())
+                    for i in range(70)]
+            claim = Inm(str(b.peer_id), BROADCAST, "command", new_nonce(),
+                        {"command": "channel-open", "open": True, "channel": "stolen", "password": "", "owner": str(b.peer_id),
+                         "at": 1}, int(time.time() * 1000))
+            signed = replace(claim, nonce=new_nonce())
+            out += [frame(claim.encode()), frame(replace(signed, sig=sign_envelope(key, signed)).encode())]
+            await stream.write(b"".join(out))
+            await wait_for(lambda: svc.dropped.get(reason="unauthenticated source") == 71
+                           and svc.dropped.get(reason="bad signature") == 1, what="every claim refused")
+            assert set(svc.links) <= {str(b.peer_id), me}, "no link to a made-up source"
+            assert svc.table.open_elsewhere("stolen") == []
+        newcomer = await start(c, join=a)
+        await wait_for(lambda: neighbours(a, newcomer), what="a real newcomer links")
 
 
 async def test_a_client_that_does_not_read_loses_messages_counted_and_stalls_no_one(tmp_path):

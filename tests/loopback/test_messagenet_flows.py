@@ -169,8 +169,11 @@ async def test_a_node_reached_only_through_a_relay(tmp_path):
 
 async def test_a_peer_replaying_a_signed_message_gets_it_refused(tmp_path):
     """b, a node with its own identity, captures a's signed broadcast and unicast (as its relayer
-    received them) and sends them again to d over its real INM link, claiming a as their source:
-    d refuses each (replay, or another recipient) and its relayer sees each message once."""
+    received them) and sends them again to d over its real INM link. Claiming a as their source,
+    they are refused before MessageNet sees them (a first hop must come from its source, and an
+    envelope passed on must carry its source's signature), as is an unsigned message in a's
+    name; sent as b's own, MessageNet refuses them (not from their signer). d's relayer sees
+    each message once."""
     async with cluster(tmp_path) as c:
         a, b, d = await three_nodes(start, c)
         async with registered_relayer(a, 7) as ra, registered_relayer(b, 7) as rb, registered_relayer(d, 7) as rd:
@@ -185,12 +188,15 @@ async def test_a_peer_replaying_a_signed_message_gets_it_refused(tmp_path):
             unicast = (await rb.next(relayer.SEND_TO_CLIENT))["data"]
 
             link = b.channels.links[str(d.peer_id)]
-            for destination, command, data in ((BROADCAST, service.BROADCAST, broadcast), (str(d.peer_id), service.DELIVER, unicast)):
-                body = {"command": command, "relayer_id": 7, "data": data, "signed": True}
-                link.queue.put(frame(Inm(str(a.peer_id), destination, "command", new_nonce(), body).encode()))
+            for source in (str(a.peer_id), str(b.peer_id)):
+                for destination, command, data in ((BROADCAST, service.BROADCAST, broadcast), (str(d.peer_id), service.DELIVER, unicast)):
+                    body = {"command": command, "relayer_id": 7, "data": data, "signed": True}
+                    link.queue.put(frame(Inm(source, destination, "command", new_nonce(), body).encode()))
+            unsigned = {"command": service.DELIVER, "relayer_id": 7, "data": B64(b"\x01from a, says b"), "signed": False}
+            link.queue.put(frame(Inm(str(a.peer_id), str(d.peer_id), "command", new_nonce(), unsigned).encode()))
             link.wake.set()
-            await wait_for(lambda: d.relayers.dropped.get(reason="replay") == 1
-                           and d.relayers.dropped.get(reason="for another recipient") == 1, what="refusals counted")
+            await wait_for(lambda: d.channels.dropped.get(reason="unauthenticated source") == 3
+                           and d.relayers.dropped.get(reason="not from its signer") == 2, what="refusals counted")
             with trio.move_on_after(0.5):
                 got = await rd.ws.get_message()
                 pytest.fail(f"the relayer got a replayed message {got[:60]!r}")

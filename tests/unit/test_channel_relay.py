@@ -5,12 +5,29 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from dataclasses import replace
+from functools import partial
 
 import pytest
 
-from overlay.channels.inm import BROADCAST, Inm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from overlay.channels.inm import BROADCAST, Inm, decode
+from overlay.channels.inm import sign as sign_envelope
+from overlay.channels.inm import verify as verify_envelope
 from overlay.channels.relay import COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, SendEnvelope, ToClient, link_proof
 from overlay.channels.table import REFRESH, Reservation
+from overlay.core.records import peer_id_from_public_key, peer_id_to_str
+
+
+def modelled_sign(inm: Inm) -> str:
+    """A signature stand-in for relays named by letters: only the source's relay makes its tag;
+    the real Ed25519 signatures are tested below with peer IDs."""
+    return f"tag-of:{inm.source}"
+
+
+def relay_for(me: str, wall_ms, **kw) -> ChannelRelay:
+    return ChannelRelay(me, wall_ms, modelled_sign, lambda inm: inm.sig == modelled_sign(inm), **kw)
 
 
 class Net:
@@ -19,7 +36,7 @@ class Net:
 
     def __init__(self, *names: str) -> None:
         self.now = 0.0
-        self.relays = {n: ChannelRelay(n, lambda: int(self.now * 1000) + 1_000_000) for n in names}
+        self.relays = {n: relay_for(n, lambda: int(self.now * 1000) + 1_000_000) for n in names}
         self.flight: deque[tuple[str, str, Inm]] = deque()
         self.delivered: dict[str, list[Deliver]] = {n: [] for n in names}
         self.other: list[object] = []
@@ -81,7 +98,7 @@ def test_a_new_neighbour_is_onboarded_with_the_open_and_reserved_channels():
     net = line("a", "b")
     net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
     net.run()
-    net.relays["late"] = ChannelRelay("late", lambda: 0)
+    net.relays["late"] = relay_for("late", lambda: 0)
     net.delivered["late"] = []
     net.link("late", "b")  # b has "ch" reserved, open on a
     net.run()
@@ -153,7 +170,7 @@ def test_get_node_connection_introduces_through_a_neighbour_or_answers_not_conne
 
 
 def test_commands_only_the_adapter_can_answer_are_handed_to_it_and_unknown_ones_refused():
-    relay = ChannelRelay("me", lambda: 0)
+    relay = relay_for("me", lambda: 0)
     relay.link_up("p", 0.0)
     for command in ("node-stats", "host-stats", "get-latency"):
         inm = Inm("p", "me", "command", f"n-{command}", {"command": command})
@@ -169,7 +186,7 @@ def test_commands_only_the_adapter_can_answer_are_handed_to_it_and_unknown_ones_
 
 
 def test_bad_envelopes_are_dropped_and_counted_by_reason():
-    relay = ChannelRelay("me", lambda: 0)
+    relay = relay_for("me", lambda: 0)
     relay.link_up("p", 0.0)
     bad = Inm("p", "me", "command", "n1", {"command": "reserve-channel", "channel": "x", "password": "not a hash"})
     assert relay.receive(bad, "p", 0.0) == []
@@ -180,14 +197,14 @@ def test_bad_envelopes_are_dropped_and_counted_by_reason():
 
 
 def test_a_reservation_without_our_fields_takes_the_wall_clock():
-    relay = ChannelRelay("me", lambda: 1234)
+    relay = relay_for("me", lambda: 1234)
     relay.link_up("p", 0.0)
     relay.receive(Inm("p", "me", "command", "n1", {"command": "reserve-channel", "channel": "x"}), "p", 0.0)
     assert relay.table.reservation("x") == Reservation(1234, "p", "")
 
 
 def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them():
-    relay = ChannelRelay("me", lambda: 0, network_token="secret")
+    relay = relay_for("me", lambda: 0, network_token="secret")
     peer = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
 
     def hello(name: str, token: str) -> bytes:
@@ -213,15 +230,65 @@ def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them()
 
 
 def test_a_private_networks_token_is_proven_for_one_pair_and_never_sent():
-    a, b = (ChannelRelay(name, lambda: 0, network_token="s3cret-network-token") for name in ("peer-a", "peer-b"))
+    a, b = (relay_for(name, lambda: 0, network_token="s3cret-network-token") for name in ("peer-a", "peer-b"))
     hello = a.hello("peer-b")
     assert b"s3cret-network-token" not in hello and json.loads(hello)["data"]["proof"] == link_proof("s3cret-network-token", "peer-a", "peer-b")
     assert b.accept_handshake("peer-a", hello, 0.0)
-    c = ChannelRelay("peer-c", lambda: 0, network_token="s3cret-network-token")
+    c = relay_for("peer-c", lambda: 0, network_token="s3cret-network-token")
     assert not c.accept_handshake("peer-a", hello, 0.0), "a proof made for b admits no one to c"
     assert not a.accept_handshake("peer-a", hello, 0.0)
-    outsider = ChannelRelay("peer-a", lambda: 0, network_token="another-token")
+    outsider = relay_for("peer-a", lambda: 0, network_token="another-token")
     assert not b.accept_handshake("peer-a", outsider.hello("peer-b"), 0.0)
     odd = json.dumps({"command": "handshake", "data": {"name": "peer-a", "proof": "\u00e9" * 64}}).encode()
     assert not b.accept_handshake("peer-a", odd, 0.0)
-    assert json.loads(ChannelRelay("open", lambda: 0).hello("x")) == {"command": "handshake", "data": {"name": "open"}}
+    assert json.loads(relay_for("open", lambda: 0).hello("x")) == {"command": "handshake", "data": {"name": "open"}}
+
+
+def announce_from(source: str, nonce: str, at: int, sig: str | None = None) -> Inm:
+    data = {"command": "channel-open", "open": True, "channel": "ch", "password": "", "owner": source, "at": 1}
+    inm = Inm(source, BROADCAST, "command", nonce, data, at)
+    return replace(inm, sig=modelled_sign(inm) if sig is None else sig)
+
+
+def test_an_envelope_its_source_did_not_hand_over_is_believed_only_signed_recent_and_new():
+    wall = 1_000_000
+    relay = relay_for("me", lambda: wall)
+    relay.link_up("p", 0.0)
+    # a first hop claiming another source: refused, and nothing is sent to the made-up node
+    assert relay.receive(Inm("ghost", "me", "command", "n1", {"command": "list-nodes"}), "p", 0.0) == []
+    assert relay.receive(replace(announce_from("q", "n2", wall), sig=""), "p", 0.0) == []
+    assert relay.dropped.get(reason="unauthenticated source") == 2
+    # a forged signature first must not spoil the genuine envelope with the same nonce
+    assert relay.receive(announce_from("q", "n3", wall, sig="tag-of:someone-else"), "p", 0.0) == []
+    assert relay.dropped.get(reason="bad signature") == 1
+    relay.receive(announce_from("q", "n3", wall), "p", 0.0)
+    assert relay.table.open_elsewhere("ch") == ["q"]
+    # too old, from the future, and the same envelope again
+    for at, reason in ((wall - 61_000, "stale"), (wall + 61_000, "from the future")):
+        assert relay.receive(announce_from("q", f"n-{reason}", at), "p", 0.0) == []
+        assert relay.dropped.get(reason=reason) == 1
+    assert relay.receive(announce_from("q", "n3", wall), "p", 1.0) == []
+    assert relay.dropped.get(reason="duplicate") == 1
+    # its source handing it over needs no signature (the link is Noise-authenticated)
+    relay.link_up("q", 0.0)
+    [reply] = relay.receive(Inm("q", "me", "command", "n4", {"command": "list-nodes"}), "q", 0.0)
+    assert reply.targets == ("q",)
+
+
+def test_broadcasts_carry_the_identity_keys_signature_which_the_peer_id_checks():
+    keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    ids = [peer_id_to_str(peer_id_from_public_key(k.public_key())) for k in keys]
+    relay = ChannelRelay(ids[0], lambda: 5_000, partial(sign_envelope, keys[0]), verify_envelope)
+    relay.link_up(ids[1], 0.0)
+    [send] = relay.broadcast({"command": "reserve-channel", "channel": "x", "password": "", "owner": ids[0], "at": 1}, 0.0)
+    sent = decode(send.inm.encode())
+    assert sent == send.inm and sent.at == 5_000 and verify_envelope(sent)
+    assert not verify_envelope(replace(sent, data={**sent.data, "channel": "y"})), "data is signed"
+    assert not verify_envelope(replace(sent, at=5_001)), "the time is signed"
+    assert not verify_envelope(replace(sent, source=ids[1])), "only the source's key verifies"
+    assert not verify_envelope(replace(sent, source="not-a-peer-id"))
+    assert not verify_envelope(replace(sent, sig="%%%"))
+    other = ChannelRelay(ids[1], lambda: 5_000, partial(sign_envelope, keys[1]), verify_envelope)
+    other.link_up("x", 0.0)
+    assert other.receive(sent, "x", 0.0), "passed on by a third node, it is believed"
+    assert other.table.reservation("x") is not None

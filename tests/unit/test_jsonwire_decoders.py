@@ -35,7 +35,7 @@ def test_every_decoder_of_client_and_peer_json_refuses_deep_documents():
     with pytest.raises(client_frames.ClientError, match=f"^malformed json: nested deeper than {MAX_JSON_DEPTH}$"):
         client_frames.decode_request(DEEP)
     hello = json.dumps({"command": "handshake", "data": {"name": "peer", "x": nested(MAX_JSON_DEPTH)}})
-    relay = ChannelRelay("me", lambda: 0)
+    relay = ChannelRelay("me", lambda: 0, lambda inm: "", lambda inm: False)
     assert not relay.accept_handshake("peer", hello.encode(), 0.0)
     assert relay.accept_handshake("peer", json.dumps({"command": "handshake", "data": {"name": "peer"}}).encode(), 0.0)
 
