@@ -28,6 +28,8 @@ Actions:
 
 A command's response is matched by nonce to what sent the command, for COMMAND_TIMEOUT seconds:
 a response nobody waits for is dropped and counted, as is a duplicate or unroutable envelope.
+An envelope is believed only from its source's own stream, or signed by its source, recent and
+new (`_unauthentic`; the signed format is in inm.py): nothing acts on a claimed source.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ MAX_TOKENS = 1024
 MAX_CHANNEL_TRAFFIC = 1000  # channels whose traffic is kept for node-stats
 MAX_SKEW = 60.0  # seconds a signed envelope's time may differ from ours
 MAX_SIGNED = 262_144  # (source, nonce) pairs of signed envelopes remembered, in all
-MAX_SIGNED_PER_SOURCE = 16_384  # ... and per source, so one identity cannot take them all
+MAX_SIGNED_PER_SOURCE = 65_536  # ... and per source (some 500 broadcasts a second sustained), so one identity cannot take them all
 ANNOUNCE = "channel-open"  # our extension: where a channel is open (no response)
 LOCAL_COMMANDS = frozenset({"node-stats", "host-stats", "get-latency"})
 OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",

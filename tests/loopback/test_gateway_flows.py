@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from overlay.channels.inm import Inm, new_nonce
 from overlay.node.api import serve_api
 from overlay.gateway import degas_pb2 as pb
 from overlay.gateway.service import FORWARD, TO_CLIENT, account_key, degas_key
@@ -175,6 +176,12 @@ async def test_nodes_cannot_speak_for_accounts_or_instances_they_do_not_host(tmp
             b.channels.notify(str(d.peer_id), {"command": FORWARD, "degas_id": B64(DEGAS), "account_id": B64(ACCOUNT_ID),
                                                 "payload": B64(b"forged"), "challenge": challenge, "signature": B64(signature)})
             await wait_for(lambda: d.gateway.dropped.get(reason="not vouched") == 1, what="forward refused")
+            # b replays the captured proof in a's name, over its own link to d: refused before the
+            # gateway sees it (an envelope is believed only from its source, or signed by it)
+            forward = {"command": FORWARD, "degas_id": B64(DEGAS), "account_id": B64(ACCOUNT_ID),
+                       "payload": B64(b"send all funds to b"), "challenge": challenge, "signature": B64(signature)}
+            b.channels.send(Inm(str(a.peer_id), str(d.peer_id), "command", new_nonce(), forward))
+            await wait_for(lambda: d.channels.dropped.get(reason="unauthenticated source") == 1, what="replay in a's name refused")
             # b claims to host the instance: its message to the client is refused
             b.channels.notify(str(a.peer_id), {"command": TO_CLIENT, "degas_id": B64(DEGAS), "account_id": B64(ACCOUNT_ID),
                                                 "payload": B64(b"forged")})
