@@ -25,11 +25,14 @@ Actions:
     ToClient(client, response)           an unsolicited response (an eviction)
     AnswerLocally(inm)                   a command only the adapter can answer (node-stats,
                                          host-stats, get-latency): it calls `reply`
+    CutLink(peer)                        close the stream `peer` writes to us on (it passed on
+                                         a forged signature)
 
 A command's response is matched by nonce to what sent the command, for COMMAND_TIMEOUT seconds:
 a response nobody waits for is dropped and counted, as is a duplicate or unroutable envelope.
 An envelope is believed only from its source's own stream, or signed by its source, recent and
-new (`_unauthentic`; the signed format is in inm.py): nothing acts on a claimed source.
+new; a signature is checked whenever there is one, and only signed envelopes are passed on
+(`_unauthentic`; the signed format is in inm.py): nothing acts on a claimed source.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ MAX_CHANNEL_TRAFFIC = 1000  # channels whose traffic is kept for node-stats
 MAX_SKEW = 60.0  # seconds a signed envelope's time may differ from ours
 MAX_SIGNED = 262_144  # (source, nonce) pairs of signed envelopes remembered, in all
 MAX_SIGNED_PER_SOURCE = 65_536  # ... and per source (some 500 broadcasts a second sustained), so one identity cannot take them all
+BAD_SIGNATURE = "bad signature"
 ANNOUNCE = "channel-open"  # our extension: where a channel is open (no response)
 LOCAL_COMMANDS = frozenset({"node-stats", "host-stats", "get-latency"})
 OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
@@ -92,7 +96,13 @@ class AnswerLocally(NamedTuple):
     inm: Inm
 
 
-RelayAction = SendEnvelope | Deliver | ToClient | AnswerLocally
+class CutLink(NamedTuple):
+    """Close the stream this neighbour writes to us on: it passed on a forged envelope."""
+
+    peer: str
+
+
+RelayAction = SendEnvelope | Deliver | ToClient | AnswerLocally | CutLink
 ResponseHandler = Callable[[Inm, float], "list[RelayAction] | None"]
 TimeoutHandler = Callable[[float], "list[RelayAction]"]
 
@@ -241,8 +251,14 @@ class ChannelRelay:
         if inm.source == self.me:
             self.dropped.inc(reason="own")
             return []
-        if inm.source != came_from:
+        if inm.source != came_from or inm.sig:
             refused = self._unauthentic(inm)
+            if refused == BAD_SIGNATURE:
+                # Every node verifies what it passes on, and a source signs its own: a neighbour
+                # that hands us a bad signature is lying. Cut its link, or it could make us verify
+                # forever.
+                self.dropped.inc(reason=refused)
+                return [CutLink(came_from)]
             if refused:
                 self.dropped.inc(reason=refused)
                 return []
@@ -250,7 +266,9 @@ class ChannelRelay:
         if route.dropped:
             self.dropped.inc(reason=route.dropped)
             return []
-        out: list[RelayAction] = [SendEnvelope(inm, route.forward)] if route.forward else []
+        # only what the next node can believe is passed on: a signed envelope (unsigned, only
+        # its source's own stream vouches for it)
+        out: list[RelayAction] = [SendEnvelope(inm, route.forward)] if route.forward and inm.sig else []
         if route.handle:
             self.received.inc(type=inm.type)
             try:
@@ -265,14 +283,15 @@ class ChannelRelay:
         return out
 
     def _unauthentic(self, inm: Inm) -> str | None:
-        """Why an envelope that its source did not hand us itself cannot be believed (None: it
-        can): it must be signed by its source, made within MAX_SKEW of our clock, and new."""
+        """Why a signed envelope, or one its source did not hand us itself, cannot be believed
+        (None: it can): it must be signed by its source, made within MAX_SKEW of our clock, and
+        new."""
         if self.router.was_seen(inm):
             return "duplicate"  # the flood's copies: not worth a verification
         if not inm.sig:
             return "unauthenticated source"
         if not self.verify(inm):
-            return "bad signature"
+            return BAD_SIGNATURE
         return self.replay.check(inm.source.encode(), inm.nonce.encode(), inm.at / 1000, self.wall_ms() / 1000)
 
     def _on_response(self, inm: Inm, now: float) -> list[RelayAction]:

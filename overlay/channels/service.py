@@ -47,8 +47,8 @@ from overlay.channels import client as client_frames
 from overlay.channels.inm import CommandHandler, Inm, decode, new_nonce
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
-from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, RelayAction, SendEnvelope,
-                                    ToClient)
+from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, CutLink, Deliver, RelayAction,
+                                    SendEnvelope, ToClient)
 from overlay.channels.router import LinkQueue
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import REFRESH, ChannelTable, hash_password
@@ -102,9 +102,10 @@ class ChannelService:
     def __init__(self, me: str, key: Ed25519PrivateKey, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
                  peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], network: str, metrics: Registry,
                  want: int = 8, max_links: int = 64, token: str = "", expects_peers: bool = False) -> None:
-        """`me`: this node's peer ID, `key` its identity key (signs its broadcasts); `host`: streams to peers; `connect`: dial a peer by ID;
-        `peers`: the peers connected now (candidate neighbours); `ping`: a round trip to one, in
-        seconds; `expects_peers`: bootstraps are configured, so no neighbour is a health problem."""
+        """`me`: this node's peer ID, `key` its identity key (signs its broadcasts); `host`:
+        streams to peers; `connect`: dial a peer by ID; `peers`: the peers connected now
+        (candidate neighbours); `ping`: a round trip to one, in seconds; `expects_peers`:
+        bootstraps are configured, so no neighbour is a health problem."""
         self.me = me
         self.host = host
         self.connect = connect
@@ -265,7 +266,12 @@ class ChannelService:
                     self.dropped.inc(reason="malformed")
                     log.debug("inm from %s: %s", peer, e)
                     continue
-                self._act(self.relay.receive(inm, peer, trio.current_time()))
+                actions = self.relay.receive(inm, peer, trio.current_time())
+                if actions and type(actions[0]) is CutLink:
+                    self.dropped.inc(reason="link cut")
+                    await stream.reset()
+                    return
+                self._act(actions)
         finally:
             self.inbound.discard(peer)
 

@@ -312,8 +312,8 @@ async def test_a_peer_claiming_other_sources_gets_no_answer_no_dial_and_no_belie
     """A hostile peer (its own identity, the real INM protocol) links to a node and sends 70
     commands under made-up sources, which used to make the node dial each of them and fill its
     link slots, and a channel-open in a real node's name, unsigned and signed with its own key.
-    All are refused and counted, the node dials no one, believes nothing, and a real newcomer
-    still links."""
+    All are refused and counted, the forged signature costs the stranger its stream, the node
+    dials no one, believes nothing, and a real newcomer still links."""
     async with cluster(tmp_path) as c:
         a = await start(c)
         b = await start(c, join=a)
@@ -336,6 +336,7 @@ async def test_a_peer_claiming_other_sources_gets_no_answer_no_dial_and_no_belie
             await stream.write(b"".join(out))
             await wait_for(lambda: svc.dropped.get(reason="unauthenticated source") == 71
                            and svc.dropped.get(reason="bad signature") == 1, what="every claim refused")
+            await wait_for(lambda: svc.dropped.get(reason="link cut") == 1, what="the forger's stream cut")
             assert set(svc.links) <= {str(b.peer_id), me}, "no link to a made-up source"
             assert svc.table.open_elsewhere("stolen") == []
         newcomer = await start(c, join=a)

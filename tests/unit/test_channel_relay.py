@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from overlay.channels.inm import BROADCAST, Inm, decode
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
-from overlay.channels.relay import COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, Deliver, SendEnvelope, ToClient, link_proof
+from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, CutLink, Deliver, SendEnvelope, ToClient,
+                                    link_proof)
 from overlay.channels.table import REFRESH, Reservation
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 
@@ -259,7 +260,8 @@ def test_an_envelope_its_source_did_not_hand_over_is_believed_only_signed_recent
     assert relay.receive(replace(announce_from("q", "n2", wall), sig=""), "p", 0.0) == []
     assert relay.dropped.get(reason="unauthenticated source") == 2
     # a forged signature first must not spoil the genuine envelope with the same nonce
-    assert relay.receive(announce_from("q", "n3", wall, sig="tag-of:someone-else"), "p", 0.0) == []
+    assert relay.receive(announce_from("q", "n3", wall, sig="tag-of:someone-else"), "p", 0.0) == [CutLink("p")], \
+        "a neighbour passing on a forged signature loses its link"
     assert relay.dropped.get(reason="bad signature") == 1
     relay.receive(announce_from("q", "n3", wall), "p", 0.0)
     assert relay.table.open_elsewhere("ch") == ["q"]
@@ -269,6 +271,14 @@ def test_an_envelope_its_source_did_not_hand_over_is_believed_only_signed_recent
         assert relay.dropped.get(reason=reason) == 1
     assert relay.receive(announce_from("q", "n3", wall), "p", 1.0) == []
     assert relay.dropped.get(reason="duplicate") == 1
+    # from its source, a signature is checked too (a forged one cuts), and an unsigned broadcast
+    # is handled but not passed on: the next node could not believe it
+    relay.link_up("q", 0.0)
+    relay.link_up("r", 0.0)
+    assert relay.receive(announce_from("q", "n6", wall, sig="bad"), "q", 0.0) == [CutLink("q")]
+    assert relay.receive(replace(announce_from("q", "n5", wall), sig=""), "q", 0.0) == []
+    assert [a for a in relay.receive(announce_from("q", "n7", wall), "q", 0.0) if isinstance(a, SendEnvelope)] \
+        == [SendEnvelope(announce_from("q", "n7", wall), ("p", "r"))]
     # its source handing it over needs no signature (the link is Noise-authenticated)
     relay.link_up("q", 0.0)
     [reply] = relay.receive(Inm("q", "me", "command", "n4", {"command": "list-nodes"}), "q", 0.0)
