@@ -18,6 +18,7 @@ from overlay.channels.inm import verify as verify_envelope
 from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, CutLink, Deliver, SendEnvelope, ToClient,
                                     link_proof)
 from overlay.channels.table import REFRESH, Reservation
+from overlay.core.errors import DecodeError
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 
 
@@ -302,3 +303,11 @@ def test_broadcasts_carry_the_identity_keys_signature_which_the_peer_id_checks()
     other.link_up("x", 0.0)
     assert other.receive(sent, "x", 0.0), "passed on by a third node, it is believed"
     assert other.table.reservation("x") is not None
+
+
+@pytest.mark.parametrize("extra", [{"sig": "x" * 101, "at": 1}, {"sig": 5, "at": 1}, {"sig": "abc"}, {"sig": "abc", "at": True},
+                                   {"sig": "abc", "at": -1}, {"sig": "abc", "at": 2**63}, {"sig": "abc", "at": "1"}])
+def test_a_signature_field_out_of_bounds_is_a_clear_decode_error(extra):
+    raw = json.dumps({"source": "a", "destination": "*", "type": "command", "nonce": "n", "data": {}, **extra}).encode()
+    with pytest.raises(DecodeError, match="INM: sig must be"):
+        decode(raw)
