@@ -78,6 +78,16 @@ def test_a_good_envelope_with_one_field_replaced_decodes_or_raises_decode_error(
     assert decode(inm.encode()) == inm
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(GOOD_INM) + ["at", "sig"]), json_values)
+def test_a_signed_envelope_with_one_field_replaced_decodes_or_raises_decode_error(key, value):
+    try:
+        inm = decode(json.dumps({**GOOD_INM, "at": 1_000, "sig": "c2ln", key: value}).encode())
+    except DecodeError:
+        return
+    assert decode(inm.encode()) == inm
+
+
 # ---- client protocol codec --------------------------------------------------------------------------
 
 
