@@ -60,6 +60,7 @@ COMMAND_TIMEOUT = 5.0
 TOKEN_TTL = 60.0
 MAX_TOKENS = 1024
 MAX_CHANNEL_TRAFFIC = 1000  # channels whose traffic is kept for node-stats
+MAX_INTRODUCTIONS = 256  # get-node-connection commands waiting for their target's token
 MAX_SKEW = 60.0  # seconds a signed envelope's time may differ from ours
 MAX_SIGNED = 262_144  # (source, nonce) pairs of signed envelopes remembered, in all
 MAX_SIGNED_PER_SOURCE = 65_536  # ... and per source (some 500 broadcasts a second sustained), so one identity cannot take them all
@@ -139,8 +140,10 @@ class ChannelRelay:
         self.received = received if received is not None else Counter()
         self.dropped = dropped if dropped is not None else Counter()
         self._handlers: dict[str, CommandHandler] = {}
-        self._waiting: dict[str, tuple[float, ResponseHandler, TimeoutHandler | None]] = {}  # nonce -> (until, handlers)
+        # nonce -> (until, on_response, on_timeout, one answer only): a command's, or a broadcast's many
+        self._waiting: dict[str, tuple[float, ResponseHandler, TimeoutHandler | None, bool]] = {}
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (node, expiry)
+        self._introducing = 0  # get-node-connection commands in flight
 
     # ---- links ----
 
@@ -218,7 +221,7 @@ class ChannelRelay:
         """A command to one node; its response goes to `on_response` for `timeout` seconds,
         after which `tick` calls `on_timeout`."""
         nonce = new_nonce()
-        self._waiting[nonce] = (now + timeout, on_response, on_timeout)
+        self._waiting[nonce] = (now + timeout, on_response, on_timeout, True)
         return self.send(Inm(self.me, node, "command", nonce, data), now)
 
     def notify(self, node: str, data: dict, now: float) -> list[RelayAction]:
@@ -231,7 +234,7 @@ class ChannelRelay:
         COMMAND_TIMEOUT seconds (announcements and `answered=False` commands have none)."""
         nonce = new_nonce()
         if answered and data.get("command") != ANNOUNCE:
-            self._waiting[nonce] = (now + COMMAND_TIMEOUT, on_response or (lambda inm, now: None), None)
+            self._waiting[nonce] = (now + COMMAND_TIMEOUT, on_response or (lambda inm, now: None), None, False)
         unsigned = Inm(self.me, BROADCAST, "command", nonce, data, self.wall_ms())
         return self.send(replace(unsigned, sig=self.sign(unsigned)), now)  # passed on by every node: signed
 
@@ -299,6 +302,8 @@ class ChannelRelay:
         if waiting is None or waiting[0] <= now:
             self.dropped.inc(reason="unexpected response")
             return []
+        if waiting[3]:  # a command's one answer: its timeout must not fire as well
+            del self._waiting[inm.nonce]
         return waiting[1](inm, now) or []
 
     def _on_command(self, inm: Inm, now: float) -> list[RelayAction]:
@@ -332,17 +337,23 @@ class ChannelRelay:
 
     def _get_node_connection(self, inm: Inm, now: float) -> list[RelayAction]:
         """WSRelay's introduction: a one-time token from the target, for the asking node."""
-        def unanswered(now: float) -> list[RelayAction]:
-            return self.reply(inm, {"ok": False, "reason": "target not connected"}, now)
-
         target = inm.data.get("node")
         if not isinstance(target, str) or target not in self.neighbours:
-            return unanswered(now)
+            return self.reply(inm, {"ok": False, "reason": "target not connected"}, now)
+        if self._introducing >= MAX_INTRODUCTIONS:  # each holds a waiting response and costs a command
+            self.dropped.inc(reason="introductions busy")
+            return self.reply(inm, {"ok": False, "reason": "busy"}, now)
+        self._introducing += 1
+
+        def unanswered(now: float) -> list[RelayAction]:
+            self._introducing -= 1
+            return self.reply(inm, {"ok": False, "reason": "target not connected"}, now)
 
         def on_token(answer: Inm, now: float) -> list[RelayAction]:
             token = answer.data.get("token") if isinstance(answer.data, dict) else None
             if not isinstance(token, str):
                 return unanswered(now)
+            self._introducing -= 1
             return self.reply(inm, {"ok": True, "host": f"/p2p/{target}", "token": token}, now)
 
         return self.command(target, {"command": "get-connection-token", "node": inm.source}, now, on_token,
@@ -418,7 +429,7 @@ class ChannelRelay:
         if not expired:
             return []
         self._waiting = {nonce: w for nonce, w in self._waiting.items() if w[0] > now}
-        return [action for _, _, on_timeout in expired if on_timeout for action in on_timeout(now)]
+        return [action for _, _, on_timeout, _ in expired if on_timeout for action in on_timeout(now)]
 
     # ---- channel messages ----
 

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from overlay.channels.inm import BROADCAST, Inm, decode
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
-from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, CutLink, Deliver, SendEnvelope, ToClient,
-                                    link_proof)
+from overlay.channels.relay import (COMMAND_TIMEOUT, MAX_INTRODUCTIONS, AnswerLocally, ChannelRelay, CutLink, Deliver,
+                                    SendEnvelope, ToClient, link_proof)
 from overlay.channels.table import REFRESH, Reservation
 from overlay.core.errors import DecodeError
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
@@ -311,3 +311,27 @@ def test_a_signature_field_out_of_bounds_is_a_clear_decode_error(extra):
     raw = json.dumps({"source": "a", "destination": "*", "type": "command", "nonce": "n", "data": {}, **extra}).encode()
     with pytest.raises(DecodeError, match="INM: sig must be"):
         decode(raw)
+
+
+def test_an_introduction_is_answered_once_and_strangers_cannot_pile_them_up():
+    net = line("a", "b", "c")
+    got = []
+    net.act("a", net.relays["a"].command("b", {"command": "get-node-connection", "node": "c"}, net.now,
+                                         lambda inm, now: got.append(inm.data)))
+    net.run()
+    assert [answer["ok"] for answer in got] == [True]
+    assert net.relays["b"].tick(COMMAND_TIMEOUT + 1) == [], "the answered command's timeout does not fire"
+    assert len(got) == 1
+    # introductions whose target stays silent hold a waiting response each: at most MAX_INTRODUCTIONS
+    relay = relay_for("me", lambda: 0)
+    relay.link_up("p", 0.0)
+    relay.link_up("silent", 0.0)
+    answers = [relay.receive(Inm("p", "me", "command", f"q{i}", {"command": "get-node-connection", "node": "silent"}), "p", 0.0)
+               for i in range(MAX_INTRODUCTIONS + 5)]
+    busy = [a for a in answers if a and a[0].inm.destination == "p"]
+    assert len(busy) == 5 and all(a[0].inm.data == {"ok": False, "reason": "busy"} for a in busy)
+    assert relay.dropped.get(reason="introductions busy") == 5
+    timed_out = relay.tick(COMMAND_TIMEOUT + 1)
+    assert len(timed_out) == MAX_INTRODUCTIONS, "each waiting introduction is answered 'target not connected'"
+    assert relay.receive(Inm("p", "me", "command", "again", {"command": "get-node-connection", "node": "silent"}), "p", 10.0)[0] \
+        .inm.destination == "silent", "and the slots are free again"
