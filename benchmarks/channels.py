@@ -5,7 +5,8 @@
 Three systems carry the same 256-byte messages, one publisher, in the same run:
 
 - ours: N `overlay-node run` processes (the first is every other's bootstrap), one WS /connect
-  client subscribed to "bench" on each, the publisher a client of node 0;
+  client subscribed to "bench" on each, the publisher a client of node 0; then the same with a
+  password channel, whose messages are sealed end to end (the cost of the encryption);
 - py-libp2p gossipsub: N processes, each a host like ours (Noise, Yamux, TCP) running GossipSub
   with its limits lifted (spam protection off, no per-topic rate cap, 1 s heartbeat, unsigned
   messages, 10,000 pending per peer), connected as a full mesh, each subscribed, node 0
@@ -98,6 +99,12 @@ def report(tallies: list[Tally]) -> dict[str, Any]:
 # ---- roles: WebSocket subscribers and publisher (ours and bare) ----------------------------------
 
 
+def subscription(args: argparse.Namespace) -> dict[str, str]:
+    """A password channel's messages are sealed end to end (ChaCha20-Poly1305) by the publisher's
+    node and opened by each member node: `--password` measures what that costs."""
+    return {"topic": CHANNEL, "password": args.password} if args.password else {"topic": CHANNEL}
+
+
 def role_subscribers(args: argparse.Namespace) -> None:
     import trio
     from trio_websocket import open_websocket_url
@@ -125,7 +132,7 @@ def role_subscribers(args: argparse.Namespace) -> None:
         headers = ws_headers() if args.mode == "ours" else None
         async with open_websocket_url(url, message_queue_size=100_000, max_message_size=1 << 20, extra_headers=headers) as ws:
             if args.mode == "ours":
-                await ws.send_message(json.dumps({"command": "subscribe", "data": {"topic": CHANNEL}}))
+                await ws.send_message(json.dumps({"command": "subscribe", "data": subscription(args)}))
                 assert json.loads(await ws.get_message())["data"] == {"ok": True}
             else:
                 await ws.send_message("subscribe")
@@ -151,7 +158,7 @@ def role_publisher(args: argparse.Namespace) -> None:
         headers = ws_headers() if args.mode == "ours" else None
         async with open_websocket_url(args.url, message_queue_size=100_000, extra_headers=headers) as ws:
             if args.mode == "ours":
-                await ws.send_message(json.dumps({"command": "subscribe", "data": {"topic": CHANNEL}}))
+                await ws.send_message(json.dumps({"command": "subscribe", "data": subscription(args)}))
                 await ws.get_message()
             answered = 0
             async with trio.open_nursery() as nursery:
@@ -415,11 +422,12 @@ def start_nodes(count: int, procs: list[Proc], prefix: str) -> list[dict[str, An
     return nodes
 
 
-def run_ours(args: argparse.Namespace, rates: list[int]) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, rates: list[int], password: str = "") -> dict[str, Any]:
     procs: list[Proc] = []
+    secret = ("--password", password) if password else ()
     try:
         nodes = start_nodes(args.nodes, procs, "channels-bench-")
-        subs = Proc(me("--role", "subscribers", "--mode", "ours", "--urls",
+        subs = Proc(me("--role", "subscribers", "--mode", "ours", *secret, "--urls",
                        ",".join(f"ws://{n['api']}/connect" for n in nodes)))
         procs.append(subs)
         subs.read(60)
@@ -429,13 +437,13 @@ def run_ours(args: argparse.Namespace, rates: list[int]) -> dict[str, Any]:
 
         def run_rate(rate: int) -> dict[str, Any]:
             subs.ask({"cmd": "reset"})
-            pub = Proc(me("--role", "publisher", "--mode", "ours", "--url", f"ws://{nodes[0]['api']}/connect",
+            pub = Proc(me("--role", "publisher", "--mode", "ours", *secret, "--url", f"ws://{nodes[0]['api']}/connect",
                           "--rate", str(rate), "--seconds", str(args.seconds)))
             sent = json.loads(pub.read(args.seconds + 90))["sent"]
             pub.stop()
             return step_result(rate, sent, settle(lambda: subs.ask({"cmd": "report"}), sent, args.nodes), args.nodes)
 
-        result = sweep("ours", rates, run_rate)
+        result = sweep("ours, password channel" if password else "ours", rates, run_rate)
         result["dropped"] = [get_json(n["api"], "/v1/channels")["dropped"] for n in nodes]
         return result
     finally:
@@ -504,7 +512,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rates", default="250,500,750,1000,1500,2000,3000,4000,6000,8000")
     p.add_argument("--gossipsub-rates", default="10,20,50,100,250,500,1000")
-    p.add_argument("--only", choices=("ours", "bare", "gossipsub"), help="run one system only")
+    p.add_argument("--only", choices=("ours", "ours-password", "bare", "gossipsub"), help="run one system only")
     p.add_argument("--out", type=Path)
     p.add_argument("--role", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -512,6 +520,7 @@ def main() -> None:
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=int, help=argparse.SUPPRESS)
     p.add_argument("--peers", help=argparse.SUPPRESS)
+    p.add_argument("--password", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     role = {"subscribers": role_subscribers, "publisher": role_publisher, "bare-server": role_bare_server,
             "gossip": role_gossip}.get(args.role or "")
@@ -522,16 +531,20 @@ def main() -> None:
     print(f"{args.nodes} subscribers, {SIZE}-byte messages, {args.seconds:.0f} s per rate", flush=True)
     empty = {"max_sustained_rate": 0, "p50_ms_at_1000": None, "p99_ms_at_1000": None}
     result["ours"] = run_ours(args, rates) if args.only in (None, "ours") else empty
+    result["ours_password"] = run_ours(args, rates, "bench-password") if args.only in (None, "ours-password") else empty
     result["bare_websockets"] = run_bare(args, rates) if args.only in (None, "bare") else empty
     gossip_rates = [int(r) for r in args.gossipsub_rates.split(",")]
     result["gossipsub"] = run_gossipsub(args, gossip_rates) if args.only in (None, "gossipsub") else empty
-    ours, bare, gossip = result["ours"], result["bare_websockets"], result["gossipsub"]
+    ours, sealed, bare, gossip = result["ours"], result["ours_password"], result["bare_websockets"], result["gossipsub"]
     result["ratio_to_bare"] = round(ours["max_sustained_rate"] / bare["max_sustained_rate"], 3) if bare["max_sustained_rate"] else None
+    result["password_ratio_to_bare"] = (round(sealed["max_sustained_rate"] / bare["max_sustained_rate"], 3)
+                                        if bare["max_sustained_rate"] else None)
     print(f"{'system':<34} {'sustained msg/s':>16} {'p50 ms @1000':>13} {'p99 ms @1000':>13}")
-    for label, r in ((f"overlay channels ({args.nodes} nodes)", ours), ("bare websockets broadcast server", bare),
+    for label, r in ((f"overlay channels ({args.nodes} nodes)", ours), ("  the same, a password channel", sealed),
+                     ("bare websockets broadcast server", bare),
                      (f"py-libp2p gossipsub ({args.nodes} nodes)", gossip)):
         print(f"{label:<34} {r['max_sustained_rate']:>16} {str(r['p50_ms_at_1000']):>13} {str(r['p99_ms_at_1000']):>13}")
-    print(f"ours / bare websockets: {result['ratio_to_bare']}x")
+    print(f"ours / bare websockets: {result['ratio_to_bare']}x (password channel: {result['password_ratio_to_bare']}x)")
     write_result("channels", result, args.out)
 
 

@@ -4,13 +4,13 @@ module only carries its envelopes over simulated links, as the node's adapter ca
 INM streams.
 
 - Every node keeps up to `inm_peers` neighbours (links both ways), replaced when one leaves; a
-  new link is `link_up` on both sides, which onboards with list-channels and
-  list-reserved-channels.
+  new link is `link_up` on both sides, which onboards with list-channels.
 - Envelopes to a neighbour take the one-way delay; a unicast to another node (a channel message,
   a command's response) is sent straight to it, paying a connection setup first (and, behind
   NAT, a relayed dial) when the two are not connected. The node would make that node a
   neighbour too (up to its `max_links`); the simulator keeps the neighbour graph at `inm_peers`.
-- Subscriptions, publishes and the REFRESH timer are the relay's events.
+- Subscriptions, publishes and the REFRESH timer are the relay's events; its DHT lookups and puts
+  (reservations) run on the node's own Kademlia core over the simulated links.
 What is measured: for each message, the subscribers online on nodes where the channel was open
 when it was sent, and which of them got it, when.
 """
@@ -18,11 +18,15 @@ when it was sent, and which of them got it, when.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from overlay.channels.inm import Inm
-from overlay.channels.relay import ChannelRelay, Deliver, RelayAction, SendEnvelope
-from overlay.channels.table import REFRESH, hash_password
+from overlay.channels.relay import Answer, ChannelRelay, Deliver, DhtGet, DhtPut, RelayAction, SendEnvelope
+from overlay.channels.reservation import Reservation
+from overlay.channels.sealing import PUBLIC
+from overlay.channels.table import REFRESH
+from overlay.core.errors import RecordError
 
 if TYPE_CHECKING:
     from simulations.network import SimNode, Simulation
@@ -36,11 +40,15 @@ def _modelled_signature(inm: Inm) -> str:
     return "modelled"
 
 
-def _honest(inm: Inm) -> bool:
-    """Simulated nodes are honest: every signed envelope is authentic. The relay's rules around
-    signatures (who must sign, skew, replay) run as on the node; the Ed25519 work itself is not
-    modelled (its cost is the node's, in benchmarks)."""
+def _honest(signed: object) -> bool:
+    """Simulated nodes are honest: every signed envelope and reservation is authentic. The
+    rules around signatures (who must sign, skew, replay, first come) run as on the node; the
+    Ed25519 work itself is not modelled (its cost is the node's, in benchmarks)."""
     return True
+
+
+def _modelled_reservation(r: Reservation) -> Reservation:
+    return replace(r, sig="modelled")
 
 
 class ChannelWorkload:
@@ -54,7 +62,7 @@ class ChannelWorkload:
         self._sent: dict[str, tuple[dict, float]] = {}  # message nonce -> (entry, sent at)
         self._clients = itertools.count()
         self._nonces = itertools.count()
-        self.password = {name: hash_password(name, None) for name in self.names}
+        self._subscribing: dict[int, str] = {}  # client -> channel, until answered
 
     def _wall_ms(self) -> int:
         return int(self.sim.sched.now * 1000)
@@ -62,7 +70,8 @@ class ChannelWorkload:
     # ---- nodes ----
 
     def joined(self, node: SimNode) -> None:
-        self.relays[node.index] = ChannelRelay(node.name, self._wall_ms, _modelled_signature, _honest)
+        self.relays[node.index] = ChannelRelay(node.name, self._wall_ms, _modelled_signature, _honest,
+                                               _modelled_reservation, _honest)
         self.links[node.index] = set()
         self._fill_links(node)
         self.sim.sched.after(REFRESH * (0.8 + 0.2 * self.sim.rng.random()), lambda: self._refresh(node))
@@ -96,10 +105,8 @@ class ChannelWorkload:
 
     def subscribe(self, node: SimNode, name: str) -> None:
         client = next(self._clients)
-        reason, actions = self.relays[node.index].subscribe(client, name, self.password[name], self.sim.sched.now)
-        if reason is None:
-            self.subscribers[name].add((node.index, client))
-        self._act(node, actions)
+        self._subscribing[client] = name
+        self._act(node, self.relays[node.index].subscribe(client, name, PUBLIC, "", self.sim.sched.now))
 
     def publish(self, name: str) -> None:
         candidates = [s for s in self.subscribers[name] if self.sim.nodes[s[0]].online]
@@ -138,6 +145,22 @@ class ChannelWorkload:
                 sent = self._sent.get(action.nonce)
                 if sent is not None:
                     sent[0]["latencies"] += [sim.sched.now - sent[1]] * len(action.clients)
+            elif type(action) is Answer:
+                name = self._subscribing.pop(action.client, None)  # type: ignore[arg-type]
+                if name is not None and action.reason is None and src.online:
+                    self.subscribers[name].add((src.index, action.client))  # type: ignore[arg-type]
+            elif type(action) is DhtGet:
+                def found(done, get=action) -> None:
+                    if src.online and src.index in self.relays:
+                        self._act(src, get.then([value for _, value in done.result.values], sim.sched.now))
+                sim.dht.query(src, lambda now, key=action.key: src.core.get_value(key, now), found)
+            elif type(action) is DhtPut:
+                def put(now: float, key=action.key, value=action.value):
+                    try:
+                        return src.core.put_value(key, value, now)
+                    except RecordError:
+                        return src.core.find_node(key, now)  # refused by its own store: nothing to store
+                sim.dht.query(src, put, lambda done: None)
             # ToClient (evictions) and AnswerLocally (stats commands nobody sends here): nothing to carry
 
     def _arrive(self, src: SimNode, dst: SimNode, inm: Inm) -> None:

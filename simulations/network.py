@@ -34,6 +34,7 @@ from nat.strategy import DialConnected, DialDirect, DialRelay, DialStrategy, Fai
 from overlay.core.peer import PeerInfo
 from overlay.core.records import PeerRecord, PeerRecordValidator, peer_id_from_public_key, peer_id_to_str, record_key, seal_peer_record
 from overlay.kademlia.core import KadConfig, Kademlia, QueryDone
+from overlay.channels import reservation
 from overlay.kademlia.driver import Links, MemoryDriver
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import Message, encode_message
@@ -101,7 +102,8 @@ class Simulation:
         self.sched = Scheduler()
         self.net = Internet(scenario.link_model(), random.Random(self.rng.random()))
         self.kad_config = KadConfig()
-        self.validator = NamespacedValidator({b"peer": PeerRecordValidator()})
+        self.validator = NamespacedValidator({b"peer": PeerRecordValidator(), reservation.NAMESPACE: reservation.ReservationValidator(
+            lambda: int(self.sched.now * 1000), verified=lambda r: True)})  # honest nodes (simulations/channels.py)
         self.nodes: list[SimNode] = []
         self.by_id: dict[bytes, SimNode] = {}
         self.by_name: dict[str, SimNode] = {}

@@ -13,7 +13,8 @@ milliseconds, the only time nodes compare, which the `wall_ms` collaborator give
     receive(inm, came_from)  an envelope from a neighbour -> forwards, answers, deliveries
     subscribe / unsubscribe / drop_client / publish    a local client's requests
     refresh                  re-announce open channels (every REFRESH seconds)
-    tick                     give up on responses that did not come in time
+    tick                     give up on responses that did not come in time; look open
+                             channels' reservations up again when due (KEEP)
     send / command / notify / broadcast / reply        envelopes made here (also for other
                              protocols riding on INM, through `register`)
 
@@ -22,11 +23,22 @@ Actions:
     SendEnvelope(inm, targets, channel)  queue the envelope on each target's link (the adapter
                                          dials a target that is not a neighbour)
     Deliver(clients, channel, message, nonce)   a channel message to local clients
+    Answer(client, nonce, reason)        the answer to a subscribe (None: subscribed)
     ToClient(client, response)           an unsolicited response (an eviction)
+    DhtGet(key, then)                    look a DHT record up; `then(values, now)` gives actions
+    DhtPut(key, value)                   store a record on the DHT (a reservation, a release)
     AnswerLocally(inm)                   a command only the adapter can answer (node-stats,
                                          host-stats, get-latency): it calls `reply`
     CutLink(peer)                        close the stream `peer` writes to us on (it passed on
                                          a forged signature)
+
+Reservations are signed DHT records (reservation.py: the format and the first-come rule): the
+first subscriber of a channel on a node looks it up, and reserves it if nobody has, confirming
+once concurrent reservations have settled (SETTLE); one node where it is open (its keeper:
+`_keeper`) looks it up again every KEEP seconds and puts it again, so it lives while the channel
+is open anywhere; a node that finds another reservation won evicts its subscribers. Only the
+owner releases it, when its last subscriber leaves and it knows the channel open nowhere else.
+Password channels' messages are sealed end to end (sealing.py).
 
 A command's response is matched by nonce to what sent the command, for COMMAND_TIMEOUT seconds:
 a response nobody waits for is dropped and counted, as is a duplicate or unroutable envelope.
@@ -50,7 +62,10 @@ from typing import NamedTuple
 from overlay.channels.inm import BROADCAST, CommandHandler, Inm, new_nonce
 from overlay.channels.router import InmRouter
 from overlay.channels.stats import Traffic
-from overlay.channels.table import Change, ChannelTable, Reservation, valid_channel_name, valid_hash
+from overlay.channels import reservation as reservations
+from overlay.channels.reservation import KEEP, SETTLE, Reservation, reservation_key, resolve
+from overlay.channels.sealing import ChannelSecret, open_sealed, seal
+from overlay.channels.table import Change, ChannelTable, valid_channel_name
 from overlay.core.errors import DecodeError
 from overlay.core.jsonwire import loads
 from overlay.core.metrics import Counter
@@ -88,9 +103,25 @@ class Deliver(NamedTuple):
     nonce: str
 
 
+class Answer(NamedTuple):
+    client: object
+    nonce: str
+    reason: str | None  # None: subscribed
+
+
 class ToClient(NamedTuple):
     client: object
     data: dict
+
+
+class DhtGet(NamedTuple):
+    key: bytes
+    then: Callable[[list[bytes], float], "list[RelayAction]"]
+
+
+class DhtPut(NamedTuple):
+    key: bytes
+    value: bytes
 
 
 class AnswerLocally(NamedTuple):
@@ -103,7 +134,7 @@ class CutLink(NamedTuple):
     peer: str
 
 
-RelayAction = SendEnvelope | Deliver | ToClient | AnswerLocally | CutLink
+RelayAction = SendEnvelope | Deliver | Answer | ToClient | DhtGet | DhtPut | AnswerLocally | CutLink
 ResponseHandler = Callable[[Inm, float], "list[RelayAction] | None"]
 TimeoutHandler = Callable[[float], "list[RelayAction]"]
 
@@ -122,14 +153,19 @@ def link_proof(token: str, sender: str, receiver: str) -> str:
 
 class ChannelRelay:
     def __init__(self, me: str, wall_ms: Callable[[], int], sign: Callable[[Inm], str], verify: Callable[[Inm], bool],
+                 sign_reservation: Callable[[Reservation], Reservation],
+                 verify_reservation: Callable[[Reservation], bool] = reservations.verify,
                  network_token: str = "", received: Counter | None = None, dropped: Counter | None = None) -> None:
         """`sign` signs an envelope as this node (inm.sign with the identity key), `verify`
-        checks a source's signature (inm.verify); `received` counts envelopes handled here by
-        type, `dropped` those refused by reason."""
+        checks a source's signature (inm.verify), and `sign_reservation`/`verify_reservation`
+        the same for reservations; `received` counts envelopes handled here by type, `dropped`
+        those refused by reason."""
         self.me = me
         self.wall_ms = wall_ms
         self.sign = sign
         self.verify = verify
+        self.sign_reservation = sign_reservation
+        self.verify_reservation = verify_reservation
         self.replay = ReplayWindow(MAX_SKEW, MAX_SIGNED, MAX_SIGNED_PER_SOURCE)
         self.network_token = network_token
         self.table = ChannelTable(me)
@@ -144,6 +180,8 @@ class ChannelRelay:
         self._waiting: dict[str, tuple[float, ResponseHandler, TimeoutHandler | None, bool]] = {}
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (node, expiry)
         self._introducing = 0  # get-node-connection commands in flight
+        self._check_at: dict[str, float] = {}  # open channel -> when to look its reservation up again
+        self._confirming: dict[str, bool] = {}  # ... and whether that is the check of our own new one
 
     # ---- links ----
 
@@ -175,13 +213,11 @@ class ChannelRelay:
         return issued is not None and issued[0] == peer and issued[1] > now
 
     def link_up(self, peer: str, now: float) -> list[RelayAction]:
-        """A new neighbour: onboard, WSRelay-style, by taking its open and reserved channels."""
+        """A new neighbour: onboard, WSRelay-style, by learning which channels are open on it
+        (reservations are not copied: they are in the DHT)."""
         if peer not in self.neighbours:
             self.neighbours = [*self.neighbours, peer]
-        out: list[RelayAction] = []
-        for command, is_open in (("list-channels", True), ("list-reserved-channels", False)):
-            out += self.command(peer, {"command": command}, now, self._onboarding(peer, is_open))
-        return out
+        return self.command(peer, {"command": "list-channels"}, now, self._onboarding(peer))
 
     def link_down(self, peer: str) -> None:
         if peer in self.neighbours:
@@ -191,21 +227,15 @@ class ChannelRelay:
         self.link_down(peer)
         self.table.forget_node(peer)
 
-    def _onboarding(self, peer: str, is_open: bool) -> ResponseHandler:
-        def on_listing(inm: Inm, now: float) -> list[RelayAction]:
+    def _onboarding(self, peer: str) -> ResponseHandler:
+        def on_listing(inm: Inm, now: float) -> None:
             listing = inm.data.get("channels") if isinstance(inm.data, dict) else None
-            out: list[RelayAction] = []
             for item in listing if isinstance(listing, list) else []:
-                try:
-                    name, reservation = self._reservation(peer, {"channel": item["name"], **item})
-                except (KeyError, TypeError, ValueError):
-                    self.dropped.inc(reason="bad listing")
-                    continue
-                if is_open:
-                    out += self._apply(name, self.table.announce(peer, name, reservation, True, now), now)
+                name = item.get("name") if isinstance(item, dict) else None
+                if valid_channel_name(name):
+                    self.table.announce(peer, name, True, now)
                 else:
-                    out += self._apply(name, self.table.reserve(name, reservation, now)[1], now)
-            return out
+                    self.dropped.inc(reason="bad listing")
 
         return on_listing
 
@@ -310,9 +340,10 @@ class ChannelRelay:
         data = inm.data
         name = data.get("command") if isinstance(data, dict) else None
         if name == ANNOUNCE:
-            reservation_name, reservation = self._reservation(inm.source, data)
-            change = self.table.announce(inm.source, reservation_name, reservation, bool(data.get("open")), now)
-            return self._apply(reservation_name, change, now)
+            if not valid_channel_name(data.get("channel")):
+                raise ValueError("invalid channel name")
+            self.table.announce(inm.source, data["channel"], data.get("open") is True, now)
+            return []
         if name in self._handlers:  # other protocols' commands (MessageNet, Degas)
             answer = self._handlers[name](inm)
             return self.reply(inm, answer, now) if answer is not None else []
@@ -320,17 +351,13 @@ class ChannelRelay:
             return [AnswerLocally(inm)]
         if name == "get-node-connection":
             return self._get_node_connection(inm, now)
-        if name == "reserve-channel":
-            channel, reservation = self._reservation(inm.source, data)
-            reason, change = self.table.reserve(channel, reservation, now)
-            return self._apply(channel, change, now) + self.reply(inm, _result(reason), now)
-        if name == "unreserve-channel":
-            return self.reply(inm, _result(self.table.unreserve(data["channel"], now)), now)
         answers: dict[str, Callable[[], dict]] = {
             "get-connection-token": lambda: self._issue_token(inm, now),
             "list-nodes": lambda: {"nodes": sorted(self.neighbours)},
-            "list-channels": lambda: {"channels": self.table.listing(open_only=True)},
-            "list-reserved-channels": lambda: {"channels": self.table.listing(open_only=False)},
+            "list-channels": lambda: {"channels": self.table.listing()},
+            "list-reserved-channels": lambda: {"channels": self.table.listing()},
+            "reserve-channel": lambda: _result(self._compare_reservation(data, released=False)),
+            "unreserve-channel": lambda: _result(self._compare_reservation(data, released=True)),
         }
         answer = answers.get(name)
         return self.reply(inm, answer() if answer else {"ok": False, "reason": "unknown command"}, now)
@@ -371,77 +398,135 @@ class ChannelRelay:
         self._tokens[token] = (node, now + TOKEN_TTL)
         return {"token": token}
 
-    def _reservation(self, source: str, data: dict) -> tuple[str, Reservation]:
-        name, password = data["channel"], data.get("password", "")
-        if not valid_channel_name(name) or not valid_hash(password):
-            raise ValueError("invalid channel or password hash")
-        owner, at = data.get("owner", source), data.get("at")
-        if not isinstance(owner, str) or not isinstance(at, int):
-            owner, at = source, self.wall_ms()  # a WSRelay-style command without our fields
-        return name, Reservation(at, owner, password)
+    def _compare_reservation(self, data: dict, released: bool) -> str | None:
+        """WSRelay's reserve-channel / unreserve-channel from another node: a signed record
+        (a reservation, or its owner's release), compared with the one our clients proved. They
+        change nothing here: reservations are DHT records, and a store applies the first-come
+        rule to what is put there."""
+        try:
+            record = reservations.parse(data)
+        except DecodeError as e:
+            return str(e)
+        if record.released != released or not self.verify_reservation(record):
+            return "not signed by its owner"
+        held = self.table.reservation(record.channel)
+        if held is None:
+            return None
+        if released:
+            return "channel still open"
+        return None if held == record else "channel already reserved"
 
-    # ---- table changes ----
+    # ---- reservations and table changes ----
 
     def _apply(self, name: str, change: Change, now: float) -> list[RelayAction]:
-        """Act on a table change: evict, announce, unreserve."""
-        out: list[RelayAction] = [ToClient(client, {"ok": False, "reason": "channel reserved elsewhere", "channel": name})
-                                  for client in change.evicted]
-        if change.reserved is not None:
-            out += self.broadcast({"command": "reserve-channel", **change.reserved.to_json(name)}, now)
+        """Act on a table change: answer, evict, look up, announce, release."""
+        out: list[RelayAction] = [Answer(client, nonce, reason) for client, nonce, reason in change.answers]
+        out += [ToClient(client, {"ok": False, "reason": "channel reserved elsewhere", "channel": name})
+                for client in change.evicted]
+        if change.look:
+            out.append(DhtGet(reservation_key(name), lambda values, now: self._found(name, values, now)))
         if change.opened:
             out += self._announce(name, True, now)
         if change.closed:
             out += self._closed(name, now)
         return out
 
-    def _announce(self, name: str, is_open: bool, now: float) -> list[RelayAction]:
-        reservation = self.table.reservation(name)
-        if reservation is None:
+    def _found(self, name: str, values: list[bytes], now: float) -> list[RelayAction]:
+        """The lookup of a channel clients wait for: the DHT's reservation, or ours if none."""
+        record, out = resolve(values, self.verify_reservation), []
+        if record is None:
+            secret = self.table.first_waiting(name)
+            if secret is None:
+                return []  # the clients left meanwhile
+            record = self.sign_reservation(Reservation(name, self.me, self.wall_ms(), secret.verifier))
+            out.append(DhtPut(reservation_key(name), record.encode()))
+        change = self.table.found(name, record)
+        if change.opened:  # ours: confirm once concurrent reservations have settled
+            mine = record.owner == self.me
+            self._check_at[name] = now + (SETTLE + 1 if mine else KEEP)
+            self._confirming[name] = mine
+        return out + self._apply(name, change, now)
+
+    def _check(self, name: str, values: list[bytes], now: float) -> list[RelayAction]:
+        """An open channel's reservation, looked up again: evict if another won; put the winner
+        again to keep it alive; reserve anew (same password) if it lapsed or was released."""
+        held = self.table.reservation(name)
+        if held is None:
             return []
-        return self.broadcast({"command": ANNOUNCE, "open": is_open, **reservation.to_json(name)}, now)
+        winner = resolve(values, self.verify_reservation)
+        if winner is None:
+            winner = self.sign_reservation(Reservation(name, self.me, self.wall_ms(), held.verifier))
+            self.table.readopt(name, winner)
+        out = self._apply(name, self.table.checked(name, winner), now)
+        if self.table.reservation(name) is not None:
+            self._check_at[name] = now + KEEP
+            out.append(DhtPut(reservation_key(name), winner.encode()))
+        return out
+
+    def _keeper(self, name: str) -> bool:
+        """Who keeps an open channel's reservation alive (looks it up and puts it again every
+        KEEP): its owner while the channel is open there, else the smallest peer ID among the
+        nodes where it is open. One node per channel, so the DHT work does not grow with members."""
+        held = self.table.reservation(name)
+        if held is None:
+            return False
+        elsewhere = self.table.open_elsewhere(name)
+        return held.owner == self.me or (held.owner not in elsewhere and self.me == min([self.me, *elsewhere]))
+
+    def _announce(self, name: str, is_open: bool, now: float) -> list[RelayAction]:
+        return self.broadcast({"command": ANNOUNCE, "open": is_open, "channel": name}, now)
 
     def _closed(self, name: str, now: float) -> list[RelayAction]:
-        """The last local subscriber left: announce it; if the channel is open nowhere else,
-        unreserve it, and reserve it again if a node answers that it still has clients."""
-        reservation = self.table.reservation(name)
-        if reservation is None:
-            return []
+        """The last local subscriber left: announce it; the owner releases the reservation if it
+        knows the channel open nowhere else (others' stays until it lapses or its owner frees it)."""
+        self._check_at.pop(name, None)
+        self._confirming.pop(name, None)
         out = self._announce(name, False, now)
-        if self.table.open_elsewhere(name) or self.table.subscribers(name):
-            return out
-
-        def on_answer(inm: Inm, now: float) -> list[RelayAction]:
-            if isinstance(inm.data, dict) and inm.data.get("reason") == "channel still open":
-                self.table.reserve(name, reservation, now)
-                return self.broadcast({"command": "reserve-channel", **reservation.to_json(name)}, now)
-            return []
-
-        self.table.unreserve(name, now)
-        return out + self.broadcast({"command": "unreserve-channel", "channel": name}, now, on_answer)
+        record = self.table.closed(name)
+        if record is not None and record.owner == self.me and not self.table.open_elsewhere(name):
+            release = Reservation(name, self.me, max(self.wall_ms(), record.at + 1), record.verifier, released=True)
+            out.append(DhtPut(reservation_key(name), self.sign_reservation(release).encode()))
+        return out
 
     def refresh(self, now: float) -> list[RelayAction]:
         """Re-announce open channels and expire what lapsed (table.py's soft state)."""
         return [action for name in self.table.expire(now) for action in self._announce(name, True, now)]
 
     def tick(self, now: float) -> list[RelayAction]:
-        """Give up on responses that did not come in time."""
+        """Give up on responses that did not come in time; look reservations up again when due."""
+        out: list[RelayAction] = []
+        for name in [n for n, t in self._check_at.items() if t <= now]:
+            self._check_at[name] = now + KEEP  # until the answer comes, or the next round
+            if self._confirming.pop(name, False) or self._keeper(name):
+                out.append(DhtGet(reservation_key(name), lambda values, now, name=name: self._check(name, values, now)))
         expired = [w for w in self._waiting.values() if w[0] <= now]
         if not expired:
-            return []
+            return out
         self._waiting = {nonce: w for nonce, w in self._waiting.items() if w[0] > now}
-        return [action for _, _, on_timeout, _ in expired if on_timeout for action in on_timeout(now)]
+        return out + [action for _, _, on_timeout, _ in expired if on_timeout for action in on_timeout(now)]
 
     # ---- channel messages ----
 
     def _on_message(self, inm: Inm, now: float) -> list[RelayAction]:
-        name, text = inm.data["channel"], inm.data["message"]
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise ValueError("channel and message must be strings")
-        try:
-            message = base64.b64decode(text, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            raise ValueError("message is not base64 of UTF-8") from None
-        nonce = inm.data.get("nonce", inm.nonce)
+        name = inm.data["channel"]
+        secret = self.table.secret(name) if isinstance(name, str) else None
+        if secret is None:
+            self.dropped.inc(reason="channel not open here")
+            return []
+        if secret.key is not None:
+            try:
+                message, nonce = open_sealed(secret.key, name, inm.source, base64.b64decode(inm.data.get("sealed"), validate=True))
+            except (DecodeError, binascii.Error, TypeError):
+                self.dropped.inc(reason="unauthentic channel message")
+                return []
+        else:
+            text, nonce = inm.data["message"], inm.data.get("nonce", inm.nonce)
+            if not isinstance(text, str):
+                raise ValueError("message must be a string")
+            try:
+                message = base64.b64decode(text, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ValueError("message is not base64 of UTF-8") from None
         self._count(name, len(message), now)
         return self._deliver(name, message, nonce if isinstance(nonce, str) else inm.nonce, None)
 
@@ -462,26 +547,32 @@ class ChannelRelay:
 
     def publish(self, client: object, name: str, message: str, nonce: str, now: float) -> tuple[str | None, list[RelayAction]]:
         """A local client sends to a channel: its other local subscribers, then each node where
-        the channel is open, one unicast each over that node's link (so in order)."""
-        if not self.table.subscribed(client, name):
+        the channel is open, one unicast each over that node's link (so in order); a password
+        channel's message sealed once for all of them."""
+        secret = self.table.secret(name)
+        if secret is None or not self.table.subscribed(client, name):
             return "not subscribed", []
         self._count(name, len(message), now)
         out = self._deliver(name, message, nonce, client)
-        data = {"message": base64.b64encode(message.encode()).decode(), "channel": name, "nonce": nonce}
+        if secret.key is not None:
+            data = {"channel": name, "sealed": base64.b64encode(seal(secret.key, name, self.me, message, nonce)).decode()}
+        else:
+            data = {"message": base64.b64encode(message.encode()).decode(), "channel": name, "nonce": nonce}
         for node in self.table.open_elsewhere(name):  # each envelope its own nonce: clients reuse theirs
             out += self.send(Inm(self.me, node, "message", new_nonce(), data), now, channel=name)
         return None, out
 
-    def subscribe(self, client: object, name: str, password_hash: str, now: float) -> tuple[str | None, list[RelayAction]]:
-        reason, change = self.table.subscribe(client, name, password_hash, now, self.wall_ms())
-        return reason, self._apply(name, change, now)
+    def subscribe(self, client: object, name: str, secret: ChannelSecret, nonce: str, now: float) -> list[RelayAction]:
+        """Answered with an Answer action: at once while the channel is open here, else once
+        its reservation has been looked up."""
+        return self._apply(name, self.table.subscribe(client, name, secret, nonce), now)
 
     def unsubscribe(self, client: object, name: str, now: float) -> tuple[str | None, list[RelayAction]]:
-        reason, change = self.table.unsubscribe(client, name, now)
+        reason, change = self.table.unsubscribe(client, name)
         return reason, self._apply(name, change, now)
 
     def drop_client(self, client: object, now: float) -> list[RelayAction]:
-        return [action for name in self.table.drop_client(client, now) for action in self._closed(name, now)]
+        return [action for name in self.table.drop_client(client) for action in self._closed(name, now)]
 
 
 def _result(reason: str | None) -> dict:

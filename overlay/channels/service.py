@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,15 +48,18 @@ from overlay.channels import client as client_frames
 from overlay.channels.inm import CommandHandler, Inm, decode, new_nonce
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
-from overlay.channels.relay import (COMMAND_TIMEOUT, AnswerLocally, ChannelRelay, CutLink, Deliver, RelayAction,
-                                    SendEnvelope, ToClient)
+from overlay.channels import reservation
+from overlay.channels.relay import (COMMAND_TIMEOUT, Answer, AnswerLocally, ChannelRelay, CutLink, Deliver, DhtGet,
+                                    DhtPut, RelayAction, SendEnvelope, ToClient)
 from overlay.channels.router import LinkQueue
+from overlay.channels.sealing import channel_secret
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
-from overlay.channels.table import REFRESH, ChannelTable, hash_password
-from overlay.core.errors import DecodeError, DialError
+from overlay.channels.table import REFRESH, ChannelTable
+from overlay.core.errors import DecodeError, DialError, RecordError
 from overlay.core.framing import frame
 from overlay.core.metrics import Registry
 from overlay.core.ratelimit import TokenBucket
+from overlay.kademlia.lookup import LookupResult
 from overlay.transport.framed import FramedStream
 from overlay.transport.host import StreamHost
 
@@ -98,15 +102,25 @@ class Client:
     send_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=5000, burst=10000))
 
 
+class Records(Protocol):
+    """The DHT, as the channels use it: reservations are records (the DhtService)."""
+
+    async def get_value(self, key: bytes, quorum: int = 0) -> LookupResult: ...
+
+    async def put_value(self, key: bytes, value: bytes) -> int: ...
+
+
 class ChannelService:
     def __init__(self, me: str, key: Ed25519PrivateKey, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
-                 peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], network: str, metrics: Registry,
-                 want: int = 8, max_links: int = 64, token: str = "", expects_peers: bool = False) -> None:
-        """`me`: this node's peer ID, `key` its identity key (signs its broadcasts); `host`:
-        streams to peers; `connect`: dial a peer by ID; `peers`: the peers connected now
-        (candidate neighbours); `ping`: a round trip to one, in seconds; `expects_peers`:
-        bootstraps are configured, so no neighbour is a health problem."""
+                 peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], records: Records, network: str,
+                 metrics: Registry, want: int = 8, max_links: int = 64, token: str = "", expects_peers: bool = False) -> None:
+        """`me`: this node's peer ID, `key` its identity key (signs its broadcasts and
+        reservations); `host`: streams to peers; `connect`: dial a peer by ID; `peers`: the
+        peers connected now (candidate neighbours); `ping`: a round trip to one, in seconds;
+        `records`: the DHT; `expects_peers`: bootstraps are configured, so no neighbour is a
+        health problem."""
         self.me = me
+        self.records = records
         self.host = host
         self.connect = connect
         self.peers = peers
@@ -117,8 +131,9 @@ class ChannelService:
         self.max_links = max_links
         self.received = metrics.counter("overlay_inm_received_total", "Intra-node messages received, by type")
         self.dropped = metrics.counter("overlay_inm_dropped_total", "Intra-node messages dropped, by reason")
-        self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), partial(sign_envelope, key), verify_envelope, token,
-                                  self.received, self.dropped)
+        self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), partial(sign_envelope, key), verify_envelope,
+                                  partial(reservation.sign, key), network_token=token, received=self.received,
+                                  dropped=self.dropped)
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
@@ -133,7 +148,7 @@ class ChannelService:
         metrics.gauge("overlay_inm_neighbours", "Nodes with an INM link", lambda: len(self.relay.neighbours))
         metrics.gauge("overlay_channel_clients", "Local channel clients", lambda: len(self.clients))
         metrics.gauge("overlay_channels_open", "Channels open on this node", lambda: len(self.table.open_here()))
-        metrics.gauge("overlay_channels_reserved", "Channels reserved in the network", lambda: len(self.table.channels))
+        metrics.gauge("overlay_channels_known", "Channels open here or announced open elsewhere", lambda: len(self.table.channels))
         metrics.gauge("overlay_inm_link_dropped_total", "Envelopes dropped on full link queues",
                       lambda: sum(self.link_drops().values()))
         # node-stats' network figures, the same numbers as the command answers
@@ -286,11 +301,34 @@ class ChannelService:
                 for client_id in action.clients:
                     if (client := self.clients.get(client_id)) is not None:  # type: ignore[arg-type]
                         self._to_client(client, text)
+            elif isinstance(action, Answer):
+                if (client := self.clients.get(action.client)) is not None:  # type: ignore[arg-type]
+                    reason, nonce = action.reason, action.nonce or None
+                    self._to_client(client, client_frames.failure(nonce, reason) if reason else client_frames.ok(nonce))
             elif isinstance(action, ToClient):
                 if (client := self.clients.get(action.client)) is not None:  # type: ignore[arg-type]
                     self._to_client(client, client_frames.response(None, action.data))
+            elif isinstance(action, DhtGet):
+                self._spawn(self._get, action)
+            elif isinstance(action, DhtPut):
+                self._spawn(self._put, action)
             elif isinstance(action, AnswerLocally):
                 self._spawn(self._answer_locally, action.inm)
+
+    async def _get(self, get: DhtGet) -> None:
+        try:
+            values = [value for _, value in (await self.records.get_value(get.key)).values]
+        except Exception as e:  # noqa: BLE001 - a failed lookup finds nothing
+            log.debug("channel record lookup failed: %s", e)
+            values = []
+        self._act(get.then(values, trio.current_time()))
+
+    async def _put(self, put: DhtPut) -> None:
+        try:
+            await self.records.put_value(put.key, put.value)
+        except RecordError as e:  # ours, refused by our own store: a bug, or a clock far off
+            self.dropped.inc(reason="reservation refused")
+            log.warning("channel reservation refused by the local store: %s", e)
 
     def _forward(self, send: SendEnvelope) -> None:
         try:
@@ -399,11 +437,10 @@ class ChannelService:
         else:
             if not client.subscribe_bucket.allow(now):
                 return client_frames.failure(request.nonce, "rate limited")
-            hashed = await trio.to_thread.run_sync(hash_password, request.channel, request.password)
-            if client.id not in self.clients:
-                return None
-            reason, actions = self.relay.subscribe(client.id, request.channel, hashed, trio.current_time())
-            self._act(actions)
+            secret = await trio.to_thread.run_sync(channel_secret, request.channel, request.password)
+            if client.id in self.clients:  # answered by an Answer action, maybe after a DHT lookup
+                self._act(self.relay.subscribe(client.id, request.channel, secret, request.nonce or "", trio.current_time()))
+            return None
         return client_frames.failure(request.nonce, reason) if reason else client_frames.ok(request.nonce)
 
     # ---- stats and health ----

@@ -1,87 +1,78 @@
-"""The channel registry of one node, without I/O: reservations, where channels are open, local subscribers.
+"""The channel registry of one node, without I/O: local subscribers, the reservation they proved,
+and where else each channel is open.
 
-WSRelay's model: a channel is *open* on a node while the node has subscribed clients, and
-*reserved* network-wide from its first subscriber on, with the channel's password hash, so that
-every node checks the same password. What WSRelay leaves open, decided here
-(docs/protocols/wsrelay.md gives the reasons):
+A channel on a node is in one of three states (no entry at all: unknown):
 
-- **Concurrent reservations.** A reservation is (hash, owner node, time it was made); of two
-  reservations of one name the one made earlier wins, ties broken by owner name. Every node
-  applies the same rule to whatever it hears, in any order, so all end on the same winner. A
-  node whose clients subscribed under the losing reservation evicts them (they proved a
-  password the network no longer uses).
-- **Where channels are open** (interest) is soft state: a node announces each open channel when
-  it opens and closes it and every REFRESH seconds, and an announcement not renewed for EXPIRE
-  seconds lapses. Announcements carry the reservation, so they also repair reservations that
-  diverged during a partition (anti-entropy). Messages go only to nodes where the channel is
-  open, never to the whole network.
-- **Orphaned reservations** (every node with clients crashed) lapse GRACE seconds after the last
-  announcement for them; an explicit unreserve removes them at once.
+    KNOWN    open on other nodes (their announcements); nothing local
+    LOOKING  local clients asked to subscribe; the reservation is being looked up in the DHT,
+             and they wait for the answer
+    OPEN     local subscribers, each of whom proved the password of `reservation`
 
-Times: `now` is a monotonic clock for expiry; reservations carry wall-clock milliseconds (`at`),
-the only time nodes compare with each other.
+    unknown/KNOWN --subscribe--------------------------> LOOKING   (the relay looks the record up)
+    LOOKING       --found: clients whose password fits-> OPEN      (answered ok)
+    LOOKING       --found: none fits-------------------> KNOWN     (answered "invalid password")
+    OPEN          --subscribe--------------------------> OPEN      (answered at once)
+    OPEN          --last subscriber leaves-------------> KNOWN     (closed: the relay announces it)
+    OPEN          --checked: another reservation won---> KNOWN     (the subscribers are evicted)
+    KNOWN         --no announcement for EXPIRE s-------> unknown
+
+Reservations live in the DHT (reservation.py has the record and the first-come rule); this table
+holds the one its clients subscribed under. Where channels are open is soft state: nodes
+announce each open channel when it opens and closes and every REFRESH seconds, and an
+announcement not renewed within EXPIRE seconds lapses. Messages go only to nodes where the
+channel is open.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass, field
+from enum import Enum
 
-PBKDF2_ITERATIONS = 32768
+from overlay.channels.reservation import Reservation
+from overlay.channels.sealing import ChannelSecret
+
 MAX_CHANNEL_NAME = 128
 MAX_PASSWORD = 1024
 REFRESH = 30.0
 EXPIRE = 3 * REFRESH + 5
-GRACE = 120.0
-MAX_CHANNELS = 10_000  # reservations a node keeps; more are refused
+MAX_CHANNELS = 10_000  # channels a node keeps; more are refused
+MAX_WAITING = 256  # clients waiting for one channel's lookup
 
 
-def hash_password(channel: str, password: str | None) -> str:
-    """PBKDF2-HMAC-SHA256 with the channel name as salt; "" for a channel without password.
-
-    About 15 ms of CPU: callers on the event loop run it in a worker thread.
-    """
-    if not password:
-        return ""
-    return hashlib.pbkdf2_hmac("sha256", password.encode(), channel.encode(), PBKDF2_ITERATIONS).hex()
+class ChannelState(Enum):
+    KNOWN = "known"
+    LOOKING = "looking"
+    OPEN = "open"
 
 
 def valid_channel_name(name: object) -> bool:
     return isinstance(name, str) and 1 <= len(name) <= MAX_CHANNEL_NAME and name.isprintable()
 
 
-def valid_hash(value: object) -> bool:
-    return isinstance(value, str) and (value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value)))
-
-
-@dataclass(frozen=True, order=True)
-class Reservation:
-    """Ordered by (at, owner): the smaller one wins."""
-
-    at: int  # wall-clock ms at the owner when it reserved
-    owner: str
-    password: str  # the hash
-
-    def to_json(self, name: str) -> dict:
-        return {"channel": name, "password": self.password, "owner": self.owner, "at": self.at}
-
-
 @dataclass
 class _Channel:
-    reservation: Reservation
-    heard: float  # last time anything renewed the reservation (monotonic)
-    open_on: dict[str, float] = field(default_factory=dict)  # node -> announcement expiry
+    reservation: Reservation | None = None  # the one the subscribers proved (OPEN)
+    secret: ChannelSecret | None = None  # their verifier and message key
+    open_on: dict[str, float] = field(default_factory=dict)  # other node -> announcement expiry
     subscribers: set[object] = field(default_factory=set)  # local clients
+    waiting: dict[object, tuple[str, ChannelSecret]] = field(default_factory=dict)  # client -> (nonce, secret)
+
+    @property
+    def state(self) -> ChannelState:
+        if self.subscribers:
+            return ChannelState.OPEN
+        return ChannelState.LOOKING if self.waiting else ChannelState.KNOWN
 
 
 @dataclass(frozen=True)
 class Change:
-    """What a call changed that the adapter must act on."""
+    """What a call changed that the relay must act on."""
 
     opened: bool = False  # the channel is now open here: announce it
-    closed: bool = False  # no local subscriber any more: announce it, maybe unreserve
-    reserved: Reservation | None = None  # a reservation made here: announce it
+    closed: bool = False  # no local subscriber any more: announce it, maybe release it
+    look: bool = False  # look the reservation up (the first client of a LOOKING channel)
+    answers: tuple[tuple[object, str, str | None], ...] = ()  # (client, nonce, failure or None)
     evicted: frozenset[object] = frozenset()  # local clients whose subscription is void
 
 
@@ -89,44 +80,103 @@ class ChannelTable:
     def __init__(self, me: str) -> None:
         self.me = me
         self.channels: dict[str, _Channel] = {}
-        self.refused = 0  # reservations refused for MAX_CHANNELS
+        self.refused = 0  # channels refused for MAX_CHANNELS
 
-    # ---- local clients ----
-
-    def subscribe(self, client: object, name: str, password_hash: str, now: float, wall_ms: int) -> tuple[str | None, Change]:
-        """(failure reason or None, change). The first subscriber anywhere reserves the channel."""
+    def _entry(self, name: str) -> _Channel | None:
         channel = self.channels.get(name)
-        reserved = None
         if channel is None:
             if len(self.channels) >= MAX_CHANNELS:
                 self.refused += 1
-                return "too many channels", Change()
-            reserved = Reservation(wall_ms, self.me, password_hash)
-            channel = self.channels[name] = _Channel(reserved, now)
-        elif not hmac.compare_digest(channel.reservation.password, password_hash):
-            return "invalid password", Change()
-        opened = not channel.subscribers
-        channel.subscribers.add(client)
-        if opened:
-            channel.open_on[self.me] = float("inf")
-        return None, Change(opened=opened, reserved=reserved)
+                return None
+            channel = self.channels[name] = _Channel()
+        return channel
 
-    def unsubscribe(self, client: object, name: str, now: float) -> tuple[str | None, Change]:
+    # ---- local clients ----
+
+    def subscribe(self, client: object, name: str, secret: ChannelSecret, nonce: str) -> Change:
+        channel = self._entry(name)
+        if channel is None:
+            return Change(answers=((client, nonce, "too many channels"),))
+        if channel.state is ChannelState.OPEN:
+            assert channel.reservation is not None
+            if not hmac.compare_digest(channel.reservation.verifier, secret.verifier):
+                return Change(answers=((client, nonce, "invalid password"),))
+            channel.subscribers.add(client)
+            return Change(answers=((client, nonce, None),))
+        if len(channel.waiting) >= MAX_WAITING:
+            return Change(answers=((client, nonce, "busy"),))
+        look = channel.state is ChannelState.KNOWN
+        channel.waiting[client] = (nonce, secret)
+        return Change(look=look)
+
+    def first_waiting(self, name: str) -> ChannelSecret | None:
+        """The secret of the first client waiting for `name` (who reserves it if nobody has)."""
+        channel = self.channels.get(name)
+        return next(iter(channel.waiting.values()))[1] if channel and channel.waiting else None
+
+    def found(self, name: str, reservation: Reservation) -> Change:
+        """The lookup's answer: the waiting clients whose password fits subscribe."""
+        channel = self.channels.get(name)
+        if channel is None or channel.state is not ChannelState.LOOKING:
+            return Change()
+        answers = []
+        for client, (nonce, secret) in channel.waiting.items():
+            fits = hmac.compare_digest(reservation.verifier, secret.verifier)
+            if fits:
+                channel.subscribers.add(client)
+                channel.secret = secret
+            answers.append((client, nonce, None if fits else "invalid password"))
+        channel.waiting.clear()
+        if channel.subscribers:
+            channel.reservation = reservation
+        return Change(opened=bool(channel.subscribers), answers=tuple(answers))
+
+    def checked(self, name: str, winner: Reservation) -> Change:
+        """The DHT's reservation, looked up again while open: the same password keeps the
+        subscribers (the record is adopted), another evicts them."""
+        channel = self.channels.get(name)
+        if channel is None or channel.state is not ChannelState.OPEN or channel.reservation == winner:
+            return Change()
+        if channel.reservation is not None and hmac.compare_digest(channel.reservation.verifier, winner.verifier):
+            channel.reservation = winner
+            return Change()
+        evicted = frozenset(channel.subscribers)
+        channel.subscribers.clear()
+        channel.reservation = channel.secret = None
+        return Change(closed=True, evicted=evicted)
+
+    def readopt(self, name: str, reservation: Reservation) -> None:
+        """Our own new reservation of a channel open here (the old one lapsed or was released)."""
+        channel = self.channels.get(name)
+        if channel is not None and channel.state is ChannelState.OPEN:
+            channel.reservation = reservation
+
+    def unsubscribe(self, client: object, name: str) -> tuple[str | None, Change]:
         channel = self.channels.get(name)
         if channel is None or client not in channel.subscribers:
+            if channel is not None and channel.waiting.pop(client, None) is not None:
+                return None, Change()
             return "not subscribed", Change()
         channel.subscribers.discard(client)
         if channel.subscribers:
             return None, Change()
-        channel.open_on.pop(self.me, None)
-        channel.heard = now
         return None, Change(closed=True)
 
-    def drop_client(self, client: object, now: float) -> list[str]:
+    def closed(self, name: str) -> Reservation | None:
+        """After the last subscriber left: forget the reservation; returns it."""
+        channel = self.channels.get(name)
+        if channel is None or channel.subscribers:
+            return None
+        reservation, channel.reservation, channel.secret = channel.reservation, None, None
+        if not channel.open_on and not channel.waiting:
+            del self.channels[name]
+        return reservation
+
+    def drop_client(self, client: object) -> list[str]:
         """A client went away: the channels it leaves closed here."""
         closed = []
-        for name, channel in list(self.channels.items()):
-            if client in channel.subscribers and self.unsubscribe(client, name, now)[1].closed:
+        for name in list(self.channels):
+            if self.unsubscribe(client, name)[1].closed:
                 closed.append(name)
         return closed
 
@@ -140,53 +190,20 @@ class ChannelTable:
 
     # ---- what other nodes say ----
 
-    def reserve(self, name: str, reservation: Reservation, now: float) -> tuple[str | None, Change]:
-        """A reservation heard from the network (reserve-channel, an announcement, a listing).
-
-        Returns "channel already reserved" when a different reservation already holds the name
-        and keeps it; the same reservation again is accepted (announcements repeat it).
-        """
-        channel = self.channels.get(name)
-        if channel is None:
-            if len(self.channels) >= MAX_CHANNELS:
-                self.refused += 1
-                return "too many channels", Change()
-            self.channels[name] = _Channel(reservation, now)
-            return None, Change()
-        if reservation == channel.reservation:
-            channel.heard = now
-            return None, Change()
-        if channel.reservation < reservation:
-            return "channel already reserved", Change()
-        evicted = frozenset()
-        if reservation.password != channel.reservation.password and channel.subscribers:
-            evicted = frozenset(channel.subscribers)
-            channel.subscribers.clear()
-            channel.open_on.pop(self.me, None)
-        channel.reservation, channel.heard = reservation, now
-        return None, Change(closed=bool(evicted), evicted=evicted)
-
-    def announce(self, node: str, name: str, reservation: Reservation, is_open: bool, now: float) -> Change:
-        """A node says the channel is open (or no longer open) there, under this reservation."""
-        _, change = self.reserve(name, reservation, now)
-        channel = self.channels.get(name)
-        if channel is not None and node != self.me:
-            if is_open and channel.reservation.password == reservation.password:
-                channel.open_on[node] = now + EXPIRE
-            else:
+    def announce(self, node: str, name: str, is_open: bool, now: float) -> None:
+        """A node says the channel is open (or no longer open) there."""
+        if node == self.me:
+            return
+        if not is_open:
+            channel = self.channels.get(name)
+            if channel is not None:
                 channel.open_on.pop(node, None)
-            channel.heard = now
-        return change
-
-    def unreserve(self, name: str, now: float) -> str | None:
-        """Another node asks to free the channel: refused while it is open here."""
-        channel = self.channels.get(name)
-        if channel is None:
-            return None
-        if channel.subscribers:
-            return "channel still open"
-        del self.channels[name]
-        return None
+                if channel.state is ChannelState.KNOWN and not channel.open_on:
+                    del self.channels[name]
+            return
+        channel = self._entry(name)
+        if channel is not None:
+            channel.open_on[node] = now + EXPIRE
 
     def forget_node(self, node: str) -> None:
         """A node left the network (its announcements would lapse anyway)."""
@@ -201,30 +218,32 @@ class ChannelTable:
     def open_elsewhere(self, name: str) -> list[str]:
         """Nodes the channel's messages go to."""
         channel = self.channels.get(name)
-        return sorted(n for n in channel.open_on if n != self.me) if channel else []
+        return sorted(channel.open_on) if channel else []
 
     def reservation(self, name: str) -> Reservation | None:
         channel = self.channels.get(name)
         return channel.reservation if channel else None
 
-    def listing(self, open_only: bool) -> list[dict]:
-        """list-channels (open here) / list-reserved-channels (all): WSRelay's {name, password},
-        plus owner and at so a joining node applies the same conflict rule."""
-        return [
-            {"name": name, "password": c.reservation.password, "owner": c.reservation.owner, "at": c.reservation.at}
-            for name, c in sorted(self.channels.items())
-            if c.subscribers or not open_only
-        ]
+    def secret(self, name: str) -> ChannelSecret | None:
+        """The open channel's verifier and key (None: not open here)."""
+        channel = self.channels.get(name)
+        return channel.secret if channel and channel.subscribers else None
+
+    def listing(self) -> list[dict]:
+        """list-channels: the channels open here, with the signed reservation their clients
+        proved (a verifier, never anything that opens a message)."""
+        return [{"name": name, **c.reservation.to_json()} for name, c in sorted(self.channels.items())
+                if c.subscribers and c.reservation is not None]
 
     # ---- time ----
 
     def expire(self, now: float) -> list[str]:
-        """Drop lapsed announcements and orphaned reservations; returns the channels open here,
-        which the adapter re-announces (call every REFRESH seconds)."""
+        """Drop lapsed announcements and channels nothing keeps; returns the channels open here,
+        which the relay re-announces (call every REFRESH seconds)."""
         for name, channel in list(self.channels.items()):
             for node, until in list(channel.open_on.items()):
                 if until < now:
                     del channel.open_on[node]
-            if not channel.open_on and now - channel.heard > GRACE:
+            if channel.state is ChannelState.KNOWN and not channel.open_on:
                 del self.channels[name]
         return self.open_here()

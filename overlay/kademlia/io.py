@@ -170,6 +170,10 @@ class DhtService:
     async def get_value(self, key: bytes, quorum: int = 0) -> LookupResult:
         return (await self.query(lambda now: self.core.get_value(key, now, quorum))).result
 
+    async def put_value(self, key: bytes, value: bytes) -> int:
+        """Store once (no republishing); the stores that took it. Raises RecordError if invalid."""
+        return (await self.query(lambda now: self.core.put_value(key, value, now))).stored
+
     async def publish(self, key: bytes, value: bytes) -> int:
         return (await self.query(lambda now: self.core.publish(key, value, now))).stored
 

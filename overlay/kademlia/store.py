@@ -15,7 +15,11 @@ from overlay.core.peer import PeerInfo
 
 
 class Validator(Protocol):
-    """Decides which values the DHT stores and believes."""
+    """Decides which values the DHT stores and believes.
+
+    `select` also decides what a store keeps, given [held, new] in that order. A validator may
+    have `ttl(key) -> float | None`: its records' lifetime, if not the store's.
+    """
 
     def validate(self, key: bytes, value: bytes) -> None:
         """Raise RecordError when `value` is not acceptable under `key`."""
@@ -53,7 +57,8 @@ class RecordStore:
             self.expire(now)
             if len(self._records) >= self.max_records:
                 return False
-        self._records[key] = _Stored(value, now + self.ttl)
+        ttl = getattr(self.validator, "ttl", lambda key: None)(key) or self.ttl
+        self._records[key] = _Stored(value, now + ttl)
         self._records.move_to_end(key)
         return True
 
@@ -144,3 +149,7 @@ class NamespacedValidator:
 
     def select(self, key: bytes, values: list[bytes]) -> int:
         return self._for(key).select(key, values)
+
+    def ttl(self, key: bytes) -> float | None:
+        ttl = getattr(self._for(key), "ttl", None)
+        return ttl(key) if ttl is not None else None

@@ -152,8 +152,8 @@ class Api:
 
     async def channels(self, request: Request) -> Response:
         table = self.node.channels.table
-        reserved = [{k: v for k, v in entry.items() if k != "password"} | {"protected": bool(entry["password"])}
-                    for entry in table.listing(open_only=False)]  # a password hash opens the channel: never shown
+        reserved = [{k: v for k, v in entry.items() if k not in ("verifier", "sig")} | {"protected": bool(entry["verifier"])}
+                    for entry in table.listing()]  # the reservations our clients proved
         return JSONResponse({**self.node.channels.node_stats(), "reserved": reserved,
                              "open_elsewhere": {name: table.open_elsewhere(name) for name in table.channels}})
 

@@ -31,6 +31,7 @@ from nat.relay import RelayService
 from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
+from overlay.channels import reservation
 from overlay.channels.service import ChannelService
 from overlay.core.addrs import strip_p2p
 from overlay.core.errors import DialError, NotFoundError, SelfDialError
@@ -64,6 +65,10 @@ MAX_STUN_SERVERS = 6
 
 _last_interfaces: tuple[list[str], list[str]] = ([], [])
 _reported_errnos: set[int | None] = set()
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def interface_ips() -> tuple[list[str], list[str]]:
@@ -130,7 +135,8 @@ class Node:
         self.host = build_host(self.key, config.listen, config.max_connections)
         self.metrics = Registry()
         self.dialer = Dialer(self.host)
-        validator = NamespacedValidator({b"peer": PeerRecordValidator()})
+        validator = NamespacedValidator({b"peer": PeerRecordValidator(),
+                                         reservation.NAMESPACE: reservation.ReservationValidator(wall_ms)})
         self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=config.dht_mode != "client")
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
         self._reachability = ReachabilityMachine(None if config.reachability == "auto" else Reachability(config.reachability))
@@ -158,7 +164,7 @@ class Node:
             if (pid := ID.from_base58(a.value_for_protocol("p2p"))) != self.peer_id  # a shared config may list us
         ]
         self.channels = ChannelService(str(self.peer_id), self.key, self.host, self.connect, self.connected_peers, self.ping,
-                                       config.network, self.metrics, want=config.inm_peers, token=config.network_token,
+                                       self.dht, config.network, self.metrics, want=config.inm_peers, token=config.network_token,
                                        expects_peers=bool(self.bootstraps))
         self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold)
         self.peermsg = PeerMessaging(self.host, self.connect, self.connected_peers, config.network, self.metrics,

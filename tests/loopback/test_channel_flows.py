@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from functools import partial
 
 import pytest
 import trio
@@ -19,7 +18,9 @@ from overlay.node.api import serve_api
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.channels.inm import BROADCAST, Inm, new_nonce
 from overlay.channels.inm import sign as sign_envelope
-from overlay.channels.table import hash_password
+from overlay.channels import reservation
+from overlay.channels.reservation import SETTLE, Reservation, reservation_key
+from overlay.channels.sealing import PUBLIC, channel_secret
 from overlay.core.framing import frame
 from overlay.transport.framed import FramedStream
 from overlay.transport.host import build_host
@@ -99,8 +100,7 @@ async def test_flow_new_client_multi_node(tmp_path):
         await wait_for(lambda: neighbours(a, b) and neighbours(a, bystander), what="INM links")
         async with client(a) as c1, client(b) as c2:
             assert (await c1.call("subscribe", topic="channel", password="passwd"))["data"] == OK
-            await wait_for(lambda: b.channels.table.reservation("channel") is not None, what="B reserves the channel")
-            reply = await c2.call("subscribe", topic="channel", password="wdpass")
+            reply = await c2.call("subscribe", topic="channel", password="wdpass")  # B finds A's reservation in the DHT
             assert reply["data"] == {"ok": False, "reason": "invalid password"}
             assert (await c2.call("subscribe", topic="channel", password="passwd"))["data"] == OK
             await wait_for(lambda: a.channels.table.open_elsewhere("channel") == [str(b.peer_id)], what="A learns B has it open")
@@ -110,10 +110,12 @@ async def test_flow_new_client_multi_node(tmp_path):
             for i in range(50):
                 assert (await c2.call("send", channel="channel", message=f"m{i}", nonce=str(i)))["data"] == OK
             assert [(await c1.next())["data"]["message"] for _ in range(50)] == [f"m{i}" for i in range(50)]
+            assert b.channels.table.reservation("channel") == a.channels.table.reservation("channel")
+            stored = a.channels.table.reservation("channel")
+            assert stored.owner == str(a.peer_id) and stored.verifier == channel_secret("channel", "passwd").verifier
+            assert "passwd" not in json.dumps(a.channels.table.listing())
         assert bystander.channels.received.get(type="message") == 0, "messages go only where the channel is open"
-        assert bystander.channels.table.reservation("channel") is not None, "reservations do reach every node"
-        stored = a.channels.table.reservation("channel").password
-        assert stored == hash_password("channel", "passwd") and "passwd" not in json.dumps(a.channels.table.listing(False))
+        assert bystander.channels.table.reservation("channel") is None, "reservations are DHT records, not flooded"
 
 
 async def test_flow_node_onboarding(tmp_path):
@@ -123,12 +125,16 @@ async def test_flow_node_onboarding(tmp_path):
         await wait_for(lambda: neighbours(a, b), what="INM link a-b")
         async with client(a) as c1:
             assert (await c1.call("subscribe", topic="channel", password="pw"))["data"] == OK
-            await wait_for(lambda: b.channels.table.reservation("channel") is not None, what="B reserves")
             late = await start(c, join=b)
-            await wait_for(lambda: late.channels.table.reservation("channel") == a.channels.table.reservation("channel"),
-                           what="the new node synchronised")
+            await wait_for(lambda: neighbours(late, b), what="INM link late-b")
             assert late.channels.table.open_here() == []
-            assert str(a.peer_id) in late.channels.table.open_elsewhere("channel") or neighbours(late, b)
+            async with client(late) as c2:
+                assert (await c2.call("subscribe", topic="channel", password="nope"))["data"] == \
+                    {"ok": False, "reason": "invalid password"}, "the new node finds the reservation in the DHT"
+                assert (await c2.call("subscribe", topic="channel", password="pw"))["data"] == OK
+                await wait_for(lambda: str(late.peer_id) in a.channels.table.open_elsewhere("channel"), what="A learns")
+                assert (await c1.call("send", channel="channel", message="welcome"))["data"] == OK
+                assert (await c2.next())["data"] == {"channel": "channel", "message": "welcome"}
 
 
 async def test_flow_remote_connection_and_the_commands(tmp_path):
@@ -155,14 +161,18 @@ async def test_flow_remote_connection_and_the_commands(tmp_path):
         assert set(host) == {"cpu", "mem", "disk", "network"} and host["mem"]["total"] > 0
         assert await svc.command(A, {"command": "nonsense"}) == {"ok": False, "reason": "unknown command"}
         assert await svc.command(A, {"command": "list-channels"}) == {"channels": []}
-        hashed = hash_password("x", "pw")
-        assert await svc.command(A, {"command": "reserve-channel", "channel": "x", "password": hashed}) == OK
-        assert (await svc.command(B, {"command": "reserve-channel", "channel": "x", "password": hashed, "owner": B, "at": 2**50})) == OK
-        reserved = await svc.command(A, {"command": "list-reserved-channels"})
-        assert [ch["name"] for ch in reserved["channels"]] == ["x"]
+        mine = reservation.sign(node_c.key, Reservation("x", str(node_c.peer_id), int(time.time() * 1000)))
+        assert await svc.command(A, {"command": "reserve-channel", **mine.to_json()}) == OK, "A holds nothing against it"
         async with client(a) as c1:
             assert (await c1.call("subscribe", topic="x", password="pw"))["data"] == OK
-            assert await svc.command(A, {"command": "unreserve-channel", "channel": "x"}) == {"ok": False, "reason": "channel still open"}
+            reserved = await svc.command(A, {"command": "list-reserved-channels"})
+            [entry] = reserved["channels"]
+            assert entry["name"] == "x" and entry["owner"] == A and entry["verifier"] == channel_secret("x", "pw").verifier
+            assert await svc.command(A, {"command": "reserve-channel", **mine.to_json()}) == \
+                {"ok": False, "reason": "channel already reserved"}
+            release = reservation.sign(node_c.key, replace(mine, released=True))
+            assert await svc.command(A, {"command": "unreserve-channel", **release.to_json()}) == \
+                {"ok": False, "reason": "channel still open"}
         await wait_for(lambda: a.channels.table.reservation("x") is None, what="freed once its client left")
 
 
@@ -175,14 +185,32 @@ async def test_concurrent_reservations_of_one_name_end_the_same_everywhere(tmp_p
         b = await start(c, join=a)
         await wait_for(lambda: neighbours(a, b), what="INM link")
         async with client(a) as c1, client(b) as c2:
+            answers = {}
+
+            async def subscribe(name, ws, password):
+                answers[name] = (await ws.call("subscribe", name, topic="race", password=password))["data"]
+
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(c1.call, "subscribe", "n1", topic="race", password="one"))
-                nursery.start_soon(partial(c2.call, "subscribe", "n2", topic="race", password="two"))
-            await wait_for(lambda: a.channels.table.reservation("race") == b.channels.table.reservation("race"),
-                           what="one reservation on both nodes")
-            winner = a.channels.table.reservation("race")
-            loser_node = b if winner.owner == str(a.peer_id) else a
-            await wait_for(lambda: not loser_node.channels.table.subscribers("race"), what="losing subscribers evicted")
+                nursery.start_soon(subscribe, "a", c1, "one")
+                nursery.start_soon(subscribe, "b", c2, "two")
+            # each node confirms its reservation once concurrent ones have settled: one wins everywhere
+            await wait_for(lambda: bool(a.channels.table.subscribers("race")) != bool(b.channels.table.subscribers("race")),
+                           timeout=SETTLE + 15, what="the losing subscribers evicted")
+            (winner_node, winner), (loser, loser_client) = (((a, "a"), ("b", c2)) if a.channels.table.subscribers("race")
+                                                            else ((b, "b"), ("a", c1)))
+            assert answers[winner] == OK
+            if answers[loser] == OK:  # it reserved too before seeing the winner's record: evicted since
+                assert (await loser_client.next("response"))["data"] == \
+                    {"ok": False, "reason": "channel reserved elsewhere", "channel": "race"}
+            else:  # it found the winner's record already
+                assert answers[loser] == {"ok": False, "reason": "invalid password"}
+            held = winner_node.channels.table.reservation("race")
+            assert held.owner == str(winner_node.peer_id)
+            def stored(node) -> bool:
+                raw = node.core.records.get(reservation_key("race"), trio.current_time())
+                return raw is not None and reservation.decode(raw) == held
+
+            await wait_for(lambda: stored(a) and stored(b), what="both stores hold the winner")
 
 
 # ---- health ---------------------------------------------------------------------------------------
@@ -197,9 +225,10 @@ async def test_health_reasons(tmp_path):
             assert node.health() == {"healthy": "degraded", "reason": "clients no channels"}
             await c1.call("subscribe", topic="t")
             assert node.health()["healthy"] == "good"
-        node.channels.table.subscribe(999, "ghost", "", 0.0, 0)  # a subscriber with no client: a logic error
+        node.channels.table.subscribe(999, "ghost", PUBLIC, "n")  # a subscriber with no client: a logic error
+        node.channels.table.found("ghost", Reservation("ghost", str(node.peer_id), 0))
         assert node.health() == {"healthy": "bad", "reason": "channels no clients"}
-        node.channels.table.unsubscribe(999, "ghost", 0.0)
+        node.channels.table.unsubscribe(999, "ghost")
         other = await start(c, join=node)
         await wait_for(lambda: neighbours(node, other), what="INM link")
         link = node.channels.links[str(other.peer_id)]

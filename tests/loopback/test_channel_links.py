@@ -59,7 +59,7 @@ async def test_a_batch_whose_write_failed_goes_out_on_the_next_stream():
     async def ping(peer: ID) -> float:
         return 0.001
 
-    svc = ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, "test", Registry())
+    svc = ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, None, "test", Registry())
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
         svc.notify(str(PEER), {"command": "hello-there"})

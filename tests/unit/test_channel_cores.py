@@ -1,20 +1,29 @@
 """The channel relay's cores without I/O: the INM and client codecs (with hypothesis), the channel
-table's reservations, interest and expiry, and the router's de-duplication, broadcast and queues."""
+table's subscriptions, interest and expiry, reservations and their first-come rule, sealed
+password-channel messages, and the router's de-duplication, broadcast and queues."""
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from overlay.channels import client as client_frames
 from overlay.channels.inm import MAX_INM, Inm, decode
 from overlay.channels.router import CONTROL_RESERVE, MAX_QUEUE, InmRouter, LinkQueue
-from overlay.channels.table import EXPIRE, GRACE, ChannelTable, Reservation, hash_password
-from overlay.core.errors import DecodeError
+from overlay.channels import reservation
+from overlay.channels.reservation import Reservation, ReservationValidator, reservation_key, resolve
+from overlay.channels.reservation import sign as sign_reservation
+from overlay.channels.sealing import PUBLIC, ChannelSecret, channel_secret, open_sealed, seal
+from overlay.channels.table import EXPIRE, Change, ChannelTable
+from overlay.core.errors import DecodeError, RecordError
+from overlay.core.records import peer_id_from_public_key, peer_id_to_str
+from overlay.kademlia.store import NamespacedValidator, RecordStore
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -121,84 +130,133 @@ def test_any_data_under_a_known_command_parses_or_raises_client_error(command, d
 # ---- channel table ----------------------------------------------------------------------------------
 
 
-def test_passwords_are_stored_as_pbkdf2_with_the_channel_as_salt():
+def test_a_password_gives_a_verifier_and_a_key_which_open_nothing_of_each_other():
     import hashlib
 
-    assert hash_password("chan", "pw") == hashlib.pbkdf2_hmac("sha256", b"pw", b"chan", 32768).hex()
-    assert hash_password("chan", None) == hash_password("chan", "") == ""
-    assert hash_password("chan", "pw") != hash_password("other", "pw")
+    secret = channel_secret("chan", "pw")
+    stretched = hashlib.pbkdf2_hmac("sha256", b"pw", b"chan", 32768)
+    assert secret.verifier != stretched.hex() and len(secret.verifier) == 64 and len(secret.key) == 32
+    assert secret.key.hex() != secret.verifier and stretched not in (secret.key, bytes.fromhex(secret.verifier))
+    assert channel_secret("chan", None) == channel_secret("chan", "") == PUBLIC
+    assert channel_secret("other", "pw") != secret and channel_secret("chan", "pw2") != secret
 
 
-def test_first_subscriber_reserves_and_others_must_match_the_password():
+def test_a_sealed_message_opens_only_with_its_key_channel_and_publisher():
+    key = channel_secret("chan", "pw").key
+    box = seal(key, "chan", "node-a", "hello", "n1")
+    assert open_sealed(key, "chan", "node-a", box) == ("hello", "n1") and b"hello" not in box
+    for k, chan, publisher, b in ((channel_secret("chan", "x").key, "chan", "node-a", box), (key, "other", "node-a", box),
+                                  (key, "chan", "node-b", box), (key, "chan", "node-a", box[:-1] + bytes([box[-1] ^ 1])),
+                                  (key, "chan", "node-a", b"short")):
+        with pytest.raises(DecodeError):
+            open_sealed(k, chan, publisher, b)
+
+
+def _secret(verifier: str) -> ChannelSecret:
+    return ChannelSecret(verifier, None)
+
+
+def test_subscribers_wait_for_the_lookup_and_then_must_prove_its_password():
     table = ChannelTable("me")
-    reason, change = table.subscribe("c1", "chan", "h1", now=0, wall_ms=100)
-    assert reason is None and change.opened and change.reserved == Reservation(100, "me", "h1")
-    assert table.subscribe("c2", "chan", "h2", now=1, wall_ms=101)[0] == "invalid password"
-    reason, change = table.subscribe("c2", "chan", "h1", now=1, wall_ms=101)
-    assert reason is None and not change.opened and not change.reserved
-    assert table.unsubscribe("c1", "chan", 2)[1].closed is False
-    assert table.unsubscribe("c2", "chan", 2)[1].closed is True
-    assert table.unsubscribe("c2", "chan", 2)[0] == "not subscribed"
+    first = table.subscribe("c1", "chan", _secret("a" * 64), "n1")
+    assert first.look and not first.answers
+    assert not table.subscribe("c2", "chan", _secret("b" * 64), "n2").look, "one lookup for all who wait"
+    change = table.found("chan", Reservation("chan", "owner", 1, "a" * 64))
+    assert change.opened and change.answers == (("c1", "n1", None), ("c2", "n2", "invalid password"))
+    assert table.subscribe("c3", "chan", _secret("a" * 64), "n3").answers == (("c3", "n3", None),), "open: at once"
+    assert table.unsubscribe("c1", "chan")[1].closed is False
+    assert table.unsubscribe("c3", "chan")[1].closed is True
+    assert table.unsubscribe("c3", "chan")[0] == "not subscribed"
 
 
-def test_concurrent_reservations_resolve_the_same_whatever_the_order():
-    early, late = Reservation(100, "node-b", "hb"), Reservation(200, "node-a", "ha")
-    tie = Reservation(100, "node-a", "hx")  # same time: the smaller owner name wins
-    outcomes = set()
-    for order in ([early, late, tie], [late, tie, early], [tie, early, late], [late, early, tie]):
-        table = ChannelTable("observer")
-        for r in order:
-            table.reserve("chan", r, now=0)
-        outcomes.add(table.reservation("chan"))
-    assert outcomes == {tie}
-
-
-def test_losing_a_reservation_evicts_the_local_subscribers():
+def test_a_reservation_that_won_elsewhere_evicts_only_subscribers_of_another_password():
     table = ChannelTable("node-b")
-    table.subscribe("c1", "chan", "hb", now=0, wall_ms=200)
-    reason, change = table.reserve("chan", Reservation(100, "node-a", "ha"), now=1)
-    assert reason is None and change.evicted == frozenset({"c1"}) and change.closed
-    assert table.subscribers("chan") == set() and table.open_here() == []
-    assert table.reserve("chan", Reservation(300, "node-c", "hc"), now=2)[0] == "channel already reserved"
+    table.subscribe("c1", "chan", _secret("b" * 64), "n")
+    table.found("chan", Reservation("chan", "node-b", 200, "b" * 64))
+    assert table.checked("chan", Reservation("chan", "node-a", 100, "b" * 64)) == Change()
+    assert table.reservation("chan").owner == "node-a", "same password: adopted quietly"
+    change = table.checked("chan", Reservation("chan", "node-c", 50, "c" * 64))
+    assert change.evicted == frozenset({"c1"}) and change.closed and table.open_here() == []
 
 
-def test_the_same_password_under_the_winning_reservation_keeps_subscribers():
-    table = ChannelTable("node-b")
-    table.subscribe("c1", "chan", "same", now=0, wall_ms=200)
-    _, change = table.reserve("chan", Reservation(100, "node-a", "same"), now=1)
-    assert not change.evicted and table.subscribers("chan") == {"c1"}
-
-
-def test_interest_lapses_without_refresh_and_orphaned_reservations_go():
+def test_interest_lapses_without_refresh():
     table = ChannelTable("me")
-    r = Reservation(1, "peer", "")
-    table.announce("peer", "chan", r, True, now=0)
+    table.announce("peer", "chan", True, now=0)
     assert table.open_elsewhere("chan") == ["peer"]
-    table.announce("peer", "chan", r, True, now=EXPIRE - 1)  # refreshed
+    table.announce("peer", "chan", True, now=EXPIRE - 1)  # refreshed
     table.expire(now=EXPIRE + 1)
     assert table.open_elsewhere("chan") == ["peer"]
     table.expire(now=2 * EXPIRE)
-    assert table.open_elsewhere("chan") == []
-    assert table.reservation("chan") is not None, "kept for the grace period"
-    table.expire(now=EXPIRE + GRACE + 1)
-    assert table.reservation("chan") is None
+    assert table.open_elsewhere("chan") == [] and "chan" not in table.channels
 
 
-def test_unreserve_is_refused_while_clients_are_here():
+def test_listings_carry_verifiers_never_passwords_or_keys():
     table = ChannelTable("me")
-    table.subscribe("c1", "chan", "", now=0, wall_ms=1)
-    assert table.unreserve("chan", 1) == "channel still open"
-    table.unsubscribe("c1", "chan", 2)
-    assert table.unreserve("chan", 3) is None and table.reservation("chan") is None
+    secret = channel_secret("open-one", "secret")
+    table.subscribe("c1", "open-one", secret, "n")
+    table.found("open-one", Reservation("open-one", "me", 1, secret.verifier))
+    table.announce("peer", "elsewhere", True, now=0)
+    assert [c["name"] for c in table.listing()] == ["open-one"]
+    text = json.dumps(table.listing())
+    assert "secret" not in text and secret.key.hex() not in text and secret.verifier in text
 
 
-def test_listings_carry_hashes_never_passwords():
-    table = ChannelTable("me")
-    table.subscribe("c1", "open-one", hash_password("open-one", "secret"), now=0, wall_ms=1)
-    table.reserve("reserved-one", Reservation(2, "peer", ""), now=0)
-    assert [c["name"] for c in table.listing(open_only=True)] == ["open-one"]
-    assert [c["name"] for c in table.listing(open_only=False)] == ["open-one", "reserved-one"]
-    assert "secret" not in json.dumps(table.listing(False))
+# ---- reservations: the record and the first-come rule ---------------------------------------------------
+
+
+def _keyed() -> tuple[Ed25519PrivateKey, str]:
+    key = Ed25519PrivateKey.generate()
+    return key, peer_id_to_str(peer_id_from_public_key(key.public_key()))
+
+
+def test_a_reservation_is_signed_by_its_owner_over_every_field():
+    key, owner = _keyed()
+    record = sign_reservation(key, Reservation("chan", owner, 1_000, "a" * 64))
+    assert reservation.verify(record) and reservation.decode(record.encode()) == record
+    for field, value in (("channel", "other"), ("at", 999), ("verifier", ""), ("released", True), ("owner", _keyed()[1])):
+        assert not reservation.verify(replace(record, **{field: value})), field
+    assert not reservation.verify(replace(record, sig="%%"))
+
+
+@given(st.dictionaries(st.sampled_from(["channel", "owner", "at", "verifier", "released", "sig", "x"]), json_values, max_size=7))
+@settings(max_examples=300, deadline=None)
+def test_any_reservation_json_parses_or_raises_decode_error(obj):
+    try:
+        reservation.decode(json.dumps(obj).encode())
+    except DecodeError:
+        pass
+
+
+def test_readers_believe_what_most_stores_hold():
+    a = Reservation("c", "node-a", 500, "", sig="ok")
+    backdated = Reservation("c", "mallory", 1, "", sig="ok")
+    forged = Reservation("c", "node-z", 0, "", sig="bad")
+    valid = lambda r: r.sig == "ok"  # noqa: E731
+    assert resolve([a.encode()] * 3 + [backdated.encode()] + [forged.encode()] * 5 + [b"junk"], valid) == a
+    assert resolve([a.encode(), backdated.encode()], valid) == backdated, "a tie: the first-ranked"
+    assert resolve([replace(a, released=True, at=600).encode(), a.encode()], valid) is None, "the owner's latest word"
+    assert resolve([], valid) is None
+
+
+def test_a_store_keeps_a_settled_reservation_against_later_and_backdated_ones():
+    key, owner = _keyed()
+    mallory_key, mallory = _keyed()
+    wall = [1_000_000]
+    store = RecordStore(NamespacedValidator({reservation.NAMESPACE: ReservationValidator(lambda: wall[0])}), ttl=7200)
+    k = reservation_key("chan")
+    honest = sign_reservation(key, Reservation("chan", owner, wall[0], ""))
+    assert store.put(k, honest.encode(), now=0.0)
+    wall[0] += 20_000
+    for at in (1, wall[0] - 30_000, wall[0]):
+        assert not store.put(k, sign_reservation(mallory_key, Reservation("chan", mallory, at, "")).encode(), now=20.0)
+    assert store.put(k, honest.encode(), now=30.0), "put again by the nodes keeping it"
+    with pytest.raises(RecordError):
+        store.put(reservation_key("other"), honest.encode(), now=30.0)
+    with pytest.raises(RecordError):
+        store.put(k, replace(honest, at=honest.at + 1).encode(), now=30.0)
+    release = sign_reservation(key, Reservation("chan", owner, wall[0], "", released=True))
+    assert store.put(k, release.encode(), now=31.0)
+    assert store.put(k, sign_reservation(mallory_key, Reservation("chan", mallory, wall[0], "")).encode(), now=32.0)
 
 
 # ---- router -----------------------------------------------------------------------------------------
@@ -256,17 +314,3 @@ def test_a_batch_given_back_after_a_failed_write_comes_out_first_in_order():
     queue.put(b"m5", "chan")
     queue.give_back(batch)
     assert queue.take() == [(b"m%d" % i, "chan" if i % 2 else "") for i in range(6)] and queue.size == 0
-
-
-def test_announcements_repair_reservations_that_diverged_during_a_partition():
-    left, right = ChannelTable("node-a"), ChannelTable("node-b")
-    left.subscribe("c1", "chan", "ha", now=0, wall_ms=100)  # each side reserved it alone
-    right.subscribe("c2", "chan", "hb", now=0, wall_ms=200)
-    # the partition heals: each side's periodic announcement reaches the other
-    ra, rb = left.reservation("chan"), right.reservation("chan")
-    change_right = right.announce("node-a", "chan", ra, True, now=30)
-    change_left = left.announce("node-b", "chan", rb, True, now=30)
-    assert left.reservation("chan") == right.reservation("chan") == Reservation(100, "node-a", "ha")
-    assert change_right.evicted == frozenset({"c2"}) and change_right.closed and not change_left.evicted
-    assert left.open_elsewhere("chan") == [], "node-b's clients were under the losing password"
-    assert right.open_elsewhere("chan") == ["node-a"]

@@ -3,6 +3,7 @@ a queue, as the node's adapter and the simulator wire them over links."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import deque
 from dataclasses import replace
@@ -15,10 +16,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from overlay.channels.inm import BROADCAST, Inm, decode
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
-from overlay.channels.relay import (COMMAND_TIMEOUT, MAX_INTRODUCTIONS, AnswerLocally, ChannelRelay, CutLink, Deliver,
-                                    SendEnvelope, ToClient, link_proof)
-from overlay.channels.table import REFRESH, Reservation
-from overlay.core.errors import DecodeError
+from overlay.channels.relay import (COMMAND_TIMEOUT, MAX_INTRODUCTIONS, Answer, AnswerLocally, ChannelRelay, CutLink,
+                                    Deliver, DhtGet, DhtPut, SendEnvelope, ToClient, link_proof)
+from overlay.channels.reservation import KEEP, SETTLE, Reservation, ReservationValidator, reservation_key
+from overlay.channels.reservation import decode as reservation_decode
+from overlay.channels.reservation import sign as sign_reservation
+from overlay.channels.sealing import PUBLIC, ChannelSecret, channel_secret
+from overlay.channels.table import REFRESH
+from overlay.core.errors import DecodeError, RecordError
+from overlay.kademlia.store import RecordStore
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 
 
@@ -28,20 +34,45 @@ def modelled_sign(inm: Inm) -> str:
     return f"tag-of:{inm.source}"
 
 
+def _tag(r: Reservation) -> str:
+    return f"tag-of:{r.owner}|{r.channel}|{r.at}|{r.verifier}|{r.released}"
+
+
+def modelled_sign_reservation(r: Reservation) -> Reservation:
+    return replace(r, sig=_tag(r))
+
+
+def modelled_verify_reservation(r: Reservation) -> bool:
+    return r.sig == _tag(r)
+
+
 def relay_for(me: str, wall_ms, **kw) -> ChannelRelay:
-    return ChannelRelay(me, wall_ms, modelled_sign, lambda inm: inm.sig == modelled_sign(inm), **kw)
+    return ChannelRelay(me, wall_ms, modelled_sign, lambda inm: inm.sig == modelled_sign(inm), modelled_sign_reservation,
+                        modelled_verify_reservation, **kw)
+
+
+SECRET = channel_secret("ch", "pw")
 
 
 class Net:
-    """Relays by name; `run` carries envelopes (to neighbours or, as the adapter's dial does,
-    straight to any node) until none is in flight, and keeps what else the relays asked for."""
+    """Relays by name and one DHT store (the real record store and first-come rule); `run`
+    carries envelopes (to neighbours or, as the adapter's dial does, straight to any node) and
+    DHT lookups and puts until none is in flight, and keeps what else the relays asked for."""
 
     def __init__(self, *names: str) -> None:
         self.now = 0.0
-        self.relays = {n: relay_for(n, lambda: int(self.now * 1000) + 1_000_000) for n in names}
+        self.wall = lambda: int(self.now * 1000) + 1_000_000
+        self.relays = {n: relay_for(n, self.wall) for n in names}
+        self.dht = RecordStore(ReservationValidator(self.wall, modelled_verify_reservation), ttl=3600)
         self.flight: deque[tuple[str, str, Inm]] = deque()
+        self.dht_flight: deque[tuple[str, object]] = deque()
         self.delivered: dict[str, list[Deliver]] = {n: [] for n in names}
+        self.answers: list[tuple[str, Answer]] = []
         self.other: list[object] = []
+
+    def add(self, name: str) -> None:
+        self.relays[name] = relay_for(name, self.wall)
+        self.delivered[name] = []
 
     def link(self, a: str, b: str) -> None:
         self.act(a, self.relays[a].link_up(b, self.now))
@@ -53,13 +84,38 @@ class Net:
                 self.flight += [(at, target, action.inm) for target in action.targets]
             elif isinstance(action, Deliver):
                 self.delivered[at].append(action)
+            elif isinstance(action, Answer):
+                self.answers.append((at, action))
+            elif isinstance(action, (DhtGet, DhtPut)):
+                self.dht_flight.append((at, action))
             else:
                 self.other.append((at, action))
 
+    def dht_step(self) -> None:
+        at, action = self.dht_flight.popleft()
+        if isinstance(action, DhtPut):
+            self.dht.put(action.key, action.value, self.now)
+        else:
+            held = self.dht.get(action.key, self.now)
+            self.act(at, action.then([held] if held is not None else [], self.now))
+
     def run(self) -> None:
-        while self.flight:
-            src, dst, inm = self.flight.popleft()
-            self.act(dst, self.relays[dst].receive(inm, src, self.now))
+        while self.flight or self.dht_flight:
+            if self.flight:
+                src, dst, inm = self.flight.popleft()
+                self.act(dst, self.relays[dst].receive(inm, src, self.now))
+            else:
+                self.dht_step()
+
+    def subscribe(self, name: str, client: int, channel: str = "ch", secret: ChannelSecret = PUBLIC) -> str | None:
+        self.act(name, self.relays[name].subscribe(client, channel, secret, f"s{client}", self.now))
+        self.run()
+        [reason] = [a.reason for at, a in self.answers if at == name and a.client == client][-1:]
+        return reason
+
+    def held(self, channel: str = "ch") -> Reservation | None:
+        raw = self.dht.get(reservation_key(channel), self.now)
+        return reservation_decode(raw) if raw is not None else None
 
 
 def line(*names: str) -> Net:
@@ -70,22 +126,21 @@ def line(*names: str) -> Net:
     return net
 
 
-def test_a_subscription_reserves_everywhere_and_is_known_as_open_by_every_node():
+def test_the_first_subscriber_reserves_in_the_dht_and_every_node_learns_where_it_is_open():
     net = line("a", "b", "c")
-    reason, actions = net.relays["a"].subscribe(1, "ch", "", net.now)
-    assert reason is None
-    net.act("a", actions)
-    net.run()
+    assert net.subscribe("a", 1) is None
+    assert net.held().owner == "a" and net.relays["a"].table.reservation("ch") == net.held()
     for name in "bc":
-        table = net.relays[name].table
-        assert table.reservation("ch").owner == "a" and table.open_elsewhere("ch") == ["a"]
+        assert net.relays[name].table.open_elsewhere("ch") == ["a"]
+        assert net.relays[name].table.reservation("ch") is None, "a reservation is not flooded"
+    assert net.subscribe("c", 2) is None, "c finds a's reservation"
+    assert net.relays["c"].table.reservation("ch") == net.held()
 
 
 def test_a_publish_reaches_the_subscribers_of_every_node_where_the_channel_is_open_once():
     net = line("a", "b", "c")
     for name, client in (("a", 1), ("a", 2), ("c", 3)):
-        net.act(name, net.relays[name].subscribe(client, "ch", "", net.now)[1])
-        net.run()
+        assert net.subscribe(name, client) is None
     reason, actions = net.relays["a"].publish(1, "ch", "hello", "n1", net.now)
     assert reason is None
     net.act("a", actions)
@@ -96,44 +151,107 @@ def test_a_publish_reaches_the_subscribers_of_every_node_where_the_channel_is_op
     assert net.relays["a"].publish(9, "ch", "x", "n2", net.now) == ("not subscribed", [])
 
 
-def test_a_new_neighbour_is_onboarded_with_the_open_and_reserved_channels():
-    net = line("a", "b")
-    net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
+def test_a_password_channel_is_checked_everywhere_and_sealed_end_to_end():
+    net = line("a", "b", "c")
+    assert net.subscribe("a", 1, secret=SECRET) is None
+    assert net.subscribe("c", 2, secret=channel_secret("ch", "wrong")) == "invalid password"
+    assert net.subscribe("c", 3, secret=channel_secret("ch", "pw")) is None
+    assert net.held().verifier == SECRET.verifier
+    net.act("a", net.relays["a"].publish(1, "ch", "secret text", "n1", net.now)[1])
+    sent = [inm for _, _, inm in net.flight if inm.type == "message"]
     net.run()
-    net.relays["late"] = relay_for("late", lambda: 0)
-    net.delivered["late"] = []
-    net.link("late", "b")  # b has "ch" reserved, open on a
+    assert net.delivered["c"] == [Deliver((3,), "ch", "secret text", "n1")]
+    assert sent and all("secret text" not in json.dumps(inm.data) and "message" not in inm.data for inm in sent)
+    # b is not a member: a message it makes up for the channel is refused by c, unauthenticated
+    forged = Inm("b", "c", "message", "f1", {"channel": "ch", "sealed": base64.b64encode(b"\0" * 40).decode()})
+    assert net.relays["c"].receive(forged, "b", net.now) == []
+    replayed = Inm("b", "c", "message", "f2", sent[0].data)  # a's box, under b's name: the publisher is bound
+    assert net.relays["c"].receive(replayed, "b", net.now) == []
+    assert net.relays["c"].dropped.get(reason="unauthentic channel message") == 2
+
+
+def test_a_new_neighbour_is_onboarded_with_where_channels_are_open():
+    net = line("a", "b")
+    assert net.subscribe("a", 1) is None
+    net.add("late")
+    net.link("late", "a")
     net.run()
     late = net.relays["late"].table
-    assert late.reservation("ch") == net.relays["a"].table.reservation("ch")
-    assert late.open_here() == []
+    assert late.open_elsewhere("ch") == ["a"] and late.open_here() == []
 
 
-def test_the_last_subscriber_leaving_frees_the_channel_in_the_whole_network():
+def test_the_owner_releases_the_channel_when_its_last_subscriber_leaves():
     net = line("a", "b", "c")
-    net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
-    net.run()
+    assert net.subscribe("a", 1, secret=SECRET) is None
     net.act("a", net.relays["a"].drop_client(1, net.now))
     net.run()
-    assert all(r.table.reservation("ch") is None for r in net.relays.values())
+    assert net.held().released and net.held().owner == "a"
+    assert all(not r.table.channels for r in net.relays.values())
+    assert net.subscribe("b", 2, secret=channel_secret("ch", "new")) is None, "a released name is free"
+    assert net.held().owner == "b"
+
+
+def test_a_non_owner_leaving_releases_nothing_and_the_reservation_is_kept_while_open():
+    net = line("a", "b")
+    assert net.subscribe("a", 1) is None
+    assert net.subscribe("b", 2) is None
+    net.act("b", net.relays["b"].drop_client(2, net.now))
+    net.run()
+    assert not net.held().released
+    net.now = KEEP + SETTLE + 2
+    net.act("a", net.relays["a"].tick(net.now))
+    puts = [a for _, a in net.dht_flight if isinstance(a, DhtGet)]
+    assert puts, "the open channel's reservation is looked up again"
+    net.run()
+    assert net.held().owner == "a" and net.relays["a"].table.subscribers("ch") == {1}
 
 
 def test_concurrent_reservations_end_with_one_winner_and_the_losers_evicted():
-    net = Net("a", "b")
-    net.act("a", net.relays["a"].subscribe(1, "race", "", net.now)[1])
-    net.now = 1.0  # b reserves later, with a different password hash
-    net.act("b", net.relays["b"].subscribe(2, "race", "f" * 64, net.now)[1])
-    net.link("a", "b")
+    net = line("a", "b")
+    net.act("a", net.relays["a"].subscribe(1, "race", PUBLIC, "s1", net.now))
+    net.now = 1.0  # b reserves a second later, with another password, before a's record is stored
+    net.act("b", net.relays["b"].subscribe(2, "race", SECRET, "s2", net.now))
+    gets = [net.dht_flight.popleft() for _ in range(2)]
+    for at, get in gets:
+        net.act(at, get.then([], net.now))  # both found nothing
     net.run()
-    assert net.relays["a"].table.reservation("race") == net.relays["b"].table.reservation("race")
+    assert net.held("race").owner == "a", "the earlier one, whichever store saw first"
+    assert {(at, a.reason) for at, a in net.answers} == {("a", None), ("b", None)}
+    net.now = SETTLE + 3
+    for name in "ab":
+        net.act(name, net.relays[name].tick(net.now))
+    net.run()
     assert ("b", ToClient(2, {"ok": False, "reason": "channel reserved elsewhere", "channel": "race"})) in net.other
-    assert not net.relays["b"].table.subscribers("race")
+    assert not net.relays["b"].table.subscribers("race") and net.relays["a"].table.subscribers("race") == {1}
+
+
+def test_a_backdated_or_foreign_reservation_takes_no_channel_and_only_the_owner_frees_it():
+    net = line("a", "b")
+    assert net.subscribe("a", 1, secret=SECRET) is None
+    net.now = SETTLE + 1
+    honest = net.held()
+    for at in (0, honest.at - 1, net.wall()):  # backdated far, just before, and fresh
+        hijack = modelled_sign_reservation(Reservation("ch", "mallory", at, ""))
+        assert not net.dht.put(reservation_key("ch"), hijack.encode(), net.now)
+    release = modelled_sign_reservation(Reservation("ch", "mallory", net.wall(), "", released=True))
+    assert not net.dht.put(reservation_key("ch"), release.encode(), net.now), "only the owner's release frees it"
+    assert net.held() == honest
+    # the WSRelay commands, from a peer of ours, change nothing
+    relay = net.relays["a"]
+    for command, record, reason in (("reserve-channel", hijack, "channel already reserved"),
+                                    ("unreserve-channel", release, "channel still open"),
+                                    ("unreserve-channel", replace(release, sig="forged"), "not signed by its owner")):
+        [reply] = relay.receive(Inm("b", "a", "command", f"n-{command}-{reason}", {"command": command, **record.to_json()}), "b", net.now)
+        assert reply.inm.data == {"ok": False, "reason": reason}
+    assert relay.table.reservation("ch") == honest and relay.table.subscribers("ch") == {1}
+    too_late = modelled_sign_reservation(Reservation("ch", "mallory", net.wall() + 20_000, ""))
+    with pytest.raises(RecordError, match="future"):
+        net.dht.put(reservation_key("ch"), too_late.encode(), net.now)
 
 
 def test_open_channels_are_announced_again_and_lapse_when_not():
     net = line("a", "b")
-    net.act("a", net.relays["a"].subscribe(1, "ch", "", net.now)[1])
-    net.run()
+    assert net.subscribe("a", 1) is None
     net.now = REFRESH + 1
     net.act("a", net.relays["a"].refresh(net.now))
     assert net.flight, "the refresh re-announces"
@@ -190,19 +308,16 @@ def test_commands_only_the_adapter_can_answer_are_handed_to_it_and_unknown_ones_
 def test_bad_envelopes_are_dropped_and_counted_by_reason():
     relay = relay_for("me", lambda: 0)
     relay.link_up("p", 0.0)
-    bad = Inm("p", "me", "command", "n1", {"command": "reserve-channel", "channel": "x", "password": "not a hash"})
+    bad = Inm("p", "me", "command", "n1", {"command": "channel-open", "channel": "", "open": True})
     assert relay.receive(bad, "p", 0.0) == []
     assert relay.receive(bad, "p", 0.0) == []
     relay.receive(Inm("me", BROADCAST, "command", "n2", {"command": "list-nodes"}), "p", 0.0)
     relay.receive(Inm("p", "me", "message", "n3", {"channel": "x", "message": "%%%"}), "p", 0.0)
-    assert [relay.dropped.get(reason=r) for r in ("bad data", "duplicate", "own")] == [2, 1, 1]
-
-
-def test_a_reservation_without_our_fields_takes_the_wall_clock():
-    relay = relay_for("me", lambda: 1234)
-    relay.link_up("p", 0.0)
-    relay.receive(Inm("p", "me", "command", "n1", {"command": "reserve-channel", "channel": "x"}), "p", 0.0)
-    assert relay.table.reservation("x") == Reservation(1234, "p", "")
+    relay.receive(Inm("p", "me", "message", "n4", {"message": "%%%"}), "p", 0.0)
+    assert [relay.dropped.get(reason=r) for r in ("bad data", "duplicate", "own", "channel not open here")] == [2, 1, 1, 1]
+    [reply] = relay.receive(Inm("p", "me", "command", "n5", {"command": "reserve-channel", "channel": "x", "owner": "p",
+                                                              "at": -1}), "p", 0.0)
+    assert reply.inm.data == {"ok": False, "reason": "reservation: at must be wall-clock milliseconds"}
 
 
 def test_one_time_tokens_admit_only_their_node_once_and_a_wrong_use_wipes_them():
@@ -247,7 +362,7 @@ def test_a_private_networks_token_is_proven_for_one_pair_and_never_sent():
 
 
 def announce_from(source: str, nonce: str, at: int, sig: str | None = None) -> Inm:
-    data = {"command": "channel-open", "open": True, "channel": "ch", "password": "", "owner": source, "at": 1}
+    data = {"command": "channel-open", "open": True, "channel": "ch"}
     inm = Inm(source, BROADCAST, "command", nonce, data, at)
     return replace(inm, sig=modelled_sign(inm) if sig is None else sig)
 
@@ -289,9 +404,9 @@ def test_an_envelope_its_source_did_not_hand_over_is_believed_only_signed_recent
 def test_broadcasts_carry_the_identity_keys_signature_which_the_peer_id_checks():
     keys = [Ed25519PrivateKey.generate() for _ in range(2)]
     ids = [peer_id_to_str(peer_id_from_public_key(k.public_key())) for k in keys]
-    relay = ChannelRelay(ids[0], lambda: 5_000, partial(sign_envelope, keys[0]), verify_envelope)
+    relay = ChannelRelay(ids[0], lambda: 5_000, partial(sign_envelope, keys[0]), verify_envelope, partial(sign_reservation, keys[0]))
     relay.link_up(ids[1], 0.0)
-    [send] = relay.broadcast({"command": "reserve-channel", "channel": "x", "password": "", "owner": ids[0], "at": 1}, 0.0)
+    [send] = relay.broadcast({"command": "channel-open", "channel": "x", "open": True}, 0.0)
     sent = decode(send.inm.encode())
     assert sent == send.inm and sent.at == 5_000 and verify_envelope(sent)
     assert not verify_envelope(replace(sent, data={**sent.data, "channel": "y"})), "data is signed"
@@ -299,10 +414,10 @@ def test_broadcasts_carry_the_identity_keys_signature_which_the_peer_id_checks()
     assert not verify_envelope(replace(sent, source=ids[1])), "only the source's key verifies"
     assert not verify_envelope(replace(sent, source="not-a-peer-id"))
     assert not verify_envelope(replace(sent, sig="%%%"))
-    other = ChannelRelay(ids[1], lambda: 5_000, partial(sign_envelope, keys[1]), verify_envelope)
+    other = ChannelRelay(ids[1], lambda: 5_000, partial(sign_envelope, keys[1]), verify_envelope, partial(sign_reservation, keys[1]))
     other.link_up("x", 0.0)
-    assert other.receive(sent, "x", 0.0), "passed on by a third node, it is believed"
-    assert other.table.reservation("x") is not None
+    other.receive(sent, "x", 0.0)
+    assert other.table.open_elsewhere("x") == [ids[0]], "passed on by a third node, it is believed"
 
 
 @pytest.mark.parametrize("extra", [{"sig": "x" * 101, "at": 1}, {"sig": 5, "at": 1}, {"sig": "abc"}, {"sig": "abc", "at": True},

@@ -10,6 +10,7 @@ import pytest
 from nat import reachability
 from overlay.channels import client as client_frames
 from overlay.channels import inm
+from overlay.channels import reservation
 from overlay.channels.relay import ChannelRelay
 from overlay.core.errors import DecodeError
 from overlay.core.jsonwire import MAX_JSON_DEPTH
@@ -29,13 +30,14 @@ def test_every_decoder_of_client_and_peer_json_refuses_deep_documents():
         (reachability.decode_request, "dialback: nested deeper than"),
         (reachability.decode_response, "dialback: nested deeper than"),
         (messages.decode, "message: nested deeper than"),
+        (reservation.decode, "reservation: nested deeper than"),
     ):
         with pytest.raises(DecodeError, match=message):
             decode(deep)
     with pytest.raises(client_frames.ClientError, match=f"^malformed json: nested deeper than {MAX_JSON_DEPTH}$"):
         client_frames.decode_request(DEEP)
     hello = json.dumps({"command": "handshake", "data": {"name": "peer", "x": nested(MAX_JSON_DEPTH)}})
-    relay = ChannelRelay("me", lambda: 0, lambda inm: "", lambda inm: False)
+    relay = ChannelRelay("me", lambda: 0, lambda inm: "", lambda inm: False, lambda r: r)
     assert not relay.accept_handshake("peer", hello.encode(), 0.0)
     assert relay.accept_handshake("peer", json.dumps({"command": "handshake", "data": {"name": "peer"}}).encode(), 0.0)
 
