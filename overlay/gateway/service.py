@@ -3,32 +3,38 @@ session.py) and hosts service instances (`WS /service`); the overlay carries the
 between the client's node and the instance's node. The whole picture, and how it departs from
 Degas: docs/protocols/degas.md.
 
-An instance registers its degas_id on its node, which announces it in the DHT (a provider
-record under degas_key); a gateway finds the instance's node there. A degas_id that another
-connected instance holds is refused (an error frame, DEGAS_ID_TAKEN; the connection stays and
-the holder keeps its messages) until that instance disconnects; the same connection registering
-its own degas_id again is answered `registered` again. An authenticated client's
-node announces the account the same way (account_key), so an instance can reach clients that
-have not written to it yet.
+An instance registers its degas_id on its node (its host), which claims it in the DHT with a
+signed host record (hosts.py: first come, kept while the instance stays, released when it
+leaves); a gateway believes only such a record, as most of the DHT's stores hold it. A degas_id
+that another connected instance holds is refused (an error frame, DEGAS_ID_TAKEN; the
+connection stays and the holder keeps its messages) until that instance disconnects, and so,
+after `registered`, is one that another node's claim holds; the same connection registering its
+own degas_id again is answered `registered` again. An authenticated client's node announces the
+account with a provider record (account_key): a hint only, believed for a node once it shows
+the account's proof naming it.
 
-Between nodes these are intra-node messages (overlay/channels/PROTOCOL.md), not answered, so a
-client's messages stay in order without a round trip each:
+Between nodes these are intra-node messages (overlay/channels/PROTOCOL.md), each believed only
+from its Noise-authenticated source or with its signature:
 
     {"command": "gateway-forward", "degas_id": b64, "account_id": b64, "payload": b64,
-     "challenge": str, "signature": b64}
-        gateway node -> instance node. The client's own signature of a challenge naming the
-        gateway node vouches that the account is connected there: a node cannot speak for an
-        account that never authenticated at it.
+     "challenge": str, "signature": b64, "seq": int}
+        gateway node -> instance node, not answered (so a client's messages follow each other
+        without a round trip each). `challenge` and `signature`: the client's proof (proofs.py),
+        which must name the sending node; `seq` numbers the connection's forwarded messages
+        from 1, and each is taken once (ProofBook).
     {"command": "gateway-to-client", "degas_id": b64, "account_id": b64, "payload": b64}
-        instance node -> each gateway node of the account. Taken only from a node that the DHT
-        names as the host of degas_id.
+        instance node -> each gateway node of the account, not answered. Taken only from the
+        node that the DHT's host record names for degas_id.
+    {"command": "gateway-account", "account_id": b64}  ->  {"challenge": str, "signature": b64} | {}
+        instance node -> a node that the DHT names for an account that has not written to the
+        instance: the proof of a live connection of the account there, if there is one.
     {"command": "gateway-error", "to": "client" | "instance", "degas_id": b64, "account_id": b64,
      "code": int (degas.proto ERROR_CODE), "reason": str}
         back to the sender: no such instance (UNKNOWN_DEGAS, DEGAS_GONE), or no connection of the
         account (CLIENT_GONE); delivered to the account's connections or to the instance.
 
 Every socket's outgoing frames wait in a bounded queue; what does not fit is dropped and counted,
-as is every message refused between nodes.
+as is every message refused between nodes (`overlay_gateway_dropped_total{reason}`).
 """
 
 from __future__ import annotations
@@ -37,17 +43,22 @@ import base64
 import binascii
 import hashlib
 import logging
-import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.peer.id import ID
 
 from overlay.channels.inm import Inm, InmBus
+from overlay.core.errors import OverlayError
+from overlay.core.records import peer_id_from_public_key
 from overlay.gateway import degas_pb2 as pb
+from overlay.gateway.hosts import KEEP, HostRecord, host_key, resolve, seal_host_record
+from overlay.gateway.proofs import MAX_SEQ, ProofBook
 from overlay.gateway.session import (
     DEGAS_ID_SIZE,
     MAX_CLIENT_FRAME,
@@ -59,7 +70,6 @@ from overlay.gateway.session import (
     GatewayClose,
     GatewayReply,
     Recover,
-    challenge_text,
     client_error,
     error,
     parse_degas,
@@ -70,20 +80,16 @@ from overlay.kademlia.lookup import LookupResult
 
 log = logging.getLogger(__name__)
 
-FORWARD, TO_CLIENT, ERROR = "gateway-forward", "gateway-to-client", "gateway-error"
+FORWARD, TO_CLIENT, ERROR, ACCOUNT = "gateway-forward", "gateway-to-client", "gateway-error", "gateway-account"
 SOCKET_QUEUE = 256  # frames waiting for one socket
 LOCATE_TIMEOUT = 15.0
 LOCATED_FOR = 60.0  # seconds a found instance node is used before asking the DHT again
 MAX_ROUTES = 100_000  # accounts whose gateway nodes an instance node remembers
-MAX_VOUCHED = 10_000  # verified (gateway, account, signature) proofs kept
+MAX_ASKED = 8  # nodes the DHT names for an account that are asked for its proof
 MAX_GONE = 10_000
 MAX_ACCOUNT_ID = 64
 MAX_UNVERIFIED = 256  # messages held per (node, degas_id) while the DHT is asked about them
 MAX_UNCONFIRMED_HOSTS = 64  # (node, degas_id) pairs being asked about at once
-
-
-def degas_key(degas_id: bytes) -> bytes:
-    return hashlib.sha256(b"/overlay/degas/instance/" + degas_id).digest()
 
 
 def account_key(account_id: bytes) -> bytes:
@@ -100,6 +106,7 @@ class Socket:
 
     send: trio.MemorySendChannel[bytes]
     session: ClientSession | None = None  # clients
+    seq: int = 0  # clients: the last sequence number forwarded to another node
     degas_id: bytes = b""  # instances, once registered
 
 
@@ -109,8 +116,13 @@ class Unreachable(Exception):
         self.code = code
 
 
-class ProviderRecords(Protocol):
-    """The DHT's provider records, as the gateway announces and finds instances and accounts."""
+class DhtRecords(Protocol):
+    """The DHT as the gateway uses it: host records (values) for instances, provider records
+    for accounts."""
+
+    async def put_value(self, key: bytes, value: bytes) -> object: ...
+
+    async def get_value(self, key: bytes) -> LookupResult: ...
 
     async def provide(self, key: bytes) -> object: ...
 
@@ -120,21 +132,26 @@ class ProviderRecords(Protocol):
 
 
 class Gateway:
-    def __init__(self, bus: InmBus, dht: ProviderRecords, connect: Callable[[ID], Awaitable[object]], metrics: Registry,
-                 recover: Recover = recover_address) -> None:
+    def __init__(self, bus: InmBus, dht: DhtRecords, connect: Callable[[ID], Awaitable[object]], metrics: Registry,
+                 key: Ed25519PrivateKey, recover: Recover = recover_address, wall: Callable[[], float] = time.time) -> None:
         """`bus`: the node's INM links; `dht`: where instances and accounts are announced;
-        `connect`: dial a node by peer ID (the node's DHT lookup and dial strategy)."""
+        `connect`: dial a node by peer ID (the node's DHT lookup and dial strategy); `key`: the
+        node's identity key, which signs its host records (and nothing else here)."""
         self.bus = bus
         self.dht = dht
         self.connect = connect
         self.me = bus.me
+        self.key = key
+        self.me_id = peer_id_from_public_key(key.public_key())
         self.recover = recover
+        self.wall = wall
+        self.proofs = ProofBook(recover)
+        self._stamp = 0  # the last wall-clock ms put in a host record of ours
         self.clients: dict[bytes, set[Socket]] = {}  # account -> its connections here
         self.instances: dict[bytes, Socket] = {}  # degas_id -> the instance here
         self.gone: OrderedDict[bytes, None] = OrderedDict()  # instances that were here and left
         self.located: dict[bytes, tuple[str, float]] = {}  # degas_id -> (node, until)
         self.routes: OrderedDict[bytes, set[str]] = OrderedDict()  # account -> gateway nodes it wrote from
-        self.vouched: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         # gateway-to-client messages from a node not yet confirmed as the instance's host: (account, frame)
         self.held: dict[tuple[str, bytes], list[tuple[bytes, bytes]]] = {}
         self._nursery: trio.Nursery | None = None
@@ -146,6 +163,7 @@ class Gateway:
         bus.register(FORWARD, self._on_forward)
         bus.register(TO_CLIENT, self._on_to_client)
         bus.register(ERROR, self._on_error)
+        bus.register(ACCOUNT, self._on_account)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -162,9 +180,21 @@ class Gateway:
         with trio.move_on_after(LOCATE_TIMEOUT):
             await self.dht.provide(key)
 
+    async def _store(self, key: bytes, value: bytes) -> None:
+        with trio.move_on_after(LOCATE_TIMEOUT):
+            try:
+                await self.dht.put_value(key, value)
+            except OverlayError as e:  # an invalid record (a bug of ours), or no peer to ask
+                log.debug("host record not stored: %s", e)
+
+    def _host_record(self, degas_id: bytes, released: bool = False) -> bytes:
+        """Our signed claim (or release) of `degas_id`, each later than the last."""
+        self._stamp = max(int(self.wall() * 1000), self._stamp + 1)
+        return seal_host_record(HostRecord(degas_id, self.me_id, self._stamp, released), self.key)
+
     def open_socket(self, client: bool) -> tuple[Socket, trio.MemoryReceiveChannel[bytes]]:
         send, receive = trio.open_memory_channel[bytes](SOCKET_QUEUE)
-        session = ClientSession(self.me, secrets.token_bytes(32), self.recover) if client else None
+        session = ClientSession(self.me, self.recover) if client else None
         return Socket(send, session), receive
 
     def close_socket(self, sock: Socket) -> None:
@@ -177,7 +207,7 @@ class Gateway:
         if sock.degas_id and self.instances.get(sock.degas_id) is sock:
             del self.instances[sock.degas_id]
             self._remember(self.gone, sock.degas_id, None, MAX_GONE)
-            self.dht.unprovide(degas_key(sock.degas_id))
+            self._spawn(self._store, host_key(sock.degas_id), self._host_record(sock.degas_id, released=True))
         sock.send.close()
 
     # ---- clients (WS /gateway) ----
@@ -186,8 +216,7 @@ class Gateway:
         """One frame from a client (None: a text frame). Returns the last frame and the close
         when the connection must end; everything else goes to the socket's queue."""
         assert sock.session is not None
-        now = trio.current_time()
-        actions = sock.session.on_text() if frame is None else sock.session.on_frame(frame, now)
+        actions = sock.session.on_text() if frame is None else sock.session.on_frame(frame, self.wall())
         for i, action in enumerate(actions):
             if isinstance(action, GatewayReply):
                 if i + 1 < len(actions) and isinstance(actions[i + 1], GatewayClose):
@@ -213,28 +242,46 @@ class Gateway:
             self._put(sock, client_error(e.code, str(e), forward.degas_id, account))
             return
         challenge, signature = sock.session.proof
+        sock.seq += 1
         self.bus.notify(node, {"command": FORWARD, "degas_id": _b64(forward.degas_id), "account_id": _b64(account),
-                                "payload": _b64(forward.payload), "challenge": challenge, "signature": _b64(signature)})
+                                "payload": _b64(forward.payload), "challenge": challenge, "signature": _b64(signature),
+                                "seq": sock.seq})
 
     async def _locate(self, degas_id: bytes) -> str:
-        """The node hosting instance `degas_id`: a recent answer, or the DHT's providers that we
-        can connect to."""
+        """The node hosting instance `degas_id`: a recent answer, or the one the DHT's host
+        record names, if we can connect to it."""
         node, until = self.located.get(degas_id, ("", 0.0))
         if node and until > trio.current_time():
             return node
-        providers = await self._providers(degas_key(degas_id))
-        if not providers:
+        record = await self._host_of(degas_id)
+        if record is None:
             raise Unreachable(Code.UNKNOWN_DEGAS, "no instance with this degas_id is announced")
-        for provider in providers:
-            with trio.move_on_after(LOCATE_TIMEOUT):
-                try:
-                    await self.connect(ID.from_base58(provider))
-                except Exception as e:  # noqa: BLE001 - any failure to reach it: try the next
-                    log.debug("degas instance host %s: %s", provider, e)
-                    continue
-                self.located[degas_id] = (provider, trio.current_time() + LOCATED_FOR)
-                return provider
+        if record.released or (record.host == self.me_id and degas_id in self.gone):
+            raise Unreachable(Code.DEGAS_GONE, "the instance has left its node")
+        if record.host == self.me_id:
+            raise Unreachable(Code.UNKNOWN_DEGAS, "no instance with this degas_id is announced")
+        host = ID(record.host)
+        with trio.move_on_after(LOCATE_TIMEOUT):
+            try:
+                await self.connect(host)
+            except Exception as e:  # noqa: BLE001 - any failure to reach it is the same answer
+                log.debug("degas instance host %s: %s", host, e)
+            else:
+                self.located[degas_id] = (str(host), trio.current_time() + LOCATED_FOR)
+                return str(host)
         raise Unreachable(Code.DEGAS_UNREACHABLE, "the instance's node cannot be reached")
+
+    async def _host_of(self, degas_id: bytes) -> HostRecord | None:
+        """The host record most of the DHT's stores hold for `degas_id` (None: none, or no
+        answer in time); the valid records of other claims are counted as outvoted."""
+        with trio.move_on_after(LOCATE_TIMEOUT):
+            key = host_key(degas_id)
+            result = await self.dht.get_value(key)
+            record, outvoted = resolve((value for _, value in result.values), key, int(self.wall() * 1000))
+            if outvoted:
+                self.dropped.inc(outvoted, reason="host record outvoted")
+            return record
+        return None
 
     async def _providers(self, key: bytes) -> list[str]:
         with trio.move_on_after(LOCATE_TIMEOUT):
@@ -282,15 +329,33 @@ class Gateway:
             sock.degas_id = degas_id
             self.instances[degas_id] = sock
             self.gone.pop(degas_id, None)
-            self._spawn(self._announce, degas_key(degas_id))
+            self._spawn(self._host, sock, degas_id)
             self._put(sock, internal(registered=pb.DegasRegisteredMessage(degas_id=degas_id)))
+
+    async def _host(self, sock: Socket, degas_id: bytes) -> None:
+        """Claim `degas_id` in the DHT, and put the claim again every KEEP seconds while the
+        instance stays. Once the DHT's stores hold another node's claim (it came first), the
+        registration is undone and the instance told DEGAS_ID_TAKEN."""
+        key, claim = host_key(degas_id), self._host_record(degas_id)
+        while self.instances.get(degas_id) is sock:
+            await self._store(key, claim)
+            record = await self._host_of(degas_id)
+            if self.instances.get(degas_id) is not sock:
+                return
+            if record is not None and record.host != self.me_id and not record.released:
+                del self.instances[degas_id]
+                sock.degas_id = b""
+                self.dropped.inc(reason="degas_id hosted elsewhere")
+                self._put(sock, internal(error=error(Code.DEGAS_ID_TAKEN, "another node hosts this degas_id", degas_id)))
+                return
+            await trio.sleep(KEEP)
 
     async def _to_client(self, sock: Socket, account: bytes, payload: bytes) -> None:
         frame = pb.GatewayMessage(degas=pb.GatewayDegasMessage(degas_id=sock.degas_id, payload=payload)).SerializeToString()
         reached = self._deliver_to_clients(account, frame)
         gateways = self.routes.get(account)
         if not gateways and not reached:  # an account that has not written here: the DHT knows its gateways
-            for gateway in await self._providers(account_key(account)):
+            for gateway in await self._vouched_gateways(account, sock.degas_id):
                 self._remember(self.routes, account, None, MAX_ROUTES, add=gateway)
             gateways = self.routes.get(account)
         for gateway in gateways or ():
@@ -299,19 +364,47 @@ class Gateway:
         if not reached and not gateways:
             self._put(sock, internal(error=error(Code.CLIENT_GONE, "no connection of this account is open", account_id=account)))
 
+    async def _vouched_gateways(self, account: bytes, degas_id: bytes) -> list[str]:
+        """The nodes the DHT names for `account` that show its proof naming them (a provider
+        record is anyone's claim; the account's signature is evidence)."""
+        vouched: list[str] = []
+
+        async def ask(node: str) -> None:
+            try:
+                answer = await self.bus.command(node, {"command": ACCOUNT, "account_id": _b64(account)}, LOCATE_TIMEOUT)
+                challenge, signature = answer.get("challenge"), _unb64(answer, "signature")
+                if not isinstance(challenge, str):
+                    raise ValueError("no proof")
+            except (OverlayError, ValueError):
+                self.dropped.inc(reason="account not vouched")
+                return
+            reason = self.proofs.check(node, account, degas_id, challenge, signature, self.wall())
+            if reason is None:
+                vouched.append(node)
+            else:
+                self.dropped.inc(reason=reason)
+
+        async with trio.open_nursery() as nursery:
+            for node in (await self._providers(account_key(account)))[:MAX_ASKED]:
+                nursery.start_soon(ask, node)
+        return vouched
+
     # ---- from other nodes ----
 
     def _on_forward(self, inm: Inm) -> None:
         try:
             degas_id, account, payload = (_unb64(inm.data, k) for k in ("degas_id", "account_id", "payload"))
-            challenge, signature = inm.data.get("challenge"), _unb64(inm.data, "signature")
+            challenge, signature, seq = inm.data.get("challenge"), _unb64(inm.data, "signature"), inm.data.get("seq")
             if not isinstance(challenge, str) or len(payload) > MAX_PAYLOAD:
                 raise ValueError("challenge or payload")
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < MAX_SEQ:
+                raise ValueError("seq")
         except (ValueError, AttributeError):
             self.dropped.inc(reason="malformed")
             return None
-        if not self._vouched(inm.source, account, challenge, signature):
-            self.dropped.inc(reason="not vouched")
+        reason = self.proofs.check(inm.source, account, degas_id, challenge, signature, self.wall(), seq)
+        if reason is not None:
+            self.dropped.inc(reason=reason)
             return None
         instance = self.instances.get(degas_id)
         if instance is None:
@@ -322,21 +415,19 @@ class Gateway:
         self._deliver_to_instance(instance, account, payload)
         return None
 
-    def _vouched(self, gateway: str, account: bytes, challenge: str, signature: bytes) -> bool:
-        """The account signed a challenge of `gateway`'s (checked once per proof)."""
-        key = (gateway, account, signature)
-        if key in self.vouched:
-            return True
-        if challenge.split("\n", 1)[0] != challenge_text(gateway, b"").split("\n", 1)[0]:
-            return False
+    def _on_account(self, inm: Inm) -> dict:
+        """The proof of a live connection of the account here, for an instance's node to check."""
         try:
-            address = self.recover(challenge, signature)
-        except ValueError:
-            return False
-        if bytes.fromhex(address[2:]) != account:
-            return False
-        self._remember(self.vouched, key, None, MAX_VOUCHED)
-        return True
+            account = _unb64(inm.data, "account_id")
+        except (ValueError, AttributeError):
+            self.dropped.inc(reason="malformed")
+            return {}
+        now = self.wall()
+        for sock in self.clients.get(account, ()):
+            if sock.session.proof_expires > now:
+                challenge, signature = sock.session.proof
+                return {"challenge": challenge, "signature": _b64(signature)}
+        return {}
 
     def _on_to_client(self, inm: Inm) -> None:
         try:
@@ -367,8 +458,9 @@ class Gateway:
 
     async def _confirm_host(self, node: str, degas_id: bytes) -> None:
         """Messages for clients that name an instance are taken only from the node that the
-        DHT names as its host; until that is known they wait, in order."""
-        confirmed = node in await self._providers(degas_key(degas_id))
+        DHT's host record names; until that is known they wait, in order."""
+        record = await self._host_of(degas_id)
+        confirmed = record is not None and not record.released and str(ID(record.host)) == node
         held = self.held.pop((node, degas_id), [])
         if confirmed:
             self.located[degas_id] = (node, trio.current_time() + LOCATED_FOR)

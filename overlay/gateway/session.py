@@ -1,16 +1,23 @@
 """One client connection to the Degas gateway (`WS /gateway`, docs/protocols/degas.md) as a state
-machine without I/O: frames and `now` in, actions out. The frames are degas.proto's.
+machine without I/O: frames and `now` (wall-clock seconds) in, actions out. The frames are
+degas.proto's.
 
     HELLO --ClientHello--> AUTH --ClientEthAuth (signature of the challenge)--> READY --ClientDegas...
 
 - HELLO: the first frame must be a ClientHello with an Ethereum signer whose 20-byte address is
-  the account_id. The gateway answers with an auth request carrying a fresh challenge.
+  the account_id. The gateway answers with an auth request carrying a fresh challenge: the text
+  of a proof (proofs.py) naming this gateway node, the account, any degas_id, a random nonce
+  and an expiry PROOF_TTL ahead.
 - AUTH: the client signs the challenge string with EIP-191 personal_sign. The address recovered
   from the signature must be the hello's; the challenge is used once (whatever the outcome) and
   expires CHALLENGE_TTL seconds after it was sent. Success: GatewayMessage.auth_ok, and the
-  connection is bound to the account. Failure: AUTH_FAIL, then close.
+  connection is bound to the account; the signed challenge is the proof the gateway node shows
+  the instances' nodes. Failure: AUTH_FAIL, then close.
 - READY: ClientDegas messages (degas_id of 16 bytes, payload of at most MAX_PAYLOAD bytes) are
-  forwarded; a bad one gets an error frame and the connection stays.
+  forwarded; a bad one gets an error frame and the connection stays. From RENEW_AHEAD seconds
+  before the proof expires, the next message also brings a new auth request; the client's
+  ClientEthAuth answer renews the proof (auth_ok again; a wrong one: AUTH_FAIL and close). Once
+  the proof has expired, messages get AUTH_FAIL (the connection stays) until it is renewed.
 
 Anything before READY that is not the expected message gets an error frame and a close (1008);
 a frame over MAX_CLIENT_FRAME bytes closes with 1009; a text frame closes with 1002 (Degas
@@ -20,6 +27,7 @@ allows binary frames only).
 from __future__ import annotations
 
 import re
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +36,10 @@ from enum import Enum
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from overlay.gateway import degas_pb2 as pb
+from overlay.gateway.proofs import PROOF_TTL, Proof, Recover
 
 CHALLENGE_TTL = 60.0
+RENEW_AHEAD = 120.0  # seconds before the proof expires when the gateway asks for a new one
 MAX_PAYLOAD = 65_536
 DEGAS_ID_SIZE = 16
 MAX_CLIENT_FRAME = 128 * 1024  # the largest valid ClientMessage is about 65.6 KB
@@ -68,7 +78,6 @@ class Forward:
 
 
 GatewayAction = GatewayReply | GatewayClose | Bound | Forward
-Recover = Callable[[str, bytes], str]  # (challenge, signature) -> address; raises ValueError
 
 
 class State(Enum):
@@ -84,11 +93,6 @@ def error(code: int, reason: str, degas_id: bytes = b"", account_id: bytes = b""
 
 def client_error(code: int, reason: str, degas_id: bytes = b"", account_id: bytes = b"") -> bytes:
     return pb.GatewayMessage(error=error(code, reason, degas_id, account_id)).SerializeToString()
-
-
-def challenge_text(gateway: str, nonce: bytes) -> str:
-    """What the client signs: names the gateway, so a signature is good at this gateway only."""
-    return f"overlay-node gateway {gateway}\nchallenge {nonce.hex()}"
 
 
 def parse_client(frame: bytes) -> pb.ClientMessage:
@@ -116,14 +120,18 @@ def parse_degas(frame: bytes) -> pb.DegasMessage:
 
 
 class ClientSession:
-    def __init__(self, gateway: str, nonce: bytes, recover: Recover) -> None:
+    def __init__(self, gateway: str, recover: Recover, nonces: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> None:
+        """`gateway`: this node's peer ID, named in every challenge; `nonces`: a proof's nonce each."""
         self.state = State.HELLO
         self.account_id = b""
+        self._gateway = gateway
         self._address = ""
-        self._challenge = challenge_text(gateway, nonce)
+        self._nonces = nonces
+        self._challenge: Proof | None = None  # the challenge waiting for its signature, if any
         self._challenge_expires = 0.0
         self._recover = recover
-        self.proof = ("", b"")  # once READY: the challenge and the client's signature of it
+        self.proof = ("", b"")  # once READY: the signed challenge (proof text) and the signature
+        self.proof_expires = 0.0
 
     def on_text(self) -> list[GatewayAction]:
         return self._close(CLOSE_PROTOCOL_ERROR, "binary frames only", Code.MALFORMED)
@@ -148,6 +156,8 @@ class ClientSession:
             if kind != "eth_auth":
                 return self._close(CLOSE_POLICY, "authentication must come next", Code.NOT_AUTHENTICATED)
             return self._auth(message.eth_auth.signature, now)
+        if kind == "eth_auth" and self._challenge is not None:  # a renewal
+            return self._auth(message.eth_auth.signature, now)
         if kind != "degas":
             return [GatewayReply(client_error(Code.MALFORMED, "already authenticated"))]
         degas = message.degas
@@ -155,7 +165,13 @@ class ClientSession:
             return [GatewayReply(client_error(Code.MALFORMED, f"degas_id must be {DEGAS_ID_SIZE} bytes"))]
         if len(degas.payload) > MAX_PAYLOAD:
             return [GatewayReply(client_error(Code.PAYLOAD_TOO_LARGE, f"payload over {MAX_PAYLOAD} bytes", degas.degas_id))]
-        return [Forward(degas.degas_id, degas.payload)]
+        actions: list[GatewayAction] = []
+        if now >= self.proof_expires - RENEW_AHEAD and (not self._challenge or now > self._challenge_expires):
+            actions.append(self._auth_request(now))
+        if now >= self.proof_expires:
+            reason = "authentication expired: sign the new challenge"
+            return actions + [GatewayReply(client_error(Code.AUTH_FAIL, reason, degas.degas_id))]
+        return actions + [Forward(degas.degas_id, degas.payload)]
 
     def _hello(self, hello: pb.ClientHelloMessage, now: float) -> list[GatewayAction]:
         if hello.WhichOneof("signer") != "ethereum_signer":
@@ -166,23 +182,29 @@ class ClientSession:
         if hello.account_id != bytes.fromhex(address[2:]):
             return self._close(CLOSE_POLICY, "account_id must be the signer's 20-byte address", Code.AUTH_FAIL)
         self.state, self.account_id, self._address = State.AUTH, hello.account_id, address.lower()
+        return [self._auth_request(now)]
+
+    def _auth_request(self, now: float) -> GatewayReply:
+        """A fresh challenge: the text of the proof that its signature will make."""
+        self._challenge = Proof(self._gateway, self.account_id, None, self._nonces(), int(now + PROOF_TTL))
         self._challenge_expires = now + CHALLENGE_TTL
-        request = pb.GatewayAuthRequestMessage(ethereum_auth=pb.EthereumAuthMessage(challenge=self._challenge))
-        return [GatewayReply(pb.GatewayMessage(auth_request=request).SerializeToString())]
+        request = pb.GatewayAuthRequestMessage(ethereum_auth=pb.EthereumAuthMessage(challenge=self._challenge.text()))
+        return GatewayReply(pb.GatewayMessage(auth_request=request).SerializeToString())
 
     def _auth(self, signature: bytes, now: float) -> list[GatewayAction]:
-        challenge, self._challenge = self._challenge, ""  # single-use, whatever the outcome
-        if now > self._challenge_expires:
+        challenge, self._challenge = self._challenge, None  # single-use, whatever the outcome
+        if challenge is None or now > self._challenge_expires:
             return self._close(CLOSE_POLICY, "challenge expired", Code.AUTH_FAIL)
         try:
-            recovered = self._recover(challenge, signature).lower()
+            recovered = self._recover(challenge.text(), signature).lower()
         except ValueError:
             recovered = ""
         if recovered != self._address:
             return self._close(CLOSE_POLICY, "signature does not match the address", Code.AUTH_FAIL)
-        self.state, self.proof = State.READY, (challenge, signature)
-        ok = pb.GatewayMessage(auth_ok=pb.GatewayAuthOkMessage(account_id=self.account_id)).SerializeToString()
-        return [Bound(self.account_id), GatewayReply(ok)]
+        renewal = self.state is State.READY
+        self.state, self.proof, self.proof_expires = State.READY, (challenge.text(), signature), float(challenge.expires)
+        ok = GatewayReply(pb.GatewayMessage(auth_ok=pb.GatewayAuthOkMessage(account_id=self.account_id)).SerializeToString())
+        return [ok] if renewal else [Bound(self.account_id), ok]
 
     def _close(self, code: int, reason: str, error_code: int) -> list[GatewayAction]:
         self.state = State.CLOSED

@@ -42,6 +42,7 @@ from overlay.core.records import (
     MAX_RECORD_ADDRS, PeerRecord, PeerRecordValidator, peer_id_from_public_key, record_key, seal_peer_record,
 )
 from overlay.core.peer import PeerInfo
+from overlay.gateway import hosts
 from overlay.gateway.service import Gateway
 from overlay.kademlia.core import KadConfig, Kademlia
 from overlay.kademlia.io import DhtService
@@ -136,7 +137,8 @@ class Node:
         self.metrics = Registry()
         self.dialer = Dialer(self.host)
         validator = NamespacedValidator({b"peer": PeerRecordValidator(),
-                                         reservation.NAMESPACE: reservation.ReservationValidator(wall_ms)})
+                                         reservation.NAMESPACE: reservation.ReservationValidator(wall_ms),
+                                         hosts.NAMESPACE: hosts.HostRecordValidator(wall_ms)})
         self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=config.dht_mode != "client")
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
         self._reachability = ReachabilityMachine(None if config.reachability == "auto" else Reachability(config.reachability))
@@ -169,7 +171,7 @@ class Node:
         self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold)
         self.peermsg = PeerMessaging(self.host, self.connect, self.connected_peers, config.network, self.metrics,
                                      trusted=frozenset(config.trusted_peers))
-        self.gateway = Gateway(self.channels, self.dht, self.connect, self.metrics)
+        self.gateway = Gateway(self.channels, self.dht, self.connect, self.metrics, self.key)
         self.joined = trio.Event()  # set once a bootstrap was reached and our record published
         self.started = trio.Event()
         self.stopped = trio.Event()
