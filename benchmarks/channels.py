@@ -432,7 +432,7 @@ def run_ours(args: argparse.Namespace, rates: list[int], password: str = "") -> 
         procs.append(subs)
         subs.read(60)
         others = sorted(n["peer_id"] for n in nodes[1:])
-        wait_until(lambda: sorted(get_json(nodes[0]["api"], "/v1/channels")["open_elsewhere"].get(CHANNEL, [])) == others,
+        wait_until(lambda: sorted(get_json(nodes[0]["api"], "/v1/channels")["members"].get(CHANNEL, [])) == others,
                    "node 0 knows where the channel is open")
 
         def run_rate(rate: int) -> dict[str, Any]:

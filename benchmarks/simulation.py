@@ -10,6 +10,16 @@ running after `--limit` wall seconds is stopped and reported as not finished, wi
 (it reports its progress every simulated minute). Memory per node is
 (peak RSS - the RSS of the same child with everything imported and nothing simulated) / N.
 
+`--channels K` adds the channel relay: K channels with Zipf sizes (channel r has
+max(2, round(500 / r)) subscribers: one of 500, most of 2-10), each subscriber's place taken
+elsewhere when its node leaves, 60 messages per channel-hour by random subscribers. Reported:
+delivery (of message and subscriber online when it was sent), latency and the share within
+twice the publisher-to-subscriber round trip plus 100 ms, envelopes per node-second (all, and
+control: joins, leaves, answers, commands), channel messages that reached a node without the
+channel open, and bytes per node-hour of channel envelopes and of the DHT. `--baseline TREE
+--baseline-nodes N` runs the same workload at N nodes on another checkout of the project (an
+earlier design) in the same run; envelopes are counted the same way for both.
+
 `--engines` first measures the scheduler choice (simulations/engine.py): the same event load -
 K timers, each re-arming itself after an exponential delay - on our heap scheduler and on simpy
 (`pip install -e '.[bench]'`), in this process, as events per second and their ratio.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -38,15 +49,48 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child(nodes: int, duration: float, churn: float) -> None:
-    """One run; prints a JSON line."""
+ZIPF_LARGEST = 500
+CHANNEL_MESSAGES_PER_HOUR = 60.0
+
+
+def count_channel_envelopes(sim: Any) -> dict[str, int]:
+    """Envelopes and bytes the channel workload sends, counted alike in any tree's simulator
+    (its carrier's `_act` sees every SendEnvelope)."""
+    from simulations import channels
+
+    counts = {"envelopes": 0, "control": 0, "bytes": 0}
+    carry = sim.channels._act
+
+    def act(src: Any, actions: list) -> None:
+        for action in actions:
+            if type(action) is channels.SendEnvelope:
+                n = len(action.targets)
+                counts["envelopes"] += n
+                counts["control"] += 0 if action.channel else n
+                counts["bytes"] += n * (channels.MESSAGE_BYTES if action.channel else channels.CONTROL_BYTES)
+        carry(src, actions)
+
+    sim.channels._act = act
+    return counts
+
+
+def child(nodes: int, duration: float, churn: float, channel_count: int = 0) -> None:
+    """One run; prints a JSON line. OVERLAY_SIM_TREE: simulate another checkout's cores."""
+    import os
+
+    if os.environ.get("OVERLAY_SIM_TREE"):
+        sys.path.insert(0, os.environ["OVERLAY_SIM_TREE"])
     from simulations.network import Simulation
     from simulations.report import summarize
     from simulations.scenario import load
 
     base = peak_rss_kib()
-    sc = replace(load(), nodes=nodes, duration=duration, churn_per_hour=churn, channels=0,
-                 join_window=min(300.0, duration / 4), warmup=min(600.0, duration / 2))
+    sc = replace(load(), nodes=nodes, duration=duration, churn_per_hour=churn, channels=channel_count,
+                 join_window=min(300.0, duration / 4), warmup=min(600.0, duration / 2),
+                 subscribers_per_channel=ZIPF_LARGEST, messages_per_channel_hour=CHANNEL_MESSAGES_PER_HOUR)
+    zipf = [max(2, round(ZIPF_LARGEST / (rank + 1))) for rank in range(channel_count)]
+    if hasattr(sc, "channel_sizes"):
+        sc = replace(sc, channel_sizes="zipf")
     started = time.perf_counter()
 
     def progress(now: float) -> None:  # to stderr: the parent keeps the last line of a run it stops
@@ -54,15 +98,36 @@ def child(nodes: int, duration: float, churn: float) -> None:
                           "events": sim.sched.events, "peak_rss_kib": peak_rss_kib()}), file=sys.stderr, flush=True)
 
     sim = Simulation(sc, progress)
+    counts = None
+    if channel_count:
+        counts = count_channel_envelopes(sim)
+        if not hasattr(sc, "channel_sizes"):  # an earlier tree: the same Zipf audience
+            def subscribe_all() -> None:
+                for name, size in zip(sim.channels.names, zipf):
+                    for _ in range(size):
+                        sim._subscribe_one(name)
+            sim._subscribe_all = subscribe_all
     sim.run()
     wall = time.perf_counter() - started
     summary = summarize(sim, wall)
-    print(json.dumps({"nodes": nodes, "duration": duration, "wall_s": round(wall, 2), "events": sim.sched.events,
-                      "node_s_per_wall_s": round(nodes * duration / wall, 1), "events_per_s": round(sim.sched.events / wall),
-                      "base_rss_kib": base, "peak_rss_kib": peak_rss_kib(),
-                      "kib_per_node": round((peak_rss_kib() - base) / nodes, 1),
-                      "lookup_success": summary["lookup_success"], "hops_mean": summary["hops"]["mean"],
-                      "lookup_p50_ms": summary["lookup_ms"][50]}), flush=True)
+    out = {"nodes": nodes, "duration": duration, "wall_s": round(wall, 2), "events": sim.sched.events,
+           "node_s_per_wall_s": round(nodes * duration / wall, 1), "events_per_s": round(sim.sched.events / wall),
+           "base_rss_kib": base, "peak_rss_kib": peak_rss_kib(),
+           "kib_per_node": round((peak_rss_kib() - base) / nodes, 1),
+           "lookup_success": summary["lookup_success"], "hops_mean": summary["hops"]["mean"],
+           "lookup_p50_ms": summary["lookup_ms"][50]}
+    if counts is not None:
+        c, node_hours = summary["channels"], nodes * duration / 3600
+        out["channels"] = {
+            "channels": channel_count, "subscriptions": sum(zipf), "messages": c["messages"],
+            "delivery_ratio": c["delivery_ratio"], "latency_ms": c["latency_ms"],
+            "within_2rtt_100ms": c.get("within_2rtt_100ms"), "non_member_messages": c.get("non_member_messages"),
+            "envelopes_per_node_s": round(counts["envelopes"] / (node_hours * 3600), 4),
+            "control_envelopes_per_node_s": round(counts["control"] / (node_hours * 3600), 4),
+            "channel_bytes_per_node_hour": round(counts["bytes"] / node_hours),
+            "dht_bytes_per_node_hour": round(sum(n.bytes_sent for n in sim.nodes) / node_hours),
+        }
+    print(json.dumps(out), flush=True)
 
 
 def engines(timers: int = 1000, events: int = 300_000) -> dict[str, Any]:
@@ -114,21 +179,28 @@ def main() -> None:
     p.add_argument("--churn", type=float, default=0.1)
     p.add_argument("--limit", type=float, default=7200.0, help="wall seconds per run before it is stopped")
     p.add_argument("--engines", action="store_true")
+    p.add_argument("--channels", type=int, default=0, help="channels with Zipf sizes (the channel workload)")
+    p.add_argument("--baseline", type=Path, help="another checkout whose cores to run at --baseline-nodes too")
+    p.add_argument("--baseline-nodes", type=int, default=1000)
     p.add_argument("--out", type=Path)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        return child(args.child, args.duration, args.churn)
+        return child(args.child, args.duration, args.churn, args.channels)
     result: dict[str, Any] = {"machine": machine(), "command": sys.argv, "runs": []}
     if args.engines:
         result["engines"] = engines()
         print(f"engines: {json.dumps(result['engines'])}", flush=True)
-    for n in [int(x) for x in args.nodes.split(",")]:
+    plan = [(int(x), None) for x in args.nodes.split(",")]
+    if args.baseline is not None:
+        plan.insert(0, (args.baseline_nodes, args.baseline.resolve()))
+    for n, tree in plan:
         argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--duration", str(args.duration),
-                "--churn", str(args.churn)]
+                "--churn", str(args.churn), "--channels", str(args.channels)]
+        env = {**os.environ, "OVERLAY_SIM_TREE": str(tree)} if tree else None
         started = time.perf_counter()
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=args.limit, check=True).stdout
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=args.limit, check=True, env=env).stdout
             run = json.loads(out.strip().splitlines()[-1])
         except subprocess.TimeoutExpired as e:
             err = e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or ""
@@ -138,10 +210,11 @@ def main() -> None:
         except subprocess.CalledProcessError as e:
             run = {"nodes": n, "finished": False, "error": e.stderr[-2000:]}
         run.setdefault("finished", True)
+        run["tree"] = str(tree) if tree else "this checkout"
         run["child_wall_s"] = round(time.perf_counter() - started, 1)
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
-        if not run["finished"]:
+        if not run["finished"] and tree is None:
             break  # larger N will not finish either
     finished = [r["nodes"] for r in result["runs"] if r["finished"]]
     result["largest_finished"] = max(finished, default=None)

@@ -1,5 +1,5 @@
 """The channel relay (WSRelay) in the simulator: each node runs the node's own relay core
-(`overlay/channels/relay.py`: commands, onboarding, announcements, channel messages), and this
+(`overlay/channels/relay.py`: commands, onboarding, reservations, membership, channel messages), and this
 module only carries its envelopes over simulated links, as the node's adapter carries them over
 INM streams.
 
@@ -9,10 +9,14 @@ INM streams.
   a command's response) is sent straight to it, paying a connection setup first (and, behind
   NAT, a relayed dial) when the two are not connected. The node would make that node a
   neighbour too (up to its `max_links`); the simulator keeps the neighbour graph at `inm_peers`.
-- Subscriptions, publishes and the REFRESH timer are the relay's events; its DHT lookups and puts
-  (reservations) run on the node's own Kademlia core over the simulated links.
-What is measured: for each message, the subscribers online on nodes where the channel was open
-when it was sent, and which of them got it, when.
+- Subscriptions, publishes and the relay's own timer (`next_timer`) are its events; its DHT
+  lookups, puts and provider records (reservations, members) run on the node's own Kademlia core
+  over the simulated links.
+- An envelope to a node that left is lost; its sender gives the link up LOSS_DETECTION seconds
+  later (`link_gone`), as the node's link writer does after its retries.
+What is measured: for each message, the subscribers online when it was sent, and which of them
+got it, when, and whether within twice the publisher-to-subscriber round trip plus 100 ms; the
+envelopes sent, by kind; and channel messages that reached a node without the channel open.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from overlay.channels.inm import Inm
-from overlay.channels.relay import Answer, ChannelRelay, Deliver, DhtGet, DhtPut, RelayAction, SendEnvelope
+from collections import Counter
+
+from overlay.channels.relay import (Answer, ChannelRelay, Deliver, DhtGet, DhtPut, FindProviders, Provide, RelayAction,
+                                    SendEnvelope, Unprovide)
 from overlay.channels.reservation import Reservation
 from overlay.channels.sealing import PUBLIC
-from overlay.channels.table import REFRESH
 from overlay.core.errors import RecordError
+from overlay.core.records import peer_id_to_str
 
 if TYPE_CHECKING:
     from simulations.network import SimNode, Simulation
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
 RELAYED_DIAL_RTTS = 4  # lookup and relay setup before a first unicast to a node behind NAT
 CONTROL_BYTES = 200  # an envelope's size on the wire, for the link model
 MESSAGE_BYTES = 300
+LOSS_DETECTION = 15.0  # seconds until a sender gives up the link to a node that left
 
 
 def _modelled_signature(inm: Inm) -> str:
@@ -63,6 +71,10 @@ class ChannelWorkload:
         self._clients = itertools.count()
         self._nonces = itertools.count()
         self._subscribing: dict[int, str] = {}  # client -> channel, until answered
+        self._timers: dict[int, float] = {}  # node -> when its relay's timer is scheduled
+        self._detecting: set[tuple[int, int]] = set()  # (sender, gone node) links being given up
+        self.envelopes: Counter[str] = Counter()  # envelopes sent, by kind (message, or the command)
+        self.non_member_messages = 0  # channel messages that reached a node where the channel was not open
 
     def _wall_ms(self) -> int:
         return int(self.sim.sched.now * 1000)
@@ -74,7 +86,6 @@ class ChannelWorkload:
                                                _modelled_reservation, _honest)
         self.links[node.index] = set()
         self._fill_links(node)
-        self.sim.sched.after(REFRESH * (0.8 + 0.2 * self.sim.rng.random()), lambda: self._refresh(node))
 
     def left(self, node: SimNode) -> None:
         for name in self.names:
@@ -86,6 +97,7 @@ class ChannelWorkload:
                 other = self.sim.nodes[peer]
                 self.sim.sched.after(15.0, lambda other=other: self._fill_links(other) if other.online else None)
         self.relays.pop(node.index, None)
+        self._timers.pop(node.index, None)
 
     def _fill_links(self, node: SimNode) -> None:
         links, want, online = self.links[node.index], self.sim.scenario.inm_peers, self.sim.online
@@ -119,7 +131,8 @@ class ChannelWorkload:
         if reason is not None:
             return
         expected = [s for s in candidates if s[1] != client]
-        entry = {"t": now, "channel": name, "expected": len(expected), "latencies": []}
+        entry = {"t": now, "channel": name, "expected": len(expected), "latencies": [], "within_bound": 0,
+                 "region": node.region}
         self.messages.append(entry)
         self._sent[nonce] = (entry, now)
         self._act(node, actions)
@@ -131,8 +144,12 @@ class ChannelWorkload:
         for action in actions:
             if type(action) is SendEnvelope:
                 inm, size, links = action.inm, MESSAGE_BYTES if action.channel else CONTROL_BYTES, self.links[src.index]
+                kind = inm.data.get("command", inm.type) if inm.type == "command" and isinstance(inm.data, dict) else inm.type
+                self.envelopes[kind] += len(action.targets)
                 for target in action.targets:
                     dst = sim.by_name.get(target)
+                    if dst is not None and not dst.online:
+                        self._lost(src, dst)
                     if dst is None or not dst.online or sim.cut(src, dst):
                         continue
                     delay = sim.net.delay(src.region, dst.region, size)
@@ -144,7 +161,10 @@ class ChannelWorkload:
             elif type(action) is Deliver:
                 sent = self._sent.get(action.nonce)
                 if sent is not None:
-                    sent[0]["latencies"] += [sim.sched.now - sent[1]] * len(action.clients)
+                    entry, latency = sent[0], sim.sched.now - sent[1]
+                    entry["latencies"] += [latency] * len(action.clients)
+                    if latency <= 2 * sim.net.rtt(entry["region"], src.region) + 0.1:
+                        entry["within_bound"] += len(action.clients)
             elif type(action) is Answer:
                 name = self._subscribing.pop(action.client, None)  # type: ignore[arg-type]
                 if name is not None and action.reason is None and src.online:
@@ -161,19 +181,55 @@ class ChannelWorkload:
                     except RecordError:
                         return src.core.find_node(key, now)  # refused by its own store: nothing to store
                 sim.dht.query(src, put, lambda done: None)
+            elif type(action) is FindProviders:
+                def providers(done, find=action) -> None:
+                    if src.online and src.index in self.relays:
+                        names = [peer_id_to_str(p.peer_id) for p in done.result.providers]
+                        self._act(src, find.then(names, sim.sched.now))
+                sim.dht.query(src, lambda now, key=action.key: src.core.get_providers(key, now), providers)
+            elif type(action) is Provide:
+                sim.dht.query(src, lambda now, key=action.key: src.core.provide(key, now), lambda done: None)
+            elif type(action) is Unprovide:
+                sim.dht.apply(src, src.core.unprovide(action.key, sim.sched.now))
             # ToClient (evictions) and AnswerLocally (stats commands nobody sends here): nothing to carry
+        self._arm(src)
+
+    def _lost(self, src: SimNode, gone: SimNode) -> None:
+        """An envelope to a node that left: the sender gives its link up a while later."""
+        if (src.index, gone.index) in self._detecting:
+            return
+        self._detecting.add((src.index, gone.index))
+
+        def give_up() -> None:
+            self._detecting.discard((src.index, gone.index))
+            relay = self.relays.get(src.index)
+            if relay is not None and src.online and not gone.online:
+                relay.link_gone(gone.name)
+
+        self.sim.sched.after(LOSS_DETECTION, give_up)
+
+    def _arm(self, node: SimNode) -> None:
+        """Schedule the relay's next timer, if it is sooner than the one scheduled."""
+        relay = self.relays.get(node.index)
+        when = relay.next_timer() if relay is not None else None
+        if when is None or self._timers.get(node.index, float("inf")) <= when:
+            return
+        self._timers[node.index] = when
+        self.sim.sched.at(max(when, self.sim.sched.now), lambda: self._fire(node, when))
+
+    def _fire(self, node: SimNode, when: float) -> None:
+        if self._timers.get(node.index) != when:
+            return  # superseded, or the node left
+        del self._timers[node.index]
+        relay = self.relays.get(node.index)
+        if relay is not None and node.online:
+            self._act(node, relay.tick(self.sim.sched.now))
 
     def _arrive(self, src: SimNode, dst: SimNode, inm: Inm) -> None:
         relay = self.relays.get(dst.index)
         if relay is not None and dst.online:
+            if inm.type == "message" and relay.table.secret(inm.data.get("channel", "")) is None:
+                self.non_member_messages += 1
             actions = relay.receive(inm, src.name, self.sim.sched.now)
             if actions:  # most envelopes of a flood are duplicates, with nothing to do
                 self._act(dst, actions)
-
-    def _refresh(self, node: SimNode) -> None:
-        relay = self.relays.get(node.index)
-        if relay is None or not node.online:
-            return
-        now = self.sim.sched.now
-        self._act(node, relay.tick(now) + relay.refresh(now))
-        self.sim.sched.after(REFRESH * (0.8 + 0.2 * self.sim.rng.random()), lambda: self._refresh(node))

@@ -419,8 +419,8 @@ class Simulation:
     # ---- the workload: channels ----
 
     def _subscribe_all(self) -> None:
-        for name in self.channels.names:
-            for _ in range(self.scenario.subscribers_per_channel):
+        for rank, name in enumerate(self.channels.names):
+            for _ in range(self.scenario.channel_size(rank)):
                 self._subscribe_one(name)
 
     def _subscribe_one(self, name: str) -> None:

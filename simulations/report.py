@@ -100,9 +100,16 @@ def channel_summary(sim: Simulation) -> dict[str, Any] | None:
     sent = [m for m in sim.channels.messages if m["t"] <= sim.scenario.duration - 10]
     expected = sum(m["expected"] for m in sent)
     latencies = [x for m in sent for x in m["latencies"]]
+    node_seconds = sim.scenario.nodes * sim.scenario.duration
     return {"messages": len(sent), "deliveries_expected": expected,
             "delivery_ratio": round(len(latencies) / expected, 4) if expected else None,
-            "latency_ms": {q: None if not latencies else round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)}}
+            "latency_ms": {q: None if not latencies else round(percentile(latencies, q) * 1000, 1) for q in (50, 90, 99)},
+            "within_2rtt_100ms": round(sum(m["within_bound"] for m in sent) / len(latencies), 4) if latencies else None,
+            "envelopes": dict(sim.channels.envelopes),
+            "envelopes_per_node_s": round(sum(sim.channels.envelopes.values()) / node_seconds, 4),
+            "control_envelopes_per_node_s": round(sum(n for k, n in sim.channels.envelopes.items() if k != "message")
+                                                  / node_seconds, 4),
+            "non_member_messages": sim.channels.non_member_messages}
 
 
 def success_series(dials: list[dict]) -> list[dict]:
@@ -126,7 +133,9 @@ def summary_text(s: dict[str, Any]) -> str:
         f"relayed connections per node-hour mean {s['signaling']['relayed_per_hour']['mean']} "
         f"(max {s['signaling']['relayed_per_hour']['max']})",
         *([f"channels: {c['messages']} messages, delivery ratio {_pct(c['delivery_ratio'])}, latency p50 "
-           f"{c['latency_ms'][50]} ms, p99 {c['latency_ms'][99]} ms"] if (c := s["channels"]) else []),
+           f"{c['latency_ms'][50]} ms, p99 {c['latency_ms'][99]} ms, within 2 RTT + 100 ms {_pct(c['within_2rtt_100ms'])}; "
+           f"{c['envelopes_per_node_s']} envelopes per node-second ({c['control_envelopes_per_node_s']} control), "
+           f"{c['non_member_messages']} messages at non-members"] if (c := s["channels"]) else []),
         f"DHT bytes per node-hour: mean {s['bytes_per_node_per_hour']['mean']}, p99 {s['bytes_per_node_per_hour']['p99']}",
     ]
     return "\n".join(lines)

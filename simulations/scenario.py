@@ -30,6 +30,7 @@
     dials_per_node_hour = 6     # each online node dials a random online node by peer ID
     channels = 0                # channels of the channel relay (WSRelay)
     subscribers_per_channel = 10  # clients on random nodes; a leaver's place is taken elsewhere
+    channel_sizes = "uniform"   # or "zipf": channel r (1, 2, ...) has max(2, subscribers_per_channel / r)
     messages_per_channel_hour = 60  # published by random subscribers
 
     [[partitions]]              # any number: a random share of the nodes is cut off for a while
@@ -83,10 +84,17 @@ class Scenario:
     dials_per_node_hour: float = 6.0
     channels: int = 0
     subscribers_per_channel: int = 10
+    channel_sizes: str = "uniform"
     messages_per_channel_hour: float = 60.0
     inm_peers: int = 8
     partitions: tuple[Partition, ...] = ()
     name: str = "scenario"
+
+    def channel_size(self, rank: int) -> int:
+        """Subscribers of channel `rank` (0-based): all alike, or Zipf (a few large, most small)."""
+        if self.channel_sizes == "zipf":
+            return max(2, round(self.subscribers_per_channel / (rank + 1)))
+        return self.subscribers_per_channel
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.rtt, jitter=self.jitter, loss=self.loss, uplink_bps=self.uplink_mbps * 1e6)
@@ -108,7 +116,7 @@ _KEYS = {
     "links": {"loss": float, "jitter": float, "uplink_mbps": float},
     "churn": {"per_hour": float, "session": str},
     "workload": {"dials_per_node_hour": float, "channels": int, "subscribers_per_channel": int,
-                 "messages_per_channel_hour": float},
+                 "channel_sizes": str, "messages_per_channel_hour": float},
     "partitions": {"start": float, "end": float, "share": float},
 }
 
@@ -149,6 +157,7 @@ def parse(raw: dict[str, Any], name: str = "scenario") -> Scenario:
         uplink_mbps=float(links.get("uplink_mbps", 20)), churn_per_hour=float(churn.get("per_hour", 0.0)),
         session=churn.get("session", "exponential"), dials_per_node_hour=float(work.get("dials_per_node_hour", 6)),
         channels=work.get("channels", 0), subscribers_per_channel=work.get("subscribers_per_channel", 10),
+        channel_sizes=work.get("channel_sizes", "uniform"),
         messages_per_channel_hour=float(work.get("messages_per_channel_hour", 60)), inm_peers=net.get("inm_peers", 8),
         partitions=tuple(Partition(float(p.get("start", 0)), float(p.get("end", 0)), float(p.get("share", 0)))
                          for p in raw.get("partitions", [])),
@@ -205,6 +214,7 @@ def _check_values(sc: Scenario) -> None:
         ("churn.per_hour", sc.churn_per_hour >= 0), ("churn.session", sc.session in ("exponential", "pareto")),
         ("workload.dials_per_node_hour", sc.dials_per_node_hour >= 0),
         ("workload.channels", sc.channels >= 0), ("workload.subscribers_per_channel", sc.subscribers_per_channel >= 1),
+        ("workload.channel_sizes", sc.channel_sizes in ("uniform", "zipf")),
         ("workload.messages_per_channel_hour", sc.messages_per_channel_hour >= 0), ("network.inm_peers", sc.inm_peers >= 1),
     ]
     for key, ok in rules:
@@ -226,7 +236,7 @@ def _as_raw(sc: Scenario) -> dict[str, Any]:
         "links": {"loss": sc.loss, "jitter": sc.jitter, "uplink_mbps": sc.uplink_mbps},
         "churn": {"per_hour": sc.churn_per_hour, "session": sc.session},
         "workload": {"dials_per_node_hour": sc.dials_per_node_hour, "channels": sc.channels,
-                     "subscribers_per_channel": sc.subscribers_per_channel,
+                     "subscribers_per_channel": sc.subscribers_per_channel, "channel_sizes": sc.channel_sizes,
                      "messages_per_channel_hour": sc.messages_per_channel_hour},
     }
     if sc.rtt != region_rtt_matrix():

@@ -1,5 +1,6 @@
 """The channel relay (WSRelay) of one node, without I/O: the INM command protocol, link
-handshakes, onboarding, announcements and channel messages, as events in and actions out.
+handshakes, onboarding, reservations, channel membership and channel messages, as events in and
+actions out.
 
 The node's trio adapter (service.py) and the simulator (simulations/channels.py) both drive this
 class; neither decides anything about the protocol itself. PROTOCOL.md is the wire format.
@@ -9,12 +10,12 @@ milliseconds, the only time nodes compare, which the `wall_ms` collaborator give
 
     link_up(peer)            our stream to a neighbour is open -> onboarding commands to it
     link_down(peer)          that stream failed; it may come back
-    link_gone(peer)          the link is given up: forget where it said channels were open
+    link_gone(peer)          the link is given up: it is no channel's member any more
     receive(inm, came_from)  an envelope from a neighbour -> forwards, answers, deliveries
     subscribe / unsubscribe / drop_client / publish    a local client's requests
-    refresh                  re-announce open channels (every REFRESH seconds)
     tick                     give up on responses that did not come in time; look open
-                             channels' reservations up again when due (KEEP)
+                             channels' reservations (KEEP) and members (MEMBERS_EVERY) up
+                             again when due; `next_timer` says when to call it
     send / command / notify / broadcast / reply        envelopes made here (also for other
                              protocols riding on INM, through `register`)
 
@@ -27,6 +28,8 @@ Actions:
     ToClient(client, response)           an unsolicited response (an eviction)
     DhtGet(key, then)                    look a DHT record up; `then(values, now)` gives actions
     DhtPut(key, value)                   store a record on the DHT (a reservation, a release)
+    Provide(key) / Unprovide(key)        be (no longer) a provider of a channel's members key
+    FindProviders(key, then)             the providers of a key; `then(peer IDs, now)`
     AnswerLocally(inm)                   a command only the adapter can answer (node-stats,
                                          host-stats, get-latency): it calls `reply`
     CutLink(peer)                        close the stream `peer` writes to us on (it passed on
@@ -39,6 +42,17 @@ once concurrent reservations have settled (SETTLE); one node where it is open (i
 is open anywhere; a node that finds another reservation won evicts its subscribers. Only the
 owner releases it, when its last subscriber leaves and it knows the channel open nowhere else.
 Password channels' messages are sealed end to end (sealing.py).
+
+Membership. The nodes where a channel is open are its members, and its messages go to them
+only, one unicast each from the publisher's node (a link is FIFO: per publisher order, once
+each). A node where a channel opens provides the channel's members key in the DHT, looks the
+other providers up and sends each `channel-join`; a member that has the channel open answers
+with some members it knows, which the joiner joins too, and adds the joiner. A password
+channel's join carries a proof that the joiner holds the channel's key (`join_proof`), so only
+nodes whose clients gave the password receive its boxes. A node whose channel closes sends
+`channel-leave` to its members and stops providing; one whose link is given up stops being a
+member; providers are looked up again after SETTLE and every MEMBERS_EVERY seconds, to repair
+what a lost join missed. A node where a channel is closed carries nothing of it.
 
 A command's response is matched by nonce to what sent the command, for COMMAND_TIMEOUT seconds:
 a response nobody waits for is dropped and counted, as is a duplicate or unroutable envelope.
@@ -80,9 +94,13 @@ MAX_SKEW = 60.0  # seconds a signed envelope's time may differ from ours
 MAX_SIGNED = 262_144  # (source, nonce) pairs of signed envelopes remembered, in all
 MAX_SIGNED_PER_SOURCE = 65_536  # ... and per source (some 500 broadcasts a second sustained), so one identity cannot take them all
 BAD_SIGNATURE = "bad signature"
-ANNOUNCE = "channel-open"  # our extension: where a channel is open (no response)
+JOIN, LEAVE = "channel-join", "channel-leave"  # our extensions: membership between member nodes
+MEMBERS_EVERY = 600.0  # seconds between two lookups of an open channel's other members
+MAX_JOINS = 64  # joins sent at once for one channel (more come from the next answers and lookups)
+MEMBER_SAMPLE = 16  # members a join's answer names
+JOIN_DOMAIN = b"overlay-channel-join-v1\0"
 LOCAL_COMMANDS = frozenset({"node-stats", "host-stats", "get-latency"})
-OWN_COMMANDS = frozenset({ANNOUNCE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
+OWN_COMMANDS = frozenset({JOIN, LEAVE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
                           "reserve-channel", "unreserve-channel", "get-node-connection"}) | LOCAL_COMMANDS
 
 
@@ -124,6 +142,19 @@ class DhtPut(NamedTuple):
     value: bytes
 
 
+class Provide(NamedTuple):
+    key: bytes
+
+
+class Unprovide(NamedTuple):
+    key: bytes
+
+
+class FindProviders(NamedTuple):
+    key: bytes
+    then: Callable[[list[str], float], "list[RelayAction]"]
+
+
 class AnswerLocally(NamedTuple):
     inm: Inm
 
@@ -134,7 +165,8 @@ class CutLink(NamedTuple):
     peer: str
 
 
-RelayAction = SendEnvelope | Deliver | Answer | ToClient | DhtGet | DhtPut | AnswerLocally | CutLink
+RelayAction = (SendEnvelope | Deliver | Answer | ToClient | DhtGet | DhtPut | Provide | Unprovide | FindProviders
+               | AnswerLocally | CutLink)
 ResponseHandler = Callable[[Inm, float], "list[RelayAction] | None"]
 TimeoutHandler = Callable[[float], "list[RelayAction]"]
 
@@ -149,6 +181,18 @@ def link_proof(token: str, sender: str, receiver: str) -> str:
     guessable token can be guessed offline from a proof: it must be random."""
     message = LINK_PROOF_DOMAIN + sender.encode() + b"\0" + receiver.encode()
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def members_key(name: str) -> bytes:
+    """The provider key under which a channel's member nodes find each other."""
+    return hashlib.sha256(b"/overlay/channel/members/" + name.encode()).digest()
+
+
+def join_proof(key: bytes, name: str, joiner: str, member: str) -> str:
+    """HMAC-SHA256 under a password channel's key: the joiner shows the member it holds the key
+    (its clients gave the password), for this channel and this pair only."""
+    message = JOIN_DOMAIN + name.encode() + b"\0" + joiner.encode() + b"\0" + member.encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class ChannelRelay:
@@ -182,6 +226,9 @@ class ChannelRelay:
         self._introducing = 0  # get-node-connection commands in flight
         self._check_at: dict[str, float] = {}  # open channel -> when to look its reservation up again
         self._confirming: dict[str, bool] = {}  # ... and whether that is the check of our own new one
+        self._members_at: dict[str, float] = {}  # open channel -> when to look its members up again
+        self._joining: dict[str, set[str]] = {}  # open channel -> nodes whose answer to our join is awaited
+        self._opening: dict[str, list[RelayAction]] = {}  # channel just opened -> its first clients' answers
 
     # ---- links ----
 
@@ -213,8 +260,8 @@ class ChannelRelay:
         return issued is not None and issued[0] == peer and issued[1] > now
 
     def link_up(self, peer: str, now: float) -> list[RelayAction]:
-        """A new neighbour: onboard, WSRelay-style, by learning which channels are open on it
-        (reservations are not copied: they are in the DHT)."""
+        """A new neighbour: onboard, WSRelay-style, by asking which channels are open on it, and
+        join it in those open here too (reservations are not copied: they are in the DHT)."""
         if peer not in self.neighbours:
             self.neighbours = [*self.neighbours, peer]
         return self.command(peer, {"command": "list-channels"}, now, self._onboarding(peer))
@@ -228,14 +275,16 @@ class ChannelRelay:
         self.table.forget_node(peer)
 
     def _onboarding(self, peer: str) -> ResponseHandler:
-        def on_listing(inm: Inm, now: float) -> None:
+        def on_listing(inm: Inm, now: float) -> list[RelayAction]:
             listing = inm.data.get("channels") if isinstance(inm.data, dict) else None
+            out: list[RelayAction] = []
             for item in listing if isinstance(listing, list) else []:
                 name = item.get("name") if isinstance(item, dict) else None
-                if valid_channel_name(name):
-                    self.table.announce(peer, name, True, now)
-                else:
+                if not valid_channel_name(name):
                     self.dropped.inc(reason="bad listing")
+                elif self.table.secret(name) is not None and peer not in self.table.members(name):
+                    out += self._join(name, [peer], now)
+            return out
 
         return on_listing
 
@@ -261,9 +310,9 @@ class ChannelRelay:
     def broadcast(self, data: dict, now: float, on_response: ResponseHandler | None = None,
                   answered: bool = True) -> list[RelayAction]:
         """A command to every node, each once; responses go to `on_response` for
-        COMMAND_TIMEOUT seconds (announcements and `answered=False` commands have none)."""
+        COMMAND_TIMEOUT seconds (`answered=False` commands have none)."""
         nonce = new_nonce()
-        if answered and data.get("command") != ANNOUNCE:
+        if answered:
             self._waiting[nonce] = (now + COMMAND_TIMEOUT, on_response or (lambda inm, now: None), None, False)
         unsigned = Inm(self.me, BROADCAST, "command", nonce, data, self.wall_ms())
         return self.send(replace(unsigned, sig=self.sign(unsigned)), now)  # passed on by every node: signed
@@ -339,10 +388,10 @@ class ChannelRelay:
     def _on_command(self, inm: Inm, now: float) -> list[RelayAction]:
         data = inm.data
         name = data.get("command") if isinstance(data, dict) else None
-        if name == ANNOUNCE:
-            if not valid_channel_name(data.get("channel")):
-                raise ValueError("invalid channel name")
-            self.table.announce(inm.source, data["channel"], data.get("open") is True, now)
+        if name == JOIN:
+            return self.reply(inm, self._on_join(inm), now)
+        if name == LEAVE:
+            self.table.remove_member(data["channel"], inm.source)
             return []
         if name in self._handlers:  # other protocols' commands (MessageNet, Degas)
             answer = self._handlers[name](inm)
@@ -419,14 +468,18 @@ class ChannelRelay:
     # ---- reservations and table changes ----
 
     def _apply(self, name: str, change: Change, now: float) -> list[RelayAction]:
-        """Act on a table change: answer, evict, look up, announce, release."""
-        out: list[RelayAction] = [Answer(client, nonce, reason) for client, nonce, reason in change.answers]
+        """Act on a table change: answer, evict, look up, join, leave, release."""
+        answers = [Answer(client, nonce, reason) for client, nonce, reason in change.answers]
+        if change.opened:  # the first clients are answered once the members are joined: then a send reaches them
+            self._opening[name] = [a for a in answers if a.reason is None]
+            answers = [a for a in answers if a.reason is not None]
+        out: list[RelayAction] = list(answers)
         out += [ToClient(client, {"ok": False, "reason": "channel reserved elsewhere", "channel": name})
                 for client in change.evicted]
         if change.look:
             out.append(DhtGet(reservation_key(name), lambda values, now: self._found(name, values, now)))
         if change.opened:
-            out += self._announce(name, True, now)
+            out += self._opened(name, now)
         if change.closed:
             out += self._closed(name, now)
         return out
@@ -470,31 +523,106 @@ class ChannelRelay:
         held = self.table.reservation(name)
         if held is None:
             return False
-        elsewhere = self.table.open_elsewhere(name)
-        return held.owner == self.me or (held.owner not in elsewhere and self.me == min([self.me, *elsewhere]))
-
-    def _announce(self, name: str, is_open: bool, now: float) -> list[RelayAction]:
-        return self.broadcast({"command": ANNOUNCE, "open": is_open, "channel": name}, now)
+        members = self.table.members(name)
+        return held.owner == self.me or (held.owner not in members and self.me == min([self.me, *members]))
 
     def _closed(self, name: str, now: float) -> list[RelayAction]:
-        """The last local subscriber left: announce it; the owner releases the reservation if it
-        knows the channel open nowhere else (others' stays until it lapses or its owner frees it)."""
-        self._check_at.pop(name, None)
-        self._confirming.pop(name, None)
-        out = self._announce(name, False, now)
-        record = self.table.closed(name)
-        if record is not None and record.owner == self.me and not self.table.open_elsewhere(name):
+        """The last local subscriber left: leave the members, stop providing; the owner releases
+        the reservation if no other member is known (others' stays until it lapses or its owner
+        frees it)."""
+        for timers in (self._check_at, self._confirming, self._members_at, self._joining, self._opening):
+            timers.pop(name, None)
+        record, members = self.table.closed(name)
+        out: list[RelayAction] = [Unprovide(members_key(name))]
+        for node in members:
+            out += self.notify(node, {"command": LEAVE, "channel": name}, now)
+        if record is not None and record.owner == self.me and not members:
             release = Reservation(name, self.me, max(self.wall_ms(), record.at + 1), record.verifier, released=True)
             out.append(DhtPut(reservation_key(name), self.sign_reservation(release).encode()))
         return out
 
-    def refresh(self, now: float) -> list[RelayAction]:
-        """Re-announce open channels and expire what lapsed (table.py's soft state)."""
-        return [action for name in self.table.expire(now) for action in self._announce(name, True, now)]
+    # ---- membership ----
+
+    def _opened(self, name: str, now: float) -> list[RelayAction]:
+        """The channel opened here: provide its members key and join the providers; look them up
+        again once concurrent openers have provided too."""
+        self._members_at[name] = now + SETTLE + 1
+        return [Provide(members_key(name)), self._find_members(name)]
+
+    def _find_members(self, name: str) -> FindProviders:
+        def found(providers: list[str], now: float) -> list[RelayAction]:
+            return self._join(name, providers, now) + self._opened_answers(name)
+
+        return FindProviders(members_key(name), found)
+
+    def _opened_answers(self, name: str) -> list[RelayAction]:
+        """The answers of the clients that opened the channel, once no join of ours is awaited."""
+        return [] if self._joining.get(name) else self._opening.pop(name, [])
+
+    def _join(self, name: str, nodes: list[str], now: float) -> list[RelayAction]:
+        """Ask these nodes to take us as a member of the channel (at most MAX_JOINS at once)."""
+        secret = self.table.secret(name)
+        if secret is None:
+            return []
+        joining = self._joining.setdefault(name, set())
+        known = set(self.table.members(name)) | joining
+        out: list[RelayAction] = []
+        for node in [n for n in dict.fromkeys(nodes) if n not in known and n != self.me][:MAX_JOINS]:
+            data = {"command": JOIN, "channel": name}
+            if secret.key is not None:
+                data["proof"] = join_proof(secret.key, name, self.me, node)
+            joining.add(node)
+            out += self.command(node, data, now, lambda inm, now, node=node: self._joined(name, node, inm, now),
+                                on_timeout=lambda now, node=node: self._join_failed(name, node))
+        return out
+
+    def _join_failed(self, name: str, node: str) -> list[RelayAction]:
+        self._joining.get(name, set()).discard(node)
+        return self._opened_answers(name)
+
+    def _joined(self, name: str, node: str, answer: Inm, now: float) -> list[RelayAction]:
+        """A join's answer: the node is a member, and names some others, which we join too."""
+        self._joining.get(name, set()).discard(node)
+        data = answer.data if isinstance(answer.data, dict) else {}
+        if data.get("ok") is not True or not self.table.add_member(name, node):
+            return self._opened_answers(name)
+        listed = data.get("members")
+        others = [m for m in listed[:MEMBER_SAMPLE] if isinstance(m, str)] if isinstance(listed, list) else []
+        return self._join(name, others, now) + self._opened_answers(name)
+
+    def _on_join(self, inm: Inm) -> dict:
+        """Another node has the channel open too: it becomes a member if the channel is open
+        here and, for a password channel, it proves the key."""
+        name = inm.data["channel"]
+        secret = self.table.secret(name) if isinstance(name, str) else None
+        if secret is None:
+            return {"ok": False, "reason": "channel not open here"}
+        if secret.key is not None:
+            proof = inm.data.get("proof")
+            if not isinstance(proof, str) or not hmac.compare_digest(
+                    proof.encode(), join_proof(secret.key, name, inm.source, self.me).encode()):
+                self.dropped.inc(reason="join without the channel's key")
+                return {"ok": False, "reason": "invalid password"}
+        others = [m for m in self.table.members(name) if m != inm.source][:MEMBER_SAMPLE]
+        if not self.table.add_member(name, inm.source):
+            self.dropped.inc(reason="members full")
+            return {"ok": False, "reason": "busy"}
+        return {"ok": True, "members": others}
+
+    # ---- time ----
+
+    def next_timer(self) -> float | None:
+        """When `tick` has something to do next (None: nothing scheduled)."""
+        times = [*self._check_at.values(), *self._members_at.values(), *(w[0] for w in self._waiting.values())]
+        return min(times, default=None)
 
     def tick(self, now: float) -> list[RelayAction]:
-        """Give up on responses that did not come in time; look reservations up again when due."""
+        """Give up on responses that did not come in time; look reservations and members up
+        again when due."""
         out: list[RelayAction] = []
+        for name in [n for n, t in self._members_at.items() if t <= now]:
+            self._members_at[name] = now + MEMBERS_EVERY
+            out.append(self._find_members(name))
         for name in [n for n, t in self._check_at.items() if t <= now]:
             self._check_at[name] = now + KEEP  # until the answer comes, or the next round
             if self._confirming.pop(name, False) or self._keeper(name):
@@ -558,7 +686,7 @@ class ChannelRelay:
             data = {"channel": name, "sealed": base64.b64encode(seal(secret.key, name, self.me, message, nonce)).decode()}
         else:
             data = {"message": base64.b64encode(message.encode()).decode(), "channel": name, "nonce": nonce}
-        for node in self.table.open_elsewhere(name):  # each envelope its own nonce: clients reuse theirs
+        for node in self.table.members(name):  # each envelope its own nonce: clients reuse theirs
             out += self.send(Inm(self.me, node, "message", new_nonce(), data), now, channel=name)
         return None, out
 

@@ -50,11 +50,11 @@ from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
 from overlay.channels import reservation
 from overlay.channels.relay import (COMMAND_TIMEOUT, Answer, AnswerLocally, ChannelRelay, CutLink, Deliver, DhtGet,
-                                    DhtPut, RelayAction, SendEnvelope, ToClient)
+                                    DhtPut, FindProviders, Provide, RelayAction, SendEnvelope, ToClient, Unprovide)
 from overlay.channels.router import LinkQueue
 from overlay.channels.sealing import channel_secret
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
-from overlay.channels.table import REFRESH, ChannelTable
+from overlay.channels.table import ChannelTable
 from overlay.core.errors import DecodeError, DialError, RecordError
 from overlay.core.framing import frame
 from overlay.core.metrics import Registry
@@ -103,11 +103,18 @@ class Client:
 
 
 class Records(Protocol):
-    """The DHT, as the channels use it: reservations are records (the DhtService)."""
+    """The DHT, as the channels use it (the DhtService): reservations are records, and member
+    nodes are providers of a channel's members key."""
 
     async def get_value(self, key: bytes, quorum: int = 0) -> LookupResult: ...
 
     async def put_value(self, key: bytes, value: bytes) -> int: ...
+
+    async def provide(self, key: bytes) -> int: ...
+
+    def unprovide(self, key: bytes) -> None: ...
+
+    async def get_providers(self, key: bytes, quorum: int = 0) -> LookupResult: ...
 
 
 class ChannelService:
@@ -148,7 +155,8 @@ class ChannelService:
         metrics.gauge("overlay_inm_neighbours", "Nodes with an INM link", lambda: len(self.relay.neighbours))
         metrics.gauge("overlay_channel_clients", "Local channel clients", lambda: len(self.clients))
         metrics.gauge("overlay_channels_open", "Channels open on this node", lambda: len(self.table.open_here()))
-        metrics.gauge("overlay_channels_known", "Channels open here or announced open elsewhere", lambda: len(self.table.channels))
+        metrics.gauge("overlay_channel_members", "Other member nodes of the channels open here",
+                      lambda: sum(len(self.table.members(name)) for name in self.table.open_here()))
         metrics.gauge("overlay_inm_link_dropped_total", "Envelopes dropped on full link queues",
                       lambda: sum(self.link_drops().values()))
         # node-stats' network figures, the same numbers as the command answers
@@ -169,7 +177,6 @@ class ChannelService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._maintain)
-            nursery.start_soon(self._refresh)
             nursery.start_soon(self._measure)
             task_status.started()
 
@@ -312,6 +319,12 @@ class ChannelService:
                 self._spawn(self._get, action)
             elif isinstance(action, DhtPut):
                 self._spawn(self._put, action)
+            elif isinstance(action, FindProviders):
+                self._spawn(self._providers, action)
+            elif isinstance(action, Provide):
+                self._spawn(self.records.provide, action.key)
+            elif isinstance(action, Unprovide):
+                self.records.unprovide(action.key)
             elif isinstance(action, AnswerLocally):
                 self._spawn(self._answer_locally, action.inm)
 
@@ -322,6 +335,14 @@ class ChannelService:
             log.debug("channel record lookup failed: %s", e)
             values = []
         self._act(get.then(values, trio.current_time()))
+
+    async def _providers(self, find: FindProviders) -> None:
+        try:
+            providers = [str(ID(p.peer_id)) for p in (await self.records.get_providers(find.key)).providers]
+        except Exception as e:  # noqa: BLE001 - a failed lookup finds no one
+            log.debug("channel members lookup failed: %s", e)
+            providers = []
+        self._act(find.then(providers, trio.current_time()))
 
     async def _put(self, put: DhtPut) -> None:
         try:
@@ -506,11 +527,6 @@ class ChannelService:
                     if peer not in self.links and peer not in self._not_nodes:
                         self._link(peer)
             await trio.sleep(1.0 if len(self.links) < self.want else MAINTAIN_EVERY)
-
-    async def _refresh(self) -> None:
-        while True:
-            await trio.sleep(REFRESH * random.uniform(0.8, 1.0))
-            self._act(self.relay.refresh(trio.current_time()))
 
     async def _measure(self) -> None:
         while True:

@@ -1,26 +1,22 @@
 """The channel registry of one node, without I/O: local subscribers, the reservation they proved,
-and where else each channel is open.
+and the other member nodes (where the channel is open too), to which its messages go.
 
-A channel on a node is in one of three states (no entry at all: unknown):
+A channel on a node is in one of two states (no entry at all: closed here):
 
-    KNOWN    open on other nodes (their announcements); nothing local
     LOOKING  local clients asked to subscribe; the reservation is being looked up in the DHT,
              and they wait for the answer
     OPEN     local subscribers, each of whom proved the password of `reservation`
 
-    unknown/KNOWN --subscribe--------------------------> LOOKING   (the relay looks the record up)
-    LOOKING       --found: clients whose password fits-> OPEN      (answered ok)
-    LOOKING       --found: none fits-------------------> KNOWN     (answered "invalid password")
-    OPEN          --subscribe--------------------------> OPEN      (answered at once)
-    OPEN          --last subscriber leaves-------------> KNOWN     (closed: the relay announces it)
-    OPEN          --checked: another reservation won---> KNOWN     (the subscribers are evicted)
-    KNOWN         --no announcement for EXPIRE s-------> unknown
+    closed  --subscribe--------------------------------> LOOKING  (the relay looks the record up)
+    LOOKING --found: clients whose password fits-------> OPEN     (answered ok; the relay joins)
+    LOOKING --found: none fits, or all left------------> closed   (answered "invalid password")
+    OPEN    --subscribe--------------------------------> OPEN     (answered at once)
+    OPEN    --last subscriber leaves-------------------> closed   (the relay tells the members)
+    OPEN    --checked: another reservation won---------> closed   (the subscribers are evicted)
 
-Reservations live in the DHT (reservation.py has the record and the first-come rule); this table
-holds the one its clients subscribed under. Where channels are open is soft state: nodes
-announce each open channel when it opens and closes and every REFRESH seconds, and an
-announcement not renewed within EXPIRE seconds lapses. Messages go only to nodes where the
-channel is open.
+Reservations live in the DHT (reservation.py); members find each other there (provider records)
+and by joining each other (relay.py). Only an OPEN channel has members: a node where a channel is
+closed keeps nothing of it.
 """
 
 from __future__ import annotations
@@ -34,14 +30,12 @@ from overlay.channels.sealing import ChannelSecret
 
 MAX_CHANNEL_NAME = 128
 MAX_PASSWORD = 1024
-REFRESH = 30.0
-EXPIRE = 3 * REFRESH + 5
-MAX_CHANNELS = 10_000  # channels a node keeps; more are refused
+MAX_CHANNELS = 10_000  # channels open or looked up on a node; more are refused
 MAX_WAITING = 256  # clients waiting for one channel's lookup
+MAX_MEMBERS = 1_000  # other member nodes known per channel; joins beyond are refused
 
 
 class ChannelState(Enum):
-    KNOWN = "known"
     LOOKING = "looking"
     OPEN = "open"
 
@@ -54,23 +48,21 @@ def valid_channel_name(name: object) -> bool:
 class _Channel:
     reservation: Reservation | None = None  # the one the subscribers proved (OPEN)
     secret: ChannelSecret | None = None  # their verifier and message key
-    open_on: dict[str, float] = field(default_factory=dict)  # other node -> announcement expiry
+    members: dict[str, None] = field(default_factory=dict)  # the other nodes where it is open (ordered)
     subscribers: set[object] = field(default_factory=set)  # local clients
     waiting: dict[object, tuple[str, ChannelSecret]] = field(default_factory=dict)  # client -> (nonce, secret)
 
     @property
     def state(self) -> ChannelState:
-        if self.subscribers:
-            return ChannelState.OPEN
-        return ChannelState.LOOKING if self.waiting else ChannelState.KNOWN
+        return ChannelState.OPEN if self.subscribers else ChannelState.LOOKING
 
 
 @dataclass(frozen=True)
 class Change:
     """What a call changed that the relay must act on."""
 
-    opened: bool = False  # the channel is now open here: announce it
-    closed: bool = False  # no local subscriber any more: announce it, maybe release it
+    opened: bool = False  # the channel is now open here: join its members
+    closed: bool = False  # no local subscriber any more: leave its members, maybe release it
     look: bool = False  # look the reservation up (the first client of a LOOKING channel)
     answers: tuple[tuple[object, str, str | None], ...] = ()  # (client, nonce, failure or None)
     evicted: frozenset[object] = frozenset()  # local clients whose subscription is void
@@ -105,7 +97,7 @@ class ChannelTable:
             return Change(answers=((client, nonce, None),))
         if len(channel.waiting) >= MAX_WAITING:
             return Change(answers=((client, nonce, "busy"),))
-        look = channel.state is ChannelState.KNOWN
+        look = not channel.waiting
         channel.waiting[client] = (nonce, secret)
         return Change(look=look)
 
@@ -129,6 +121,8 @@ class ChannelTable:
         channel.waiting.clear()
         if channel.subscribers:
             channel.reservation = reservation
+        else:
+            del self.channels[name]
         return Change(opened=bool(channel.subscribers), answers=tuple(answers))
 
     def checked(self, name: str, winner: Reservation) -> Change:
@@ -142,7 +136,7 @@ class ChannelTable:
             return Change()
         evicted = frozenset(channel.subscribers)
         channel.subscribers.clear()
-        channel.reservation = channel.secret = None
+        channel.reservation = None
         return Change(closed=True, evicted=evicted)
 
     def readopt(self, name: str, reservation: Reservation) -> None:
@@ -155,6 +149,8 @@ class ChannelTable:
         channel = self.channels.get(name)
         if channel is None or client not in channel.subscribers:
             if channel is not None and channel.waiting.pop(client, None) is not None:
+                if channel.state is ChannelState.LOOKING and not channel.waiting:
+                    del self.channels[name]
                 return None, Change()
             return "not subscribed", Change()
         channel.subscribers.discard(client)
@@ -162,15 +158,18 @@ class ChannelTable:
             return None, Change()
         return None, Change(closed=True)
 
-    def closed(self, name: str) -> Reservation | None:
-        """After the last subscriber left: forget the reservation; returns it."""
+    def closed(self, name: str) -> tuple[Reservation | None, list[str]]:
+        """After the last subscriber left or was evicted: forget the channel; returns the
+        reservation they had proved and the members (to tell them)."""
         channel = self.channels.get(name)
         if channel is None or channel.subscribers:
-            return None
-        reservation, channel.reservation, channel.secret = channel.reservation, None, None
-        if not channel.open_on and not channel.waiting:
-            del self.channels[name]
-        return reservation
+            return None, []
+        if channel.waiting:  # clients subscribing anew wait for a lookup of their own
+            reservation, members = channel.reservation, list(channel.members)
+            channel.reservation, channel.secret, channel.members = None, None, {}
+            return reservation, members
+        del self.channels[name]
+        return channel.reservation, list(channel.members)
 
     def drop_client(self, client: object) -> list[str]:
         """A client went away: the channels it leaves closed here."""
@@ -188,37 +187,38 @@ class ChannelTable:
         channel = self.channels.get(name)
         return channel.subscribers if channel else set()
 
-    # ---- what other nodes say ----
+    # ---- members ----
 
-    def announce(self, node: str, name: str, is_open: bool, now: float) -> None:
-        """A node says the channel is open (or no longer open) there."""
-        if node == self.me:
-            return
-        if not is_open:
-            channel = self.channels.get(name)
-            if channel is not None:
-                channel.open_on.pop(node, None)
-                if channel.state is ChannelState.KNOWN and not channel.open_on:
-                    del self.channels[name]
-            return
-        channel = self._entry(name)
+    def add_member(self, name: str, node: str) -> bool:
+        """A node where the channel is open too (it joined us, or answered our join). Only an
+        open channel has members; at most MAX_MEMBERS. Whether it was added."""
+        channel = self.channels.get(name)
+        if channel is None or channel.state is not ChannelState.OPEN or node == self.me:
+            return False
+        if node not in channel.members and len(channel.members) >= MAX_MEMBERS:
+            return False
+        channel.members[node] = None
+        return True
+
+    def remove_member(self, name: str, node: str) -> None:
+        channel = self.channels.get(name)
         if channel is not None:
-            channel.open_on[node] = now + EXPIRE
+            channel.members.pop(node, None)
 
     def forget_node(self, node: str) -> None:
-        """A node left the network (its announcements would lapse anyway)."""
+        """A node is gone (its link was given up): it is no member anywhere."""
         for channel in self.channels.values():
-            channel.open_on.pop(node, None)
+            channel.members.pop(node, None)
 
     # ---- queries ----
 
     def open_here(self) -> list[str]:
         return sorted(n for n, c in self.channels.items() if c.subscribers)
 
-    def open_elsewhere(self, name: str) -> list[str]:
-        """Nodes the channel's messages go to."""
+    def members(self, name: str) -> list[str]:
+        """The other nodes where the channel is open: its messages go to them."""
         channel = self.channels.get(name)
-        return sorted(channel.open_on) if channel else []
+        return list(channel.members) if channel else []
 
     def reservation(self, name: str) -> Reservation | None:
         channel = self.channels.get(name)
@@ -234,16 +234,3 @@ class ChannelTable:
         proved (a verifier, never anything that opens a message)."""
         return [{"name": name, **c.reservation.to_json()} for name, c in sorted(self.channels.items())
                 if c.subscribers and c.reservation is not None]
-
-    # ---- time ----
-
-    def expire(self, now: float) -> list[str]:
-        """Drop lapsed announcements and channels nothing keeps; returns the channels open here,
-        which the relay re-announces (call every REFRESH seconds)."""
-        for name, channel in list(self.channels.items()):
-            for node, until in list(channel.open_on.items()):
-                if until < now:
-                    del channel.open_on[node]
-            if channel.state is ChannelState.KNOWN and not channel.open_on:
-                del self.channels[name]
-        return self.open_here()

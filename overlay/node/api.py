@@ -14,7 +14,7 @@ loop next to the host: a handler can await the DHT directly, no thread or second
 | POST   | /v1/ping/{peer_id}?count=N   | {"peer_id", "rtt_ms": [...], "errors": [...]}            |
 | GET    | /v1/netcheck                 | reachability, NAT type (STUN), public addresses, signalling registrations |
 | POST   | /v1/connect/{peer_id}        | {"peer_id", "path", "lookup_ms", "connect_ms", "first_stream_ms", "rtt_ms"} |
-| GET    | /v1/channels                 | node-stats, plus "reserved" (every reservation) and "open_elsewhere" (channel -> nodes) |
+| GET    | /v1/channels                 | node-stats, plus "reserved" (the reservations of channels open here) and "members" (channel -> other member nodes) |
 | WS     | /connect                     | WSRelay's client protocol (overlay/channels/client.py)   |
 | WS     | /relayer                     | MessageNet relayers, binary frames (overlay/messagenet/relayer.py) |
 | WS     | /peermsg                     | Convex typed peer messages for applications (overlay/peermsg/app.py) |
@@ -155,7 +155,7 @@ class Api:
         reserved = [{k: v for k, v in entry.items() if k not in ("verifier", "sig")} | {"protected": bool(entry["verifier"])}
                     for entry in table.listing()]  # the reservations our clients proved
         return JSONResponse({**self.node.channels.node_stats(), "reserved": reserved,
-                             "open_elsewhere": {name: table.open_elsewhere(name) for name in table.channels}})
+                             "members": {name: table.members(name) for name in table.open_here()}})
 
     async def channel_client(self, websocket: WebSocket) -> None:
         """One WS /connect client: its frames in order, answers and channel messages out through

@@ -234,14 +234,15 @@ async def test_a_page_on_an_allowed_origin_with_the_token_reads_status_and_chann
 
         joined = await browser.evaluate(js_call(SUBSCRIBE, a.api, CHANNEL))
         assert joined == {"protocol": "overlay", "reply": {"type": "response", "data": {"ok": True}, "nonce": "page-1"}}
-        await wait_for(lambda: b.get_json("/v1/channels")["open_elsewhere"].get(CHANNEL) == [a.peer_id],
-                       what="b to learn the channel is open on a")
         async with open_websocket_url(f"ws://{b.api}/connect", extra_headers=auth_headers(b.token)) as ws:
             for nonce, command, data in (("py-1", "subscribe", {"topic": CHANNEL}),
                                          ("py-2", "send", {"channel": CHANNEL, "message": text})):
                 await ws.send_message(json.dumps({"command": command, "data": data, "nonce": nonce}))
                 with trio.fail_after(20):
                     assert json.loads(await ws.get_message()) == {"type": "response", "data": {"ok": True}, "nonce": nonce}
+                if command == "subscribe":
+                    await wait_for(lambda: b.get_json("/v1/channels")["members"].get(CHANNEL) == [a.peer_id],
+                                   what="b and a, members of the channel, to find each other")
             try:
                 got = await browser.evaluate("window.nextFrame()")
             except trio.TooSlowError:

@@ -68,6 +68,19 @@ class Stranger:
         return [decode(raw) for raw in self.received[1:]]  # the first is the node's hello
 
 
+def recording(node) -> list[Inm]:
+    """The envelopes `node`'s relay receives from now on (as they come off its streams)."""
+    got: list[Inm] = []
+    original = node.channels.relay.receive
+
+    def receive(inm, came_from, now):
+        got.append(inm)
+        return original(inm, came_from, now)
+
+    node.channels.relay.receive = receive
+    return got
+
+
 async def two_nodes(c):
     a = await start(c)
     b = await start(c, join=a)
@@ -123,29 +136,38 @@ async def test_a_backdated_reservation_or_a_strangers_release_takes_no_channel(t
 async def test_a_stranger_without_the_password_reads_nothing_and_injects_nothing(tmp_path):
     """The audit's read and injection: a peer took the hash from list-reserved-channels, announced
     the password channel open in its own name and received its messages, and its own `message`
-    envelopes reached the subscribers. Now it learns only a verifier, receives only sealed boxes,
-    and what it sends is refused and counted."""
+    envelopes reached the subscribers. Now it learns only a verifier, cannot join the channel's
+    members without the key (so it receives nothing of it), and what it sends is refused and
+    counted, even a sealed box it got hold of."""
     async with cluster(tmp_path) as c:
         a, b = await two_nodes(c)
         eve = Stranger()
         async with client(a) as c1, client(b) as c2, eve.host.run([]):
             assert (await c1.call("subscribe", topic="vault", password="correct horse"))["data"] == OK
             assert (await c2.call("subscribe", topic="vault", password="correct horse"))["data"] == OK
+            await wait_for(lambda: a.channels.table.members("vault") == [str(b.peer_id)], what="a and b are members")
             stream = await eve.link(a)
             ask = Inm(eve.name, str(a.peer_id), "command", new_nonce(), {"command": "list-reserved-channels"})
-            announce = Inm(eve.name, "*", "command", new_nonce(), {"command": "channel-open", "open": True, "channel": "vault"})
-            await stream.write(frame(ask.encode()) + frame(announce.encode()))
-            await wait_for(lambda: eve.name in a.channels.table.open_elsewhere("vault"), what="eve announced")
-            await wait_for(lambda: any(e.nonce == ask.nonce for e in eve.envelopes()), what="the listing")
+            joins = [Inm(eve.name, str(a.peer_id), "command", new_nonce(), {"command": "channel-join", "channel": "vault", **proof})
+                     for proof in ({}, {"proof": "0" * 64})]
+            await stream.write(b"".join(frame(inm.encode()) for inm in [ask, *joins]))
+            await wait_for(lambda: all(any(e.nonce == inm.nonce for e in eve.envelopes()) for inm in [ask, *joins]),
+                           what="the listing and the joins answered")
+            for join in joins:
+                [answer] = [e.data for e in eve.envelopes() if e.nonce == join.nonce]
+                assert answer == {"ok": False, "reason": "invalid password"}
+            assert a.channels.table.members("vault") == [str(b.peer_id)]
             [listing] = [e.data for e in eve.envelopes() if e.nonce == ask.nonce]
             stretched = hashlib.pbkdf2_hmac("sha256", b"correct horse", b"vault", 32768).hex()
             assert "password" not in json.dumps(listing) and stretched not in json.dumps(listing)
 
+            at_b = recording(b)
             assert (await c1.call("send", channel="vault", message="top secret"))["data"] == OK
             assert (await c2.next())["data"] == {"channel": "vault", "message": "top secret"}
-            await wait_for(lambda: any(e.type == "message" for e in eve.envelopes()), what="eve gets the channel's envelope")
-            [box] = [e for e in eve.envelopes() if e.type == "message"]
-            assert set(box.data) == {"channel", "sealed"} and b"top secret" not in b"".join(eve.received)
+            assert not any(e.type == "message" for e in eve.envelopes()), "nothing of the channel reaches eve"
+            # what b received is a sealed box: eve, had she got hold of it, could neither read it...
+            [box] = [inm for inm in at_b if inm.type == "message"]
+            assert set(box.data) == {"channel", "sealed"} and b"top secret" not in json.dumps(box.data).encode()
 
             dropped = a.channels.dropped.get(reason="unauthentic channel message")
             forged = [{"channel": "vault", "sealed": base64.b64encode(b"\0" * 64).decode()},

@@ -103,7 +103,7 @@ async def test_flow_new_client_multi_node(tmp_path):
             reply = await c2.call("subscribe", topic="channel", password="wdpass")  # B finds A's reservation in the DHT
             assert reply["data"] == {"ok": False, "reason": "invalid password"}
             assert (await c2.call("subscribe", topic="channel", password="passwd"))["data"] == OK
-            await wait_for(lambda: a.channels.table.open_elsewhere("channel") == [str(b.peer_id)], what="A learns B has it open")
+            await wait_for(lambda: a.channels.table.members("channel") == [str(b.peer_id)], what="A and B find each other")
             assert (await c1.call("send", channel="channel", message="Hello C2"))["data"] == OK
             assert (await c2.next())["data"] == {"channel": "channel", "message": "Hello C2"}
             # and back, in order
@@ -115,7 +115,8 @@ async def test_flow_new_client_multi_node(tmp_path):
             assert stored.owner == str(a.peer_id) and stored.verifier == channel_secret("channel", "passwd").verifier
             assert "passwd" not in json.dumps(a.channels.table.listing())
         assert bystander.channels.received.get(type="message") == 0, "messages go only where the channel is open"
-        assert bystander.channels.table.reservation("channel") is None, "reservations are DHT records, not flooded"
+        assert "channel" not in bystander.channels.table.channels, "a node without subscribers keeps nothing of it"
+        assert bystander.channels.received.get(type="command") <= 2, "and hears nothing of it (its onboarding only)"
 
 
 async def test_flow_node_onboarding(tmp_path):
@@ -132,7 +133,7 @@ async def test_flow_node_onboarding(tmp_path):
                 assert (await c2.call("subscribe", topic="channel", password="nope"))["data"] == \
                     {"ok": False, "reason": "invalid password"}, "the new node finds the reservation in the DHT"
                 assert (await c2.call("subscribe", topic="channel", password="pw"))["data"] == OK
-                await wait_for(lambda: str(late.peer_id) in a.channels.table.open_elsewhere("channel"), what="A learns")
+                await wait_for(lambda: str(late.peer_id) in a.channels.table.members("channel"), what="late joins A")
                 assert (await c1.call("send", channel="channel", message="welcome"))["data"] == OK
                 assert (await c2.next())["data"] == {"channel": "channel", "message": "welcome"}
 
@@ -340,7 +341,8 @@ async def test_a_private_networks_token_never_reaches_a_stranger_and_its_proofs_
 async def test_a_peer_claiming_other_sources_gets_no_answer_no_dial_and_no_belief(tmp_path):
     """A hostile peer (its own identity, the real INM protocol) links to a node and sends 70
     commands under made-up sources, which used to make the node dial each of them and fill its
-    link slots, and a channel-open in a real node's name, unsigned and signed with its own key.
+    link slots, and a channel-join in a real node's name (for a channel open on the node),
+    unsigned and signed with its own key.
     All are refused and counted, the forged signature costs the stranger its stream, the node
     dials no one, believes nothing, and a real newcomer still links."""
     async with cluster(tmp_path) as c:
@@ -350,16 +352,16 @@ async def test_a_peer_claiming_other_sources_gets_no_answer_no_dial_and_no_belie
         key = Ed25519PrivateKey.generate()
         stranger = build_host(key, [])
         svc = a.channels
-        async with stranger.run([]):
+        async with stranger.run([]), client(a) as c1:
+            assert (await c1.call("subscribe", topic="stolen"))["data"] == OK
             await stranger.connect(Libp2pPeerInfo(a.peer_id, a.host.get_addrs()))
             me = str(stranger.get_id())
             stream = await stranger.new_stream(a.peer_id, [svc.protocol])
             out = [frame(json.dumps({"command": "handshake", "data": {"name": me}}).encode())]
             out += [frame(Inm(f"12D3KooWMadeUp{i:03d}", str(a.peer_id), "command", new_nonce(), {"command": "list-nodes"}).encode())
                     for i in range(70)]
-            claim = Inm(str(b.peer_id), BROADCAST, "command", new_nonce(),
-                        {"command": "channel-open", "open": True, "channel": "stolen", "password": "", "owner": str(b.peer_id),
-                         "at": 1}, int(time.time() * 1000))
+            claim = Inm(str(b.peer_id), BROADCAST, "command", new_nonce(), {"command": "channel-join", "channel": "stolen"},
+                        int(time.time() * 1000))
             signed = replace(claim, nonce=new_nonce())
             out += [frame(claim.encode()), frame(replace(signed, sig=sign_envelope(key, signed)).encode())]
             await stream.write(b"".join(out))
@@ -367,7 +369,7 @@ async def test_a_peer_claiming_other_sources_gets_no_answer_no_dial_and_no_belie
                            and svc.dropped.get(reason="bad signature") == 1, what="every claim refused")
             await wait_for(lambda: svc.dropped.get(reason="link cut") == 1, what="the forger's stream cut")
             assert set(svc.links) <= {str(b.peer_id), me}, "no link to a made-up source"
-            assert svc.table.open_elsewhere("stolen") == []
+            assert svc.table.members("stolen") == []
         newcomer = await start(c, join=a)
         await wait_for(lambda: neighbours(a, newcomer), what="a real newcomer links")
 

@@ -58,7 +58,7 @@ def test_channel_listen_and_send_across_two_processes(tmp_path, procs):
     listener = subprocess.Popen([CLI, "channel", "listen", "news", "--password", "pw", "--api", a.api, "--data-dir", str(a.data_dir)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: b.get_json("/v1/channels")["open_elsewhere"].get("news") == [a.peer_id])
+        wait_until(lambda: [r["name"] for r in a.get_json("/v1/channels")["reserved"]] == ["news"])  # the listener is in
         wrong = cli("channel", "send", "news", "hello", "--password", "nope", "--api", b.api, "--data-dir", str(b.data_dir))
         assert wrong.returncode == 1 and "invalid password" in wrong.stderr
         sent = cli("channel", "send", "news", "hello there", "--password", "pw", "--api", b.api, "--data-dir", str(b.data_dir))

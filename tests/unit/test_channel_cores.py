@@ -1,5 +1,5 @@
 """The channel relay's cores without I/O: the INM and client codecs (with hypothesis), the channel
-table's subscriptions, interest and expiry, reservations and their first-come rule, sealed
+table's subscriptions and members, reservations and their first-come rule, sealed
 password-channel messages, and the router's de-duplication, broadcast and queues."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from overlay.channels import reservation
 from overlay.channels.reservation import Reservation, ReservationValidator, reservation_key, resolve
 from overlay.channels.reservation import sign as sign_reservation
 from overlay.channels.sealing import PUBLIC, ChannelSecret, channel_secret, open_sealed, seal
-from overlay.channels.table import EXPIRE, Change, ChannelTable
+from overlay.channels.table import MAX_MEMBERS, Change, ChannelTable
 from overlay.core.errors import DecodeError, RecordError
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 from overlay.kademlia.store import NamespacedValidator, RecordStore
@@ -179,15 +179,22 @@ def test_a_reservation_that_won_elsewhere_evicts_only_subscribers_of_another_pas
     assert change.evicted == frozenset({"c1"}) and change.closed and table.open_here() == []
 
 
-def test_interest_lapses_without_refresh():
+def test_only_an_open_channel_has_members_and_a_closed_one_leaves_nothing():
     table = ChannelTable("me")
-    table.announce("peer", "chan", True, now=0)
-    assert table.open_elsewhere("chan") == ["peer"]
-    table.announce("peer", "chan", True, now=EXPIRE - 1)  # refreshed
-    table.expire(now=EXPIRE + 1)
-    assert table.open_elsewhere("chan") == ["peer"]
-    table.expire(now=2 * EXPIRE)
-    assert table.open_elsewhere("chan") == [] and "chan" not in table.channels
+    assert not table.add_member("chan", "peer"), "not open here"
+    table.subscribe("c1", "chan", PUBLIC, "n")
+    assert not table.add_member("chan", "peer"), "still looking"
+    table.found("chan", Reservation("chan", "me", 1, ""))
+    assert table.add_member("chan", "peer") and table.add_member("chan", "other") and not table.add_member("chan", "me")
+    assert table.members("chan") == ["peer", "other"]
+    for i in range(MAX_MEMBERS):
+        table.add_member("chan", f"n{i}")
+    assert len(table.members("chan")) == MAX_MEMBERS and not table.add_member("chan", "one-more")
+    table.forget_node("peer")
+    assert "peer" not in table.members("chan")
+    assert table.unsubscribe("c1", "chan")[1].closed
+    reservation, members = table.closed("chan")
+    assert reservation.owner == "me" and len(members) == MAX_MEMBERS - 1 and "chan" not in table.channels
 
 
 def test_listings_carry_verifiers_never_passwords_or_keys():
@@ -195,7 +202,7 @@ def test_listings_carry_verifiers_never_passwords_or_keys():
     secret = channel_secret("open-one", "secret")
     table.subscribe("c1", "open-one", secret, "n")
     table.found("open-one", Reservation("open-one", "me", 1, secret.verifier))
-    table.announce("peer", "elsewhere", True, now=0)
+    table.subscribe("c2", "looking", PUBLIC, "n")
     assert [c["name"] for c in table.listing()] == ["open-one"]
     text = json.dumps(table.listing())
     assert "secret" not in text and secret.key.hex() not in text and secret.verifier in text

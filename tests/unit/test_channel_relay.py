@@ -17,12 +17,12 @@ from overlay.channels.inm import BROADCAST, Inm, decode
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
 from overlay.channels.relay import (COMMAND_TIMEOUT, MAX_INTRODUCTIONS, Answer, AnswerLocally, ChannelRelay, CutLink,
-                                    Deliver, DhtGet, DhtPut, SendEnvelope, ToClient, link_proof)
+                                    Deliver, DhtGet, DhtPut, FindProviders, Provide, SendEnvelope, ToClient, Unprovide,
+                                    join_proof, link_proof, members_key)
 from overlay.channels.reservation import KEEP, SETTLE, Reservation, ReservationValidator, reservation_key
 from overlay.channels.reservation import decode as reservation_decode
 from overlay.channels.reservation import sign as sign_reservation
 from overlay.channels.sealing import PUBLIC, ChannelSecret, channel_secret
-from overlay.channels.table import REFRESH
 from overlay.core.errors import DecodeError, RecordError
 from overlay.kademlia.store import RecordStore
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
@@ -64,10 +64,12 @@ class Net:
         self.wall = lambda: int(self.now * 1000) + 1_000_000
         self.relays = {n: relay_for(n, self.wall) for n in names}
         self.dht = RecordStore(ReservationValidator(self.wall, modelled_verify_reservation), ttl=3600)
+        self.providers: dict[bytes, dict[str, None]] = {}
         self.flight: deque[tuple[str, str, Inm]] = deque()
         self.dht_flight: deque[tuple[str, object]] = deque()
         self.delivered: dict[str, list[Deliver]] = {n: [] for n in names}
         self.answers: list[tuple[str, Answer]] = []
+        self.members_when_answered: dict[tuple[str, object], list[str]] = {}
         self.other: list[object] = []
 
     def add(self, name: str) -> None:
@@ -86,7 +88,8 @@ class Net:
                 self.delivered[at].append(action)
             elif isinstance(action, Answer):
                 self.answers.append((at, action))
-            elif isinstance(action, (DhtGet, DhtPut)):
+                self.members_when_answered[(at, action.client)] = self.relays[at].table.members("ch")
+            elif isinstance(action, (DhtGet, DhtPut, FindProviders, Provide, Unprovide)):
                 self.dht_flight.append((at, action))
             else:
                 self.other.append((at, action))
@@ -95,6 +98,12 @@ class Net:
         at, action = self.dht_flight.popleft()
         if isinstance(action, DhtPut):
             self.dht.put(action.key, action.value, self.now)
+        elif isinstance(action, Provide):
+            self.providers.setdefault(action.key, {})[at] = None
+        elif isinstance(action, Unprovide):
+            self.providers.get(action.key, {}).pop(at, None)
+        elif isinstance(action, FindProviders):  # as a lookup: the newest 20 (k) providers
+            self.act(at, action.then(list(self.providers.get(action.key, {}))[-20:], self.now))
         else:
             held = self.dht.get(action.key, self.now)
             self.act(at, action.then([held] if held is not None else [], self.now))
@@ -126,15 +135,35 @@ def line(*names: str) -> Net:
     return net
 
 
-def test_the_first_subscriber_reserves_in_the_dht_and_every_node_learns_where_it_is_open():
+def test_the_first_subscriber_reserves_in_the_dht_and_member_nodes_find_each_other_there():
     net = line("a", "b", "c")
     assert net.subscribe("a", 1) is None
     assert net.held().owner == "a" and net.relays["a"].table.reservation("ch") == net.held()
+    assert list(net.providers[members_key("ch")]) == ["a"]
     for name in "bc":
-        assert net.relays[name].table.open_elsewhere("ch") == ["a"]
-        assert net.relays[name].table.reservation("ch") is None, "a reservation is not flooded"
+        assert "ch" not in net.relays[name].table.channels, "a node without subscribers keeps nothing of it"
     assert net.subscribe("c", 2) is None, "c finds a's reservation"
+    assert net.members_when_answered[("c", 2)] == ["a"], "answered once joined: a send right after reaches a"
     assert net.relays["c"].table.reservation("ch") == net.held()
+    assert net.relays["a"].table.members("ch") == ["c"] and net.relays["c"].table.members("ch") == ["a"]
+    assert net.subscribe("b", 3) is None
+    assert sorted(net.relays["a"].table.members("ch")) == ["b", "c"] and sorted(net.relays["b"].table.members("ch")) == ["a", "c"]
+
+
+def test_members_beyond_a_lookup_are_found_through_join_answers_and_leavers_are_forgotten():
+    names = [f"n{i:02d}" for i in range(30)]
+    net = Net(*names)
+    for i, name in enumerate(names):
+        assert net.subscribe(name, i) is None  # the later ones' lookups find only 20: joins tell of the rest
+    for name in names:
+        assert sorted(net.relays[name].table.members("ch")) == sorted(set(names) - {name}), name
+    net.act("n05", net.relays["n05"].drop_client(5, net.now))
+    net.run()
+    assert all("n05" not in net.relays[n].table.members("ch") for n in names if n != "n05")
+    net.relays["n07"].link_gone("n08")
+    assert "n08" not in net.relays["n07"].table.members("ch")
+    messages = [inm for _, _, inm in net.flight if inm.type == "message"]
+    assert messages == [] and "ch" not in net.relays["n05"].table.channels
 
 
 def test_a_publish_reaches_the_subscribers_of_every_node_where_the_channel_is_open_once():
@@ -149,6 +178,23 @@ def test_a_publish_reaches_the_subscribers_of_every_node_where_the_channel_is_op
     assert net.delivered["c"] == [Deliver((3,), "ch", "hello", "n1")]
     assert net.delivered["b"] == []  # nothing where the channel is not open
     assert net.relays["a"].publish(9, "ch", "x", "n2", net.now) == ("not subscribed", [])
+
+
+def test_only_a_node_holding_the_key_joins_a_password_channel():
+    net = line("a", "b")
+    assert net.subscribe("a", 1, secret=SECRET) is None
+    relay = net.relays["a"]
+    for proof in (None, "0" * 64, join_proof(channel_secret("ch", "guess").key, "ch", "b", "a"),
+                  join_proof(SECRET.key, "ch", "b", "someone-else")):
+        data = {"command": "channel-join", "channel": "ch", **({"proof": proof} if proof else {})}
+        [reply] = relay.receive(Inm("b", "a", "command", f"j-{proof}", data), "b", net.now)
+        assert reply.inm.data == {"ok": False, "reason": "invalid password"}
+    assert relay.table.members("ch") == [] and relay.dropped.get(reason="join without the channel's key") == 4
+    [reply] = relay.receive(Inm("b", "a", "command", "j-ok", {"command": "channel-join", "channel": "ch",
+                                                               "proof": join_proof(SECRET.key, "ch", "b", "a")}), "b", net.now)
+    assert reply.inm.data == {"ok": True, "members": []} and relay.table.members("ch") == ["b"]
+    [reply] = net.relays["b"].receive(Inm("a", "b", "command", "j-2", {"command": "channel-join", "channel": "ch"}), "a", net.now)
+    assert reply.inm.data == {"ok": False, "reason": "channel not open here"}
 
 
 def test_a_password_channel_is_checked_everywhere_and_sealed_end_to_end():
@@ -170,14 +216,16 @@ def test_a_password_channel_is_checked_everywhere_and_sealed_end_to_end():
     assert net.relays["c"].dropped.get(reason="unauthentic channel message") == 2
 
 
-def test_a_new_neighbour_is_onboarded_with_where_channels_are_open():
+def test_a_new_neighbour_with_the_channel_open_too_becomes_a_member():
     net = line("a", "b")
     assert net.subscribe("a", 1) is None
     net.add("late")
+    assert net.subscribe("late", 2) is None
+    net.relays["a"].table.remove_member("ch", "late")  # as if its join were lost
+    net.relays["late"].table.remove_member("ch", "a")
     net.link("late", "a")
     net.run()
-    late = net.relays["late"].table
-    assert late.open_elsewhere("ch") == ["a"] and late.open_here() == []
+    assert net.relays["a"].table.members("ch") == ["late"] and net.relays["late"].table.members("ch") == ["a"]
 
 
 def test_the_owner_releases_the_channel_when_its_last_subscriber_leaves():
@@ -249,16 +297,28 @@ def test_a_backdated_or_foreign_reservation_takes_no_channel_and_only_the_owner_
         net.dht.put(reservation_key("ch"), too_late.encode(), net.now)
 
 
-def test_open_channels_are_announced_again_and_lapse_when_not():
+def test_members_are_looked_up_again_after_settling_and_then_rarely_with_nothing_else_sent():
     net = line("a", "b")
     assert net.subscribe("a", 1) is None
-    net.now = REFRESH + 1
-    net.act("a", net.relays["a"].refresh(net.now))
-    assert net.flight, "the refresh re-announces"
-    net.flight.clear()  # ...but b never hears it
-    net.now = 10 * REFRESH
-    net.relays["b"].refresh(net.now)
-    assert net.relays["b"].table.open_elsewhere("ch") == []
+    assert net.relays["a"].next_timer() == pytest.approx(SETTLE + 1)
+    net.act("b", net.relays["b"].subscribe(2, "ch", PUBLIC, "s2", net.now))
+    net.dht_flight = deque(x for x in net.dht_flight if not isinstance(x[1], Provide))  # b's provider record is late
+    net.run()
+    assert net.relays["a"].table.members("ch") == ["b"], "b's join found a"
+    net.relays["a"].table.remove_member("ch", "b")  # as if b's join were lost
+    net.providers[members_key("ch")]["b"] = None
+    net.now = SETTLE + 2
+    net.act("a", net.relays["a"].tick(net.now))
+    net.run()
+    assert net.relays["a"].table.members("ch") == ["b"], "the second lookup repaired it"
+    sent = 0
+    while (when := min(r.next_timer() or float("inf") for r in net.relays.values())) < 3600:
+        net.now = when
+        for name, relay in net.relays.items():
+            net.act(name, relay.tick(net.now))
+        sent += len(net.flight)
+        net.run()
+    assert sent == 0, "an idle channel costs no envelope: only DHT lookups"
 
 
 def test_get_node_connection_introduces_through_a_neighbour_or_answers_not_connected():
@@ -308,7 +368,7 @@ def test_commands_only_the_adapter_can_answer_are_handed_to_it_and_unknown_ones_
 def test_bad_envelopes_are_dropped_and_counted_by_reason():
     relay = relay_for("me", lambda: 0)
     relay.link_up("p", 0.0)
-    bad = Inm("p", "me", "command", "n1", {"command": "channel-open", "channel": "", "open": True})
+    bad = Inm("p", "me", "command", "n1", {"command": "channel-leave", "channel": ["x"]})
     assert relay.receive(bad, "p", 0.0) == []
     assert relay.receive(bad, "p", 0.0) == []
     relay.receive(Inm("me", BROADCAST, "command", "n2", {"command": "list-nodes"}), "p", 0.0)
@@ -361,8 +421,15 @@ def test_a_private_networks_token_is_proven_for_one_pair_and_never_sent():
     assert json.loads(relay_for("open", lambda: 0).hello("x")) == {"command": "handshake", "data": {"name": "open"}}
 
 
+def heard(relay: ChannelRelay) -> list[str]:
+    """A broadcast command of another protocol, whose handler records whom it believed."""
+    sources: list[str] = []
+    relay.register("hello-all", lambda inm: sources.append(inm.source))
+    return sources
+
+
 def announce_from(source: str, nonce: str, at: int, sig: str | None = None) -> Inm:
-    data = {"command": "channel-open", "open": True, "channel": "ch"}
+    data = {"command": "hello-all"}
     inm = Inm(source, BROADCAST, "command", nonce, data, at)
     return replace(inm, sig=modelled_sign(inm) if sig is None else sig)
 
@@ -370,6 +437,7 @@ def announce_from(source: str, nonce: str, at: int, sig: str | None = None) -> I
 def test_an_envelope_its_source_did_not_hand_over_is_believed_only_signed_recent_and_new():
     wall = 1_000_000
     relay = relay_for("me", lambda: wall)
+    sources = heard(relay)
     relay.link_up("p", 0.0)
     # a first hop claiming another source: refused, and nothing is sent to the made-up node
     assert relay.receive(Inm("ghost", "me", "command", "n1", {"command": "list-nodes"}), "p", 0.0) == []
@@ -380,7 +448,7 @@ def test_an_envelope_its_source_did_not_hand_over_is_believed_only_signed_recent
         "a neighbour passing on a forged signature loses its link"
     assert relay.dropped.get(reason="bad signature") == 1
     relay.receive(announce_from("q", "n3", wall), "p", 0.0)
-    assert relay.table.open_elsewhere("ch") == ["q"]
+    assert sources == ["q"]
     # too old, from the future, and the same envelope again
     for at, reason in ((wall - 61_000, "stale"), (wall + 61_000, "from the future")):
         assert relay.receive(announce_from("q", f"n-{reason}", at), "p", 0.0) == []
@@ -406,7 +474,7 @@ def test_broadcasts_carry_the_identity_keys_signature_which_the_peer_id_checks()
     ids = [peer_id_to_str(peer_id_from_public_key(k.public_key())) for k in keys]
     relay = ChannelRelay(ids[0], lambda: 5_000, partial(sign_envelope, keys[0]), verify_envelope, partial(sign_reservation, keys[0]))
     relay.link_up(ids[1], 0.0)
-    [send] = relay.broadcast({"command": "channel-open", "channel": "x", "open": True}, 0.0)
+    [send] = relay.broadcast({"command": "hello-all", "channel": "x"}, 0.0, answered=False)
     sent = decode(send.inm.encode())
     assert sent == send.inm and sent.at == 5_000 and verify_envelope(sent)
     assert not verify_envelope(replace(sent, data={**sent.data, "channel": "y"})), "data is signed"
@@ -415,9 +483,10 @@ def test_broadcasts_carry_the_identity_keys_signature_which_the_peer_id_checks()
     assert not verify_envelope(replace(sent, source="not-a-peer-id"))
     assert not verify_envelope(replace(sent, sig="%%%"))
     other = ChannelRelay(ids[1], lambda: 5_000, partial(sign_envelope, keys[1]), verify_envelope, partial(sign_reservation, keys[1]))
+    sources = heard(other)
     other.link_up("x", 0.0)
     other.receive(sent, "x", 0.0)
-    assert other.table.open_elsewhere("x") == [ids[0]], "passed on by a third node, it is believed"
+    assert sources == [ids[0]], "passed on by a third node, it is believed"
 
 
 @pytest.mark.parametrize("extra", [{"sig": "x" * 101, "at": 1}, {"sig": 5, "at": 1}, {"sig": "abc"}, {"sig": "abc", "at": True},
