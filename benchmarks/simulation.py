@@ -11,7 +11,7 @@ running after `--limit` wall seconds is stopped and reported as not finished, wi
 (peak RSS - the RSS of the same child with everything imported and nothing simulated) / N.
 
 `--channels K` adds the channel relay: K channels with Zipf sizes (channel r has
-max(2, round(500 / r)) subscribers: one of 500, most of 2-10), each subscriber's place taken
+max(2, round(L / r)) subscribers, L = `--largest`, 500 by default: one of 500, most of 2-10), each subscriber's place taken
 elsewhere when its node leaves, 60 messages per channel-hour by random subscribers. Reported:
 delivery (of message and subscriber online when it was sent), latency and the share within
 twice the publisher-to-subscriber round trip plus 100 ms, envelopes per node-second (all, and
@@ -49,7 +49,7 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-ZIPF_LARGEST = 500
+LARGEST = 500
 CHANNEL_MESSAGES_PER_HOUR = 60.0
 
 
@@ -74,7 +74,7 @@ def count_channel_envelopes(sim: Any) -> dict[str, int]:
     return counts
 
 
-def child(nodes: int, duration: float, churn: float, channel_count: int = 0) -> None:
+def child(nodes: int, duration: float, churn: float, channel_count: int = 0, largest: int = LARGEST) -> None:
     """One run; prints a JSON line. OVERLAY_SIM_TREE: simulate another checkout's cores."""
     import os
 
@@ -87,8 +87,8 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0) -> 
     base = peak_rss_kib()
     sc = replace(load(), nodes=nodes, duration=duration, churn_per_hour=churn, channels=channel_count,
                  join_window=min(300.0, duration / 4), warmup=min(600.0, duration / 2),
-                 subscribers_per_channel=ZIPF_LARGEST, messages_per_channel_hour=CHANNEL_MESSAGES_PER_HOUR)
-    zipf = [max(2, round(ZIPF_LARGEST / (rank + 1))) for rank in range(channel_count)]
+                 subscribers_per_channel=largest, messages_per_channel_hour=CHANNEL_MESSAGES_PER_HOUR)
+    zipf = [max(2, round(largest / (rank + 1))) for rank in range(channel_count)]
     if hasattr(sc, "channel_sizes"):
         sc = replace(sc, channel_sizes="zipf")
     started = time.perf_counter()
@@ -180,13 +180,14 @@ def main() -> None:
     p.add_argument("--limit", type=float, default=7200.0, help="wall seconds per run before it is stopped")
     p.add_argument("--engines", action="store_true")
     p.add_argument("--channels", type=int, default=0, help="channels with Zipf sizes (the channel workload)")
+    p.add_argument("--largest", type=int, default=LARGEST, help="subscribers of the largest channel")
     p.add_argument("--baseline", type=Path, help="another checkout whose cores to run at --baseline-nodes too")
     p.add_argument("--baseline-nodes", type=int, default=1000)
     p.add_argument("--out", type=Path)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        return child(args.child, args.duration, args.churn, args.channels)
+        return child(args.child, args.duration, args.churn, args.channels, args.largest)
     result: dict[str, Any] = {"machine": machine(), "command": sys.argv, "runs": []}
     if args.engines:
         result["engines"] = engines()
@@ -196,7 +197,7 @@ def main() -> None:
         plan.insert(0, (args.baseline_nodes, args.baseline.resolve()))
     for n, tree in plan:
         argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--duration", str(args.duration),
-                "--churn", str(args.churn), "--channels", str(args.channels)]
+                "--churn", str(args.churn), "--channels", str(args.channels), "--largest", str(args.largest)]
         env = {**os.environ, "OVERLAY_SIM_TREE": str(tree)} if tree else None
         started = time.perf_counter()
         try:
