@@ -281,9 +281,6 @@ class Lying:
     def select(self, key: bytes, values: list[bytes]) -> int:
         return len(values) - 1
 
-    def better(self, key: bytes, held: bytes, held_for: float, value: bytes) -> bool:
-        return True
-
 
 async def lie(node, degas_id: bytes, value: bytes) -> None:
     """`node` keeps `value` as the host record of `degas_id` and puts it to the closest stores."""
