@@ -28,10 +28,12 @@ over stdin/stdout, one JSON line per message.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import queue
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -401,6 +403,7 @@ def start_nodes(count: int, procs: list[Proc], prefix: str) -> list[dict[str, An
     """`count` overlay-node processes on loopback, all bootstrapped from the first, healthy
     (INM neighbours found); their processes are appended to `procs` for the caller to stop."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the nodes' data dirs, once they are stopped
     binary = str(Path(sys.executable).parent / "overlay-node")
     nodes: list[dict[str, Any]] = []
     os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(32))

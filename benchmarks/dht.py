@@ -36,11 +36,13 @@ benchmarks/results/dht-<date>-<time>.json (or --out).
 from __future__ import annotations
 
 import argparse
+import atexit
 import asyncio
 import json
 import logging
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,6 +131,7 @@ def run_ours(nodes: int, lookups: int, seed: int) -> dict[str, Any]:
 
     async def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="dht-bench-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         base = rss_mb()
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
