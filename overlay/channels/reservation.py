@@ -56,12 +56,12 @@ class Reservation:
     released: bool = False
     sig: str = ""
 
-    def encode(self) -> bytes:
-        return json.dumps({"channel": self.channel, "owner": self.owner, "at": self.at, "verifier": self.verifier,
-                           "released": self.released, "sig": self.sig}, separators=(",", ":")).encode()
-
     def to_json(self) -> dict:
-        return json.loads(self.encode())
+        return {"channel": self.channel, "owner": self.owner, "at": self.at, "verifier": self.verifier,
+                "released": self.released, "sig": self.sig}
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
 
 def signed_bytes(r: Reservation) -> bytes:
