@@ -5,7 +5,8 @@
 Three systems carry the same 256-byte messages, one publisher, in the same run:
 
 - ours: N `overlay-node run` processes (the first is every other's bootstrap), one WS /connect
-  client subscribed to "bench" on each, the publisher a client of node 0; then the same with a
+  client subscribed to "bench" on each (`?batch=1`: what waited for it comes as one frame), the
+  publisher a plain client of node 0 (one frame per send, as bare's); then the same with a
   password channel, whose messages are sealed end to end (the cost of the encryption);
 - py-libp2p gossipsub: N processes, each a host like ours (Noise, Yamux, TCP) running GossipSub
   with its limits lifted (spam protection off, no per-topic rate cap, 1 s heartbeat, unsigned
@@ -132,22 +133,23 @@ def role_subscribers(args: argparse.Namespace) -> None:
 
     async def subscriber(url: str, tally: Tally, ready) -> None:
         headers = ws_headers() if args.mode == "ours" else None
+        url = url + "?batch=1" if args.mode == "ours" else url  # what waited, in one frame
         async with open_websocket_url(url, message_queue_size=100_000, max_message_size=1 << 20, extra_headers=headers) as ws:
             if args.mode == "ours":
                 await ws.send_message(json.dumps({"command": "subscribe", "data": subscription(args)}))
-                assert json.loads(await ws.get_message())["data"] == {"ok": True}
+                assert json.loads(await ws.get_message())[0]["data"] == {"ok": True}
             else:
                 await ws.send_message("subscribe")
                 assert await ws.get_message() == "ok"
             ready.set()
             while True:
                 text = await ws.get_message()
-                if args.mode == "ours":
-                    message = json.loads(text)
-                    if message["type"] != "message":
-                        continue
-                    text = message["data"]["message"]
-                tally.add(text)
+                if args.mode != "ours":
+                    tally.add(text)
+                    continue
+                for item in json.loads(text):
+                    if item["type"] == "message":
+                        tally.add(item["data"]["message"])
 
     trio.run(main)
 

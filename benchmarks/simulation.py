@@ -122,10 +122,12 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0, lar
             "channels": channel_count, "subscriptions": sum(zipf), "messages": c["messages"],
             "delivery_ratio": c["delivery_ratio"], "latency_ms": c["latency_ms"],
             "within_2rtt_100ms": c.get("within_2rtt_100ms"), "non_member_messages": c.get("non_member_messages"),
+            "no_link_drops": c.get("no_link_drops"),
             "envelopes_per_node_s": round(counts["envelopes"] / (node_hours * 3600), 4),
             "control_envelopes_per_node_s": round(counts["control"] / (node_hours * 3600), 4),
             "channel_bytes_per_node_hour": round(counts["bytes"] / node_hours),
             "dht_bytes_per_node_hour": round(sum(n.bytes_sent for n in sim.nodes) / node_hours),
+            "envelopes_by_kind": dict(getattr(sim.channels, "envelopes", {})),
         }
     print(json.dumps(out), flush=True)
 

@@ -22,6 +22,7 @@ envelopes sent, by kind; and channel messages that reached a node without the ch
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from collections import Counter
 from overlay.channels.relay import (Answer, ChannelRelay, Deliver, DhtGet, DhtPut, FindProviders, Provide, RelayAction,
                                     SendEnvelope, Unprovide)
 from overlay.channels.reservation import Reservation
+from overlay.channels.router import LINK_IDLE, MAX_LINKS
 from overlay.channels.sealing import PUBLIC
 from overlay.core.errors import RecordError
 from overlay.core.records import peer_id_to_str
@@ -75,6 +77,8 @@ class ChannelWorkload:
         self._detecting: set[tuple[int, int]] = set()  # (sender, gone node) links being given up
         self.envelopes: Counter[str] = Counter()  # envelopes sent, by kind (message, or the command)
         self.non_member_messages = 0  # channel messages that reached a node where the channel was not open
+        self._used: dict[int, dict[int, float]] = {}  # node -> the nodes it has a link with besides neighbours -> last use
+        self.no_link = 0  # envelopes dropped: a new link beyond MAX_LINKS at either end
 
     def _wall_ms(self) -> int:
         return int(self.sim.sched.now * 1000)
@@ -83,7 +87,8 @@ class ChannelWorkload:
 
     def joined(self, node: SimNode) -> None:
         self.relays[node.index] = ChannelRelay(node.name, self._wall_ms, _modelled_signature, _honest,
-                                               _modelled_reservation, _honest)
+                                               _modelled_reservation, _honest,
+                                               rng=random.Random(self.sim.rng.getrandbits(64)))
         self.links[node.index] = set()
         self._fill_links(node)
 
@@ -93,9 +98,11 @@ class ChannelWorkload:
         for peer in self.links.pop(node.index, set()):
             if peer in self.links:
                 self.links[peer].discard(node.index)
-                self.relays[peer].link_gone(node.name)
+                self.relays[peer].link_gone(node.name, self.sim.sched.now)
                 other = self.sim.nodes[peer]
                 self.sim.sched.after(15.0, lambda other=other: self._fill_links(other) if other.online else None)
+        for peer in self._used.pop(node.index, {}):
+            self._used.get(peer, {}).pop(node.index, None)
         self.relays.pop(node.index, None)
         self._timers.pop(node.index, None)
 
@@ -153,9 +160,13 @@ class ChannelWorkload:
                     if dst is None or not dst.online or sim.cut(src, dst):
                         continue
                     delay = sim.net.delay(src.region, dst.region, size)
-                    if dst.index not in links and dst.index not in src.connections:  # not linked: dial first
+                    if dst.index not in links and not self._linked(src, dst):
+                        if not self._link(src, dst):
+                            self.no_link += 1
+                            continue
+                        dial = dst.index not in src.connections  # a stream over a connection, dialed first if none
                         delay += sim.connect_cost(src, dst)
-                        if not dst.public:
+                        if dial and not dst.public:
                             delay += RELAYED_DIAL_RTTS * sim.net.rtt(src.region, dst.region)
                     sim.sched.after(delay, lambda dst=dst, inm=inm: self._arrive(src, dst, inm))
             elif type(action) is Deliver:
@@ -194,6 +205,30 @@ class ChannelWorkload:
             # ToClient (evictions) and AnswerLocally (stats commands nobody sends here): nothing to carry
         self._arm(src)
 
+    def _linked(self, src: SimNode, dst: SimNode) -> bool:
+        """Whether src and dst have a link besides the neighbour graph that carried something
+        in the last LINK_IDLE seconds (then it is used again now), as the node's adapter keeps
+        one (its stream protects the connection from pruning) and closes it once idle."""
+        now, used = self.sim.sched.now, self._used.get(src.index, {})
+        last = used.get(dst.index)
+        if last is None or now - last > LINK_IDLE:
+            return False
+        used[dst.index] = self._used[dst.index][src.index] = now
+        return True
+
+    def _link(self, src: SimNode, dst: SimNode) -> bool:
+        """Open a link between src and dst (both ends, as the node links back), unless either
+        has MAX_LINKS live links already."""
+        now = self.sim.sched.now
+        for node in (src, dst):
+            used = self._used.setdefault(node.index, {})
+            for peer in [p for p, t in used.items() if now - t > LINK_IDLE]:
+                del used[peer]
+            if len(used) + len(self.links.get(node.index, ())) >= MAX_LINKS:
+                return False
+        self._used[src.index][dst.index] = self._used[dst.index][src.index] = now
+        return True
+
     def _lost(self, src: SimNode, gone: SimNode) -> None:
         """An envelope to a node that left: the sender gives its link up a while later."""
         if (src.index, gone.index) in self._detecting:
@@ -204,7 +239,7 @@ class ChannelWorkload:
             self._detecting.discard((src.index, gone.index))
             relay = self.relays.get(src.index)
             if relay is not None and src.online and not gone.online:
-                relay.link_gone(gone.name)
+                relay.link_gone(gone.name, self.sim.sched.now)
 
         self.sim.sched.after(LOSS_DETECTION, give_up)
 

@@ -310,14 +310,16 @@ class Simulation:
     # ---- Kademlia over simulated links: the shared in-memory driver (overlay/kademlia/driver.py) --
 
     def connect_cost(self, a: SimNode, b: SimNode) -> float:
-        """Connection setup time for a first message between a and b (0 when connected)."""
-        if b.index in a.connections:
-            return 0.0
+        """Connection setup time for a message between a and b (0 when connected). Each use
+        makes the connection the most recent of both ends; beyond MAX_CONNECTIONS the least
+        recently used is closed, as a connection manager keeps those that carry traffic."""
+        connected = b.index in a.connections
         for x, y in ((a, b), (b, a)):
+            x.connections.pop(y.index, None)
             x.connections[y.index] = None
             if len(x.connections) > MAX_CONNECTIONS:
                 del x.connections[next(iter(x.connections))]
-        return CONNECT_RTTS * self.net.rtt(a.region, b.region)
+        return 0.0 if connected else CONNECT_RTTS * self.net.rtt(a.region, b.region)
 
     def cut(self, a: SimNode, b: SimNode) -> bool:
         return bool(self.net.partitions) and self.net.cut(a.index, b.index, self.sched.now)

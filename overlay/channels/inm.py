@@ -36,6 +36,7 @@ MAX_NAME = 128
 MAX_NONCE = 64
 TYPES = ("message", "command", "response")
 BROADCAST = "*"
+MEMBERS = "+"  # a channel message's destination: the channel's member nodes (mesh.py says which)
 SIGNED_DOMAIN = b"overlay-inm-envelope-v1\0"
 MAX_SIG = 100  # base64 of a 64-byte Ed25519 signature is 88
 

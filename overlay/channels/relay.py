@@ -44,10 +44,11 @@ owner releases it, when its last subscriber leaves and it knows the channel open
 Password channels' messages are sealed end to end (sealing.py).
 
 Membership. The nodes where a channel is open are its members, and its messages go to them
-only, one unicast each from the publisher's node (a link is FIFO: per publisher order, once
-each). A node where a channel opens provides the channel's members key in the DHT, looks the
-other providers up and sends each `channel-join`; a member that has the channel open answers
-with some members it knows, which the joiner joins too, and adds the joiner. A password
+only: from the publisher's node to each of a small channel's, over a mesh among a large
+channel's (mesh.py: the structure, per-publisher order and once-only delivery, repair). A node
+where a channel opens provides the channel's members key in the DHT, looks the other providers
+up and sends each `channel-join`; a member that has the channel open answers with some members
+it knows, which the joiner joins too (up to KNOW_ENOUGH), and adds the joiner. A password
 channel's join carries a proof that the joiner holds the channel's key (`join_proof`), so only
 nodes whose clients gave the password receive its boxes. A node whose channel closes sends
 `channel-leave` to its members and stops providing; one whose link is given up stops being a
@@ -68,12 +69,15 @@ import binascii
 import hashlib
 import hmac
 import json
+import random
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
-from overlay.channels.inm import BROADCAST, CommandHandler, Inm, new_nonce
+from overlay.channels import mesh as meshes
+from overlay.channels.inm import BROADCAST, MEMBERS, CommandHandler, Inm, new_nonce
+from overlay.channels.mesh import ChannelMesh, Control, MeshAction, Release, Resend
 from overlay.channels.router import InmRouter
 from overlay.channels.stats import Traffic
 from overlay.channels import reservation as reservations
@@ -100,8 +104,9 @@ MAX_JOINS = 64  # joins sent at once for one channel (more come from the next an
 MEMBER_SAMPLE = 16  # members a join's answer names
 JOIN_DOMAIN = b"overlay-channel-join-v1\0"
 LOCAL_COMMANDS = frozenset({"node-stats", "host-stats", "get-latency"})
-OWN_COMMANDS = frozenset({JOIN, LEAVE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels",
-                          "reserve-channel", "unreserve-channel", "get-node-connection"}) | LOCAL_COMMANDS
+OWN_COMMANDS = meshes.COMMANDS | LOCAL_COMMANDS | frozenset({
+    JOIN, LEAVE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels", "reserve-channel",
+    "unreserve-channel", "get-node-connection"})
 
 
 # Actions are named tuples, not frozen dataclasses: one is made per envelope and hop, and a
@@ -199,11 +204,13 @@ class ChannelRelay:
     def __init__(self, me: str, wall_ms: Callable[[], int], sign: Callable[[Inm], str], verify: Callable[[Inm], bool],
                  sign_reservation: Callable[[Reservation], Reservation],
                  verify_reservation: Callable[[Reservation], bool] = reservations.verify,
-                 network_token: str = "", received: Counter | None = None, dropped: Counter | None = None) -> None:
+                 network_token: str = "", received: Counter | None = None, dropped: Counter | None = None,
+                 rng: random.Random | None = None) -> None:
         """`sign` signs an envelope as this node (inm.sign with the identity key), `verify`
         checks a source's signature (inm.verify), and `sign_reservation`/`verify_reservation`
         the same for reservations; `received` counts envelopes handled here by type, `dropped`
-        those refused by reason."""
+        those refused by reason; `rng` picks mesh peers and member samples (the simulator's
+        is seeded)."""
         self.me = me
         self.wall_ms = wall_ms
         self.sign = sign
@@ -219,6 +226,7 @@ class ChannelRelay:
         self.channel_traffic: dict[str, Traffic] = {}
         self.received = received if received is not None else Counter()
         self.dropped = dropped if dropped is not None else Counter()
+        self.mesh = ChannelMesh(me, rng or random.Random(), lambda reason: self.dropped.inc(reason=reason))
         self._handlers: dict[str, CommandHandler] = {}
         # nonce -> (until, on_response, on_timeout, one answer only): a command's, or a broadcast's many
         self._waiting: dict[str, tuple[float, ResponseHandler, TimeoutHandler | None, bool]] = {}
@@ -270,9 +278,10 @@ class ChannelRelay:
         if peer in self.neighbours:
             self.neighbours = [p for p in self.neighbours if p != peer]
 
-    def link_gone(self, peer: str) -> None:
+    def link_gone(self, peer: str, now: float) -> None:
         self.link_down(peer)
         self.table.forget_node(peer)
+        self.mesh.forget(peer, now)
 
     def _onboarding(self, peer: str) -> ResponseHandler:
         def on_listing(inm: Inm, now: float) -> list[RelayAction]:
@@ -333,6 +342,12 @@ class ChannelRelay:
         if inm.source == self.me:
             self.dropped.inc(reason="own")
             return []
+        if inm.type == "message":
+            try:
+                return self._on_message(inm, came_from, now)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                self.dropped.inc(reason="bad data")
+                return []
         if inm.source != came_from or inm.sig:
             refused = self._unauthentic(inm)
             if refused == BAD_SIGNATURE:
@@ -354,9 +369,7 @@ class ChannelRelay:
         if route.handle:
             self.received.inc(type=inm.type)
             try:
-                if inm.type == "message":
-                    out += self._on_message(inm, now)
-                elif inm.type == "command":
+                if inm.type == "command":
                     out += self._on_command(inm, now)
                 else:
                     out += self._on_response(inm, now)
@@ -364,16 +377,19 @@ class ChannelRelay:
                 self.dropped.inc(reason="bad data")
         return out
 
-    def _unauthentic(self, inm: Inm) -> str | None:
+    def _unauthentic(self, inm: Inm, replays: bool = True) -> str | None:
         """Why a signed envelope, or one its source did not hand us itself, cannot be believed
         (None: it can): it must be signed by its source, made within MAX_SKEW of our clock, and
-        new."""
-        if self.router.was_seen(inm):
+        new — by (source, nonce) in the replay window, or (`replays=False`, channel messages)
+        by the mesh's per-origin sequence, which the caller checked."""
+        if replays and self.router.was_seen(inm):
             return "duplicate"  # the flood's copies: not worth a verification
         if not inm.sig:
             return "unauthenticated source"
         if not self.verify(inm):
             return BAD_SIGNATURE
+        if not replays:
+            return "stale" if abs(inm.at - self.wall_ms()) > MAX_SKEW * 1000 else None
         return self.replay.check(inm.source.encode(), inm.nonce.encode(), inm.at / 1000, self.wall_ms() / 1000)
 
     def _on_response(self, inm: Inm, now: float) -> list[RelayAction]:
@@ -389,10 +405,13 @@ class ChannelRelay:
         data = inm.data
         name = data.get("command") if isinstance(data, dict) else None
         if name == JOIN:
-            return self.reply(inm, self._on_join(inm), now)
+            return self.reply(inm, self._on_join(inm, now), now)
         if name == LEAVE:
             self.table.remove_member(data["channel"], inm.source)
+            self.mesh.remove(data["channel"], inm.source, now)
             return []
+        if name in meshes.COMMANDS:
+            return self._mesh_actions(self._on_mesh_command(name, inm.source, data, now), now)
         if name in self._handlers:  # other protocols' commands (MessageNet, Degas)
             answer = self._handlers[name](inm)
             return self.reply(inm, answer, now) if answer is not None else []
@@ -532,6 +551,7 @@ class ChannelRelay:
         frees it)."""
         for timers in (self._check_at, self._confirming, self._members_at, self._joining, self._opening):
             timers.pop(name, None)
+        self.mesh.close(name)
         record, members = self.table.closed(name)
         out: list[RelayAction] = [Unprovide(members_key(name))]
         for node in members:
@@ -547,6 +567,7 @@ class ChannelRelay:
         """The channel opened here: provide its members key and join the providers; look them up
         again once concurrent openers have provided too."""
         self._members_at[name] = now + SETTLE + 1
+        self.mesh.open(name, self.wall_ms())
         return [Provide(members_key(name)), self._find_members(name)]
 
     def _find_members(self, name: str) -> FindProviders:
@@ -586,13 +607,20 @@ class ChannelRelay:
         data = answer.data if isinstance(answer.data, dict) else {}
         if data.get("ok") is not True or not self.table.add_member(name, node):
             return self._opened_answers(name)
+        if data.get("large") is True:
+            self.mesh.mark_large(name, now)
+        self.mesh.member_added(name, len(self.table.members(name)), now)
         listed = data.get("members")
         others = [m for m in listed[:MEMBER_SAMPLE] if isinstance(m, str)] if isinstance(listed, list) else []
+        if len(self.table.members(name)) >= meshes.KNOW_ENOUGH:  # a mesh needs no more
+            others = []
         return self._join(name, others, now) + self._opened_answers(name)
 
-    def _on_join(self, inm: Inm) -> dict:
+    def _on_join(self, inm: Inm, now: float) -> dict:
         """Another node has the channel open too: it becomes a member if the channel is open
-        here and, for a password channel, it proves the key."""
+        here and, for a password channel, it proves the key. The answer names a random sample
+        of the other members (so joiners find all of a large channel), and whether the channel
+        is large here (then the joiner keeps a mesh too)."""
         name = inm.data["channel"]
         secret = self.table.secret(name) if isinstance(name, str) else None
         if secret is None:
@@ -603,23 +631,26 @@ class ChannelRelay:
                     proof.encode(), join_proof(secret.key, name, inm.source, self.me).encode()):
                 self.dropped.inc(reason="join without the channel's key")
                 return {"ok": False, "reason": "invalid password"}
-        others = [m for m in self.table.members(name) if m != inm.source][:MEMBER_SAMPLE]
+        others = [m for m in self.table.members(name) if m != inm.source]
         if not self.table.add_member(name, inm.source):
             self.dropped.inc(reason="members full")
             return {"ok": False, "reason": "busy"}
-        return {"ok": True, "members": others}
+        self.mesh.member_added(name, len(others) + 1, now)
+        return {"ok": True, "members": self.mesh.rng.sample(others, min(MEMBER_SAMPLE, len(others))),
+                "large": self.mesh.large(name)}
 
     # ---- time ----
 
     def next_timer(self) -> float | None:
         """When `tick` has something to do next (None: nothing scheduled)."""
         times = [*self._check_at.values(), *self._members_at.values(), *(w[0] for w in self._waiting.values())]
-        return min(times, default=None)
+        mesh = self.mesh.next_timer()
+        return min(times if mesh is None else [*times, mesh], default=None)
 
     def tick(self, now: float) -> list[RelayAction]:
         """Give up on responses that did not come in time; look reservations and members up
         again when due."""
-        out: list[RelayAction] = []
+        out: list[RelayAction] = self._mesh_actions(self.mesh.tick(now, self.table.members), now)
         for name in [n for n, t in self._members_at.items() if t <= now]:
             self._members_at[name] = now + MEMBERS_EVERY
             out.append(self._find_members(name))
@@ -635,28 +666,88 @@ class ChannelRelay:
 
     # ---- channel messages ----
 
-    def _on_message(self, inm: Inm, now: float) -> list[RelayAction]:
-        name = inm.data["channel"]
+    def _on_message(self, inm: Inm, came_from: str, now: float) -> list[RelayAction]:
+        """A channel message (mesh.py: who sends it where, and the order rules). Duplicates are
+        dropped before a signature is checked; only a signed one is passed on (its origin
+        signed it: the next node can believe it too); nothing of a channel closed here is kept."""
+        data, origin = inm.data, inm.source
+        name = data["channel"]
         secret = self.table.secret(name) if isinstance(name, str) else None
-        if secret is None:
-            self.dropped.inc(reason="channel not open here")
+        if secret is None or inm.destination != MEMBERS:
+            self.dropped.inc(reason="channel not open here" if inm.destination == MEMBERS else "no route")
             return []
-        if secret.key is not None:
-            try:
-                message, nonce = open_sealed(secret.key, name, inm.source, base64.b64decode(inm.data.get("sealed"), validate=True))
-            except (DecodeError, binascii.Error, TypeError):
-                self.dropped.inc(reason="unauthentic channel message")
-                return []
-        else:
-            text, nonce = inm.data["message"], inm.data.get("nonce", inm.nonce)
-            if not isinstance(text, str):
-                raise ValueError("message must be a string")
-            try:
-                message = base64.b64decode(text, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValueError("message is not base64 of UTF-8") from None
-        self._count(name, len(message), now)
-        return self._deliver(name, message, nonce if isinstance(nonce, str) else inm.nonce, None)
+        epoch, seq = data["epoch"], data["seq"]
+        if type(epoch) is not int or type(seq) is not int or not (0 <= epoch < 2**63 and 0 < seq < 2**63):
+            raise ValueError("epoch and seq must be integers")
+        if self.mesh.duplicate(name, origin, epoch, seq):
+            self.dropped.inc(reason="duplicate")
+            return []
+        if inm.sig:
+            refused = self._unauthentic(inm, replays=False)
+            if refused:
+                self.dropped.inc(reason=refused)
+                return [CutLink(came_from)] if refused == BAD_SIGNATURE else []
+            self.mesh.mark_large(name, now)
+        elif origin != came_from:
+            self.dropped.inc(reason="unauthenticated source")
+            return []
+        payload = self._open(name, secret.key, origin, data)
+        if payload is None:
+            return []
+        self.received.inc(type="message")
+        out: list[RelayAction] = []
+        if inm.sig and (targets := self.mesh.targets(name, came_from, origin)):
+            out.append(SendEnvelope(inm, targets, name))
+        self.mesh.remember(name, origin, epoch, seq, inm, len(payload[0]), now)
+        return out + self._deliver_all(name, self.mesh.accept(name, origin, epoch, seq, payload, came_from, now), now)
+
+    def _open(self, name: str, key: bytes | None, origin: str, data: dict) -> tuple[str, str] | None:
+        """(text, client nonce) of a message: a password channel's box must open, bound to
+        this channel and its origin."""
+        if key is None:
+            text, nonce = data["message"], data["nonce"]
+            if not isinstance(text, str) or not isinstance(nonce, str):
+                raise ValueError("message and nonce must be strings")
+            return text, nonce
+        try:
+            return open_sealed(key, name, origin, base64.b64decode(data.get("sealed"), validate=True))
+        except (DecodeError, binascii.Error, TypeError):
+            self.dropped.inc(reason="unauthentic channel message")
+            return None
+
+    def _deliver_all(self, name: str, payloads: list, now: float) -> list[RelayAction]:
+        out: list[RelayAction] = []
+        for message, nonce in payloads:
+            self._count(name, len(message), now)
+            out += self._deliver(name, message, nonce, None)
+        return out
+
+    def _on_mesh_command(self, command: str, peer: str, data: dict, now: float) -> list[MeshAction]:
+        name = data["channel"]
+        if not isinstance(name, str):
+            raise ValueError("channel must be a string")
+        if command == meshes.GRAFT:
+            return self.mesh.on_graft(name, peer, self.table.is_member(name, peer), now)
+        if command == meshes.PRUNE:
+            self.mesh.on_prune(name, peer, now)
+            return []
+        if not self.table.is_member(name, peer):
+            self.dropped.inc(reason="not a member")
+            return []
+        if command == meshes.IHAVE:
+            return self.mesh.on_ihave(name, peer, data["have"], now)
+        return self.mesh.on_iwant(name, peer, data["want"], now)
+
+    def _mesh_actions(self, actions: list[MeshAction], now: float) -> list[RelayAction]:
+        out: list[RelayAction] = []
+        for action in actions:
+            if type(action) is Control:
+                out += self.notify(action.peer, action.data, now)
+            elif type(action) is Resend:
+                out.append(SendEnvelope(action.envelope, (action.peer,), action.envelope.data["channel"]))
+            elif type(action) is Release:
+                out += self._deliver_all(action.channel, action.payloads, now)
+        return out
 
     def _deliver(self, name: str, message: str, nonce: str, sender: object | None) -> list[RelayAction]:
         clients = tuple(c for c in self.table.subscribers(name) if c != sender)
@@ -674,21 +765,29 @@ class ChannelRelay:
     # ---- local clients ----
 
     def publish(self, client: object, name: str, message: str, nonce: str, now: float) -> tuple[str | None, list[RelayAction]]:
-        """A local client sends to a channel: its other local subscribers, then each node where
-        the channel is open, one unicast each over that node's link (so in order); a password
-        channel's message sealed once for all of them."""
+        """A local client sends to a channel: its other local subscribers, then the member
+        nodes (mesh.py: every member of a small channel, the mesh of a large one), one envelope
+        made and encoded once for all of them; a password channel's message sealed once."""
         secret = self.table.secret(name)
         if secret is None or not self.table.subscribed(client, name):
             return "not subscribed", []
         self._count(name, len(message), now)
         out = self._deliver(name, message, nonce, client)
+        epoch, seq = self.mesh.stamp(name, now)
         if secret.key is not None:
-            data = {"channel": name, "sealed": base64.b64encode(seal(secret.key, name, self.me, message, nonce)).decode()}
+            data = {"channel": name, "epoch": epoch, "seq": seq,
+                    "sealed": base64.b64encode(seal(secret.key, name, self.me, message, nonce)).decode()}
         else:
-            data = {"message": base64.b64encode(message.encode()).decode(), "channel": name, "nonce": nonce}
-        for node in self.table.members(name):  # each envelope its own nonce: clients reuse theirs
-            out += self.send(Inm(self.me, node, "message", new_nonce(), data), now, channel=name)
-        return None, out
+            data = {"channel": name, "epoch": epoch, "seq": seq, "message": message, "nonce": nonce}
+        members = self.table.members(name)
+        inm = Inm(self.me, MEMBERS, "message", new_nonce(), data)
+        if self.mesh.large(name):  # passed on by other members: signed
+            inm = replace(inm, at=self.wall_ms())
+            inm, targets = replace(inm, sig=self.sign(inm)), self.mesh.publish_targets(name, members)
+        else:
+            targets = tuple(members)
+        self.mesh.remember(name, self.me, epoch, seq, inm, len(message), now)
+        return None, out + ([SendEnvelope(inm, targets, name)] if targets else [])
 
     def subscribe(self, client: object, name: str, secret: ChannelSecret, nonce: str, now: float) -> list[RelayAction]:
         """Answered with an Answer action: at once while the channel is open here, else once

@@ -25,8 +25,10 @@ from overlay.channels.inm import BROADCAST, Inm
 
 SEEN_FOR = 600.0
 MAX_SEEN = 200_000
+MAX_LINKS = 256  # INM links a node keeps (neighbours and the nodes it sends to; as many as its connections); more are refused
+LINK_IDLE = 300.0  # seconds after which a link that is not a neighbour and carried nothing is closed
 MAX_QUEUE = 10_000  # envelopes per link
-MAX_QUEUE_BYTES = 16 * 1024 * 1024
+MAX_QUEUE_BYTES = 4 * 1024 * 1024  # so all links together hold at most 1 GiB
 CONTROL_RESERVE = 1_000  # envelopes beyond MAX_QUEUE kept for commands and responses
 
 

@@ -51,7 +51,8 @@ from overlay.channels.inm import verify as verify_envelope
 from overlay.channels import reservation
 from overlay.channels.relay import (COMMAND_TIMEOUT, Answer, AnswerLocally, ChannelRelay, CutLink, Deliver, DhtGet,
                                     DhtPut, FindProviders, Provide, RelayAction, SendEnvelope, ToClient, Unprovide)
-from overlay.channels.router import LinkQueue
+from overlay.channels import router
+from overlay.channels.router import MAX_LINKS, LinkQueue
 from overlay.channels.sealing import channel_secret
 from overlay.channels.stats import HOST_SAMPLE, WINDOWS, HostStats, Traffic
 from overlay.channels.table import ChannelTable
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 
 HIGH_LATENCY = 0.010  # seconds, WSRelay's "high latency"
 LATENCY_EVERY = 15.0
+TIMER_STEP = 0.05
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
 RETRY = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a link with envelopes waiting
@@ -85,6 +87,7 @@ class Link:
     wake: trio.Event = field(default_factory=trio.Event)
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=3))  # round trips, seconds
     failures: int = 0
+    kept: bool = False  # one of the `want` links kept for onboarding and broadcasts: never closed idle
 
     def slow(self) -> bool:
         """WSRelay's "high latency": the median of the last round trips (two at least) > 10 ms."""
@@ -120,7 +123,7 @@ class Records(Protocol):
 class ChannelService:
     def __init__(self, me: str, key: Ed25519PrivateKey, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
                  peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], records: Records, network: str,
-                 metrics: Registry, want: int = 8, max_links: int = 64, token: str = "", expects_peers: bool = False) -> None:
+                 metrics: Registry, want: int = 8, max_links: int = MAX_LINKS, token: str = "", expects_peers: bool = False) -> None:
         """`me`: this node's peer ID, `key` its identity key (signs its broadcasts and
         reservations); `host`: streams to peers; `connect`: dial a peer by ID; `peers`: the
         peers connected now (candidate neighbours); `ping`: a round trip to one, in seconds;
@@ -177,6 +180,7 @@ class ChannelService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._maintain)
+            nursery.start_soon(self._timers)
             nursery.start_soon(self._measure)
             task_status.started()
 
@@ -204,10 +208,13 @@ class ChannelService:
         """Our stream to one neighbour: handshake, then batches of queued frames until it fails;
         reconnects while envelopes wait, and gives the link up after len(RETRY) failures."""
         peer = str(link.peer)
+        idle = False
         try:
             while link.failures <= len(RETRY):
                 try:
                     await self._serve_link(link)
+                    idle = True  # it returns only once idle
+                    break
                 except Exception as e:  # noqa: BLE001 - any stream or dial failure ends this attempt
                     log.debug("inm link to %s failed: %s", peer, e)
                 link.ready = trio.Event()
@@ -224,7 +231,10 @@ class ChannelService:
                 for _, channel in link.queue.items:
                     self._lost[channel] = self._lost.get(channel, 0) + 1
                     self.dropped.inc(reason="link lost")
-                self.relay.link_gone(peer)
+                if idle:  # closed for want of traffic: still a member, dialed again when needed
+                    self.relay.link_down(peer)
+                else:
+                    self.relay.link_gone(peer, trio.current_time())
 
     async def _serve_link(self, link: Link) -> None:
         peer = str(link.peer)
@@ -245,7 +255,10 @@ class ChannelService:
             while True:
                 while not link.queue:
                     link.wake = trio.Event()
-                    await link.wake.wait()
+                    with trio.move_on_after(router.LINK_IDLE) as waited:
+                        await link.wake.wait()
+                    if waited.cancelled_caught and not link.kept and not link.queue:
+                        return  # a link only messages or commands opened: closed once idle, so links do not pile up
                 # At most one write per COALESCE seconds: each write costs a Yamux frame, a Noise
                 # message and a syscall, which at one envelope per write was most of a busy
                 # publisher node's CPU (profile in docs/benchmarks.md).
@@ -512,11 +525,20 @@ class ChannelService:
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
 
-    async def _maintain(self) -> None:
-        """Keep `want` neighbours among connected peers; give up on responses that lapsed."""
+    async def _timers(self) -> None:
+        """The relay's timers (responses that lapsed, lookups due, mesh heartbeats and gaps),
+        looked at every TIMER_STEP seconds: a gap waits GAP_WAIT, a fraction of a second."""
         while True:
             now = trio.current_time()
-            self._act(self.relay.tick(now))
+            when = self.relay.next_timer()
+            if when is not None and when <= now:
+                self._act(self.relay.tick(now))
+            await trio.sleep(TIMER_STEP)
+
+    async def _maintain(self) -> None:
+        """Keep `want` neighbours among connected peers."""
+        while True:
+            now = trio.current_time()
             self._not_nodes = {p: t for p, t in self._not_nodes.items() if t > now}
             if len(self.links) < self.want:
                 candidates = [str(p) for p in self.peers()]
@@ -524,8 +546,8 @@ class ChannelService:
                 for peer in candidates:
                     if len(self.links) >= self.want:
                         break
-                    if peer not in self.links and peer not in self._not_nodes:
-                        self._link(peer)
+                    if peer not in self.links and peer not in self._not_nodes and (link := self._link(peer)) is not None:
+                        link.kept = True
             await trio.sleep(1.0 if len(self.links) < self.want else MAINTAIN_EVERY)
 
     async def _measure(self) -> None:

@@ -215,6 +215,10 @@ class ChannelTable:
     def open_here(self) -> list[str]:
         return sorted(n for n, c in self.channels.items() if c.subscribers)
 
+    def is_member(self, name: str, node: str) -> bool:
+        channel = self.channels.get(name)
+        return channel is not None and node in channel.members
+
     def members(self, name: str) -> list[str]:
         """The other nodes where the channel is open: its messages go to them."""
         channel = self.channels.get(name)

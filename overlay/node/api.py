@@ -48,7 +48,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from overlay.node.apiauth import ApiGuard, is_loopback, load_or_create_token
 from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, serve
-from overlay.channels.client import MAX_CLIENT_FRAME
+from overlay.channels import client as client_frames
 from overlay.core.errors import DialError, NotFoundError, OverlayError, SelfDialError
 from overlay.core.fdlimits import FD_EXHAUSTION, FD_METRIC, FD_METRIC_HELP, api_caps, fd_limit
 from overlay.gateway.session import CLOSE_PROTOCOL_ERROR, GatewayClose
@@ -165,7 +165,7 @@ class Api:
 
         async def handle(message: dict, nursery: trio.Nursery) -> bool:
             frame = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
-            if len(frame) > MAX_CLIENT_FRAME:
+            if len(frame) > client_frames.MAX_CLIENT_FRAME:
                 await websocket.close(code=1009)  # message too big (RFC 6455)
                 return False
             reply = await self.node.channels.handle_client_frame(client, frame)
@@ -173,8 +173,11 @@ class Api:
                 await client.send.send(reply)
             return True
 
+        batched = websocket.query_params.get("batch") == "1"
         try:
-            await _serve_socket(websocket, outbox, websocket.send_text, handle)
+            await _serve_socket(websocket, outbox, websocket.send_text, handle,
+                                combine=client_frames.batch if batched else None, most=client_frames.MAX_BATCH,
+                                most_bytes=client_frames.MAX_BATCH_BYTES)
         finally:
             self.node.channels.drop_client(client)
 
@@ -289,21 +292,34 @@ async def _serve_socket(
     outbox: trio.MemoryReceiveChannel,
     send: Callable[[Any], Awaitable[None]],
     handle: Callable[[dict, trio.Nursery], Awaitable[bool]],
+    combine: Callable[[list], Any] | None = None,
+    most: int = 1,
+    most_bytes: int = 0,
 ) -> None:
     """What every API WebSocket does: one task sends what `outbox` yields (all that is queued,
-    without parking in between), this one hands each message to `handle` until the client
-    leaves or `handle` says stop."""
+    without parking in between; with `combine`, up to `most` of them and about `most_bytes` as
+    one frame), this one hands each message to `handle` until the client leaves or `handle`
+    says stop."""
 
     async def pump() -> None:
         try:
             async for frame in outbox:
-                await send(frame)
+                frames, size = [frame], len(frame)
                 while True:
                     try:
-                        frame = outbox.receive_nowait()
+                        frames.append(outbox.receive_nowait())
                     except trio.WouldBlock:
                         break
-                    await send(frame)
+                    size += len(frames[-1])
+                    if combine is not None and (len(frames) == most or size >= most_bytes):
+                        await send(combine(frames))
+                        frames, size = [], 0
+                if combine is not None:
+                    if frames:
+                        await send(combine(frames))
+                else:
+                    for frame in frames:
+                        await send(frame)
         except (WebSocketDisconnect, RuntimeError, OSError, trio.EndOfChannel):
             pass
 
@@ -345,7 +361,7 @@ async def serve_api(node: Node, task_status: trio.TaskStatus[str] = trio.TASK_ST
     config.errorlog = None
     config.keep_alive_timeout = IDLE_TIMEOUT
     # the largest any socket takes (each decoder enforces its own); larger frames close the socket (1009)
-    config.websocket_max_message_size = max(MAX_CLIENT_FRAME, MAX_RELAYER_FRAME, MAX_APP_FRAME, MAX_GATEWAY_FRAME)
+    config.websocket_max_message_size = max(client_frames.MAX_CLIENT_FRAME, MAX_RELAYER_FRAME, MAX_APP_FRAME, MAX_GATEWAY_FRAME)
     token = load_or_create_token(node.config.data_dir)
     refused = node.metrics.counter("overlay_api_refused_total",
                                    "API requests refused, by reason (host, origin, token, connections, websockets)")

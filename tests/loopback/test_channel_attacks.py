@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 
 from overlay.channels import reservation
-from overlay.channels.inm import Inm, decode, new_nonce
+from overlay.channels.inm import MEMBERS, Inm, decode, new_nonce
 from overlay.channels.reservation import SETTLE, Reservation, reservation_key
 from overlay.core.framing import frame
 from overlay.kademlia.io import kad_protocol
@@ -167,13 +167,14 @@ async def test_a_stranger_without_the_password_reads_nothing_and_injects_nothing
             assert not any(e.type == "message" for e in eve.envelopes()), "nothing of the channel reaches eve"
             # what b received is a sealed box: eve, had she got hold of it, could neither read it...
             [box] = [inm for inm in at_b if inm.type == "message"]
-            assert set(box.data) == {"channel", "sealed"} and b"top secret" not in json.dumps(box.data).encode()
+            assert set(box.data) == {"channel", "epoch", "seq", "sealed"} and b"top secret" not in json.dumps(box.data).encode()
 
             dropped = a.channels.dropped.get(reason="unauthentic channel message")
-            forged = [{"channel": "vault", "sealed": base64.b64encode(b"\0" * 64).decode()},
-                      {"channel": "vault", "sealed": box.data["sealed"]},  # a's own box, replayed under eve's name
-                      {"channel": "vault", "message": base64.b64encode(b"send all funds to X").decode(), "nonce": "x"}]
-            await stream.write(b"".join(frame(Inm(eve.name, str(a.peer_id), "message", new_nonce(), data).encode())
+            order = {"epoch": 1, "seq": 1}
+            forged = [{"channel": "vault", **order, "sealed": base64.b64encode(b"\0" * 64).decode()},
+                      {**box.data, **order},  # a's own box, replayed under eve's name
+                      {"channel": "vault", **order, "message": "send all funds to X", "nonce": "x"}]
+            await stream.write(b"".join(frame(Inm(eve.name, MEMBERS, "message", new_nonce(), data).encode())
                                         for data in forged))
             await wait_for(lambda: a.channels.dropped.get(reason="unauthentic channel message") == dropped + 3,
                            what="every forged message refused")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AsyncExitStack
 from dataclasses import replace
 
 import pytest
@@ -15,6 +16,7 @@ from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from trio_websocket import ConnectionClosed
 
 from overlay.node.api import serve_api
+from overlay.channels import mesh as meshes
 from overlay.channels.client import MAX_CLIENT_FRAME
 from overlay.channels.inm import BROADCAST, Inm, new_nonce
 from overlay.channels.inm import sign as sign_envelope
@@ -175,6 +177,61 @@ async def test_flow_remote_connection_and_the_commands(tmp_path):
             assert await svc.command(A, {"command": "unreserve-channel", **release.to_json()}) == \
                 {"ok": False, "reason": "channel still open"}
         await wait_for(lambda: a.channels.table.reservation("x") is None, what="freed once its client left")
+
+
+async def test_a_large_channels_messages_are_signed_and_passed_on_along_the_mesh(tmp_path, monkeypatch):
+    """Between real nodes, with the threshold lowered: 6 member nodes, meshes of degree 3-4, the
+    publisher sending to its mesh only, so some members get each message only through another
+    member, which checked its origin's Ed25519 signature first. Each subscriber gets all, in order,
+    once."""
+    monkeypatch.setattr(meshes, "DIRECT_MAX", 2)
+    monkeypatch.setattr(meshes, "FANOUT", 0)
+    monkeypatch.setattr(meshes, "D", 3)
+    monkeypatch.setattr(meshes, "D_LO", 3)
+    monkeypatch.setattr(meshes, "D_HI", 4)
+    async with cluster(tmp_path) as c:
+        first = await start(c)
+        nodes = [first, *[await start(c, join=first) for _ in range(5)]]
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client(n)) for n in nodes]
+            for cl in clients:
+                assert (await cl.call("subscribe", topic="big"))["data"] == OK
+            meshes_of = [n.channels.relay.mesh for n in nodes]
+            await wait_for(lambda: all(m.large("big") and len(m.peers("big")) >= 3 for m in meshes_of),
+                           timeout=30, what="every member node grafted a mesh of 3 or more")
+            publisher = nodes[0]
+            assert len(meshes_of[0].peers("big")) < 5, "someone gets it only through another member"
+            for i in range(20):
+                assert (await clients[0].call("send", channel="big", message=f"m{i}", nonce=str(i)))["data"] == OK
+            for cl in clients[1:]:
+                assert [(await cl.next())["data"]["message"] for _ in range(20)] == [f"m{i}" for i in range(20)]
+        relayed = [n for n in nodes[1:] if str(publisher.peer_id) not in n.channels.relay.mesh.peers("big")]
+        assert relayed and all(n.channels.received.get(type="message") == 20 for n in nodes[1:])
+        assert sum(n.channels.dropped.get(reason="duplicate") for n in nodes) > 0, "redundant paths, each copy once"
+        assert all(n.channels.dropped.get(reason="bad signature") == 0 for n in nodes)
+
+
+async def test_a_batch_client_gets_what_waited_for_it_as_arrays_in_order(tmp_path):
+    """`WS /connect?batch=1`: every frame is an array; 500 messages sent at once arrive all, in
+    order, in fewer frames than messages; a plain client beside gets one object per frame."""
+    async with cluster(tmp_path) as c:
+        node = await start(c)
+        async with client(node) as sender, open_api_websocket(node, node.ws_url + "?batch=1") as ws, client(node) as plain:
+            await ws.send_message(json.dumps({"command": "subscribe", "data": {"topic": "b"}, "nonce": "s"}))
+            assert json.loads(await ws.get_message()) == [{"type": "response", "data": OK, "nonce": "s"}]
+            assert (await plain.call("subscribe", topic="b"))["data"] == OK
+            assert (await sender.call("subscribe", topic="b"))["data"] == OK
+            for i in range(500):
+                await sender.ws.send_message(json.dumps({"command": "send", "data": {"channel": "b", "message": f"m{i}"}}))
+            got, frames = [], 0
+            with trio.fail_after(20):
+                while len(got) < 500:
+                    items = json.loads(await ws.get_message())
+                    assert isinstance(items, list) and 1 <= len(items) <= 256
+                    frames += 1
+                    got += [item["data"]["message"] for item in items if item["type"] == "message"]
+            assert got == [f"m{i}" for i in range(500)] and frames < 500
+            assert [(await plain.next())["data"]["message"] for _ in range(500)] == got
 
 
 # ---- concurrent reservations -----------------------------------------------------------------------

@@ -9,7 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.peer.id import ID
 
 from overlay.channels.inm import decode
+from overlay.channels import router
 from overlay.channels.service import ChannelService
+from overlay.channels.table import _Channel
 from overlay.core.framing import FrameDecoder
 from overlay.core.metrics import Registry
 from overlay.core.records import peer_id_from_public_key
@@ -68,4 +70,35 @@ async def test_a_batch_whose_write_failed_goes_out_on_the_next_stream():
         assert len(host.streams[0].frames) == 1, "the first stream carried the handshake, then broke"
         commands = [decode(f).data.get("command") for f in second.frames[1:]]
         assert commands.count("hello-there") == 1 and svc.dropped.get(reason="link lost") == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_only_a_message_opened_is_closed_once_idle_and_the_peer_stays_a_member(monkeypatch):
+    """Links do not pile up: one opened to send is closed after LINK_IDLE without traffic (the
+    peer is still a member of the channels it was), and the next envelope opens a new stream;
+    a link kept as a neighbour stays."""
+    monkeypatch.setattr(router, "LINK_IDLE", 0.3)
+    host = Host()
+    host.streams = [Stream(fail_after=None), Stream(fail_after=None), Stream(fail_after=None)]
+
+    async def connect(peer: ID) -> None:
+        return None
+
+    async def ping(peer: ID) -> float:
+        return 0.001
+
+    svc = ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, None, "test", Registry())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        svc.table.channels["ch"] = _Channel(subscribers={1}, members={str(PEER): None})
+        svc.notify(str(PEER), {"command": "hello-there"})
+        await wait_for(lambda: str(PEER) in svc.neighbours(), what="the link up")
+        await wait_for(lambda: str(PEER) not in svc.links, what="the idle link closed")
+        assert str(PEER) not in svc.neighbours() and svc.table.members("ch") == [str(PEER)]
+        assert svc.dropped.get(reason="link lost") == 0
+        svc.notify(str(PEER), {"command": "again"})
+        await wait_for(lambda: any(b"again" in f for f in host.streams[1].frames), what="a new stream for the next")
+        svc.links[str(PEER)].kept = True
+        await trio.sleep(1.0)  # three idle periods: a kept link stays
+        assert str(PEER) in svc.links and host.opened == 2
         nursery.cancel_scope.cancel()

@@ -13,7 +13,7 @@ import pytest
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from overlay.channels.inm import BROADCAST, Inm, decode
+from overlay.channels.inm import BROADCAST, MEMBERS, Inm, decode
 from overlay.channels.inm import sign as sign_envelope
 from overlay.channels.inm import verify as verify_envelope
 from overlay.channels.relay import (COMMAND_TIMEOUT, MAX_INTRODUCTIONS, Answer, AnswerLocally, ChannelRelay, CutLink,
@@ -160,7 +160,7 @@ def test_members_beyond_a_lookup_are_found_through_join_answers_and_leavers_are_
     net.act("n05", net.relays["n05"].drop_client(5, net.now))
     net.run()
     assert all("n05" not in net.relays[n].table.members("ch") for n in names if n != "n05")
-    net.relays["n07"].link_gone("n08")
+    net.relays["n07"].link_gone("n08", net.now)
     assert "n08" not in net.relays["n07"].table.members("ch")
     messages = [inm for _, _, inm in net.flight if inm.type == "message"]
     assert messages == [] and "ch" not in net.relays["n05"].table.channels
@@ -192,7 +192,7 @@ def test_only_a_node_holding_the_key_joins_a_password_channel():
     assert relay.table.members("ch") == [] and relay.dropped.get(reason="join without the channel's key") == 4
     [reply] = relay.receive(Inm("b", "a", "command", "j-ok", {"command": "channel-join", "channel": "ch",
                                                                "proof": join_proof(SECRET.key, "ch", "b", "a")}), "b", net.now)
-    assert reply.inm.data == {"ok": True, "members": []} and relay.table.members("ch") == ["b"]
+    assert reply.inm.data == {"ok": True, "members": [], "large": False} and relay.table.members("ch") == ["b"]
     [reply] = net.relays["b"].receive(Inm("a", "b", "command", "j-2", {"command": "channel-join", "channel": "ch"}), "a", net.now)
     assert reply.inm.data == {"ok": False, "reason": "channel not open here"}
 
@@ -209,9 +209,10 @@ def test_a_password_channel_is_checked_everywhere_and_sealed_end_to_end():
     assert net.delivered["c"] == [Deliver((3,), "ch", "secret text", "n1")]
     assert sent and all("secret text" not in json.dumps(inm.data) and "message" not in inm.data for inm in sent)
     # b is not a member: a message it makes up for the channel is refused by c, unauthenticated
-    forged = Inm("b", "c", "message", "f1", {"channel": "ch", "sealed": base64.b64encode(b"\0" * 40).decode()})
+    forged = Inm("b", MEMBERS, "message", "f1", {"channel": "ch", "epoch": 1, "seq": 1,
+                                                 "sealed": base64.b64encode(b"\0" * 40).decode()})
     assert net.relays["c"].receive(forged, "b", net.now) == []
-    replayed = Inm("b", "c", "message", "f2", sent[0].data)  # a's box, under b's name: the publisher is bound
+    replayed = Inm("b", MEMBERS, "message", "f2", sent[0].data)  # a's box, under b's name: the publisher is bound
     assert net.relays["c"].receive(replayed, "b", net.now) == []
     assert net.relays["c"].dropped.get(reason="unauthentic channel message") == 2
 
@@ -372,8 +373,8 @@ def test_bad_envelopes_are_dropped_and_counted_by_reason():
     assert relay.receive(bad, "p", 0.0) == []
     assert relay.receive(bad, "p", 0.0) == []
     relay.receive(Inm("me", BROADCAST, "command", "n2", {"command": "list-nodes"}), "p", 0.0)
-    relay.receive(Inm("p", "me", "message", "n3", {"channel": "x", "message": "%%%"}), "p", 0.0)
-    relay.receive(Inm("p", "me", "message", "n4", {"message": "%%%"}), "p", 0.0)
+    relay.receive(Inm("p", MEMBERS, "message", "n3", {"channel": "x", "message": "%%%"}), "p", 0.0)
+    relay.receive(Inm("p", MEMBERS, "message", "n4", {"message": "%%%"}), "p", 0.0)
     assert [relay.dropped.get(reason=r) for r in ("bad data", "duplicate", "own", "channel not open here")] == [2, 1, 1, 1]
     [reply] = relay.receive(Inm("p", "me", "command", "n5", {"command": "reserve-channel", "channel": "x", "owner": "p",
                                                               "at": -1}), "p", 0.0)
