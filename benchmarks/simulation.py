@@ -122,7 +122,7 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0, lar
             "channels": channel_count, "subscriptions": sum(zipf), "messages": c["messages"],
             "delivery_ratio": c["delivery_ratio"], "latency_ms": c["latency_ms"],
             "within_2rtt_100ms": c.get("within_2rtt_100ms"), "non_member_messages": c.get("non_member_messages"),
-            "no_link_drops": c.get("no_link_drops"),
+            "no_link_drops": c.get("no_link_drops"), "links_closed_for_room": c.get("links_closed_for_room"),
             "envelopes_per_node_s": round(counts["envelopes"] / (node_hours * 3600), 4),
             "control_envelopes_per_node_s": round(counts["control"] / (node_hours * 3600), 4),
             "channel_bytes_per_node_hour": round(counts["bytes"] / node_hours),

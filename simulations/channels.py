@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from overlay.channels.inm import Inm
@@ -38,6 +39,7 @@ from overlay.core.errors import RecordError
 from overlay.core.records import peer_id_to_str
 
 if TYPE_CHECKING:
+    from overlay.kademlia.core import Kademlia
     from simulations.network import SimNode, Simulation
 
 RELAYED_DIAL_RTTS = 4  # lookup and relay setup before a first unicast to a node behind NAT
@@ -55,6 +57,11 @@ def _honest(signed: object) -> bool:
     rules around signatures (who must sign, skew, replay, first come) run as on the node; the
     Ed25519 work itself is not modelled (its cost is the node's, in benchmarks)."""
     return True
+
+
+def _tree(core: Kademlia, scope: int, per_bucket: int) -> list[tuple[int, list[str]]]:
+    """The node's DHT routing table as the relay's broadcast tree (DhtService.tree)."""
+    return [(i, [peer_id_to_str(p) for p in peers]) for i, peers in core.table.tree(scope, per_bucket)]
 
 
 def _modelled_reservation(r: Reservation) -> Reservation:
@@ -78,7 +85,8 @@ class ChannelWorkload:
         self.envelopes: Counter[str] = Counter()  # envelopes sent, by kind (message, or the command)
         self.non_member_messages = 0  # channel messages that reached a node where the channel was not open
         self._used: dict[int, dict[int, float]] = {}  # node -> the nodes it has a link with besides neighbours -> last use
-        self.no_link = 0  # envelopes dropped: a new link beyond MAX_LINKS at either end
+        self.no_link = 0  # envelopes dropped: no room for a new link at either end
+        self.links_closed = 0  # links closed to make room for another
 
     def _wall_ms(self) -> int:
         return int(self.sim.sched.now * 1000)
@@ -88,7 +96,8 @@ class ChannelWorkload:
     def joined(self, node: SimNode) -> None:
         self.relays[node.index] = ChannelRelay(node.name, self._wall_ms, _modelled_signature, _honest,
                                                _modelled_reservation, _honest,
-                                               rng=random.Random(self.sim.rng.getrandbits(64)))
+                                               rng=random.Random(self.sim.rng.getrandbits(64)),
+                                               tree=partial(_tree, node.core), serving=lambda: node.core.server)
         self.links[node.index] = set()
         self._fill_links(node)
 
@@ -205,27 +214,40 @@ class ChannelWorkload:
             # ToClient (evictions) and AnswerLocally (stats commands nobody sends here): nothing to carry
         self._arm(src)
 
+    def _live(self, node: int, peer: int, last: float) -> bool:
+        """A link the node's adapter keeps open: used in the last LINK_IDLE seconds, or to a
+        member of a channel open on the node (its stream protects the connection from pruning)."""
+        if self.sim.sched.now - last <= LINK_IDLE:
+            return True
+        relay = self.relays.get(node)
+        return relay is not None and relay.table.member_anywhere(self.sim.nodes[peer].name)
+
     def _linked(self, src: SimNode, dst: SimNode) -> bool:
-        """Whether src and dst have a link besides the neighbour graph that carried something
-        in the last LINK_IDLE seconds (then it is used again now), as the node's adapter keeps
-        one (its stream protects the connection from pruning) and closes it once idle."""
+        """Whether src and dst have a link besides the neighbour graph (then it is used again
+        now), as the node's adapter keeps one and closes it once idle."""
         now, used = self.sim.sched.now, self._used.get(src.index, {})
         last = used.get(dst.index)
-        if last is None or now - last > LINK_IDLE:
+        if last is None or not self._live(src.index, dst.index, last):
             return False
         used[dst.index] = self._used[dst.index][src.index] = now
         return True
 
     def _link(self, src: SimNode, dst: SimNode) -> bool:
-        """Open a link between src and dst (both ends, as the node links back), unless either
-        has MAX_LINKS live links already."""
+        """Open a link between src and dst (both ends, as the node links back); an end with
+        MAX_LINKS live links closes its least recently used one that is not a neighbour first,
+        as the node's adapter does (`_room`)."""
         now = self.sim.sched.now
         for node in (src, dst):
             used = self._used.setdefault(node.index, {})
-            for peer in [p for p, t in used.items() if now - t > LINK_IDLE]:
+            for peer in [p for p, t in used.items() if not self._live(node.index, p, t)]:
                 del used[peer]
             if len(used) + len(self.links.get(node.index, ())) >= MAX_LINKS:
-                return False
+                if not used:
+                    return False
+                oldest = min(used, key=used.__getitem__)
+                del used[oldest]
+                self._used.get(oldest, {}).pop(node.index, None)
+                self.links_closed += 1
         self._used[src.index][dst.index] = self._used[dst.index][src.index] = now
         return True
 

@@ -109,7 +109,8 @@ def channel_summary(sim: Simulation) -> dict[str, Any] | None:
             "envelopes_per_node_s": round(sum(sim.channels.envelopes.values()) / node_seconds, 4),
             "control_envelopes_per_node_s": round(sum(n for k, n in sim.channels.envelopes.items() if k != "message")
                                                   / node_seconds, 4),
-            "non_member_messages": sim.channels.non_member_messages, "no_link_drops": sim.channels.no_link}
+            "non_member_messages": sim.channels.non_member_messages, "no_link_drops": sim.channels.no_link,
+            "links_closed_for_room": sim.channels.links_closed}
 
 
 def success_series(dials: list[dict]) -> list[dict]:

@@ -1,7 +1,8 @@
 """Intra-node messages (INM, from WSRelay): the envelope nodes exchange, and its codec with limits.
 
-    {"source": "<peer id>", "destination": "<peer id>" | "*", "type": "message" | "command" | "response",
-     "nonce": "<1-64 printable ASCII>", "data": <any JSON>, "at": <ms>, "sig": "<base64>"}
+    {"source": "<peer id>", "destination": "<peer id>" | "*" | "+", "type": "message" | "command" | "response",
+     "nonce": "<1-64 printable ASCII>", "data": <any JSON>, "at": <ms>, "sig": "<base64>", "scope": <0-257>,
+     "tree": 0 | 1}
 
 One envelope per frame (unsigned-varint length, then UTF-8 JSON) on the stream protocol
 `/overlay/<network>/inm/1.0.0`; PROTOCOL.md in this directory has the whole protocol. Node names
@@ -11,7 +12,10 @@ Who sent an envelope is evidence, not a claim: on its first hop the source must 
 Noise-authenticated peer of the stream it came on; an envelope passed on for another node (a
 broadcast, flooded) carries its source's Ed25519 signature over `signed_bytes`, with the
 wall-clock time `at` it was made, which receivers check (the relay core, relay.py). `at` and
-`sig` are absent from envelopes that travel one hop only.
+`sig` are absent from envelopes that travel one hop only. `scope` and `tree` say, on a broadcast,
+which of its two trees the envelope travels and which part of the DHT's prefix tree the receiver
+passes it on to (relay.py); they are not signed, as they change at every hop, and a lie in them
+costs at most one more pass over the receiver's buckets.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ BROADCAST = "*"
 MEMBERS = "+"  # a channel message's destination: the channel's member nodes (mesh.py says which)
 SIGNED_DOMAIN = b"overlay-inm-envelope-v1\0"
 MAX_SIG = 100  # base64 of a 64-byte Ed25519 signature is 88
+LEAF = 257  # the scope of a broadcast to a node that passes it on to no one (beyond every bucket)
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,16 @@ class Inm:
     data: Any
     at: int | None = None  # wall-clock ms when signed
     sig: str = ""  # the source's signature over signed_bytes, base64
+    scope: int | None = None  # a broadcast's part of the prefix tree (not signed)
+    tree: int = 0  # ... and which of its two trees
 
     def encode(self) -> bytes:
         envelope = {"source": self.source, "destination": self.destination, "type": self.type, "nonce": self.nonce,
                     "data": self.data}
         if self.sig:
             envelope["at"], envelope["sig"] = self.at, self.sig
+        if self.scope is not None:
+            envelope["scope"], envelope["tree"] = self.scope, self.tree
         out = json.dumps(envelope, separators=(",", ":")).encode()
         if len(out) > MAX_INM:
             raise DecodeError(f"INM of {len(out)} bytes exceeds the limit of {MAX_INM}")
@@ -137,5 +146,10 @@ def decode(raw: bytes) -> Inm:
     if sig != "" and (not isinstance(sig, str) or len(sig) > MAX_SIG or not isinstance(at, int) or isinstance(at, bool)
                       or not 0 <= at < 2**63):
         raise DecodeError(f"INM: sig must be base64 of at most {MAX_SIG} characters, with at in ms")
+    scope, tree = obj.get("scope"), obj.get("tree", 0)
+    if scope is not None and (type(scope) is not int or not 0 <= scope <= LEAF):
+        raise DecodeError(f"INM: scope must be an integer from 0 to {LEAF}")
+    if tree not in (0, 1) or type(tree) is not int:
+        raise DecodeError("INM: tree must be 0 or 1")
     return Inm(_name(obj.get("source"), "source"), _name(obj.get("destination"), "destination", broadcast=True), kind, nonce,
-               obj["data"], at if sig else None, sig)
+               obj["data"], at if sig else None, sig, scope, tree)

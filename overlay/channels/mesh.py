@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 D, D_LO, D_HI = 6, 4, 12
-DIRECT_MAX = 32  # other members up to which a publisher sends every message itself (benchmarks/simulation.py)
+DIRECT_MAX = 8  # other members up to which a publisher sends every message itself (by simulation: docs/benchmarks.md)
 FANOUT = 16  # members beyond its mesh peers a large channel's publisher sends its own messages to
-KNOW_ENOUGH = 2 * DIRECT_MAX  # members known beyond which a node joins no more that answers name
+KNOW_ENOUGH = 64  # members known beyond which a node joins no more of those answers name
 HEARTBEAT = 1.0
 GAP_WAIT = 0.15
 GAP_GIVEUP = 1.0
@@ -139,6 +139,7 @@ class ChannelMesh:
         self._cache: OrderedDict[tuple[str, str, int, int], tuple[Any, int, float]] = OrderedDict()
         self._cache_bytes = 0
         self._buffered = 0
+        self.rescheduled = False  # a timer was set since the adapter last looked (it may sleep longer)
 
     # ---- channels and peers ----
 
@@ -205,6 +206,7 @@ class ChannelMesh:
     def _due(self, channel: _Channel, now: float) -> None:
         if channel.due is None:
             channel.due = now + HEARTBEAT
+            self.rescheduled = True
 
     # ---- messages ----
 
@@ -253,6 +255,7 @@ class ChannelMesh:
         state.via = via
         if state.gap_at is None:
             state.gap_at, state.asked = now + GAP_WAIT, False
+            self.rescheduled = True
         return []
 
     def _unblock(self, state: _Origin) -> list:

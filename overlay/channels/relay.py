@@ -15,7 +15,8 @@ milliseconds, the only time nodes compare, which the `wall_ms` collaborator give
     subscribe / unsubscribe / drop_client / publish    a local client's requests
     tick                     give up on responses that did not come in time; look open
                              channels' reservations (KEEP) and members (MEMBERS_EVERY) up
-                             again when due; `next_timer` says when to call it
+                             again when due; mesh heartbeats and gaps (mesh.py); attach to
+                             broadcast parents (behind NAT); `next_timer` says when to call it
     send / command / notify / broadcast / reply        envelopes made here (also for other
                              protocols riding on INM, through `register`)
 
@@ -76,7 +77,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from overlay.channels import mesh as meshes
-from overlay.channels.inm import BROADCAST, MEMBERS, CommandHandler, Inm, new_nonce
+from overlay.channels.inm import BROADCAST, LEAF, MEMBERS, CommandHandler, Inm, new_nonce
 from overlay.channels.mesh import ChannelMesh, Control, MeshAction, Release, Resend
 from overlay.channels.router import InmRouter
 from overlay.channels.stats import Traffic
@@ -103,9 +104,15 @@ MEMBERS_EVERY = 600.0  # seconds between two lookups of an open channel's other 
 MAX_JOINS = 64  # joins sent at once for one channel (more come from the next answers and lookups)
 MEMBER_SAMPLE = 16  # members a join's answer names
 JOIN_DOMAIN = b"overlay-channel-join-v1\0"
+TREES = 2  # a broadcast travels two prefix trees, each to another contact of a bucket where it can
+PARENTS = 2  # DHT servers a node outside the routing tables (behind NAT) takes broadcasts from
+MAX_CHILDREN = 1_024  # nodes that take broadcasts from us; more are answered busy
+ATTACH_EVERY = 120.0  # seconds between a child's attaches (a parent forgets it after three missed)
+ATTACH_RETRY = 10.0
+ATTACH = "broadcast-attach"
 LOCAL_COMMANDS = frozenset({"node-stats", "host-stats", "get-latency"})
 OWN_COMMANDS = meshes.COMMANDS | LOCAL_COMMANDS | frozenset({
-    JOIN, LEAVE, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels", "reserve-channel",
+    JOIN, LEAVE, ATTACH, "get-connection-token", "list-nodes", "list-channels", "list-reserved-channels", "reserve-channel",
     "unreserve-channel", "get-node-connection"})
 
 
@@ -205,12 +212,21 @@ class ChannelRelay:
                  sign_reservation: Callable[[Reservation], Reservation],
                  verify_reservation: Callable[[Reservation], bool] = reservations.verify,
                  network_token: str = "", received: Counter | None = None, dropped: Counter | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 tree: Callable[[int, int], list[tuple[int, list[str]]]] | None = None,
+                 serving: Callable[[], bool] = lambda: True) -> None:
         """`sign` signs an envelope as this node (inm.sign with the identity key), `verify`
         checks a source's signature (inm.verify), and `sign_reservation`/`verify_reservation`
         the same for reservations; `received` counts envelopes handled here by type, `dropped`
         those refused by reason; `rng` picks mesh peers and member samples (the simulator's
-        is seeded)."""
+        is seeded); `tree(scope, per_bucket)` is the DHT routing table's prefix tree
+        (DhtService.tree), over which broadcasts go, and `serving` whether others' tables hold
+        us (without `tree`, broadcasts are flooded over the links)."""
+        self.tree = tree
+        self.serving = serving
+        self._parents: dict[str, None] = {}  # servers we take broadcasts from (not serving)
+        self._children: dict[str, float] = {}  # nodes that take broadcasts from us -> until when
+        self._attach_at: float | None = 0.0 if tree is not None else None
         self.me = me
         self.wall_ms = wall_ms
         self.sign = sign
@@ -282,6 +298,11 @@ class ChannelRelay:
         self.link_down(peer)
         self.table.forget_node(peer)
         self.mesh.forget(peer, now)
+        self._children.pop(peer, None)
+        if peer in self._parents:  # attach to another soon
+            del self._parents[peer]
+            if self._attach_at is not None:
+                self._attach_at = min(self._attach_at, now + 1.0)
 
     def _onboarding(self, peer: str) -> ResponseHandler:
         def on_listing(inm: Inm, now: float) -> list[RelayAction]:
@@ -324,7 +345,19 @@ class ChannelRelay:
         if answered:
             self._waiting[nonce] = (now + COMMAND_TIMEOUT, on_response or (lambda inm, now: None), None, False)
         unsigned = Inm(self.me, BROADCAST, "command", nonce, data, self.wall_ms())
-        return self.send(replace(unsigned, sig=self.sign(unsigned)), now)  # passed on by every node: signed
+        signed = replace(unsigned, sig=self.sign(unsigned))  # passed on by every node: signed
+        if self.tree is None:
+            return self.send(signed, now)
+        out: list[RelayAction] = []
+        roots = list(self._parents) or self.neighbours[:TREES]  # no parent yet: neighbours are the roots
+        for tree in range(TREES):
+            copy = replace(signed, tree=tree)
+            self.router.cover(copy, 0, now)
+            if self.serving():
+                out += self._pass_on(copy, (0, LEAF + 1), None, now, children=tree == 0)
+            elif roots:
+                out.append(SendEnvelope(replace(copy, scope=0), (roots[tree % len(roots)],)))
+        return out
 
     def reply(self, command: Inm, data: dict, now: float) -> list[RelayAction]:
         return self.send(command.reply(self.me, data), now)
@@ -335,6 +368,96 @@ class ChannelRelay:
         if command in self._handlers or command in OWN_COMMANDS:
             raise ValueError(f"INM command {command!r} is taken")
         self._handlers[command] = handler
+
+    # ---- broadcasts over the DHT's prefix tree ----
+
+    def _on_broadcast(self, inm: Inm, came_from: str, now: float) -> list[RelayAction]:
+        """A broadcast reaches every node once, in about 2N envelopes (PROTOCOL.md, "Broadcasts"):
+        it travels two prefix trees of the DHT. On each, a DHT server passes it on to one
+        contact of each of its buckets from the envelope's `scope` down (another contact on
+        each tree where the bucket has two), telling each the subtree it covers (its bucket
+        + 1); on the first copy of either, also to the nodes attached to it. A node outside the
+        routing tables passes nothing on. A later copy of a tree with a smaller scope is passed
+        on to the buckets the first did not reach, checked again."""
+        scope = inm.scope if inm.scope is not None else 0
+        span = self.router.uncovered(inm, scope)
+        if span is None:
+            self.dropped.inc(reason="duplicate")
+            return []
+        first = not self.router.was_seen(inm)
+        if first:
+            refused = self._unauthentic(inm)
+        else:
+            refused = "unauthenticated source" if not inm.sig else None if self.verify(inm) else BAD_SIGNATURE
+        if refused:
+            self.dropped.inc(reason=refused)
+            return [CutLink(came_from)] if refused == BAD_SIGNATURE else []
+        self.router.cover(inm, scope, now)
+        out = self._pass_on(inm, span, came_from, now, children=first) if self.serving() else []
+        if first:
+            self.received.inc(type=inm.type)
+            try:
+                out += self._on_command(inm, now) if inm.type == "command" else []
+            except (KeyError, TypeError, ValueError, AttributeError):
+                self.dropped.inc(reason="bad data")
+        return out
+
+    def _pass_on(self, inm: Inm, span: tuple[int, int], came_from: str | None, now: float,
+                 children: bool) -> list[RelayAction]:
+        """Our buckets in [from, to) on the envelope's tree, and our children."""
+        assert self.tree is not None
+        low, high = span
+        out: list[RelayAction] = []
+        for bucket, peers in self.tree(low, TREES):
+            if bucket >= high:
+                break
+            peer = peers[-1 - inm.tree] if len(peers) > inm.tree else peers[-1]
+            if peer != came_from and peer != inm.source:
+                out.append(SendEnvelope(replace(inm, scope=bucket + 1), (peer,)))
+        attached = tuple(c for c, until in self._children.items() if until > now and c not in (came_from, inm.source))
+        if children and attached:
+            out.append(SendEnvelope(replace(inm, scope=LEAF), attached))
+        return out
+
+    def _on_attach(self, child: str, now: float) -> dict:
+        """A node outside the routing tables takes our broadcasts (renewed every ATTACH_EVERY)."""
+        if not self.serving():
+            return {"ok": False, "reason": "not a DHT server"}
+        if child not in self._children:
+            self._children = {c: t for c, t in self._children.items() if t > now}
+            if len(self._children) >= MAX_CHILDREN:
+                self.dropped.inc(reason="children full")
+                return {"ok": False, "reason": "busy"}
+        self._children[child] = now + 3 * ATTACH_EVERY
+        return {"ok": True}
+
+    def _attach(self, now: float) -> list[RelayAction]:
+        """Not serving: renew our parents and find new ones (neighbours first) up to PARENTS."""
+        assert self.tree is not None
+        self._children = {c: t for c, t in self._children.items() if t > now}
+        self._attach_at = now + ATTACH_EVERY
+        if self.serving():
+            self._parents.clear()
+            return []
+        servers = [p for _, peers in self.tree(0, TREES) for p in peers if p not in self._parents]
+        servers.sort(key=lambda p: p not in self.neighbours)
+        wanted = [*self._parents, *servers[:PARENTS - len(self._parents)]]
+        if len(wanted) < PARENTS:
+            self._attach_at = now + ATTACH_RETRY
+        out: list[RelayAction] = []
+        for parent in wanted:
+            out += self.command(parent, {"command": ATTACH}, now, lambda inm, now, p=parent: self._attached(p, inm, now),
+                                on_timeout=lambda now, p=parent: self._attached(p, None, now))
+        return out
+
+    def _attached(self, parent: str, answer: Inm | None, now: float) -> list[RelayAction]:
+        if answer is not None and isinstance(answer.data, dict) and answer.data.get("ok") is True:
+            self._parents[parent] = None
+        else:
+            self._parents.pop(parent, None)
+            if self._attach_at is not None:
+                self._attach_at = min(self._attach_at, now + ATTACH_RETRY)
+        return []
 
     # ---- envelopes received ----
 
@@ -348,6 +471,8 @@ class ChannelRelay:
             except (KeyError, TypeError, ValueError, AttributeError):
                 self.dropped.inc(reason="bad data")
                 return []
+        if inm.destination == BROADCAST and self.tree is not None:
+            return self._on_broadcast(inm, came_from, now)
         if inm.source != came_from or inm.sig:
             refused = self._unauthentic(inm)
             if refused == BAD_SIGNATURE:
@@ -412,6 +537,8 @@ class ChannelRelay:
             return []
         if name in meshes.COMMANDS:
             return self._mesh_actions(self._on_mesh_command(name, inm.source, data, now), now)
+        if name == ATTACH:
+            return self.reply(inm, self._on_attach(inm.source, now), now)
         if name in self._handlers:  # other protocols' commands (MessageNet, Degas)
             answer = self._handlers[name](inm)
             return self.reply(inm, answer, now) if answer is not None else []
@@ -644,13 +771,15 @@ class ChannelRelay:
     def next_timer(self) -> float | None:
         """When `tick` has something to do next (None: nothing scheduled)."""
         times = [*self._check_at.values(), *self._members_at.values(), *(w[0] for w in self._waiting.values())]
-        mesh = self.mesh.next_timer()
-        return min(times if mesh is None else [*times, mesh], default=None)
+        times += [t for t in (self.mesh.next_timer(), self._attach_at) if t is not None]
+        return min(times, default=None)
 
     def tick(self, now: float) -> list[RelayAction]:
         """Give up on responses that did not come in time; look reservations and members up
         again when due."""
         out: list[RelayAction] = self._mesh_actions(self.mesh.tick(now, self.table.members), now)
+        if self._attach_at is not None and self._attach_at <= now:
+            out += self._attach(now)
         for name in [n for n, t in self._members_at.items() if t <= now]:
             self._members_at[name] = now + MEMBERS_EVERY
             out.append(self._find_members(name))

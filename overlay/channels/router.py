@@ -3,10 +3,10 @@
 - An envelope is handled once: (source, nonce) pairs seen in the last SEEN_FOR seconds (at most
   MAX_SEEN of them) are dropped and counted as duplicates, which is also what a replayed
   envelope is.
-- "*" reaches every node once: each node handles it and forwards it to each of its INM
-  neighbours but the one it came from (flooding over the neighbour graph, de-duplicated).
-  Only control traffic is broadcast; channel messages go to the nodes where the channel is
-  open (table.py), one unicast each.
+- "*" reaches every node once over the DHT's prefix tree, twice (relay.py chooses where;
+  `uncovered`/`cover` remember how much of each tree a broadcast was passed on to here); a
+  relay without a DHT floods it to each of its INM neighbours but the one it came from. Only
+  control traffic is broadcast; channel messages go to the members (mesh.py).
 - A unicast goes straight to its destination, over its link if there is one, else by dialing the
   peer ID (the adapter's job); a node that receives an envelope for someone else forwards it
   only over an existing link, else drops it and counts it.
@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from overlay.channels.inm import BROADCAST, Inm
+from overlay.channels.inm import BROADCAST, LEAF, Inm
 
 SEEN_FOR = 600.0
 MAX_SEEN = 200_000
 MAX_LINKS = 256  # INM links a node keeps (neighbours and the nodes it sends to; as many as its connections); more are refused
-LINK_IDLE = 300.0  # seconds after which a link that is not a neighbour and carried nothing is closed
+LINK_IDLE = 300.0  # seconds after which a link that carried nothing is closed (not a neighbour's, nor a channel member's)
 MAX_QUEUE = 10_000  # envelopes per link
 MAX_QUEUE_BYTES = 4 * 1024 * 1024  # so all links together hold at most 1 GiB
 CONTROL_RESERVE = 1_000  # envelopes beyond MAX_QUEUE kept for commands and responses
@@ -48,13 +48,16 @@ class InmRouter:
     def __init__(self, me: str) -> None:
         self.me = me
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._covered: dict[tuple[str, str, int], int] = {}  # a broadcast's tree -> the smallest scope passed on here
         self.duplicates = 0
         self.unroutable = 0
 
     def seen(self, inm: Inm, now: float) -> bool:
         """Record the envelope; True if it was handled before."""
         while self._seen and (len(self._seen) >= MAX_SEEN or next(iter(self._seen.values())) < now - SEEN_FOR):
-            self._seen.popitem(last=False)
+            source, nonce = self._seen.popitem(last=False)[0]
+            self._covered.pop((source, nonce, 0), None)
+            self._covered.pop((source, nonce, 1), None)
         key = (inm.source, inm.nonce)
         if key in self._seen:
             return True
@@ -65,6 +68,18 @@ class InmRouter:
         """Whether the envelope was handled before, without recording it (checked before a
         signature is verified, so that only a verified envelope is ever recorded)."""
         return (inm.source, inm.nonce) in self._seen
+
+    def uncovered(self, inm: Inm, scope: int) -> tuple[int, int] | None:
+        """A broadcast over the prefix tree with `scope`: the buckets [from, to) it is still to
+        be passed on to from here, or None if a copy with this scope or a smaller one was (each
+        bucket gets it once from here, however many copies come)."""
+        before = self._covered.get((inm.source, inm.nonce, inm.tree), LEAF + 1)
+        return (scope, before) if scope < before else None
+
+    def cover(self, inm: Inm, scope: int, now: float) -> None:
+        """Record that the broadcast is passed on from `scope` (after it was verified)."""
+        self.seen(inm, now)
+        self._covered[(inm.source, inm.nonce, inm.tree)] = scope
 
     def route(self, inm: Inm, came_from: str | None, neighbours: list[str], now: float) -> Route:
         """For an envelope received from neighbour `came_from` (None: made here)."""

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 HIGH_LATENCY = 0.010  # seconds, WSRelay's "high latency"
 LATENCY_EVERY = 15.0
-TIMER_STEP = 0.05
+TIMER_STEP = 1.0
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
 RETRY = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a link with envelopes waiting
@@ -88,6 +88,8 @@ class Link:
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=3))  # round trips, seconds
     failures: int = 0
     kept: bool = False  # one of the `want` links kept for onboarding and broadcasts: never closed idle
+    used: float = 0.0  # when an envelope was last queued on it
+    closing: bool = False  # closed to make room for another (the least recently used)
 
     def slow(self) -> bool:
         """WSRelay's "high latency": the median of the last round trips (two at least) > 10 ms."""
@@ -119,6 +121,11 @@ class Records(Protocol):
 
     async def get_providers(self, key: bytes, quorum: int = 0) -> LookupResult: ...
 
+    @property
+    def serving(self) -> bool: ...
+
+    def tree(self, scope: int, per_bucket: int) -> list[tuple[int, list[str]]]: ...
+
 
 class ChannelService:
     def __init__(self, me: str, key: Ed25519PrivateKey, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
@@ -141,9 +148,11 @@ class ChannelService:
         self.max_links = max_links
         self.received = metrics.counter("overlay_inm_received_total", "Intra-node messages received, by type")
         self.dropped = metrics.counter("overlay_inm_dropped_total", "Intra-node messages dropped, by reason")
+        self.links_closed = metrics.counter("overlay_inm_links_closed_total", "INM links closed while healthy, by reason")
         self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), partial(sign_envelope, key), verify_envelope,
                                   partial(reservation.sign, key), network_token=token, received=self.received,
-                                  dropped=self.dropped)
+                                  dropped=self.dropped, tree=records.tree if records is not None else None,
+                                  serving=lambda: records is not None and records.serving)
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
@@ -153,6 +162,7 @@ class ChannelService:
         self._lost: dict[str, int] = {}  # drops of links that are gone, by channel
         self.host_stats = HostStats()
         self._nursery: trio.Nursery | None = None
+        self._timer_wake = trio.Event()
         self.delivered = metrics.counter("overlay_channel_delivered_total", "Channel messages delivered to local clients")
         self.client_drops = metrics.counter("overlay_channel_client_dropped_total", "Channel messages dropped for slow local clients")
         metrics.gauge("overlay_inm_neighbours", "Nodes with an INM link", lambda: len(self.relay.neighbours))
@@ -195,10 +205,27 @@ class ChannelService:
     def neighbours(self) -> list[str]:
         return list(self.relay.neighbours)
 
+    def _room(self) -> bool:
+        """Whether one more link fits: at `max_links`, the least recently used link that is
+        not kept and has nothing queued is closed for it (its peer stays a member)."""
+        if len(self.links) < self.max_links:
+            return True
+        idle = [link for link in self.links.values() if not link.kept and not link.queue and link.ready.is_set()]
+        if not idle:
+            return False
+        link = min(idle, key=lambda link: link.used)
+        peer = str(link.peer)
+        del self.links[peer]
+        self.relay.link_down(peer)
+        link.closing = True
+        link.wake.set()
+        self.links_closed.inc(reason="least recently used")
+        return True
+
     def _link(self, peer: str) -> Link | None:
         link = self.links.get(peer)
         if link is None:
-            if len(self.links) >= self.max_links or peer == self.me or self._nursery is None:
+            if peer == self.me or self._nursery is None or not self._room():
                 return None
             link = self.links[peer] = Link(ID.from_base58(peer))
             self._nursery.start_soon(self._write_link, link)
@@ -254,10 +281,14 @@ class ChannelService:
             last = -COALESCE
             while True:
                 while not link.queue:
+                    if link.closing:
+                        return
                     link.wake = trio.Event()
                     with trio.move_on_after(router.LINK_IDLE) as waited:
                         await link.wake.wait()
-                    if waited.cancelled_caught and not link.kept and not link.queue:
+                    if (waited.cancelled_caught and not link.kept and not link.queue
+                            and not self.table.member_anywhere(peer)):
+                        self.links_closed.inc(reason="idle")
                         return  # a link only messages or commands opened: closed once idle, so links do not pile up
                 # At most one write per COALESCE seconds: each write costs a Yamux frame, a Noise
                 # message and a syscall, which at one envelope per write was most of a busy
@@ -287,7 +318,7 @@ class ChannelService:
             self.dropped.inc(reason="handshake refused")
             await stream.reset()
             return
-        if peer not in self.links and len(self.links) >= self.max_links:
+        if peer not in self.links and not self._room():
             self.dropped.inc(reason="too many links")
             await stream.reset()
             return
@@ -313,6 +344,9 @@ class ChannelService:
     # ---- the core's actions ----
 
     def _act(self, actions: list[RelayAction]) -> None:
+        if self.relay.mesh.rescheduled:  # a gap or heartbeat due sooner than the timer sleeps
+            self.relay.mesh.rescheduled = False
+            self._timer_wake.set()
         for action in actions:
             if isinstance(action, SendEnvelope):
                 self._forward(action)
@@ -370,11 +404,13 @@ class ChannelService:
         except DecodeError:
             self.dropped.inc(reason="too large")
             return
+        now = trio.current_time()
         for target in send.targets:
             link = self._link(target)
             if link is None:
                 self.dropped.inc(reason="no link")
             elif link.queue.put(data, send.channel):
+                link.used = now
                 link.wake.set()
 
     async def _answer_locally(self, inm: Inm) -> None:
@@ -526,14 +562,18 @@ class ChannelService:
             self._nursery.start_soon(fn, *args)
 
     async def _timers(self) -> None:
-        """The relay's timers (responses that lapsed, lookups due, mesh heartbeats and gaps),
-        looked at every TIMER_STEP seconds: a gap waits GAP_WAIT, a fraction of a second."""
+        """The relay's timers (responses that lapsed, lookups due, mesh heartbeats and gaps):
+        asleep until the next is due, at most TIMER_STEP, and woken when the mesh schedules one
+        sooner (a gap waits a fraction of a second). An idle node sleeps."""
         while True:
             now = trio.current_time()
             when = self.relay.next_timer()
             if when is not None and when <= now:
                 self._act(self.relay.tick(now))
-            await trio.sleep(TIMER_STEP)
+                continue
+            self._timer_wake = trio.Event()
+            with trio.move_on_at(min(when if when is not None else now + TIMER_STEP, now + TIMER_STEP)):
+                await self._timer_wake.wait()
 
     async def _maintain(self) -> None:
         """Keep `want` neighbours among connected peers."""

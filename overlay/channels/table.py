@@ -219,6 +219,10 @@ class ChannelTable:
         channel = self.channels.get(name)
         return channel is not None and node in channel.members
 
+    def member_anywhere(self, node: str) -> bool:
+        """Whether `node` is a member of a channel open here (its link then stays open)."""
+        return any(node in channel.members for channel in self.channels.values())
+
     def members(self, name: str) -> list[str]:
         """The other nodes where the channel is open: its messages go to them."""
         channel = self.channels.get(name)

@@ -20,6 +20,7 @@ from libp2p.peer.id import ID
 
 from overlay.core.errors import DecodeError
 from overlay.core.metrics import Registry
+from overlay.core.records import peer_id_to_str
 from overlay.core.peer import PeerInfo
 from overlay.kademlia.core import DhtAction, Kademlia, QueryDone, Send
 from overlay.kademlia.driver import answer, dispatch
@@ -133,6 +134,16 @@ class DhtService:
         elif not on and self.core.server:
             self.host.remove_stream_handler(self.protocol)
         self.core.server = on
+
+    @property
+    def serving(self) -> bool:
+        """Whether we answer DHT requests, so that others' routing tables hold us."""
+        return self.core.server
+
+    def tree(self, scope: int, per_bucket: int) -> list[tuple[int, list[str]]]:
+        """The routing table's prefix tree from bucket `scope` down (RoutingTable.tree), by
+        peer ID: where a broadcast goes next."""
+        return [(i, [peer_id_to_str(p) for p in peers]) for i, peers in self.core.table.tree(scope, per_bucket)]
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

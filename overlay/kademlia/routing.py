@@ -185,6 +185,13 @@ class RoutingTable:
                 break
         return result
 
+    def tree(self, scope: int, per_bucket: int) -> list[tuple[int, list[bytes]]]:
+        """For a broadcast over the prefix tree: each non-empty bucket from `scope` down, with
+        its `per_bucket` most recently seen contacts. Bucket i's contacts share exactly i bits
+        with us, so one of them can cover the subtree of the keys sharing i + 1 bits with it."""
+        return [(i, [c.peer_id for c in list(b.contacts.values())[-per_bucket:]])
+                for i, b in sorted(self._buckets.items()) if i >= scope and b.contacts]
+
     def contacts(self) -> list[Contact]:
         return [c for b in self._buckets.values() for c in b.contacts.values()]
 

@@ -73,10 +73,10 @@ async def test_a_batch_whose_write_failed_goes_out_on_the_next_stream():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_link_only_a_message_opened_is_closed_once_idle_and_the_peer_stays_a_member(monkeypatch):
-    """Links do not pile up: one opened to send is closed after LINK_IDLE without traffic (the
-    peer is still a member of the channels it was), and the next envelope opens a new stream;
-    a link kept as a neighbour stays."""
+async def test_a_link_only_a_message_opened_is_closed_once_idle_and_a_members_stays(monkeypatch):
+    """Links do not pile up: one opened to send a command is closed after LINK_IDLE without
+    traffic, and the next envelope opens a new stream; a link to a member of a channel open
+    here stays (its messages then need no dial)."""
     monkeypatch.setattr(router, "LINK_IDLE", 0.3)
     host = Host()
     host.streams = [Stream(fail_after=None), Stream(fail_after=None), Stream(fail_after=None)]
@@ -90,15 +90,46 @@ async def test_a_link_only_a_message_opened_is_closed_once_idle_and_the_peer_sta
     svc = ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, None, "test", Registry())
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
-        svc.table.channels["ch"] = _Channel(subscribers={1}, members={str(PEER): None})
         svc.notify(str(PEER), {"command": "hello-there"})
         await wait_for(lambda: str(PEER) in svc.neighbours(), what="the link up")
         await wait_for(lambda: str(PEER) not in svc.links, what="the idle link closed")
-        assert str(PEER) not in svc.neighbours() and svc.table.members("ch") == [str(PEER)]
-        assert svc.dropped.get(reason="link lost") == 0
+        assert str(PEER) not in svc.neighbours() and svc.dropped.get(reason="link lost") == 0
+        assert svc.links_closed.get(reason="idle") == 1
+        svc.table.channels["ch"] = _Channel(subscribers={1}, members={str(PEER): None})
         svc.notify(str(PEER), {"command": "again"})
         await wait_for(lambda: any(b"again" in f for f in host.streams[1].frames), what="a new stream for the next")
-        svc.links[str(PEER)].kept = True
-        await trio.sleep(1.0)  # three idle periods: a kept link stays
-        assert str(PEER) in svc.links and host.opened == 2
+        await trio.sleep(1.0)  # three idle periods: a member's link stays
+        assert str(PEER) in svc.links and host.opened == 2 and svc.links_closed.get(reason="idle") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_at_the_cap_the_least_recently_used_link_is_closed_for_a_new_one():
+    """A node at `max_links` does not refuse a new destination: the link used longest ago (not
+    kept, nothing queued) is closed for it, its peer still a member, counted."""
+    peers = [ID(peer_id_from_public_key(Ed25519PrivateKey.generate().public_key())) for _ in range(3)]
+
+    class Hosts(Host):
+        def __init__(self) -> None:
+            self.streams = [Stream(fail_after=None) for _ in range(4)]
+            self.opened = 0
+
+    async def connect(peer: ID) -> None:
+        return None
+
+    async def ping(peer: ID) -> float:
+        return 0.001
+
+    registry = Registry()
+    svc = ChannelService("me", Ed25519PrivateKey.generate(), Hosts(), connect, lambda: [], ping, None, "test", registry,
+                         max_links=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        for peer in peers[:2]:
+            svc.notify(str(peer), {"command": "hi"})
+            await wait_for(lambda peer=peer: str(peer) in svc.neighbours(), what="a link up")
+            await trio.sleep(0.05)  # the first is the least recently used
+        svc.notify(str(peers[2]), {"command": "hi"})
+        await wait_for(lambda: str(peers[2]) in svc.neighbours(), what="the third link up")
+        assert set(svc.links) == {str(peers[1]), str(peers[2])} and str(peers[0]) not in svc.neighbours()
+        assert svc.links_closed.get(reason="least recently used") == 1 and svc.dropped.get(reason="no link") == 0
         nursery.cancel_scope.cancel()

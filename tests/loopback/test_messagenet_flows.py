@@ -172,7 +172,8 @@ async def test_a_peer_replaying_a_signed_message_gets_it_refused(tmp_path):
     received them) and sends them again to d over its real INM link. Claiming a as their source,
     they are refused before MessageNet sees them (a first hop must come from its source, and an
     envelope passed on must carry its source's signature), as is an unsigned message in a's
-    name; sent as b's own, MessageNet refuses them (not from their signer). d's relayer sees
+    name, and a broadcast without b's signature even as b's own; the unicast sent as b's own,
+MessageNet refuses (not from its signer). d's relayer sees
     each message once."""
     async with cluster(tmp_path) as c:
         a, b, d = await three_nodes(start, c)
@@ -195,8 +196,9 @@ async def test_a_peer_replaying_a_signed_message_gets_it_refused(tmp_path):
             unsigned = {"command": service.DELIVER, "relayer_id": 7, "data": B64(b"\x01from a, says b"), "signed": False}
             link.queue.put(frame(Inm(str(a.peer_id), str(d.peer_id), "command", new_nonce(), unsigned).encode()))
             link.wake.set()
-            await wait_for(lambda: d.channels.dropped.get(reason="unauthenticated source") == 3
-                           and d.relayers.dropped.get(reason="not from its signer") == 2, what="refusals counted")
+            # an unsigned broadcast is refused even from its source: every broadcast is passed on, so signed
+            await wait_for(lambda: d.channels.dropped.get(reason="unauthenticated source") == 4
+                           and d.relayers.dropped.get(reason="not from its signer") == 1, what="refusals counted")
             with trio.move_on_after(0.5):
                 got = await rd.ws.get_message()
                 pytest.fail(f"the relayer got a replayed message {got[:60]!r}")

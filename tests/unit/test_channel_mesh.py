@@ -12,7 +12,7 @@ import pytest
 from overlay.channels import mesh as meshes
 from overlay.channels.inm import MEMBERS, Inm
 from overlay.channels.mesh import D_HI, D_LO, GAP_GIVEUP, GAP_WAIT, HEARTBEAT, ChannelMesh, Control, Release, Resend
-from overlay.channels.relay import CutLink, Deliver, SendEnvelope
+from overlay.channels.relay import CutLink, SendEnvelope
 from overlay.core.metrics import Counter
 from tests.unit.test_channel_relay import Net
 
