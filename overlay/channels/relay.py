@@ -385,10 +385,7 @@ class ChannelRelay:
             self.dropped.inc(reason="duplicate")
             return []
         first = not self.router.was_seen(inm)
-        if first:
-            refused = self._unauthentic(inm)
-        else:
-            refused = "unauthenticated source" if not inm.sig else None if self.verify(inm) else BAD_SIGNATURE
+        refused = self._unauthentic(inm, replays=first)  # a later copy: its signature again, not the replay window
         if refused:
             self.dropped.inc(reason=refused)
             return [CutLink(came_from)] if refused == BAD_SIGNATURE else []

@@ -572,7 +572,7 @@ class ChannelService:
                 self._act(self.relay.tick(now))
                 continue
             self._timer_wake = trio.Event()
-            with trio.move_on_at(min(when if when is not None else now + TIMER_STEP, now + TIMER_STEP)):
+            with trio.move_on_at(now + TIMER_STEP if when is None else min(when, now + TIMER_STEP)):
                 await self._timer_wake.wait()
 
     async def _maintain(self) -> None:

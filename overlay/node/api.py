@@ -301,25 +301,24 @@ async def _serve_socket(
     one frame), this one hands each message to `handle` until the client leaves or `handle`
     says stop."""
 
+    limit = most if combine is not None else 1
+
     async def pump() -> None:
         try:
             async for frame in outbox:
                 frames, size = [frame], len(frame)
                 while True:
+                    if len(frames) >= limit or size >= most_bytes:  # without `combine`: each at once
+                        await send(combine(frames) if combine else frames[0])
+                        frames, size = [], 0
                     try:
-                        frames.append(outbox.receive_nowait())
+                        frame = outbox.receive_nowait()
                     except trio.WouldBlock:
                         break
-                    size += len(frames[-1])
-                    if combine is not None and (len(frames) == most or size >= most_bytes):
-                        await send(combine(frames))
-                        frames, size = [], 0
-                if combine is not None:
-                    if frames:
-                        await send(combine(frames))
-                else:
-                    for frame in frames:
-                        await send(frame)
+                    frames.append(frame)
+                    size += len(frame)
+                if frames:
+                    await send(combine(frames) if combine else frames[0])
         except (WebSocketDisconnect, RuntimeError, OSError, trio.EndOfChannel):
             pass
 

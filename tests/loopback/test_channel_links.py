@@ -52,16 +52,20 @@ class Host:
         return self.streams[self.opened - 1]
 
 
-async def test_a_batch_whose_write_failed_goes_out_on_the_next_stream():
-    host = Host()
-
+def service(host: Host, **kw) -> ChannelService:
+    """A channel service on the fake host, with collaborators that always succeed."""
     async def connect(peer: ID) -> None:
         return None
 
     async def ping(peer: ID) -> float:
         return 0.001
 
-    svc = ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, None, "test", Registry())
+    return ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, None, "test", Registry(), **kw)
+
+
+async def test_a_batch_whose_write_failed_goes_out_on_the_next_stream():
+    host = Host()
+    svc = service(host)
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
         svc.notify(str(PEER), {"command": "hello-there"})
@@ -80,14 +84,7 @@ async def test_a_link_only_a_message_opened_is_closed_once_idle_and_a_members_st
     monkeypatch.setattr(router, "LINK_IDLE", 0.3)
     host = Host()
     host.streams = [Stream(fail_after=None), Stream(fail_after=None), Stream(fail_after=None)]
-
-    async def connect(peer: ID) -> None:
-        return None
-
-    async def ping(peer: ID) -> float:
-        return 0.001
-
-    svc = ChannelService("me", Ed25519PrivateKey.generate(), host, connect, lambda: [], ping, None, "test", Registry())
+    svc = service(host)
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
         svc.notify(str(PEER), {"command": "hello-there"})
@@ -112,16 +109,7 @@ async def test_at_the_cap_the_least_recently_used_link_is_closed_for_a_new_one()
         def __init__(self) -> None:
             self.streams = [Stream(fail_after=None) for _ in range(4)]
             self.opened = 0
-
-    async def connect(peer: ID) -> None:
-        return None
-
-    async def ping(peer: ID) -> float:
-        return 0.001
-
-    registry = Registry()
-    svc = ChannelService("me", Ed25519PrivateKey.generate(), Hosts(), connect, lambda: [], ping, None, "test", registry,
-                         max_links=2)
+    svc = service(Hosts(), max_links=2)
     async with trio.open_nursery() as nursery:
         await nursery.start(svc.run)
         for peer in peers[:2]:
