@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from overlay.channels.inm import BROADCAST, LEAF, Inm
+from overlay.channels import relay as relay_module
 from overlay.channels.relay import ATTACH, PARENTS, ChannelRelay, CutLink, SendEnvelope
 from overlay.core.records import peer_id_to_str
 from overlay.kademlia.core import Kademlia
@@ -109,3 +110,18 @@ def test_a_dead_contact_loses_nothing_the_other_tree_covers():
         if dst not in dead:
             net.act(dst, net.relays[dst].receive(inm, src, net.now))
     assert all(net.got[n] == ["t"] for n in net.relays if n not in dead and n != servers[0])
+
+
+def test_a_parent_takes_a_bounded_number_of_children_and_a_node_behind_nat_none(monkeypatch):
+    """Strangers attaching as children: at most MAX_CHILDREN, the rest answered busy and counted;
+    a node that is no DHT server takes none."""
+    monkeypatch.setattr(relay_module, "MAX_CHILDREN", 2)
+    net = TreeNet(servers=10, clients=1)
+    server = next(r for r in net.relays.values() if r.serving())
+    client = next(r for r in net.relays.values() if not r.serving())
+    answers = [server.receive(Inm(f"stranger-{i}", server.me, "command", f"a{i}", {"command": ATTACH}), f"stranger-{i}",
+                              net.now)[0].inm.data for i in range(3)]
+    assert answers == [{"ok": True}, {"ok": True}, {"ok": False, "reason": "busy"}]
+    assert server.dropped.get(reason="children full") == 1
+    [answer] = client.receive(Inm("stranger-9", client.me, "command", "a9", {"command": ATTACH}), "stranger-9", net.now)
+    assert answer.inm.data == {"ok": False, "reason": "not a DHT server"}
