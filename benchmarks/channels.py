@@ -19,7 +19,8 @@ For each rate (messages/s, paced in 10 ms slices for `--seconds`), every subscri
 messages it got and their latency (the send time travels in the message). Reported per system:
 the highest sustained rate, that is delivered 100% to every subscriber with p99 latency at most
 SUSTAINED_P99_MS (a system that buffers without bound also delivers everything, seconds late),
-and p50/p99 latency at 1,000 msg/s.
+and p50/p99 latency at 1,000 msg/s; for ours, at each rate, the CPU time (user + system, from
+/proc) per message sent of the publisher's node and of each other node on average.
 Prints a table, writes JSON (default benchmarks/results/channels-<date>.json).
 
 Roles (internal): `--role subscribers|publisher|bare-server|gossip` talk to the orchestrator
@@ -384,7 +385,9 @@ def sweep(name: str, rates: list[int], run_rate) -> dict[str, Any]:
         step["sustained"] = step["delivered"] >= 1.0 and (step["p99_ms"] or 0) <= SUSTAINED_P99_MS
         steps.append(step)
         print(f"  {name:<9} {rate:>6} msg/s: delivered {step['delivered']:.4f}, p50 {step['p50_ms']} ms, "
-              f"p99 {step['p99_ms']} ms{'' if step['sustained'] else ' (not sustained)'}", flush=True)
+              f"p99 {step['p99_ms']} ms{'' if step['sustained'] else ' (not sustained)'}"
+              + (f"; CPU per message {step['cpu']['publisher_node_us']} µs in the publisher's node, "
+                 f"{step['cpu']['receiving_node_us']} µs in each other" if "cpu" in step else ""), flush=True)
         misses = 0 if step["sustained"] else misses + 1
         if misses == 2:
             break
@@ -399,6 +402,21 @@ def step_result(rate: int, sent: int, got: dict[str, Any], subscribers: int) -> 
     delivered = sum(min(n, sent) for n in got["received"]) / (sent * subscribers) if sent else 0.0
     return {"rate": rate, "sent": sent, "delivered": round(delivered, 6), "duplicates": got["duplicates"],
             "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_message(pids: list[int], before: list[float], messages: int) -> dict[str, float | None]:
+    """CPU µs per message in the publisher's node (pids[0]) and, on average, each other node."""
+    if not messages:
+        return {"publisher_node_us": None, "receiving_node_us": None}
+    used = [cpu_seconds(pid) - was for pid, was in zip(pids, before)]
+    return {"publisher_node_us": round(used[0] / messages * 1e6, 1),
+            "receiving_node_us": round(statistics.mean(used[1:]) / messages * 1e6, 1) if used[1:] else None}
 
 
 def start_nodes(count: int, procs: list[Proc], prefix: str) -> list[dict[str, Any]]:
@@ -422,7 +440,7 @@ def start_nodes(count: int, procs: list[Proc], prefix: str) -> list[dict[str, An
         peer = proc.read(60, "peer id: ").removeprefix("peer id: ")
         addr = proc.read(60, "listening on ").removeprefix("listening on ")
         api = proc.read(60, "api on ").removeprefix("api on http://")
-        nodes.append({"peer_id": peer, "addr": addr, "api": api})
+        nodes.append({"peer_id": peer, "addr": addr, "api": api, "pid": proc.popen.pid})
     wait_until(lambda: all(get_json(n["api"], "/health")["healthy"] == "good" for n in nodes[1:]), "every node healthy")
     return nodes
 
@@ -440,13 +458,18 @@ def run_ours(args: argparse.Namespace, rates: list[int], password: str = "") -> 
         wait_until(lambda: sorted(get_json(nodes[0]["api"], "/v1/channels")["members"].get(CHANNEL, [])) == others,
                    "node 0 knows where the channel is open")
 
+        pids = [n["pid"] for n in nodes]
+
         def run_rate(rate: int) -> dict[str, Any]:
             subs.ask({"cmd": "reset"})
+            before = [cpu_seconds(pid) for pid in pids]
             pub = Proc(me("--role", "publisher", "--mode", "ours", *secret, "--url", f"ws://{nodes[0]['api']}/connect",
                           "--rate", str(rate), "--seconds", str(args.seconds)))
             sent = json.loads(pub.read(args.seconds + 90))["sent"]
             pub.stop()
-            return step_result(rate, sent, settle(lambda: subs.ask({"cmd": "report"}), sent, args.nodes), args.nodes)
+            step = step_result(rate, sent, settle(lambda: subs.ask({"cmd": "report"}), sent, args.nodes), args.nodes)
+            step["cpu"] = cpu_per_message(pids, before, sent)
+            return step
 
         result = sweep("ours, password channel" if password else "ours", rates, run_rate)
         result["dropped"] = [get_json(n["api"], "/v1/channels")["dropped"] for n in nodes]

@@ -97,7 +97,8 @@ class ChannelWorkload:
         self.relays[node.index] = ChannelRelay(node.name, self._wall_ms, _modelled_signature, _honest,
                                                _modelled_reservation, _honest,
                                                rng=random.Random(self.sim.rng.getrandbits(64)),
-                                               tree=partial(_tree, node.core), serving=lambda: node.core.server)
+                                               tree=partial(_tree, node.core), serving=lambda: node.core.server,
+                                               linked=partial(self._has_link, node))
         self.links[node.index] = set()
         self._fill_links(node)
 
@@ -221,6 +222,14 @@ class ChannelWorkload:
             return True
         relay = self.relays.get(node)
         return relay is not None and relay.table.member_anywhere(self.sim.nodes[peer].name)
+
+    def _has_link(self, src: SimNode, name: str) -> bool:
+        """Whether src has a link up to the node `name` (the relay's `linked`)."""
+        dst = self.sim.by_name.get(name)
+        if dst is None:
+            return False
+        last = self._used.get(src.index, {}).get(dst.index)
+        return dst.index in self.links[src.index] or (last is not None and self._live(src.index, dst.index, last))
 
     def _linked(self, src: SimNode, dst: SimNode) -> bool:
         """Whether src and dst have a link besides the neighbour graph (then it is used again

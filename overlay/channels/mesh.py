@@ -7,8 +7,12 @@ message to every member itself, one envelope encoded once; nobody passes it on. 
 each member keeps a few mesh peers among the members (D_LO..D_HI, aiming at D), the publisher's
 node signs each message and sends it to its mesh peers (and, to shorten the paths, to up to
 FANOUT other members), and each member passes what it accepts to its mesh peers but the one it
-came from. A channel is large on a node once it knows more than DIRECT_MAX members or another
-member says so (in a join's answer, or by grafting it); it stays large while open.
+came from. While a large channel's publisher has a link up to each of at most LINKED_MAX other
+members (a busy channel of a few dozen), it sends them its message as a small channel's, unsigned
+and to each: with the mesh it would send to up to that many anyway, and no member checks a
+signature or passes a copy on. A channel is large on a node once it knows more than DIRECT_MAX
+members or another member says so (in a join's answer, or by grafting it); it stays large while
+open.
 
 Mesh peer states (per channel; a peer is a member node):
 
@@ -56,6 +60,7 @@ from typing import Any, NamedTuple
 D, D_LO, D_HI = 6, 4, 12
 DIRECT_MAX = 8  # other members up to which a publisher sends every message itself (by simulation: docs/benchmarks.md)
 FANOUT = 16  # members beyond its mesh peers a large channel's publisher sends its own messages to
+LINKED_MAX = D_HI + FANOUT  # other members a large channel's publisher sends to directly while linked to each
 KNOW_ENOUGH = 64  # members known beyond which a node joins no more of those answers name
 HEARTBEAT = 1.0
 GAP_WAIT = 0.15

@@ -214,15 +214,17 @@ class ChannelRelay:
                  network_token: str = "", received: Counter | None = None, dropped: Counter | None = None,
                  rng: random.Random | None = None,
                  tree: Callable[[int, int], list[tuple[int, list[str]]]] | None = None,
-                 serving: Callable[[], bool] = lambda: True) -> None:
+                 serving: Callable[[], bool] = lambda: True, linked: Callable[[str], bool] = lambda peer: False) -> None:
         """`sign` signs an envelope as this node (inm.sign with the identity key), `verify`
         checks a source's signature (inm.verify), and `sign_reservation`/`verify_reservation`
         the same for reservations; `received` counts envelopes handled here by type, `dropped`
         those refused by reason; `rng` picks mesh peers and member samples (the simulator's
         is seeded); `tree(scope, per_bucket)` is the DHT routing table's prefix tree
         (DhtService.tree), over which broadcasts go, and `serving` whether others' tables hold
-        us (without `tree`, broadcasts are flooded over the links)."""
+        us (without `tree`, broadcasts are flooded over the links); `linked(peer)` whether a
+        link to that node is up now (a message to it costs no dial)."""
         self.tree = tree
+        self.linked = linked
         self.serving = serving
         self._parents: dict[str, None] = {}  # servers we take broadcasts from (not serving)
         self._children: dict[str, float] = {}  # nodes that take broadcasts from us -> until when
@@ -824,7 +826,8 @@ class ChannelRelay:
         out: list[RelayAction] = []
         if inm.sig and (targets := self.mesh.targets(name, came_from, origin)):
             out.append(SendEnvelope(inm, targets, name))
-        self.mesh.remember(name, origin, epoch, seq, inm, len(payload[0]), now)
+        if inm.sig:  # kept for repair: an unsigned copy is believed only from its origin
+            self.mesh.remember(name, origin, epoch, seq, inm, len(payload[0]), now)
         return out + self._deliver_all(name, self.mesh.accept(name, origin, epoch, seq, payload, came_from, now), now)
 
     def _open(self, name: str, key: bytes | None, origin: str, data: dict) -> tuple[str, str] | None:
@@ -907,7 +910,8 @@ class ChannelRelay:
             data = {"channel": name, "epoch": epoch, "seq": seq, "message": message, "nonce": nonce}
         members = self.table.members(name)
         inm = Inm(self.me, MEMBERS, "message", new_nonce(), data)
-        if self.mesh.large(name):  # passed on by other members: signed
+        if self.mesh.large(name) and not (len(members) <= meshes.LINKED_MAX and all(map(self.linked, members))):
+            # passed on by other members: signed (with links up to all of a few, sent to each as to a small channel's)
             inm = replace(inm, at=self.wall_ms())
             inm, targets = replace(inm, sig=self.sign(inm)), self.mesh.publish_targets(name, members)
         else:

@@ -11,18 +11,12 @@ outbound stream carries its envelopes to us. A node seeks `want` neighbours amon
 is connected to (its bootstraps and DHT peers) and accepts up to `max_links`; a destination that
 is not a neighbour is dialed by peer ID and becomes one.
 
-Why channel messages go by direct fan-out from the publisher's node (one unicast per node where
-the channel is open) and not by gossipsub or a tree, measured with benchmarks/channels.py (10
-node processes on one 2-core machine, docs/benchmarks.md):
-- py-libp2p's gossipsub, with its limits lifted, sustained 20 msg/s; this sustained 500 msg/s
-  (p99 24 ms). Gossipsub sends each message to D mesh peers per hop, N*D copies where we send
-  N-1, verifies every RPC, and reaches nodes without subscribers.
-- Order and exactly-once come for free: one publisher's messages to one node share one link,
-  which is FIFO, and each node gets one copy.
-- A tree would spread the publisher node's writes over more nodes, but the limit measured is the
-  whole machine's CPU (about 170 us per message in every receiving node, mostly py-libp2p's
-  stream layers and the WebSocket send), which a tree does not reduce; it would add a hop of
-  latency. Worth revisiting for channels open on hundreds of nodes.
+Where the CPU of a channel message goes (benchmarks/channels.py, 10 node processes on one 2-core
+machine, docs/benchmarks.md): mostly py-libp2p's stream layers and the WebSocket server, per
+write and per frame, not the relay core (some 15-20 us per message). Hence one envelope encoded
+once for all members, at most one link write per COALESCE, batch=1 clients, and direct sends
+among a busy channel's members (mesh.py); py-libp2p's gossipsub, with its limits lifted,
+sustained 20 msg/s there.
 """
 
 from __future__ import annotations
@@ -72,7 +66,7 @@ TIMER_STEP = 1.0
 MAINTAIN_EVERY = 5.0
 CLIENT_QUEUE = 1024  # messages waiting for one slow client
 RETRY = (0.5, 1.0, 2.0, 5.0)  # reconnect delays of a link with envelopes waiting
-COALESCE = 0.010  # seconds between two writes on one link
+COALESCE = 0.025  # seconds between two writes on one link
 
 
 def inm_protocol(network: str) -> TProtocol:
@@ -152,7 +146,7 @@ class ChannelService:
         self.relay = ChannelRelay(me, lambda: int(time.time() * 1000), partial(sign_envelope, key), verify_envelope,
                                   partial(reservation.sign, key), network_token=token, received=self.received,
                                   dropped=self.dropped, tree=records.tree if records is not None else None,
-                                  serving=lambda: records is not None and records.serving)
+                                  serving=lambda: records is not None and records.serving, linked=self._linked)
         self.links: dict[str, Link] = {}
         self.inbound: set[str] = set()  # peers whose handshake we accepted
         self.clients: dict[int, Client] = {}
@@ -221,6 +215,10 @@ class ChannelService:
         link.wake.set()
         self.links_closed.inc(reason="least recently used")
         return True
+
+    def _linked(self, peer: str) -> bool:
+        link = self.links.get(peer)
+        return link is not None and link.ready.is_set() and not link.closing
 
     def _link(self, peer: str) -> Link | None:
         link = self.links.get(peer)

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from overlay.channels.inm import MAX_INM
 from overlay.core.errors import DecodeError, RecordError
 from overlay.core.jsonwire import base64_field, loads
 from overlay.core.records import public_key_from_protobuf, peer_id_from_public_key, peer_id_from_str, peer_id_to_str, public_key_bytes
@@ -29,7 +30,7 @@ from overlay.core.replay import ReplayWindow
 
 REGISTER, SEND_TO_VALIDATOR, SEND_TO_PEERS, SIGN_AND_SEND_TO_VALIDATOR, SIGN_AND_SEND_TO_PEERS = 0x01, 0x02, 0x03, 0x04, 0x05
 SEND_TO_CLIENT, DELIVERY, ERROR = 0x10, 0x11, 0x12
-MAX_RELAYER_FRAME = 1 << 20
+MAX_RELAYER_FRAME = MAX_INM  # what the INM envelope that carries a message between nodes can hold anyway
 MAX_RELAYER_ID = 2**63 - 1
 ACTIONS = {
     REGISTER: "register",

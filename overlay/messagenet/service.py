@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from overlay.channels.inm import Inm, InmBus
+from overlay.channels.inm import MAX_INM, Inm, InmBus
 from overlay.core.errors import DecodeError, DialError, RecordError
 from overlay.core.metrics import Registry, offer
 from overlay.core.records import peer_id_from_public_key, peer_id_from_str, peer_id_to_str
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DELIVER, BROADCAST = "relayer-deliver", "relayer-broadcast"
 UNICAST_TIMEOUT = 10.0
 SOCKET_QUEUE = 1024
+MAX_CARRIED = MAX_INM - 2048  # a message's data in base64: the rest of its INM envelope (fields, signature) fits beside
 MAX_IN_FLIGHT = 64  # unicasts one socket may have waiting for a delivery report
 
 
@@ -102,6 +103,12 @@ class RelayerService:
             message = relayer.new_message(request.data, self.peer_id, recipient, request.relayer_id, self.clock())
             data = relayer.sign(self.key, message)
         body = {"relayer_id": request.relayer_id, "data": base64.b64encode(data).decode(), "signed": request.signed}
+        if len(body["data"]) > MAX_CARRIED:
+            self.dropped.inc(reason="too large")
+            reason = (f"message too large: {len(body['data'])} bytes in base64, an INM envelope carries at most "
+                      f"{MAX_CARRIED}")
+            self._to_socket(sock, relayer.delivery(request.id, reason) if request.unicast else relayer.error(reason))
+            return
         if not request.unicast:
             self.bus.broadcast({"command": BROADCAST, **body}, answered=False)
             return

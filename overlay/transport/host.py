@@ -21,10 +21,12 @@ docs/py-libp2p.md):
 - an exception escaping a stream handler stops the whole connection from accepting streams
   (measured: after one echo handler raised on a reset stream, every new stream to that peer
   timed out): `_Host` runs every handler inside a guard that logs, counts and resets instead;
-- its Yamux sends a window update after every read (`PY_YAMUX_RELEASE_ON_READ`, on by
-  default): a node relaying a steady flow of small messages wrote one extra Noise message and
-  syscall per read. We turn it off (the library's own knob, unless the environment sets it), so
-  updates go out once half the window is consumed, as go-yamux does.
+- its Yamux sends a window update after every read: a node relaying a steady flow of small
+  messages wrote one extra Yamux frame, Noise message and syscall per read. Turning
+  `PY_YAMUX_RELEASE_ON_READ` off (the library's knob) is not enough: a read that leaves the
+  window short at all takes the "partial slack" branch first and still sends one (measured: a
+  node receiving 1,000 channel messages a second sent about one update per read). Our Yamux
+  streams (`_HalfWindowStream`) give credit back once half the window is consumed, as go-yamux does.
 - its TCP and WebSocket listeners run trio's `serve_listeners`, which retries accept() on EMFILE
   but logs a traceback every 100 ms: those records become one count and one line per episode
   (overlay/core/fdlimits.py).
@@ -33,7 +35,6 @@ docs/py-libp2p.md):
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -55,8 +56,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from libp2p.transport.websocket.transport import WebsocketTransport
@@ -67,7 +69,37 @@ from overlay.core.identity import raw_seed
 log = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # see the module docstring
+
+
+class _HalfWindowStream(YamuxStream):
+    """A Yamux stream that sends a window update only once the window is short by at least
+    the library's grow threshold (half of it), like go-yamux; smaller reads send none."""
+
+    async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        if self.target_recv_window - (self.recv_window + buffered) >= self._grow_threshold():
+            await super()._auto_tune_and_send_window_update(bytes_read=bytes_read)
+
+
+class _Streams(dict):
+    """Yamux's stream table: a stream it makes becomes a _HalfWindowStream as it is added
+    (the library builds YamuxStream by name in two long methods we would otherwise copy)."""
+
+    def __setitem__(self, key: int, stream: YamuxStream) -> None:
+        if type(stream) is YamuxStream:
+            stream.__class__ = _HalfWindowStream
+        super().__setitem__(key, stream)
+
+
+class _Muxers(MuxerMultistream):
+    """The upgrader's muxer negotiation, whose Yamux connections get a _Streams table (the
+    library builds Yamux by name here too, whatever class it was given)."""
+
+    async def new_conn(self, conn: Any, peer_id: ID) -> IMuxedConn:
+        muxed = await super().new_conn(conn, peer_id)
+        if isinstance(muxed, Yamux):
+            muxed.streams = _Streams(muxed.streams)
+        return muxed
 
 
 class _ConnectionEnded(Exception):
@@ -183,6 +215,7 @@ def build_host(
         },
         muxer_transports_by_protocol={YAMUX_PROTOCOL_ID: Yamux},
     )
+    upgrader.muxer_multistream = _Muxers({YAMUX_PROTOCOL_ID: Yamux})
     transports: list = [TCP()]
     if any(is_websocket(a) for a in listen):
         transports.append(WebsocketTransport(upgrader))

@@ -189,6 +189,7 @@ async def test_a_large_channels_messages_are_signed_and_passed_on_along_the_mesh
     monkeypatch.setattr(meshes, "D", 3)
     monkeypatch.setattr(meshes, "D_LO", 3)
     monkeypatch.setattr(meshes, "D_HI", 4)
+    monkeypatch.setattr(meshes, "LINKED_MAX", 0)  # the mesh, even with a link up to every member
     async with cluster(tmp_path) as c:
         first = await start(c)
         nodes = [first, *[await start(c, join=first) for _ in range(5)]]

@@ -202,3 +202,26 @@ MessageNet refuses (not from its signer). d's relayer sees
             with trio.move_on_after(0.5):
                 got = await rd.ws.get_message()
                 pytest.fail(f"the relayer got a replayed message {got[:60]!r}")
+
+
+async def test_a_message_too_large_for_an_inm_envelope_is_refused_with_its_size_at_once(tmp_path):
+    """A signed message whose msg_bytes fit a relayer frame but whose SignedMessage, in base64,
+    does not fit an INM envelope: the relayer is told so at once (a unicast in its delivery
+    report, a broadcast in an error frame) instead of waiting for a report of `peer unreachable`."""
+    async with cluster(tmp_path) as c:
+        a = await start(c)
+        b = await start(c, join=a)
+        await wait_for(lambda: b.joined.is_set(), what="join")
+        async with registered_relayer(a, 1) as ra, registered_relayer(b, 1) as rb:
+            await wait_for(lambda: 1 in a.relayers.known and 1 in b.relayers.known, what="registrations")
+            big = B64(b"x" * 150_000)  # 200,000 bytes in the frame; its SignedMessage in base64, some 267,000
+            await ra.send(relayer.SIGN_AND_SEND_TO_VALIDATOR, relayer_id=1, node_id=str(b.peer_id), identification_byte=1,
+                          msg_bytes=big, id=5)
+            report = await ra.next(relayer.DELIVERY)
+            assert report["id"] == 5 and not report["ok"] and "too large" in report["error"]
+            await ra.send(relayer.SIGN_AND_SEND_TO_PEERS, relayer_id=1, identification_byte=1, msg_bytes=big)
+            assert "too large" in (await ra.next(relayer.ERROR))["error"]
+            assert a.relayers.dropped.get(reason="too large") == 2
+            await ra.send(relayer.SEND_TO_VALIDATOR, relayer_id=1, node_id=str(b.peer_id), raw_data=big, id=6)
+            assert (await rb.next(relayer.SEND_TO_CLIENT))["data"] == big, "the same bytes raw fit"
+            assert await ra.next(relayer.DELIVERY) == {"id": 6, "ok": True}

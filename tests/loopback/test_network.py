@@ -240,3 +240,42 @@ async def test_a_failing_stream_handler_does_not_take_its_connection_down(tmp_pa
             assert 0 < await b.ping(a.peer_id) < 5, "the connection still opens streams"
         assert len(b.host.get_network().get_connections(a.peer_id)) == 1
         await wait_for(lambda: a.host.handler_failures == 3, what="three handler failures counted")
+
+
+async def test_a_stream_of_small_writes_costs_its_reader_a_window_update_per_half_window_not_per_read(monkeypatch):
+    """py-libp2p's Yamux answers every read with a WINDOW_UPDATE frame; ours (host.py,
+    `_HalfWindowStream`) only once half the window is consumed. 300 writes of 500 bytes with the
+    reader keeping up: 150 kB, just over half of the 256 KiB window, so one update."""
+    from libp2p.stream_muxer.yamux import yamux
+
+    updates: list[int] = []
+    write_frame = yamux.Yamux._write_frame
+
+    async def counting(self, data: bytes) -> None:
+        if len(data) >= 2 and data[1] == yamux.TYPE_WINDOW_UPDATE:
+            updates.append(len(data))
+        await write_frame(self, data)
+
+    monkeypatch.setattr(yamux.Yamux, "_write_frame", counting)
+    reader, writer = build_host(Ed25519PrivateKey.generate(), []), build_host(Ed25519PrivateKey.generate(), [])
+    got = bytearray()
+    done = trio.Event()
+
+    async def handler(stream) -> None:
+        while len(got) < 150_000:
+            got.extend(await stream.read(65536))
+        done.set()
+
+    reader.set_stream_handler("/test/window/1.0.0", handler)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    async with reader.run(listen), writer.run([]):
+        await writer.connect(Libp2pPeerInfo(reader.get_id(), reader.get_addrs()))
+        stream = await writer.new_stream(reader.get_id(), ["/test/window/1.0.0"])
+        before = len(updates)
+        for _ in range(300):
+            await stream.write(b"x" * 500)
+            await trio.sleep(0)
+        with trio.fail_after(10):
+            await done.wait()
+        assert len(got) == 150_000
+        assert len(updates) - before <= 2, f"{len(updates) - before} window updates for 300 reads"

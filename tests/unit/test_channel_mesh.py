@@ -235,3 +235,42 @@ def test_a_lying_member_cannot_forge_replay_or_make_others_verify_duplicates(lar
     assert victim.receive(Inm("x", VICTIM, "command", "h1", digest), "x", net.now) == []
     assert victim.dropped.get(reason="not a member") == 1
     assert [d.message for d in net.delivered[VICTIM]] == ["real"]
+
+
+def test_a_publisher_linked_to_each_of_a_few_dozen_members_sends_to_each_unsigned_and_none_passes_it_on(monkeypatch):
+    monkeypatch.setattr(meshes, "DIRECT_MAX", 4)
+    names = NODES[:10]
+    net = Net(*names)
+    for i, name in enumerate(names):
+        assert net.subscribe(name, i) is None
+    for _ in range(3):
+        advance(net, HEARTBEAT)
+    publisher = net.relays["n00"]
+    others = sorted(publisher.table.members("ch"))
+    assert publisher.mesh.large("ch") and len(others) == 9
+
+    def send(text: str) -> SendEnvelope:
+        reason, actions = publisher.publish(0, "ch", text, text, net.now)
+        assert reason is None
+        net.act("n00", actions)
+        [envelope] = [a for a in actions if isinstance(a, SendEnvelope)]
+        return envelope
+
+    publisher.linked = lambda peer: True
+    hot = send("hot")
+    assert not hot.inm.sig and sorted(hot.targets) == others, "to every member, as a small channel's"
+    carried = 0
+    while net.flight:
+        src, dst, inm = net.flight.popleft()
+        carried += inm.type == "message"
+        net.act(dst, net.relays[dst].receive(inm, src, net.now))
+    assert carried == 9, "nobody passed a copy on"
+    assert all([d.message for d in net.delivered[n]] == ["hot"] for n in others)
+    publisher.linked = lambda peer: peer != others[0]
+    cold = send("cold")
+    assert cold.inm.sig, "one member without a link: the mesh, signed"
+    carry(net)
+    assert all([d.message for d in net.delivered[n]] == ["hot", "cold"] for n in others)
+    publisher.linked = lambda peer: True
+    monkeypatch.setattr(meshes, "LINKED_MAX", 8)
+    assert send("many").inm.sig, "beyond LINKED_MAX members, the mesh whatever the links"
