@@ -6,8 +6,10 @@
 Each N runs in a child process of its own (so its peak RSS is its own) on the shipped default
 scenario's region and NAT mix, with `--churn` of the nodes leaving per hour (each replaced), 6
 dials by peer ID per node-hour and no channels, for `--duration` simulated seconds. A child still
-running after `--limit` wall seconds is stopped and reported as not finished, with how far it got
-(it reports its progress every simulated minute). Memory per node is
+that has used `--limit` seconds of CPU, or is sent SIGUSR1, stops itself and reports as not finished
+what it measured up to the simulated second it reached (it reports its progress every simulated
+minute). CPU rather than wall time, so that a run paused with SIGSTOP (to give a benchmark a quiet
+machine) keeps its budget. Memory per node is
 (peak RSS - the RSS of the same child with everything imported and nothing simulated) / N.
 
 `--channels K` adds the channel relay: K channels with Zipf sizes (channel r has
@@ -74,8 +76,36 @@ def count_channel_envelopes(sim: Any) -> dict[str, int]:
     return counts
 
 
-def child(nodes: int, duration: float, churn: float, channel_count: int = 0, largest: int = LARGEST) -> None:
-    """One run; prints a JSON line. OVERLAY_SIM_TREE: simulate another checkout's cores."""
+class StopRun(Exception):
+    """Raised from the progress callback when a child has used its CPU budget or was told to stop."""
+
+
+BY_SIZE = ((2, 8), (9, 32), (33, 64), (65, 10**9))
+
+
+def by_size(sim: Any, zipf: list[int], until: float) -> dict[str, Any]:
+    """Latency p99 and the share within 2 x RTT + 100 ms by channel size, for messages sent at
+    least 10 s before `until` (large channels carry most deliveries and hide the small ones)."""
+    from simulations.network import percentile
+
+    size = dict(zip(sim.channels.names, zipf))
+    out = {}
+    for lo, hi in BY_SIZE:
+        sent = [m for m in sim.channels.messages if m["t"] <= until - 10 and lo <= size.get(m["channel"], 0) <= hi]
+        lat = [x for m in sent for x in m["latencies"]]
+        expected = sum(m["expected"] for m in sent)
+        out[f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"] = {
+            "messages": len(sent), "delivery_ratio": round(len(lat) / expected, 4) if expected else None,
+            "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else None,
+            "within_2rtt_100ms": round(sum(m["within_bound"] for m in sent) / len(lat), 4) if lat else None}
+    return out
+
+
+def child(nodes: int, duration: float, churn: float, channel_count: int = 0, largest: int = LARGEST,
+          cpu_limit: float = float("inf")) -> None:
+    """One run; prints a JSON line. OVERLAY_SIM_TREE: simulate another checkout's cores.
+    After `cpu_limit` seconds of CPU, or on SIGUSR1, it stops and reports what it measured so far."""
+    import signal
     import os
 
     if os.environ.get("OVERLAY_SIM_TREE"):
@@ -92,10 +122,14 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0, lar
     if hasattr(sc, "channel_sizes"):
         sc = replace(sc, channel_sizes="zipf")
     started = time.perf_counter()
+    told = []
+    signal.signal(signal.SIGUSR1, lambda *_: told.append(True))
 
     def progress(now: float) -> None:  # to stderr: the parent keeps the last line of a run it stops
         print(json.dumps({"simulated_s": round(now), "wall_s": round(time.perf_counter() - started, 1),
                           "events": sim.sched.events, "peak_rss_kib": peak_rss_kib()}), file=sys.stderr, flush=True)
+        if told or time.process_time() > cpu_limit:
+            raise StopRun
 
     sim = Simulation(sc, progress)
     counts = None
@@ -107,10 +141,16 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0, lar
                     for _ in range(size):
                         sim._subscribe_one(name)
             sim._subscribe_all = subscribe_all
-    sim.run()
+    try:
+        sim.run()
+        finished = True
+    except StopRun:  # measure the simulated time it reached, as if that were the run's duration
+        finished, duration = False, sim.sched.now
+        sim.scenario = replace(sim.scenario, duration=duration)
     wall = time.perf_counter() - started
     summary = summarize(sim, wall)
-    out = {"nodes": nodes, "duration": duration, "wall_s": round(wall, 2), "events": sim.sched.events,
+    out = {"nodes": nodes, "finished": finished, "duration": duration, "wall_s": round(wall, 2),
+           "cpu_s": round(time.process_time(), 1), "events": sim.sched.events,
            "node_s_per_wall_s": round(nodes * duration / wall, 1), "events_per_s": round(sim.sched.events / wall),
            "base_rss_kib": base, "peak_rss_kib": peak_rss_kib(),
            "kib_per_node": round((peak_rss_kib() - base) / nodes, 1),
@@ -128,6 +168,7 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0, lar
             "channel_bytes_per_node_hour": round(counts["bytes"] / node_hours),
             "dht_bytes_per_node_hour": round(sum(n.bytes_sent for n in sim.nodes) / node_hours),
             "envelopes_by_kind": dict(getattr(sim.channels, "envelopes", {})),
+            "by_size": by_size(sim, zipf, duration),
         }
     print(json.dumps(out), flush=True)
 
@@ -179,7 +220,7 @@ def main() -> None:
     p.add_argument("--nodes", default="100,1000,10000,100000")
     p.add_argument("--duration", type=float, default=3600.0)
     p.add_argument("--churn", type=float, default=0.1)
-    p.add_argument("--limit", type=float, default=7200.0, help="wall seconds per run before it is stopped")
+    p.add_argument("--limit", type=float, default=7200.0, help="CPU seconds per run before it stops itself")
     p.add_argument("--engines", action="store_true")
     p.add_argument("--channels", type=int, default=0, help="channels with Zipf sizes (the channel workload)")
     p.add_argument("--largest", type=int, default=LARGEST, help="subscribers of the largest channel")
@@ -189,7 +230,7 @@ def main() -> None:
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        return child(args.child, args.duration, args.churn, args.channels, args.largest)
+        return child(args.child, args.duration, args.churn, args.channels, args.largest, args.limit)
     result: dict[str, Any] = {"machine": machine(), "command": sys.argv, "runs": []}
     if args.engines:
         result["engines"] = engines()
@@ -199,19 +240,16 @@ def main() -> None:
         plan.insert(0, (args.baseline_nodes, args.baseline.resolve()))
     for n, tree in plan:
         argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--duration", str(args.duration),
-                "--churn", str(args.churn), "--channels", str(args.channels), "--largest", str(args.largest)]
+                "--churn", str(args.churn), "--channels", str(args.channels), "--largest", str(args.largest),
+                "--limit", str(args.limit)]
         env = {**os.environ, "OVERLAY_SIM_TREE": str(tree)} if tree else None
         started = time.perf_counter()
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=args.limit, check=True, env=env).stdout
+            # progress and errors go to our stderr; the child stops itself at its limit
+            out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, env=env).stdout
             run = json.loads(out.strip().splitlines()[-1])
-        except subprocess.TimeoutExpired as e:
-            err = e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or ""
-            reached = [line for line in err.splitlines() if line.startswith("{")]
-            run = {"nodes": n, "finished": False, "limit_s": args.limit,
-                   "reached": json.loads(reached[-1]) if reached else None}
         except subprocess.CalledProcessError as e:
-            run = {"nodes": n, "finished": False, "error": e.stderr[-2000:]}
+            run = {"nodes": n, "finished": False, "error": f"exit status {e.returncode} (its stderr is above)"}
         run.setdefault("finished", True)
         run["tree"] = str(tree) if tree else "this checkout"
         run["child_wall_s"] = round(time.perf_counter() - started, 1)

@@ -79,6 +79,10 @@ class Registry:
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         self._metrics.append((name, help, "gauge", read))
 
+    def counts(self, name: str, help: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        """A counter kept elsewhere (a core's, without I/O) as {label value: count}."""
+        self._metrics.append((name, help, "counter", (label, read)))
+
     def render(self) -> str:
         lines: list[str] = []
         for name, help, kind, metric in self._metrics:
@@ -96,6 +100,10 @@ class Registry:
                         lines.append(f"{name}_bucket{_labels(labels + (('le', le),))} {running}")
                     lines.append(f"{name}_sum{_labels(labels)} {total:g}")
                     lines.append(f"{name}_count{_labels(labels)} {count}")
+            elif isinstance(metric, tuple):
+                label, read = metric
+                for value, count in sorted(read().items()):
+                    lines.append(f"{name}{_labels(((label, value),))} {count:g}")
             else:
                 lines.append(f"{name} {metric():g}")  # type: ignore[operator]
         return "\n".join(lines) + "\n"

@@ -80,6 +80,10 @@ class KadConfig:
     stale_after: float = 60.0
     max_records: int = 10_000
     max_provider_keys: int = 10_000
+    max_providers: int = 20_000  # provider entries in all
+    max_records_per_peer: int = 256  # records one peer may have stored here
+    max_providers_per_peer: int = 256  # keys one peer may provide here
+    max_provider_addrs: int = 8  # addresses kept per provider
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,11 @@ class DhtCounters:
     failures: int = 0
     requests_handled: int = 0
     records_rejected: int = 0
-    records_refused_full: int = 0
     providers_rejected: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # what the stores refused, by reason
+
+    def refuse(self, what: str) -> None:
+        self.refused[what] = self.refused.get(what, 0) + 1
 
 
 class Kademlia:
@@ -160,8 +167,10 @@ class Kademlia:
         self.server = server
         self.rng = rng or random.Random()
         self.table = RoutingTable(local.peer_id, config.k, stale_after=config.stale_after)
-        self.records = RecordStore(validator, config.record_ttl, config.max_records)
-        self.providers = ProviderStore(config.provider_ttl, config.max_provider_keys)
+        self.records = RecordStore(validator, config.record_ttl, config.max_records, config.max_records_per_peer)
+        self.providers = ProviderStore(config.provider_ttl, config.max_provider_keys, max_per_peer=config.max_providers_per_peer,
+                                       max_addrs=config.max_provider_addrs, local=local.peer_id,
+                                       max_entries=config.max_providers)
         self.counters = DhtCounters()
         self._ids = itertools.count(1)
         self._queries: dict[int, _Query] = {}
@@ -264,13 +273,13 @@ class Kademlia:
                 self.counters.records_rejected += 1
                 return None, actions
             try:
-                accepted = self.records.put(msg.key, msg.record.value, now)
+                accepted = self.records.put(msg.key, msg.record.value, now, owner=peer.peer_id)
             except RecordError:
                 self.counters.records_rejected += 1
                 return None, actions
-            if not accepted and self.records.get(msg.key, now) is None:
-                self.counters.records_refused_full += 1
-                return None, actions
+            if not accepted:  # answered without the record, which is not the echo that means stored
+                self.counters.refuse(f"record {self.records.refusal}")
+                return Message(MessageType.PUT_VALUE, key=msg.key), actions
             return msg, actions
         if t is MessageType.ADD_PROVIDER:
             own = [p for p in msg.provider_peers if p.peer_id == peer.peer_id]
@@ -279,7 +288,7 @@ class Kademlia:
                 return None, actions
             addrs = own[0].addrs or peer.addrs
             if not self.providers.add(msg.key, PeerInfo(peer.peer_id, addrs), now):
-                self.counters.providers_rejected += 1
+                self.counters.refuse(f"provider {self.providers.refusal}")
             return None, actions  # ADD_PROVIDER has no response in libp2p
         return None, actions
 
@@ -303,7 +312,8 @@ class Kademlia:
         if query.phase is QueryPhase.STORE:
             if request_id in query.store_waiting:
                 query.store_waiting.discard(request_id)
-                query.stored += 1
+                sent = request.message.record  # what our STORE phase sent: a PUT_VALUE always has one
+                query.stored += msg.record is not None and msg.record.value == sent.value  # only the echo means stored
             return actions + self._advance(query, now)
         value = None
         if msg.record is not None and msg.record.key == query.lookup.key:

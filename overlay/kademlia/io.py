@@ -122,6 +122,8 @@ class DhtService:
         metrics.gauge("overlay_routing_table_size", "Peers in the Kademlia routing table", lambda: len(core.table))
         metrics.gauge("overlay_dht_records", "Records held in the local DHT store", lambda: len(core.records))
         metrics.gauge("overlay_dht_rejected_records_total", "Invalid records refused", lambda: core.counters.records_rejected)
+        metrics.counts("overlay_dht_refused_total", "Records and providers the stores refused (full, quota, older)",
+                       "reason", lambda: core.counters.refused)
 
     @staticmethod
     def now() -> float:

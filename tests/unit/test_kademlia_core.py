@@ -376,3 +376,64 @@ def test_query_phases_change_only_as_the_table_allows():
     assert query.phase is QueryPhase.DONE
     with pytest.raises(ProtocolError, match="done to done"):
         nodes[1]._finish(query, net.now)  # finished twice: no longer passed over
+
+
+def put(node: Kademlia, sender: int, key: bytes, value: bytes, now: float = 0.0) -> bool:
+    """Whether the node answered the PUT_VALUE as stored: with the echo of the record."""
+    msg = Message(MessageType.PUT_VALUE, key=key, record=Record(key, value))
+    answer = node.handle_request(PeerInfo(pid(sender)), msg, now)[0]
+    assert answer is not None and answer.type is MessageType.PUT_VALUE
+    return answer.record == msg.record
+
+
+def test_a_peer_stores_at_most_its_quota_of_records_and_a_refused_put_is_not_answered_as_stored():
+    node = Kademlia(PeerInfo(pid(0)), int_validator(), KadConfig(max_records_per_peer=3))
+    for i in range(3):
+        assert put(node, 1, b"/t/%d" % i, b"1")
+    assert not put(node, 1, b"/t/9", b"1"), "over its quota: refused, and not echoed as if stored"
+    assert put(node, 2, b"/t/9", b"1"), "another peer still stores"
+    assert put(node, 1, b"/t/0", b"2"), "a newer value of a record the peer holds is no new record"
+    assert not put(node, 3, b"/t/0", b"1"), "an older value is refused, not answered as stored"
+    assert node.records.get(b"/t/0", 0.0) == b"2"
+    assert node.counters.refused == {"record quota": 1, "record older": 1}
+    assert put(node, 1, b"/t/9", b"1", now=7201.0), "expired records give the quota back"
+
+
+def test_a_peer_provides_at_most_its_quota_of_keys_with_a_few_short_addresses():
+    node = Kademlia(PeerInfo(pid(0)), int_validator(), KadConfig(max_providers_per_peer=2, max_provider_addrs=2))
+    addrs = (b"a" * 300, b"b", b"c", b"d")
+
+    def add(sender: int, key: bytes) -> None:
+        msg = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(PeerInfo(pid(sender), addrs),))
+        assert node.handle_request(PeerInfo(pid(sender)), msg, 0.0)[0] is None  # ADD_PROVIDER has no answer
+
+    for key in (b"k1", b"k2", b"k3"):
+        add(1, key)
+    assert [len(node.providers.get(k, 0.0, 20)) for k in (b"k1", b"k2", b"k3")] == [1, 1, 0]
+    assert node.providers.get(b"k1", 0.0, 20)[0].addrs == (b"b", b"c"), "an overlong address dropped, two kept"
+    add(2, b"k3")
+    assert [p.peer_id for p in node.providers.get(b"k3", 0.0, 20)] == [pid(2)]
+    assert node.counters.refused == {"provider quota": 1}
+    node.provide(b"k4", 0.0)  # our own entries are not limited per peer
+    assert len(node.providers) == 4
+
+
+def test_the_provider_store_holds_at_most_max_entries_in_all():
+    providers = ProviderStore(ttl=10, max_entries=3)
+    for i in range(3):
+        assert providers.add(b"k%d" % i, PeerInfo(pid(i)), now=0)
+    assert not providers.add(b"k0", PeerInfo(pid(9)), now=0) and providers.refusal == "full"
+    assert providers.add(b"k0", PeerInfo(pid(0)), now=1), "refreshing a held entry takes no room"
+    assert len(providers) == 3
+    assert providers.add(b"k9", PeerInfo(pid(9)), now=10.5) and len(providers) == 2, "expired entries make room"
+
+
+def test_a_put_that_peers_refuse_is_not_counted_as_stored():
+    net = KadNet(seed=14)
+    nodes = net.build(6)
+    for n in nodes[1:]:
+        assert n.records.put(b"/t/x", b"9", net.now)  # each holds a better value
+    done = net.run_query(nodes[0], nodes[0].put_value(b"/t/x", b"1", net.now))
+    assert done.stored == 0
+    assert all(n.records.get(b"/t/x", net.now) == b"9" for n in nodes[1:])
+    assert net.run_query(nodes[0], nodes[0].put_value(b"/t/x", b"10", net.now)).stored == 5

@@ -1,0 +1,142 @@
+"""Hostile peers against a node's DHT stores: each has its own identity and speaks Kademlia's
+real wire protocol (ADD_PROVIDER, PUT_VALUE, GET_PROVIDERS) to an `overlay-node run` process on
+loopback, whose memory is measured from /proc."""
+
+from __future__ import annotations
+
+import hashlib
+
+import multiaddr
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+
+from overlay.core.framing import frame
+from overlay.core.peer import PeerInfo
+from overlay.core.records import PeerRecord, peer_id_from_public_key, record_key, seal_peer_record
+from overlay.kademlia.core import KadConfig
+from overlay.kademlia.io import kad_protocol
+from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, Record, decode_message, encode_message
+from overlay.transport.framed import FramedStream
+from overlay.transport.host import build_host
+from tests.loopback.nodeproc import Proc
+
+pytestmark = pytest.mark.timeout(240)
+
+NETWORK = "dht-attacks"
+FLOOD = 10_000  # ADD_PROVIDER messages from one identity, each for a new key
+ADDRS = 32  # addresses per message, of ADDR_BYTES each: 6.4 KB of addresses per message
+ADDR_BYTES = 200
+MORE = 20  # records mallory sends beyond its quota
+RSS_BOUND_MIB = 16  # the node's growth under the flood: 3.2 MiB measured; unbounded stores grew by 85 MiB
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+class Peer:
+    """A DHT peer of our own making: its own key and libp2p host."""
+
+    def __init__(self) -> None:
+        self.host = build_host(Ed25519PrivateKey.generate(), [])
+        self.id = self.host.get_id()
+
+    async def connect(self, node: Proc) -> None:
+        await self.host.connect(Libp2pPeerInfo(ID.from_base58(node.peer_id), [multiaddr.Multiaddr(node.addrs[0])]))
+
+    async def stream(self, node: Proc) -> FramedStream:
+        return FramedStream(await self.host.new_stream(ID.from_base58(node.peer_id), [kad_protocol(NETWORK)]),
+                            MAX_MESSAGE_SIZE)
+
+    def provider(self, addrs: tuple[bytes, ...]) -> tuple[PeerInfo, ...]:
+        return (PeerInfo(self.id.to_bytes(), addrs),)
+
+    async def put(self, node: Proc, request: Message) -> bool:
+        """One PUT_VALUE; whether the node answered it as stored (with the echo of the record)."""
+        stream = await self.stream(node)
+        await stream.write(encode_message(request))
+        with trio.fail_after(10):
+            answer = decode_message(await stream.read())
+        await stream.close()
+        return answer.record == request.record
+
+
+def sybil_put() -> Message:
+    """PUT_VALUE of a valid peer record, signed by a key made for it."""
+    key = Ed25519PrivateKey.generate()
+    peer = peer_id_from_public_key(key.public_key())
+    value = seal_peer_record(PeerRecord(peer, 1, (multiaddr.Multiaddr("/ip4/198.18.0.9/tcp/4001").to_bytes(),)), key)
+    return Message(MessageType.PUT_VALUE, key=record_key(peer), record=Record(record_key(peer), value))
+
+
+async def test_a_provider_flood_from_one_identity_is_bounded_and_others_still_provide(tmp_path):
+    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    mallory, bob, carol = Peer(), Peer(), Peer()
+    try:
+        async with mallory.host.run([]), bob.host.run([]), carol.host.run([]):
+            for peer in (mallory, bob, carol):
+                await peer.connect(node)
+            before = rss_mib(node.popen.pid)
+            junk = tuple(bytes([i % 256]) * ADDR_BYTES for i in range(ADDRS))
+            stream = await mallory.stream(node)
+            batch = 100  # frames per write: the flood is the node's work, not ours
+            for start in range(0, FLOOD, batch):
+                await stream.stream.write(b"".join(
+                    frame(encode_message(Message(MessageType.ADD_PROVIDER, key=hashlib.sha256(b"%d" % i).digest(),
+                                                 provider_peers=mallory.provider(junk))))
+                    for i in range(start, start + batch)))
+            # the node serves a stream's messages in order: this answer comes once the flood is handled
+            await stream.write(encode_message(Message(MessageType.GET_PROVIDERS, key=hashlib.sha256(b"0").digest())))
+            with trio.fail_after(120):
+                held = decode_message(await stream.read()).provider_peers
+            grew = rss_mib(node.popen.pid) - before
+            assert grew < RSS_BOUND_MIB, f"the node grew by {grew:.1f} MiB under the flood"
+            assert node.metric('overlay_dht_refused_total{reason="provider quota"}') == FLOOD - KadConfig.max_providers_per_peer
+            assert held and len(held[0].addrs) == KadConfig.max_provider_addrs, "a few of its addresses kept"
+
+            # a legitimate provider is still taken, and found by a third peer
+            key = hashlib.sha256(b"/overlay/legitimate").digest()
+            bob_addr = multiaddr.Multiaddr("/ip4/198.18.0.7/tcp/4001").to_bytes()
+            await (await bob.stream(node)).write(encode_message(
+                Message(MessageType.ADD_PROVIDER, key=key, provider_peers=bob.provider((bob_addr,)))))
+            with trio.fail_after(30):
+                while True:
+                    ask = await carol.stream(node)
+                    await ask.write(encode_message(Message(MessageType.GET_PROVIDERS, key=key)))
+                    answer = decode_message(await ask.read())
+                    await ask.close()
+                    if answer.provider_peers:
+                        break
+                    await trio.sleep(0.1)
+            assert answer.provider_peers == bob.provider((bob_addr,))
+
+    finally:
+        node.stop()
+
+
+async def test_a_record_flood_from_one_identity_stops_at_its_quota_and_others_still_store(tmp_path):
+    """Sybil records (each validly signed by a fresh key) sent by one peer: the node stores its
+    quota of them, answers the rest as refused, and a legitimate peer's record is still stored."""
+    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    mallory, bob = Peer(), Peer()
+    quota = KadConfig.max_records_per_peer
+    requests = [sybil_put() for _ in range(quota + 1 + MORE)]
+    try:
+        async with mallory.host.run([]), bob.host.run([]):
+            for peer in (mallory, bob):
+                await peer.connect(node)
+            stream = await mallory.stream(node)  # one stream, all at once
+            await stream.stream.write(b"".join(frame(encode_message(m)) for m in requests))
+            with trio.fail_after(60):
+                answers = [decode_message(await stream.read()) for _ in requests]
+            stored = [a.record == m.record for a, m in zip(answers, requests)]
+            assert stored == [True] * quota + [False] * (1 + MORE), "its quota stored, the rest answered as refused"
+            assert node.metric('overlay_dht_refused_total{reason="record quota"}') == 1 + MORE
+            assert quota <= node.metric("overlay_dht_records") <= quota + 1  # + the node's own record
+            assert await bob.put(node, sybil_put()), "another peer's record is stored"
+    finally:
+        node.stop()
