@@ -1,7 +1,9 @@
-"""Multiaddrs as the node dials them, without I/O: which can be dialed over TCP, in which order."""
+"""Multiaddrs as the node dials them, without I/O: which can be dialed over TCP, in which order;
+and the address group a connection's remote IP belongs to."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 import multiaddr
@@ -33,3 +35,15 @@ def plan_dial(addrs: Sequence[multiaddr.Multiaddr], last_good: multiaddr.Multiad
         ordered.remove(last_good)
         ordered.insert(0, last_good)
     return ordered
+
+
+def address_group(ip: str) -> str:
+    """The network a remote IP counts against in per-address quotas: its /24 (IPv4) or /48 (IPv6),
+    what one home or one hosting customer usually holds. "" for what is not an IP."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(ipaddress.ip_network(f"{address}/{24 if address.version == 4 else 48}", strict=False))

@@ -84,6 +84,8 @@ class KadConfig:
     max_records_per_peer: int = 256  # records one peer may have stored here
     max_providers_per_peer: int = 256  # keys one peer may provide here
     max_provider_addrs: int = 8  # addresses kept per provider
+    max_records_per_group: int = 1024  # records peers of one address group (a /24 or /48) may have stored here
+    max_providers_per_group: int = 1024  # provider entries of one address group
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,11 @@ class Kademlia:
         self.server = server
         self.rng = rng or random.Random()
         self.table = RoutingTable(local.peer_id, config.k, stale_after=config.stale_after)
-        self.records = RecordStore(validator, config.record_ttl, config.max_records, config.max_records_per_peer)
+        self.records = RecordStore(validator, config.record_ttl, config.max_records, config.max_records_per_peer,
+                                   config.max_records_per_group)
         self.providers = ProviderStore(config.provider_ttl, config.max_provider_keys, max_per_peer=config.max_providers_per_peer,
                                        max_addrs=config.max_provider_addrs, local=local.peer_id,
-                                       max_entries=config.max_providers)
+                                       max_entries=config.max_providers, max_per_group=config.max_providers_per_group)
         self.counters = DhtCounters()
         self._ids = itertools.count(1)
         self._queries: dict[int, _Query] = {}
@@ -245,9 +248,11 @@ class Kademlia:
     # ---- inputs from the network ----------------------------------------------------------
 
     def handle_request(
-        self, peer: PeerInfo, msg: Message, now: float
+        self, peer: PeerInfo, msg: Message, now: float, group: str | None = None
     ) -> tuple[Message | None, list[DhtAction]]:
-        """Answer an inbound request. None: refuse it (the adapter resets the stream)."""
+        """Answer an inbound request. None: refuse it (the adapter resets the stream). `group`:
+        the address group of the connection's remote IP (overlay.core.addrs.address_group), for
+        the stores' quotas per network; None where it is not known."""
         self.counters.requests_handled += 1
         actions = self._verify_unknown(peer, now)
         self.table.update_addrs(peer.peer_id, peer.addrs)
@@ -273,7 +278,7 @@ class Kademlia:
                 self.counters.records_rejected += 1
                 return None, actions
             try:
-                accepted = self.records.put(msg.key, msg.record.value, now, owner=peer.peer_id)
+                accepted = self.records.put(msg.key, msg.record.value, now, owner=peer.peer_id, group=group)
             except RecordError:
                 self.counters.records_rejected += 1
                 return None, actions
@@ -287,7 +292,7 @@ class Kademlia:
                 self.counters.providers_rejected += 1
                 return None, actions
             addrs = own[0].addrs or peer.addrs
-            if not self.providers.add(msg.key, PeerInfo(peer.peer_id, addrs), now):
+            if not self.providers.add(msg.key, PeerInfo(peer.peer_id, addrs), now, group):
                 self.counters.refuse(f"provider {self.providers.refusal}")
             return None, actions  # ADD_PROVIDER has no response in libp2p
         return None, actions

@@ -18,6 +18,7 @@ import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
+from overlay.core.addrs import address_group
 from overlay.core.errors import DecodeError
 from overlay.core.metrics import Registry
 from overlay.core.records import peer_id_to_str
@@ -282,6 +283,8 @@ class DhtService:
     async def _serve(self, stream) -> None:
         peer_id = stream.muxed_conn.peer_id
         peer = PeerInfo(peer_id.to_bytes(), self._known_addrs(peer_id))
+        remote = stream.get_remote_address()  # None over a relayed connection: only the per-peer quota holds
+        group = (address_group(remote[0]) or None) if remote else None
         framed = FramedStream(stream, MAX_MESSAGE_SIZE)
         try:
             while True:
@@ -292,7 +295,7 @@ class DhtService:
                     break
                 self.bytes.inc(len(data), direction="in")
                 request = decode_message(data)
-                response, actions = self.core.handle_request(peer, request, self.now())
+                response, actions = self.core.handle_request(peer, request, self.now(), group)
                 self._apply(actions)
                 if response is None:
                     if request.type is MessageType.ADD_PROVIDER:

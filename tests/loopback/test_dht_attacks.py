@@ -4,6 +4,7 @@ loopback, whose memory is measured from /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import multiaddr
@@ -12,6 +13,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+from libp2p.transport.tcp.tcp import TCP
 
 from overlay.core.framing import frame
 from overlay.core.peer import PeerInfo
@@ -39,11 +41,19 @@ def rss_mib(pid: int) -> float:
 
 
 class Peer:
-    """A DHT peer of our own making: its own key and libp2p host."""
+    """A DHT peer of our own making: its own key and libp2p host, dialing from `source` (an
+    address of the loopback network 127/8) when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "") -> None:
         self.host = build_host(Ed25519PrivateKey.generate(), [])
         self.id = self.host.get_id()
+        if source:
+            tcp = next(t for t in self.host.get_network().transport_manager.get_transports() if isinstance(t, TCP))
+
+            async def dial(maddr: multiaddr.Multiaddr) -> object:
+                return await tcp.dial_with_source(maddr, (source, 0))
+
+            tcp.dial = dial
 
     async def connect(self, node: Proc) -> None:
         await self.host.connect(Libp2pPeerInfo(ID.from_base58(node.peer_id), [multiaddr.Multiaddr(node.addrs[0])]))
@@ -138,5 +148,31 @@ async def test_a_record_flood_from_one_identity_stops_at_its_quota_and_others_st
             assert node.metric('overlay_dht_refused_total{reason="record quota"}') == 1 + MORE
             assert quota <= node.metric("overlay_dht_records") <= quota + 1  # + the node's own record
             assert await bob.put(node, sybil_put()), "another peer's record is stored"
+    finally:
+        node.stop()
+
+
+async def test_many_identities_from_one_network_share_its_quota(tmp_path):
+    """Sybil identities from one /24, each within its own quota, fill only their network's quota
+    of the record store: a peer from another network still stores."""
+    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    per_peer, per_group = KadConfig.max_records_per_peer, KadConfig.max_records_per_group
+    sybils = [Peer() for _ in range(per_group // per_peer)]
+    late, stranger = Peer(), Peer(source="127.0.1.2")  # the stranger's /24 is another of the loopback network
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for peer in [*sybils, late, stranger]:
+                await stack.enter_async_context(peer.host.run([]))
+                await peer.connect(node)
+            for sybil in sybils:  # each its whole quota, on one stream
+                requests = [sybil_put() for _ in range(per_peer)]
+                stream = await sybil.stream(node)
+                await stream.stream.write(b"".join(frame(encode_message(m)) for m in requests))
+                with trio.fail_after(60):
+                    answers = [decode_message(await stream.read()) for _ in requests]
+                assert all(a.record == m.record for a, m in zip(answers, requests))
+            assert not await late.put(node, sybil_put()), "a new identity from the same network is refused"
+            assert node.metric('overlay_dht_refused_total{reason="record group quota"}') == 1
+            assert await stranger.put(node, sybil_put()), "a peer from another network still stores"
     finally:
         node.stop()

@@ -437,3 +437,30 @@ def test_a_put_that_peers_refuse_is_not_counted_as_stored():
     assert done.stored == 0
     assert all(n.records.get(b"/t/x", net.now) == b"9" for n in nodes[1:])
     assert net.run_query(nodes[0], nodes[0].put_value(b"/t/x", b"10", net.now)).stored == 5
+
+
+def test_peers_of_one_address_group_share_a_quota():
+    node = Kademlia(PeerInfo(pid(0)), int_validator(),
+                    KadConfig(max_records_per_peer=2, max_records_per_group=3, max_providers_per_group=3))
+
+    def put_from(sender: int, key: bytes, group: str) -> bool:
+        msg = Message(MessageType.PUT_VALUE, key=key, record=Record(key, b"1"))
+        return node.handle_request(PeerInfo(pid(sender)), msg, 0.0, group)[0].record is not None
+
+    assert [put_from(i, b"/t/%d" % i, "198.18.0.0/24") for i in range(1, 5)] == [True, True, True, False]
+    assert put_from(5, b"/t/5", "198.18.1.0/24"), "another network still stores"
+    assert put_from(1, b"/t/1", "198.18.0.0/24"), "putting again what the group holds takes no more room"
+    for i in range(1, 5):
+        msg = Message(MessageType.ADD_PROVIDER, key=b"k", provider_peers=(PeerInfo(pid(i)),))
+        node.handle_request(PeerInfo(pid(i)), msg, 0.0, "2001:db8::/48")
+    assert len(node.providers.get(b"k", 0.0, 20)) == 3
+    assert node.counters.refused == {"record group quota": 1, "provider group quota": 1}
+
+
+def test_address_groups_are_a_24_or_a_48():
+    from overlay.core.addrs import address_group
+
+    assert address_group("198.18.7.9") == "198.18.7.0/24"
+    assert address_group("::ffff:198.18.7.9") == "198.18.7.0/24"
+    assert address_group("2001:db8:1:2::5") == "2001:db8:1::/48"
+    assert address_group("not an ip") == ""
