@@ -32,6 +32,7 @@ from typing import Union
 
 from overlay.core.errors import ProtocolError, RecordError
 from overlay.core.peer import PeerInfo
+from overlay.core.ratelimit import RateLimiter
 from overlay.kademlia.lookup import Lookup, LookupResult
 from overlay.kademlia.routing import RoutingTable, key_position
 from overlay.kademlia.store import ProviderStore, RecordStore, Validator
@@ -86,6 +87,8 @@ class KadConfig:
     max_provider_addrs: int = 8  # addresses kept per provider
     max_records_per_group: int = 1024  # records peers of one address group (a /24 or /48) may have stored here
     max_providers_per_group: int = 1024  # provider entries of one address group
+    peer_requests: tuple[float, float] = (20.0, 100.0)  # requests a second, and burst, one peer may make of us
+    group_requests: tuple[float, float] = (500.0, 2000.0)  # the same for all peers of one address group
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class Kademlia:
                                        max_addrs=config.max_provider_addrs, local=local.peer_id,
                                        max_entries=config.max_providers, max_per_group=config.max_providers_per_group)
         self.counters = DhtCounters()
+        self._peer_rate, self._group_rate = RateLimiter(*config.peer_requests), RateLimiter(*config.group_requests)
         self._ids = itertools.count(1)
         self._queries: dict[int, _Query] = {}
         self._requests: dict[int, _Request] = {}
@@ -252,7 +256,14 @@ class Kademlia:
     ) -> tuple[Message | None, list[DhtAction]]:
         """Answer an inbound request. None: refuse it (the adapter resets the stream). `group`:
         the address group of the connection's remote IP (overlay.core.addrs.address_group), for
-        the stores' quotas per network; None where it is not known."""
+        the stores' quotas and the request rate per network; None where it is not known.
+        Beyond its request rate a peer is answered nothing (counted `rate`, `group rate`)."""
+        if not self._peer_rate.allow(peer.peer_id, now):
+            self.counters.refuse("rate")
+            return None, []
+        if group is not None and not self._group_rate.allow(group, now):
+            self.counters.refuse("group rate")
+            return None, []
         self.counters.requests_handled += 1
         actions = self._verify_unknown(peer, now)
         self.table.update_addrs(peer.peer_id, peer.addrs)

@@ -21,6 +21,7 @@ import multiaddr
 from overlay.node.apiauth import is_loopback
 from overlay.core.errors import ConfigError
 from overlay.core.records import peer_id_from_str
+from overlay.kademlia.core import KadConfig
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws")
 DEFAULT_API = "127.0.0.1:4080"
@@ -64,6 +65,10 @@ class Config:
     api_allowed_origins: tuple[str, ...] = ()  # web origins whose pages may use the API (with the token)
     api_allowed_hosts: tuple[str, ...] = ()  # Host names besides 127.0.0.1, localhost and [::1]
     api_expose: bool = False  # allow a non-loopback API address (the LAN can then try the token)
+    dht_limits: tuple[tuple[str, Any], ...] = ()  # [dht_limits] table: KadConfig's limits, as (name, value)
+
+    def kad_config(self) -> KadConfig:
+        return replace(KadConfig(), **dict(self.dht_limits))
 
     @property
     def api_url(self) -> str:
@@ -197,7 +202,32 @@ def _convert(key: str, value: Any) -> Any:
         return value
     if key == "max_connections":
         return _whole(key, value, 1, 100_000)
+    if key == "dht_limits":
+        return _dht_limits(value)
     raise ConfigError(f"unknown config key {key!r}")
+
+
+DHT_LIMITS = ("max_records", "max_provider_keys", "max_providers", "max_records_per_peer", "max_providers_per_peer",
+              "max_provider_addrs", "max_records_per_group", "max_providers_per_group")
+DHT_RATES = ("peer_requests", "group_requests")  # [requests a second, burst]
+
+
+def _dht_limits(value: Any) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError("dht_limits: expected a table of limits")
+    limits = []
+    for name, limit in sorted(value.items()):
+        what = f"dht_limits.{name}"
+        if name in DHT_LIMITS:
+            limits.append((name, _whole(what, limit, 1, 10_000_000)))
+        elif name in DHT_RATES:
+            if (not isinstance(limit, list) or len(limit) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1e6 for x in limit)):
+                raise ConfigError(f"{what}: expected [requests a second, burst], each above 0")
+            limits.append((name, (float(limit[0]), float(limit[1]))))
+        else:
+            raise ConfigError(f"{what}: unknown limit (known: {', '.join(DHT_LIMITS + DHT_RATES)})")
+    return tuple(limits)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -44,7 +44,7 @@ from overlay.core.records import (
 from overlay.core.peer import PeerInfo
 from overlay.gateway import hosts
 from overlay.gateway.service import Gateway
-from overlay.kademlia.core import KadConfig, Kademlia
+from overlay.kademlia.core import Kademlia
 from overlay.kademlia.io import DhtService
 from overlay.kademlia.store import NamespacedValidator
 from overlay.messagenet.service import RelayerService
@@ -139,7 +139,7 @@ class Node:
         validator = NamespacedValidator({b"peer": PeerRecordValidator(),
                                          reservation.NAMESPACE: reservation.ReservationValidator(wall_ms),
                                          hosts.NAMESPACE: hosts.HostRecordValidator(wall_ms)})
-        self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, KadConfig(), server=config.dht_mode != "client")
+        self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, config.kad_config(), server=config.dht_mode != "client")
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
         self._reachability = ReachabilityMachine(None if config.reachability == "auto" else Reachability(config.reachability))
         self.observed: tuple[str, ...] = ()

@@ -35,6 +35,14 @@ MORE = 20  # records mallory sends beyond its quota
 RSS_BOUND_MIB = 16  # the node's growth under the flood: 3.2 MiB measured; unbounded stores grew by 85 MiB
 
 
+def quota_node(tmp_path) -> Proc:
+    """A DHT server whose request rates are lifted, so that a flood reaches the stores' quotas
+    (at the default rates a peer is cut off after 100 requests: the last test)."""
+    config = tmp_path / "node.toml"
+    config.write_text("[dht_limits]\npeer_requests = [100000, 100000]\ngroup_requests = [100000, 100000]\n")
+    return Proc(["--dht-mode", "server", "--config", str(config)], tmp_path / "node", network=NETWORK)
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
@@ -84,7 +92,7 @@ def sybil_put() -> Message:
 
 
 async def test_a_provider_flood_from_one_identity_is_bounded_and_others_still_provide(tmp_path):
-    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    node = quota_node(tmp_path)
     mallory, bob, carol = Peer(), Peer(), Peer()
     try:
         async with mallory.host.run([]), bob.host.run([]), carol.host.run([]):
@@ -131,7 +139,7 @@ async def test_a_provider_flood_from_one_identity_is_bounded_and_others_still_pr
 async def test_a_record_flood_from_one_identity_stops_at_its_quota_and_others_still_store(tmp_path):
     """Sybil records (each validly signed by a fresh key) sent by one peer: the node stores its
     quota of them, answers the rest as refused, and a legitimate peer's record is still stored."""
-    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    node = quota_node(tmp_path)
     mallory, bob = Peer(), Peer()
     quota = KadConfig.max_records_per_peer
     requests = [sybil_put() for _ in range(quota + 1 + MORE)]
@@ -155,7 +163,7 @@ async def test_a_record_flood_from_one_identity_stops_at_its_quota_and_others_st
 async def test_many_identities_from_one_network_share_its_quota(tmp_path):
     """Sybil identities from one /24, each within its own quota, fill only their network's quota
     of the record store: a peer from another network still stores."""
-    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    node = quota_node(tmp_path)
     per_peer, per_group = KadConfig.max_records_per_peer, KadConfig.max_records_per_group
     sybils = [Peer() for _ in range(per_group // per_peer)]
     late, stranger = Peer(), Peer(source="127.0.1.2")  # the stranger's /24 is another of the loopback network
@@ -174,5 +182,37 @@ async def test_many_identities_from_one_network_share_its_quota(tmp_path):
             assert not await late.put(node, sybil_put()), "a new identity from the same network is refused"
             assert node.metric('overlay_dht_refused_total{reason="record group quota"}') == 1
             assert await stranger.put(node, sybil_put()), "a peer from another network still stores"
+    finally:
+        node.stop()
+
+
+async def test_a_peer_asking_faster_than_its_rate_is_cut_off_and_others_are_answered(tmp_path):
+    """1,000 FIND_NODE on one stream at once: the node answers a peer's burst (100) and the
+    refill, then answers nothing and closes the stream; another peer is answered meanwhile."""
+    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    mallory, bob = Peer(), Peer()
+    burst = KadConfig.peer_requests[1]
+    try:
+        async with mallory.host.run([]), bob.host.run([]):
+            for peer in (mallory, bob):
+                await peer.connect(node)
+            stream = await mallory.stream(node)
+            ask = encode_message(Message(MessageType.FIND_NODE, key=b"k" * 32))
+            started = trio.current_time()
+            await stream.stream.write(frame(ask) * 1000)
+            answered = 0
+            with trio.fail_after(60):
+                try:
+                    while await stream.read() is not None:
+                        answered += 1
+                except Exception:  # noqa: BLE001 - the stream ends at the first request over the rate
+                    pass
+            refill = KadConfig.peer_requests[0] * (trio.current_time() - started + 1)
+            assert burst <= answered <= burst + refill, f"{answered} of 1,000 answered"
+            assert node.metric('overlay_dht_refused_total{reason="rate"}') == 1
+            other = await bob.stream(node)
+            await other.write(ask)
+            with trio.fail_after(10):
+                assert decode_message(await other.read()).type is MessageType.FIND_NODE
     finally:
         node.stop()

@@ -114,3 +114,18 @@ def test_corrupt_identity_is_a_clear_error(tmp_path):
     os.chmod(tmp_path / "identity.key", 0o600)
     with pytest.raises(ConfigError, match="cannot read identity key"):
         load_or_create_key(tmp_path)
+
+
+def test_dht_limits_come_from_the_file_and_are_checked(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text("[dht_limits]\nmax_records_per_peer = 300\npeer_requests = [50, 250]\n")
+    kad = load_config(path).kad_config()
+    assert (kad.max_records_per_peer, kad.peer_requests, kad.max_providers_per_peer) == (300, (50.0, 250.0), 256)
+    for bad, fragment in (("bogus = 1", "dht_limits.bogus: unknown limit"), ("max_records = 0", "dht_limits.max_records"),
+                          ("peer_requests = [5]", "dht_limits.peer_requests"), ("peer_requests = [5, true]", "peer_requests")):
+        path.write_text(f"[dht_limits]\n{bad}\n")
+        with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+            load_config(path)
+    path.write_text('dht_limits = "all"\n')
+    with pytest.raises(ConfigError, match="dht_limits: expected a table"):
+        load_config(path)
