@@ -5,10 +5,10 @@
 
 Each N runs in a child process of its own (so its peak RSS is its own) on the shipped default
 scenario's region and NAT mix, with `--churn` of the nodes leaving per hour (each replaced), 6
-dials by peer ID per node-hour and no channels, for `--duration` simulated seconds. A child still
-that has used `--limit` seconds of CPU, or is sent SIGUSR1, stops itself and reports as not finished
-what it measured up to the simulated second it reached (it reports its progress every simulated
-minute). CPU rather than wall time, so that a run paused with SIGSTOP (to give a benchmark a quiet
+dials by peer ID per node-hour and no channels, for `--duration` simulated seconds. A child that
+has used `--limit` seconds of CPU, or is sent SIGUSR1, stops at its next progress report (every
+simulated minute) and reports, as not finished, what it measured up to the simulated second it
+reached. CPU rather than wall time, so that a run paused with SIGSTOP (to give a benchmark a quiet
 machine) keeps its budget. Memory per node is
 (peak RSS - the RSS of the same child with everything imported and nothing simulated) / N.
 
@@ -125,7 +125,7 @@ def child(nodes: int, duration: float, churn: float, channel_count: int = 0, lar
     told = []
     signal.signal(signal.SIGUSR1, lambda *_: told.append(True))
 
-    def progress(now: float) -> None:  # to stderr: the parent keeps the last line of a run it stops
+    def progress(now: float) -> None:  # to stderr, which the parent passes through; stops here if told
         print(json.dumps({"simulated_s": round(now), "wall_s": round(time.perf_counter() - started, 1),
                           "events": sim.sched.events, "peak_rss_kib": peak_rss_kib()}), file=sys.stderr, flush=True)
         if told or time.process_time() > cpu_limit:
