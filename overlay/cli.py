@@ -253,6 +253,10 @@ def _human(command: str, body: Any) -> str:
                  f"health:        {body['health']['healthy']} ({body['health']['reason']})",
                  f"dht mode:      {body['dht_mode']}", f"routing table: {body['routing_table']} peers",
                  f"connected:     {body['peers']} peers"]
+        for layer, reasons in body.get("refused", {}).items():
+            if reasons:
+                lines.append(f"refused:       {layer}: {sum(reasons.values())} "
+                             f"({', '.join(f'{why} {n}' for why, n in sorted(reasons.items()))})")
         lines += [f"address:       {a}" for a in body["addrs"]]
         for b in body["bootstraps"]:
             state = "reached" if b["in_routing_table"] else f"not reached: {b['last_error'] or 'trying'}"

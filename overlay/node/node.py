@@ -559,6 +559,7 @@ class Node:
             "routing_table": len(self.core.table),
             "peers": len(self.connected_peers()),
             "records": len(self.core.records),
+            "refused": {"dht": dict(self.core.counters.refused)},  # what strangers were refused, by reason
             "record_seq": self.record.seq if self.record else None,
             "record_addrs": [str(multiaddr.Multiaddr(a)) for a in self.record.addrs] if self.record else [],
             "uptime": round(time.time() - self.start_time, 1),

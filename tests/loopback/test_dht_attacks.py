@@ -23,7 +23,7 @@ from overlay.kademlia.io import kad_protocol
 from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, Record, decode_message, encode_message
 from overlay.transport.framed import FramedStream
 from overlay.transport.host import build_host
-from tests.loopback.nodeproc import Proc
+from tests.loopback.nodeproc import Proc, cli
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -210,6 +210,8 @@ async def test_a_peer_asking_faster_than_its_rate_is_cut_off_and_others_are_answ
             refill = KadConfig.peer_requests[0] * (trio.current_time() - started + 1)
             assert burst <= answered <= burst + refill, f"{answered} of 1,000 answered"
             assert node.metric('overlay_dht_refused_total{reason="rate"}') == 1
+            status = cli("status", "--api", node.api, "--data-dir", str(node.data_dir))
+            assert "refused:       dht: 1 (rate 1)" in status.stdout, status.stdout + status.stderr
             other = await bob.stream(node)
             await other.write(ask)
             with trio.fail_after(10):
