@@ -3,7 +3,8 @@
 
 One stream per peer and direction: ours carries our messages to the peer, written whole-frame
 under a lock so fragments of different messages may interleave but never split a frame; the
-peer's carries its messages to us, read through a FrameReader. A frame over the limit ends that
+peer's carries its messages to us, read through a FrameReader. A peer's new stream replaces its
+old one, which is reset: a peer holds one stream of ours however many it opens. A frame over the limit ends that
 stream (it is out of sync); everything else bad is counted by the reader or the core.
 
 Application API: `send(peer, tag, body)` and `broadcast(tag, body)` (to every connected peer),
@@ -52,6 +53,7 @@ class PeerMessaging:
         capacity = self.core.max_pending + self.core.trusted_reserve
         self._send_app, self.messages = trio.open_memory_channel[DeliverPeerMessage](capacity)
         self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
+        self._inbound: dict[str, INetStream] = {}  # each peer's stream to us
         self._opening: dict[str, trio.Lock] = {}
         self._replying = 0  # automatic answers (DATA, RESULT) being written
         self._apps: dict[PeerMessageType, trio.MemorySendChannel[str]] = {}
@@ -63,6 +65,8 @@ class PeerMessaging:
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.send_failures = metrics.counter("overlay_peermsg_send_failures_total", "Typed peer messages that could not be sent")
+        self.replaced = metrics.counter("overlay_peermsg_streams_replaced_total",
+                                        "Peers' streams reset because the same peer opened another")
         metrics.gauge("overlay_peermsg_shed_total", "Typed peer messages shed under load", lambda: self.core.counters.shed)
         metrics.gauge("overlay_peermsg_malformed_total", "Malformed typed peer messages", lambda: self.core.counters.malformed)
 
@@ -184,6 +188,21 @@ class PeerMessaging:
 
     async def _handle_stream(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
+        old, self._inbound[peer] = self._inbound.get(peer), stream
+        if old is not None:
+            self.replaced.inc()
+            with trio.move_on_after(1):
+                try:
+                    await old.reset()
+                except Exception:  # noqa: BLE001 - it may be gone already
+                    pass
+        try:
+            await self._read(peer, stream)
+        finally:
+            if self._inbound.get(peer) is stream:
+                del self._inbound[peer]
+
+    async def _read(self, peer: str, stream: INetStream) -> None:
         reader = FrameReader()
         while True:
             try:

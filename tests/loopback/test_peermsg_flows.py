@@ -11,7 +11,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from overlay.peermsg.core import Code, digest, signed_part, transaction, with_refs
+from overlay.peermsg.core import Code, digest, message, signed_part, transaction, with_refs
 from overlay.peermsg.frames import PeerMessageType
 from tests.conftest import wait_for
 from tests.loopback.nodes import cluster
@@ -93,3 +93,26 @@ async def test_a_query_to_a_node_reached_only_through_a_relay(tmp_path):
         result = await next_message(caller, PeerMessageType.RESULT)
         assert struct.unpack_from(">QB", result.body) == (query_id, Code.OK) and result.body[9:] == b"yes"
         assert next(p["paths"] for p in caller.peers() if p["peer_id"] == str(hidden.peer_id)) == ["relayed"]
+
+
+async def test_a_peer_opening_many_streams_holds_one(tmp_path):
+    """A stranger opens 50 typed-message streams and sends nothing on them: each new one replaces
+    the last, which is reset, so the node holds one; a message on a newer one is delivered."""
+    from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+
+    from overlay.peermsg.frames import encode
+    from overlay.transport.host import build_host
+
+    async with cluster(tmp_path) as c:
+        a = await c.start()
+        stranger = build_host(Ed25519PrivateKey.generate(), [])
+        async with stranger.run([]):
+            await stranger.connect(Libp2pPeerInfo(a.peer_id, a.host.get_addrs()))
+            streams = [await stranger.new_stream(a.peer_id, [a.peermsg.protocol]) for _ in range(50)]
+            await wait_for(lambda: a.peermsg.replaced.values.get((), 0) == 49, what="49 streams replaced")
+            assert list(a.peermsg._inbound) == [str(stranger.get_id())]
+            newest = await stranger.new_stream(a.peer_id, [a.peermsg.protocol])  # after the others' handlers ran
+            await wait_for(lambda: a.peermsg.replaced.values.get((), 0) == 50, what="the 50th replaced")
+            for frame in encode(*message(PeerMessageType.BELIEF, 1, with_refs([], b"still heard")), 1):
+                await newest.write(frame)
+            assert (await next_message(a, PeerMessageType.BELIEF)).body == b"still heard"
