@@ -4,7 +4,9 @@
 One stream per peer and direction: ours carries our messages to the peer, written whole-frame
 under a lock so fragments of different messages may interleave but never split a frame; the
 peer's carries its messages to us, read through a FrameReader. A peer's new stream replaces its
-old one, which is reset: a peer holds one stream of ours however many it opens. A frame over the limit ends that
+old one, which is reset, and one silent for IDLE_TIMEOUT is closed: a peer holds at most one
+inbound stream, and only while it uses it. A write to a stream the peer has closed is tried
+once more on a new stream. A frame over the limit ends that
 stream (it is out of sync); everything else bad is counted by the reader or the core.
 
 Application API: `send(peer, tag, body)` and `broadcast(tag, body)` (to every connected peer),
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0
 OPEN_TIMEOUT = 10.0
+IDLE_TIMEOUT = 300.0  # seconds a peer's stream to us may stay silent before we close it
 MAX_REPLYING = 256  # automatic answers in flight; more are dropped and counted
 
 
@@ -54,6 +57,7 @@ class PeerMessaging:
         self._send_app, self.messages = trio.open_memory_channel[DeliverPeerMessage](capacity)
         self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
         self._inbound: dict[str, INetStream] = {}  # each peer's stream to us
+        self._used: dict[str, float] = {}  # when we last wrote on our stream to each peer
         self._opening: dict[str, trio.Lock] = {}
         self._replying = 0  # automatic answers (DATA, RESULT) being written
         self._apps: dict[PeerMessageType, trio.MemorySendChannel[str]] = {}
@@ -67,6 +71,7 @@ class PeerMessaging:
         self.send_failures = metrics.counter("overlay_peermsg_send_failures_total", "Typed peer messages that could not be sent")
         self.replaced = metrics.counter("overlay_peermsg_streams_replaced_total",
                                         "Peers' streams reset because the same peer opened another")
+        self.idle_closed = metrics.counter("overlay_peermsg_streams_idle_total", "Peers' streams closed after IDLE_TIMEOUT silent")
         metrics.gauge("overlay_peermsg_shed_total", "Typed peer messages shed under load", lambda: self.core.counters.shed)
         metrics.gauge("overlay_peermsg_malformed_total", "Malformed typed peer messages", lambda: self.core.counters.malformed)
 
@@ -165,6 +170,29 @@ class PeerMessaging:
     # ---- streams ----
 
     async def _write(self, peer: str, tag: int, payload: bytes, message_id: int) -> None:
+        """Our stream to `peer` is dropped once it has been unused for half the peer's idle
+        timeout (so a well-behaved peer never closes one we are about to write); a write to one
+        the peer closed anyway is tried once more on a new stream."""
+        if peer in self._streams and trio.current_time() - self._used.get(peer, 0.0) > IDLE_TIMEOUT / 2:
+            stream, _ = self._streams.pop(peer)
+            self._used.pop(peer, None)
+            with trio.move_on_after(1):
+                try:
+                    await stream.close()
+                except Exception:  # noqa: BLE001 - it may be gone already
+                    pass
+        tries = 2 if peer in self._streams else 1
+        for left in reversed(range(tries)):
+            try:
+                await self._write_once(peer, tag, payload, message_id)
+                self._used[peer] = trio.current_time()
+                return
+            except OverlayError:
+                if not left:
+                    self.send_failures.inc()
+                    raise
+
+    async def _write_once(self, peer: str, tag: int, payload: bytes, message_id: int) -> None:
         try:
             entry = self._streams.get(peer)
             if entry is None:
@@ -183,7 +211,7 @@ class PeerMessaging:
                     await stream.write(frame)
         except Exception as e:  # noqa: BLE001 - dial, lookup or stream failure: not sent
             self._streams.pop(peer, None)
-            self.send_failures.inc()
+            self._used.pop(peer, None)
             raise OverlayError(f"peer message to {peer}: {e or type(e).__name__}") from None
 
     async def _handle_stream(self, stream: INetStream) -> None:
@@ -205,9 +233,19 @@ class PeerMessaging:
     async def _read(self, peer: str, stream: INetStream) -> None:
         reader = FrameReader()
         while True:
-            try:
-                data = await stream.read(READ_CHUNK)
-            except Exception:  # noqa: BLE001 - the stream ended, one way or another
+            data = b""
+            with trio.move_on_after(IDLE_TIMEOUT) as idle:
+                try:
+                    data = await stream.read(READ_CHUNK)
+                except Exception:  # noqa: BLE001 - the stream ended, one way or another
+                    return
+            if idle.cancelled_caught:
+                self.idle_closed.inc()
+                with trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:  # noqa: BLE001 - it may be gone already
+                        pass
                 return
             if not data:
                 return

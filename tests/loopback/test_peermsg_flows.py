@@ -117,3 +117,26 @@ async def test_a_peer_opening_many_streams_holds_one(tmp_path):
             for frame in encode(*message(PeerMessageType.BELIEF, 1, with_refs([], b"still heard")), 1):
                 await newest.write(frame)
             assert (await next_message(a, PeerMessageType.BELIEF)).body == b"still heard"
+
+
+async def test_a_silent_stream_is_closed_and_messages_after_a_pause_still_arrive(tmp_path, monkeypatch):
+    """With a 1 s idle timeout: a stranger's silent stream is closed, and a node that paused
+    longer than that still reaches its peer (it drops its own unused stream first)."""
+    from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+
+    from overlay.peermsg import service
+    from overlay.transport.host import build_host
+
+    monkeypatch.setattr(service, "IDLE_TIMEOUT", 1.0)
+    async with cluster(tmp_path) as c:
+        a, b, _ = await three(c)
+        stranger = build_host(Ed25519PrivateKey.generate(), [])
+        async with stranger.run([]):
+            await stranger.connect(Libp2pPeerInfo(a.peer_id, a.host.get_addrs()))
+            await stranger.new_stream(a.peer_id, [a.peermsg.protocol])
+            await wait_for(lambda: a.peermsg.idle_closed.values.get((), 0) == 1, what="the silent stream closed")
+            assert str(stranger.get_id()) not in a.peermsg._inbound
+        for body in (b"before", b"after a pause"):
+            await b.peermsg.send(str(a.peer_id), PeerMessageType.BELIEF, with_refs([], body))
+            assert (await next_message(a, PeerMessageType.BELIEF)).body == body
+            await trio.sleep(1.5)  # longer than the idle timeout: what is tested
