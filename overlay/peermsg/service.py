@@ -6,8 +6,8 @@ under a lock so fragments of different messages may interleave but never split a
 peer's carries its messages to us, read through a FrameReader. A peer's new stream replaces its
 old one, which is reset, and one silent for IDLE_TIMEOUT is closed: a peer holds at most one
 inbound stream, and only while it uses it. A write to a stream the peer has closed is tried
-once more on a new stream. A frame over the limit ends that
-stream (it is out of sync); everything else bad is counted by the reader or the core.
+once more on a new stream. A frame over the limit ends that stream (it is out of sync);
+everything else bad is counted by the reader or the core.
 
 Application API: `send(peer, tag, body)` and `broadcast(tag, body)` (to every connected peer),
 `messages` (DeliverPeerMessage actions: BELIEF, QUERY, TRANSACT, RESULT), `answer(deliver, code, result)`
@@ -32,7 +32,7 @@ from overlay.core.metrics import Registry
 from overlay.peermsg.app import delivered
 from overlay.peermsg.core import Code, DeliverPeerMessage, PeerMessages, SendPeerMessage, message
 from overlay.peermsg.frames import FrameReader, PeerMessageType, encode
-from overlay.transport.framed import READ_CHUNK
+from overlay.transport.framed import READ_CHUNK, end_quietly
 from overlay.transport.host import StreamHost
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,7 @@ class PeerMessaging:
         if peer in self._streams and trio.current_time() - self._used.get(peer, 0.0) > IDLE_TIMEOUT / 2:
             stream, _ = self._streams.pop(peer)
             self._used.pop(peer, None)
-            with trio.move_on_after(1):
-                try:
-                    await stream.close()
-                except Exception:  # noqa: BLE001 - it may be gone already
-                    pass
+            await end_quietly(stream, reset=False)
         tries = 2 if peer in self._streams else 1
         for left in reversed(range(tries)):
             try:
@@ -219,11 +215,7 @@ class PeerMessaging:
         old, self._inbound[peer] = self._inbound.get(peer), stream
         if old is not None:
             self.replaced.inc()
-            with trio.move_on_after(1):
-                try:
-                    await old.reset()
-                except Exception:  # noqa: BLE001 - it may be gone already
-                    pass
+            await end_quietly(old)
         try:
             await self._read(peer, stream)
         finally:
@@ -241,11 +233,7 @@ class PeerMessaging:
                     return
             if idle.cancelled_caught:
                 self.idle_closed.inc()
-                with trio.move_on_after(1):
-                    try:
-                        await stream.reset()
-                    except Exception:  # noqa: BLE001 - it may be gone already
-                        pass
+                await end_quietly(stream)
                 return
             if not data:
                 return

@@ -45,3 +45,13 @@ class FramedStream:
                 await self.stream.close()
             except Exception:  # noqa: BLE001 - closing a broken stream fails in many ways
                 pass
+
+
+async def end_quietly(stream: Any, reset: bool = True) -> None:
+    """Reset (or close) `stream` within a second, whatever it raises: it may be gone already,
+    and a dead peer must not hold us."""
+    with trio.move_on_after(1):
+        try:
+            await (stream.reset() if reset else stream.close())
+        except Exception:  # noqa: BLE001 - ending a broken stream fails in many ways
+            pass
