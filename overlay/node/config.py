@@ -207,9 +207,8 @@ def _convert(key: str, value: Any) -> Any:
     raise ConfigError(f"unknown config key {key!r}")
 
 
-DHT_LIMITS = ("max_records", "max_provider_keys", "max_providers", "max_records_per_peer", "max_providers_per_peer",
-              "max_provider_addrs", "max_records_per_group", "max_providers_per_group")
-DHT_RATES = ("peer_requests", "group_requests")  # [requests a second, burst]
+DHT_LIMITS = tuple(f.name for f in fields(KadConfig) if f.name.startswith("max_"))  # whole numbers
+DHT_RATES = tuple(f.name for f in fields(KadConfig) if f.name.endswith("_requests"))  # [requests a second, burst]
 
 
 def _dht_limits(value: Any) -> tuple[tuple[str, Any], ...]:

@@ -39,12 +39,7 @@ class FramedStream:
         await self.stream.write(frame(payload))
 
     async def close(self) -> None:
-        """Close within a second, whatever the stream raises: a dead peer must not hold us."""
-        with trio.move_on_after(1):
-            try:
-                await self.stream.close()
-            except Exception:  # noqa: BLE001 - closing a broken stream fails in many ways
-                pass
+        await end_quietly(self.stream, reset=False)
 
 
 async def end_quietly(stream: Any, reset: bool = True) -> None:
