@@ -135,6 +135,7 @@ class Traversal:
             self.history.popitem(last=False)
         send, receive = trio.open_memory_channel[Callable[[float], list[DialAction]]](math.inf)
         relayed_at: list[float] = []
+        relays: list[ID] = []  # those we got a relayed connection through
 
         async def direct(addrs: tuple[str, ...]) -> None:
             ok = await self._try(self.dialer.connect(peer, [multiaddr.Multiaddr(a) for a in addrs], DIAL_TIMEOUT, direct_only=True))
@@ -154,6 +155,7 @@ class Traversal:
             ok = await self._try(go())
             if ok:
                 relayed_at.append(trio.current_time())
+                relays.append(relay_id)
             await send.send(lambda now: strategy.relay_done(relay, ok, now))
 
         async def upgrade(relay: bytes) -> None:
@@ -186,6 +188,8 @@ class Traversal:
                 elif isinstance(action, GaveUp):
                     record.gave_up = True
                     log.info("no direct path to %s; staying relayed", peer)
+                    if relays:
+                        nursery.start_soon(self._stay_relayed, peer, relays[-1])
 
         try:
             async with trio.open_nursery() as nursery:
@@ -273,10 +277,21 @@ class Traversal:
         finally:
             self._answering -= 1
 
-    async def _retire_relayed(self, peer: ID) -> None:
+    async def _stay_relayed(self, peer: ID, relay: ID) -> None:
+        """No direct path: a persistent circuit through the same relay replaces the first one,
+        which the relay caps in bytes and time (nat/relay.py, RelayLimits)."""
+        try:
+            kept = await self.relay.dial(relay, peer, persistent=True)
+        except DialError as e:
+            log.info("no persistent relayed connection to %s via %s: %s", peer, relay, e)
+            return
+        await self._retire_relayed(peer, keep=kept)
+
+    async def _retire_relayed(self, peer: ID, keep: object = None) -> None:
         deadline = trio.current_time() + RETIRE_AFTER
         while True:
-            relayed = [c for c in self.host.get_network().get_connections(peer) if c.get_connection_type() is ConnectionType.RELAYED]
+            relayed = [c for c in self.host.get_network().get_connections(peer)
+                       if c.get_connection_type() is ConnectionType.RELAYED and c is not keep]
             if not relayed:
                 return
             if trio.current_time() >= deadline or all(not c.get_streams() for c in relayed):

@@ -17,7 +17,8 @@ from overlay.core.records import peer_id_from_str
 
 MAX_FRAME = 16 * 1024
 KINDS = ("offer", "answer", "candidate", "bye")
-ERROR_CODES = ("bad-message", "too-large", "not-registered", "no-session", "rate-limited", "full", "refused")
+ERROR_CODES = ("bad-message", "too-large", "not-registered", "no-session", "rate-limited", "full", "refused", "limit")
+MAX_LIMIT = 2**40
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -29,6 +30,14 @@ class Register:
 @dataclass(frozen=True)
 class Registered:
     ttl: int
+
+
+@dataclass(frozen=True)
+class Load:
+    """Asked on a new stream (`registrations` None): how many registrations the server holds;
+    answered with the count. A claim, used only to order the nodes a client may choose."""
+
+    registrations: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,13 +69,25 @@ class Error:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A relayed circuit's limit, told to both its ends: a first connection's bytes (both ways
+    together) and seconds, or a persistent circuit's rate in bytes a second; 0 is none."""
+
+    bytes: int = 0
+    seconds: int = 0
+    rate: int = 0
+
+
+@dataclass(frozen=True)
 class Connect:
     to: str
+    persistent: bool = False  # asked for by a caller that found no direct path
 
 
 @dataclass(frozen=True)
 class Incoming:
     sender: str
+    limit: Limit | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +97,25 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Connected:
-    pass
+    limit: Limit | None = None
 
 
-Message = Union[Register, Registered, Ping, Pong, Signal, Error, Connect, Incoming, Accepted, Connected]
-_SIMPLE = {"register": Register, "ping": Ping, "pong": Pong, "accepted": Accepted, "connected": Connected}
+Message = Union[Register, Registered, Load, Ping, Pong, Signal, Error, Connect, Incoming, Accepted, Connected]
+_SIMPLE = {"register": Register, "ping": Ping, "pong": Pong, "accepted": Accepted}
+
+
+def _limit_obj(limit: Limit) -> dict[str, int]:
+    return {k: v for k, v in (("bytes", limit.bytes), ("seconds", limit.seconds), ("rate", limit.rate)) if v}
+
+
+def _limit(obj: dict[str, Any]) -> Limit | None:
+    value = obj.get("limit")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"bytes", "seconds", "rate"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_LIMIT for v in value.values()):
+        raise DecodeError(f"{obj['type']}: limit must be an object of whole numbers bytes, seconds, rate")
+    return Limit(**value)
 
 
 def encode(message: Message) -> bytes:
@@ -92,14 +127,26 @@ def encode(message: Message) -> bytes:
             obj["from"] = message.sender
     elif isinstance(message, Registered):
         obj = {"type": "registered", "ttl": message.ttl}
+    elif isinstance(message, Load):
+        obj = {"type": "load"}
+        if message.registrations is not None:
+            obj["registrations"] = message.registrations
     elif isinstance(message, Error):
         obj = {"type": "error", "code": message.code, "reason": message.reason[:256]}
         if message.session is not None:
             obj["session"] = message.session
     elif isinstance(message, Connect):
         obj = {"type": "connect", "to": message.to}
+        if message.persistent:
+            obj["persistent"] = True
     elif isinstance(message, Incoming):
         obj = {"type": "incoming", "from": message.sender}
+        if message.limit is not None:
+            obj["limit"] = _limit_obj(message.limit)
+    elif isinstance(message, Connected):
+        obj = {"type": "connected"}
+        if message.limit is not None:
+            obj["limit"] = _limit_obj(message.limit)
     else:
         obj = {"type": next(name for name, cls in _SIMPLE.items() if isinstance(message, cls))}
     data = json.dumps(obj, separators=(",", ":")).encode()
@@ -142,6 +189,11 @@ def decode(data: bytes) -> Message:
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= 3600:
             raise DecodeError("registered: ttl must be a whole number of seconds from 1 to 3600")
         return Registered(ttl)
+    if kind == "load":
+        count = obj.get("registrations")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_LIMIT):
+            raise DecodeError("load: registrations must be a whole number")
+        return Load(count)
     if kind == "signal":
         if obj.get("kind") not in KINDS:
             raise DecodeError(f"signal: kind must be one of {', '.join(KINDS)}")
@@ -158,7 +210,12 @@ def decode(data: bytes) -> Message:
             raise DecodeError("error: unknown code or non-string reason")
         return Error(code, reason[:256], _session(obj, required=False))
     if kind == "connect":
-        return Connect(_peer(obj, "to"))
+        persistent = obj.get("persistent", False)
+        if not isinstance(persistent, bool):
+            raise DecodeError("connect: persistent must be true or false")
+        return Connect(_peer(obj, "to"), persistent)
     if kind == "incoming":
-        return Incoming(_peer(obj, "from"))
+        return Incoming(_peer(obj, "from"), _limit(obj))
+    if kind == "connected":
+        return Connected(_limit(obj))
     raise DecodeError(f"unknown message type {kind[:32]!r}")

@@ -10,6 +10,7 @@ A stream's role, and what moves it (everything is in `message`):
 
     NEW           --register-->                REGISTRATION  (Registered; an older registration
                                                                of the peer is closed)
+    NEW           --load-->                    NEW           (Load: how many registrations are held)
     NEW, SESSION  --signal to a peer-->        SESSION       (forwarded to that registered peer)
     REGISTRATION  --ping-->                    REGISTRATION  (Pong; the registration is renewed)
     REGISTRATION  --signal to a caller-->      REGISTRATION  (forwarded to the caller's session)
@@ -30,7 +31,7 @@ from typing import Union
 
 from overlay.core.errors import ProtocolError
 from overlay.core.ratelimit import RateLimiter
-from signaling.messages import Error, Message, Ping, Pong, Register, Registered, Signal
+from signaling.messages import Error, Load, Message, Ping, Pong, Register, Registered, Signal
 
 StreamId = int
 
@@ -46,6 +47,7 @@ class ServerLimits:
     ttl: int = 60  # a registration must show life this often
     session_timeout: float = 30.0
     max_registrations: int = 1024
+    max_registrations_per_ip: int = 8  # registrations over connections from one IP (a home holds a few nodes)
     max_sessions: int = 4096
     max_sessions_per_caller: int = 16
     rate: float = 5.0  # signal messages per second per peer, after
@@ -71,6 +73,7 @@ ServerAction = Union[Write, CloseStream]
 @dataclass
 class _Stream:
     peer: str
+    ip: str = ""  # the connection's remote IP; "" over a relayed connection (no IP to count)
     role: StreamRole = StreamRole.NEW
 
 
@@ -78,6 +81,7 @@ class _Stream:
 class _Registration:
     stream: StreamId
     expires: float
+    ip: str = ""
 
 
 @dataclass
@@ -101,6 +105,7 @@ class SignalingServer:
         self._registrations: dict[str, _Registration] = {}
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._per_caller: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()  # registrations by remote IP
         self._rate = RateLimiter(limits.rate, limits.burst, max_keys=limits.max_registrations + limits.max_sessions)
         self._next_sweep: float | None = None
 
@@ -119,10 +124,11 @@ class SignalingServer:
 
     # ---- inputs ----------------------------------------------------------------------------
 
-    def opened(self, stream: StreamId, peer: str, now: float) -> list[ServerAction]:
+    def opened(self, stream: StreamId, peer: str, now: float, ip: str = "") -> list[ServerAction]:
+        """`ip`: the remote IP of the stream's connection ("" if relayed or unknown)."""
         if stream in self._streams:
             raise ProtocolError(f"signalling server: stream {stream} opened twice")
-        self._streams[stream] = _Stream(peer)
+        self._streams[stream] = _Stream(peer, ip)
         return []
 
     def message(self, stream: StreamId, msg: Message, now: float) -> list[ServerAction]:
@@ -131,6 +137,10 @@ class SignalingServer:
             return []  # closed by the server itself; the adapter's reader had it already
         if isinstance(msg, Register) and state.role is StreamRole.NEW:
             return self._register(stream, state, now)
+        if isinstance(msg, Load) and msg.registrations is None and state.role is StreamRole.NEW:
+            if not self._rate.allow(state.peer, now):
+                return self._refuse(stream, "rate-limited", "too many signalling messages")
+            return [Write(stream, Load(len(self._registrations)))]
         if isinstance(msg, Ping) and state.role is StreamRole.REGISTRATION:
             self._registrations[state.peer].expires = now + self.limits.ttl
             return [Write(stream, Pong())]
@@ -154,6 +164,10 @@ class SignalingServer:
         reg = self._registrations.get(state.peer)
         if reg is not None and reg.stream == stream:
             del self._registrations[state.peer]
+            if reg.ip:
+                self._per_ip[reg.ip] -= 1
+                if self._per_ip[reg.ip] <= 0:
+                    del self._per_ip[reg.ip]
             for key, session in list(self._sessions.items()):
                 if session.callee == state.peer:
                     self._end_session(key)
@@ -185,10 +199,14 @@ class SignalingServer:
         old = self._registrations.get(state.peer)
         if old is None and len(self._registrations) >= self.limits.max_registrations:
             return self._refuse(stream, "full", "no room for more registrations", close=True)
+        if state.ip and (old is None or old.ip != state.ip) and self._per_ip[state.ip] >= self.limits.max_registrations_per_ip:
+            return self._refuse(stream, "full", f"{self.limits.max_registrations_per_ip} registrations from {state.ip} already", close=True)
         if old is not None:
             actions += [CloseStream(old.stream, "registered again on another stream")] + self.closed(old.stream, now)
         state.role = StreamRole.REGISTRATION
-        self._registrations[state.peer] = _Registration(stream, now + self.limits.ttl)
+        self._registrations[state.peer] = _Registration(stream, now + self.limits.ttl, state.ip)
+        if state.ip:
+            self._per_ip[state.ip] += 1
         self._arm(now)
         return actions + [Write(stream, Registered(self.limits.ttl))]
 

@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from overlay.transport.dialer import Dialer
 from overlay.transport.framed import FramedStream
 from signaling import messages
 from signaling.messages import MAX_FRAME
-from signaling.registrations import Changed, NeedCandidates, RegisterWith, RegistrationAction, Registrations
+from signaling.registrations import AskLoad, Changed, NeedCandidates, RegisterWith, RegistrationAction, Registrations, Release
 from signaling.server import ServerAction, ServerLimits, SignalingServer, Write
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ class SignalingService:
         self.dialer = dialer
         self.protocol = signal_protocol(network)
         self.server = SignalingServer(limits)
-        self.registrations = Registrations(want)
+        self.registrations = Registrations(host.get_id().to_bytes(), want)
+        self._scopes: dict[bytes, trio.CancelScope] = {}  # our registrations, being made or live
         self.live: dict[bytes, Registration] = {}
         self.on_signal: SignalHandler | None = None
         self.on_registrations: Callable[[tuple[PeerInfo, ...]], None] | None = None
@@ -128,7 +129,7 @@ class SignalingService:
             async with trio.open_nursery() as nursery:
                 self._served[sid] = _Served(send, nursery.cancel_scope)
                 nursery.start_soon(self._writer, framed, receive, nursery.cancel_scope)
-                self._apply(self.server.opened(sid, str(stream.muxed_conn.peer_id), self.now()))
+                self._apply(self.server.opened(sid, str(stream.muxed_conn.peer_id), self.now(), self.host.counted_ip(stream)))
                 timeout = FIRST_MESSAGE_TIMEOUT
                 while True:
                     data = None
@@ -182,9 +183,11 @@ class SignalingService:
 
     # ---- our registrations -------------------------------------------------------------------
 
-    def offer_candidates(self, peers: list[PeerInfo]) -> None:
+    def offer_candidates(self, peers: Sequence[PeerInfo], bootstraps: Sequence[PeerInfo] = ()) -> None:
+        """`peers`: public nodes we verified (our routing table's DHT servers); `bootstraps`: the fallback."""
         own = self.host.get_id().to_bytes()
-        self._apply_registrations(self.registrations.offer([p for p in peers if p.peer_id != own], self.now()))
+        self._apply_registrations(self.registrations.offer(
+            [p for p in peers if p.peer_id != own], self.now(), [b for b in bootstraps if b.peer_id != own]))
 
     def is_my_relay(self, peer: ID) -> bool:
         return peer.to_bytes() in self.live
@@ -193,31 +196,64 @@ class SignalingService:
         for action in actions:
             if isinstance(action, RegisterWith) and self._nursery is not None:
                 self._nursery.start_soon(self._register, action.peer)
+            elif isinstance(action, AskLoad) and self._nursery is not None:
+                for peer in action.peers:
+                    self._nursery.start_soon(self._ask_load, peer)
+            elif isinstance(action, Release) and action.peer.peer_id in self._scopes:
+                log.info("leaving signalling node %s (a bootstrap, or loaded above the others)", ID(action.peer.peer_id))
+                self._scopes[action.peer.peer_id].cancel()
             elif isinstance(action, Changed) and self.on_registrations is not None:
                 self.on_registrations(action.live)
             elif isinstance(action, NeedCandidates) and self.on_need_candidates is not None:
                 self.on_need_candidates()
         self._wakeup.set()
 
-    async def _register(self, peer: PeerInfo) -> None:
+    async def _ask_load(self, peer: PeerInfo) -> None:
+        """How many registrations a candidate holds, on a stream of its own."""
         pid = ID(peer.peer_id)
-        framed: FramedStream | None = None
+        count = None
         try:
             with trio.fail_after(REGISTER_TIMEOUT):
                 await self.dialer.connect(pid, [multiaddr.Multiaddr(a) for a in peer.addrs], timeout=REGISTER_TIMEOUT)
                 framed = FramedStream(await self.host.new_stream(pid, [self.protocol]), MAX_FRAME)
-                start = self.now()
-                await framed.write(messages.encode(messages.Register()))
-                reply = await _read(framed)
-            if not isinstance(reply, messages.Registered):
-                raise DialError(f"refused: {reply}")
-            registration = self.live[peer.peer_id] = Registration(peer, framed, self.now() - start)
-            self._apply_registrations(self.registrations.succeeded(peer.peer_id, self.now()))
-            log.info("registered with signalling node %s", pid)
-            await self._keep(pid, registration, reply.ttl)
+                try:
+                    await framed.write(messages.encode(messages.Load()))
+                    reply = await _read(framed)
+                finally:
+                    await framed.close()
+            if isinstance(reply, messages.Load) and reply.registrations is not None:
+                count = reply.registrations
+        except Exception as e:  # noqa: BLE001 - any failure: the candidate backs off
+            log.debug("load of signalling node %s: %s", pid, str(e) or type(e).__name__)
+        if count is None:
+            self._apply_registrations(self.registrations.load_failed(peer.peer_id, self.now()))
+        else:
+            self._apply_registrations(self.registrations.loaded(peer.peer_id, count, self.now()))
+
+    async def _register(self, peer: PeerInfo) -> None:
+        """Register with `peer` and keep the registration until it fails or we Release it."""
+        pid = ID(peer.peer_id)
+        framed: FramedStream | None = None
+        scope = self._scopes[peer.peer_id] = trio.CancelScope()
+        try:
+            with scope:
+                with trio.fail_after(REGISTER_TIMEOUT):
+                    await self.dialer.connect(pid, [multiaddr.Multiaddr(a) for a in peer.addrs], timeout=REGISTER_TIMEOUT)
+                    framed = FramedStream(await self.host.new_stream(pid, [self.protocol]), MAX_FRAME)
+                    start = self.now()
+                    await framed.write(messages.encode(messages.Register()))
+                    reply = await _read(framed)
+                if not isinstance(reply, messages.Registered):
+                    raise DialError(f"refused: {reply}")
+                registration = self.live[peer.peer_id] = Registration(peer, framed, self.now() - start)
+                self._apply_registrations(self.registrations.succeeded(peer.peer_id, self.now()))
+                log.info("registered with signalling node %s", pid)
+                await self._keep(pid, registration, reply.ttl)
         except Exception as e:  # noqa: BLE001 - each failure just loses this registration
             log.info("registration with %s ended: %s", pid, str(e) or type(e).__name__)
         finally:
+            if self._scopes.get(peer.peer_id) is scope:
+                del self._scopes[peer.peer_id]
             self.live.pop(peer.peer_id, None)
             if framed is not None:
                 await framed.close()

@@ -36,10 +36,11 @@ from overlay.core.records import PeerRecord, PeerRecordValidator, peer_id_from_p
 from overlay.kademlia.core import KadConfig, Kademlia, QueryDone
 from overlay.channels import reservation
 from overlay.kademlia.driver import Links, MemoryDriver
+from overlay.kademlia.routing import key_position
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import Message, encode_message
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, best_record, record_addrs
-from signaling.registrations import SIGNALING_KEY, Changed, NeedCandidates, RegisterWith, Registrations
+from signaling.registrations import AskLoad, Changed, NeedCandidates, RegisterWith, Registrations, Release
 from simulations.channels import ChannelWorkload
 from simulations.engine import Scheduler
 from simulations.internet import Internet, Nat, direct_path_possible, dialable, upgrade_time
@@ -156,7 +157,7 @@ class Simulation:
         node = SimNode(index, key, peer_id, peer_id_to_str(peer_id), region, nat, core, joined_at=0.0, bootstrap=bootstrap,
                        online=False)
         if nat is not Nat.PUBLIC:
-            node.registrations = Registrations(want=sc.signaling_nodes)
+            node.registrations = Registrations(peer_id, want=sc.signaling_nodes)
         self.nodes.append(node)
         self.by_id[peer_id] = node
         self.by_name[node.name] = node
@@ -212,10 +213,8 @@ class Simulation:
     def _joined(self, node: SimNode) -> None:
         if node.public:
             self._publish_record(node)
-            self.dht.query(node, lambda now: node.core.provide(SIGNALING_KEY, now), lambda done: None)
         else:
-            candidates = [b.core.local for b in self.bootstraps if b.online]
-            self._apply_registrations(node, node.registrations.offer(candidates, self.sched.now))
+            self._offer(node)
 
     def _schedule_leave(self, node: SimNode) -> None:
         sc = self.scenario
@@ -278,14 +277,38 @@ class Simulation:
             elif isinstance(action, Changed):
                 node.relays = {self.by_id[p.peer_id].index: None for p in action.live}
                 self._publish_record(node)
-            elif isinstance(action, NeedCandidates):
-                self.dht.query(node, lambda now: node.core.get_providers(SIGNALING_KEY, now),
-                            lambda done: self._offer(node, done.result.providers))
+            elif isinstance(action, AskLoad):
+                for peer in action.peers:
+                    self._ask_load(node, peer.peer_id)
+            elif isinstance(action, Release):
+                released = self.by_id.get(action.peer.peer_id)
+                if released is not None:
+                    released.clients.discard(node.index)
+            elif isinstance(action, NeedCandidates):  # as the node: a lookup of its own ID, then its table
+                self.dht.query(node, lambda now: node.core.find_node(node.peer_id, now), lambda done: self._offer(node))
         self._touch_registrations(node)
 
-    def _offer(self, node: SimNode, providers) -> None:
-        if node.online:
-            self._apply_registrations(node, node.registrations.offer(list(providers), self.sched.now))
+    def _offer(self, node: SimNode) -> None:
+        """The candidates the node takes: its routing table's servers, its bootstraps as the fallback."""
+        if node.online and node.registrations is not None:
+            table = [c.info for c in node.core.table.closest(key_position(node.peer_id), node.registrations.max_candidates)]
+            bootstraps = [b.core.local for b in self.bootstraps if b.online]
+            self._apply_registrations(node, node.registrations.offer(table, self.sched.now, bootstraps))
+
+    def _ask_load(self, node: SimNode, peer_id: bytes) -> None:
+        """A candidate's answer (its registrations) one round trip later, or a failure after the dial timeout."""
+        relay = self.by_id.get(peer_id)
+        ok = relay is not None and relay.online and relay.public and not self.cut(node, relay)
+
+        def answered() -> None:
+            if node.online:
+                regs = node.registrations
+                if ok and relay.online:
+                    self._apply_registrations(node, regs.loaded(peer_id, len(relay.clients), self.sched.now))
+                else:
+                    self._apply_registrations(node, regs.load_failed(peer_id, self.sched.now))
+
+        self.sched.after((CONNECT_RTTS + 1) * self.net.rtt(node.region, relay.region) if ok else DIAL_TIMEOUT, answered)
 
     def _registered(self, node: SimNode, relay: SimNode | None, ok: bool, peer_id: bytes) -> None:
         if not node.online:

@@ -83,6 +83,8 @@ def summarize(sim: Simulation, wall: float) -> dict[str, Any]:
         "signaling": {
             "nodes": len(public),
             "registrations_now": sorted((len(n.clients) for n in public if n.online), reverse=True)[:10],
+            "registrations_mean": round(sum(loads) / len(loads), 2) if (loads := [len(n.clients) for n in public if n.online]) else None,
+            "registrations_max_over_mean": round(max(loads) * len(loads) / sum(loads), 2) if loads and sum(loads) else None,
             "relayed_per_hour": {"mean": round(sum(n.relayed for n in public) / max(1, len(public)) / hours, 2),
                                  "max": round(max((n.relayed for n in public), default=0) / hours, 2)},
             "upgrades_signalled_per_hour": round(sum(n.upgrades_signalled for n in public) / max(1, len(public)) / hours, 2),
@@ -130,7 +132,8 @@ def summary_text(s: dict[str, Any]) -> str:
         f"(direct share {_pct(s['direct_share'])})",
         f"time to first stream: p50 {s['first_stream_ms'][50]} ms, p99 {s['first_stream_ms'][99]} ms; "
         f"to a direct path: p50 {s['direct_path_ms'][50]} ms",
-        f"signalling nodes: {s['signaling']['nodes']}, most registrations now {s['signaling']['registrations_now'][:3]}, "
+        f"signalling nodes: {s['signaling']['nodes']}, most registrations now {s['signaling']['registrations_now'][:3]} "
+        f"(mean {s['signaling']['registrations_mean']}, max/mean {s['signaling']['registrations_max_over_mean']}), "
         f"relayed connections per node-hour mean {s['signaling']['relayed_per_hour']['mean']} "
         f"(max {s['signaling']['relayed_per_hour']['max']})",
         *([f"channels: {c['messages']} messages, delivery ratio {_pct(c['delivery_ratio'])}, latency p50 "

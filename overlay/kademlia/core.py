@@ -26,10 +26,12 @@ import itertools
 import math
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Union
 
+from overlay.core.addrs import answer_addrs
 from overlay.core.errors import ProtocolError, RecordError
 from overlay.core.peer import PeerInfo
 from overlay.core.ratelimit import RateLimiter
@@ -89,6 +91,9 @@ class KadConfig:
     max_providers_per_group: int = 1024  # provider entries of one address group
     peer_requests: tuple[float, float] = (20.0, 100.0)  # requests a second, and burst, one peer may make of us
     group_requests: tuple[float, float] = (500.0, 2000.0)  # the same for all peers of one address group
+    table_per_group_bucket: int = 2  # routing-table contacts of one address group in one bucket
+    table_per_group: int = 6  # ... in the whole table
+    max_answer_addrs: int = 8  # addresses taken per peer from a DHT answer
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,8 @@ class Kademlia:
         self.config = config
         self.server = server
         self.rng = rng or random.Random()
-        self.table = RoutingTable(local.peer_id, config.k, stale_after=config.stale_after)
+        self.table = RoutingTable(local.peer_id, config.k, stale_after=config.stale_after,
+                                  max_per_group_bucket=config.table_per_group_bucket, max_per_group=config.table_per_group)
         self.records = RecordStore(validator, config.record_ttl, config.max_records, config.max_records_per_peer,
                                    config.max_records_per_group)
         self.providers = ProviderStore(config.provider_ttl, config.max_provider_keys, max_per_peer=config.max_providers_per_peer,
@@ -309,15 +315,25 @@ class Kademlia:
         return None, actions
 
     def handle_response(
-        self, request_id: int, msg: Message, now: float, addrs: tuple[bytes, ...] = ()
+        self, request_id: int, msg: Message, now: float, addrs: tuple[bytes, ...] = (),
+        group: str = "", scope: str | None = None,
     ) -> list[DhtAction]:
-        """`addrs`: the responder's addresses as the transport knows them now, if fresher."""
+        """`addrs`: the responder's addresses as the transport knows them now, if fresher.
+        `group`: the address group of the connection the answer came on, for the routing table's
+        diversity ("" if unknown or exempt). `scope`: that connection's `ip_scope` ("global" if
+        relayed): the peers the answer names keep only the addresses `answer_addrs` allows
+        (None: not filtered, as in the simulator, whose nodes have one address each)."""
         request = self._requests.pop(request_id, None)
         if request is None:
             return []  # late answer to a timed-out request
         self.counters.responses += 1
         actions: list[DhtAction] = []
-        to_ping = self.table.observe(request.peer.peer_id, addrs or request.peer.addrs, now)
+        to_ping = None
+        if self.table.admits(request.peer.peer_id, group):
+            to_ping = self.table.observe(request.peer.peer_id, addrs or request.peer.addrs, now, group)
+        else:
+            self.counters.refuse("table group")
+            self._skip_verifying(request.peer.peer_id, now)  # its requests cost no more pings for a while
         self._verifying.discard(request.peer.peer_id)
         if to_ping is not None:
             actions += self._ping_contact(to_ping, now)
@@ -338,7 +354,10 @@ class Kademlia:
                 value = msg.record.value
             except RecordError:
                 self.counters.records_rejected += 1
-        query.lookup.on_response(request.peer.peer_id, msg.closer_peers, value, msg.provider_peers)
+        closer, providers = msg.closer_peers, msg.provider_peers
+        if scope is not None:
+            closer, providers = self._dialable(closer, scope), self._dialable(providers, scope)
+        query.lookup.on_response(request.peer.peer_id, closer, value, providers)
         return actions + self._advance(query, now)
 
     def handle_failure(self, request_id: int, now: float) -> list[DhtAction]:
@@ -350,10 +369,7 @@ class Kademlia:
         if request.query_id is None:
             pid = request.peer.peer_id
             if pid in self._verifying and pid not in self.table:
-                self._not_servers[pid] = now + self.config.refresh_interval
-                self._not_servers.move_to_end(pid)
-                while len(self._not_servers) > MAX_NOT_SERVERS:
-                    self._not_servers.popitem(last=False)
+                self._skip_verifying(pid, now)
             self._verifying.discard(pid)
             return []
         query = self._queries.get(request.query_id)
@@ -533,12 +549,24 @@ class Kademlia:
         self._verifying.add(pid)
         return self._send(peer, Message(MessageType.PING), now, None)
 
+    def _skip_verifying(self, peer_id: bytes, now: float) -> None:
+        """Not a peer for our table (its ping failed, or its network has its places): its requests
+        are answered, but not pinged again for `refresh_interval`."""
+        self._not_servers[peer_id] = now + self.config.refresh_interval
+        self._not_servers.move_to_end(peer_id)
+        while len(self._not_servers) > MAX_NOT_SERVERS:
+            self._not_servers.popitem(last=False)
+
     def _ping_contact(self, peer_id: bytes, now: float) -> list[DhtAction]:
         contact = self.table.get(peer_id)
         if contact is None or peer_id in self._verifying:
             return []
         self._verifying.add(peer_id)
         return self._send(contact.info, Message(MessageType.PING), now, None)
+
+    def _dialable(self, peers: Sequence[PeerInfo], scope: str) -> tuple[PeerInfo, ...]:
+        limit = self.config.max_answer_addrs
+        return tuple(PeerInfo(p.peer_id, answer_addrs(p.addrs, scope, limit)) for p in peers)
 
     def _peer_infos(self, contacts: list) -> list[PeerInfo]:
         return [c.info for c in contacts]

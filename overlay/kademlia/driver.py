@@ -34,12 +34,13 @@ def dispatch(actions: Iterable[DhtAction], send: Callable[[Send], None], done: C
 
 
 def answer(
-    core: Kademlia, send: Send, response: Message | None, now: float, addrs: tuple[bytes, ...] = ()
+    core: Kademlia, send: Send, response: Message | None, now: float, addrs: tuple[bytes, ...] = (),
+    group: str = "", scope: str | None = None,
 ) -> list[DhtAction]:
     """A request's outcome into the core: a response of the request's type answers it; none, or
-    one of another type, is a failure (`addrs`: the responder's addresses, if fresher)."""
+    one of another type, is a failure (`addrs`, `group`, `scope`: as `Kademlia.handle_response`)."""
     if response is not None and response.type is send.message.type:
-        return core.handle_response(send.request_id, response, now, addrs)
+        return core.handle_response(send.request_id, response, now, addrs, group, scope)
     return core.handle_failure(send.request_id, now)
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import multiaddr
 import trio
 from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
-from overlay.core.addrs import address_group
+from overlay.core.addrs import address_group, ip_scope
 from overlay.core.errors import DecodeError
 from overlay.core.metrics import Registry
 from overlay.core.records import peer_id_to_str
@@ -234,11 +235,14 @@ class DhtService:
         expects_answer = send.expects_response
         peer_id = ID(send.peer.peer_id)
         response: Message | None = None
+        group, scope = "", "global"
         try:
             with trio.fail_after(self.core.config.request_timeout):
                 addrs = [multiaddr.Multiaddr(a) for a in send.peer.addrs]
                 await self.dialer.connect(peer_id, addrs, timeout=self.core.config.request_timeout)
-                response = await self._exchange(peer_id, send.message, expects_answer)
+                response, stream = await self._exchange(peer_id, send.message, expects_answer)
+                if stream is not None:
+                    group, scope = self._origin(stream)
         except DecodeError as e:
             self.bad_input.inc()
             log.debug("bad DHT response from %s: %s", peer_id, e)
@@ -246,10 +250,19 @@ class DhtService:
             log.debug("DHT request to %s failed: %s", peer_id, e)
         if not expects_answer:
             return
-        self._apply(answer(self.core, send, response, self.now(), self._known_addrs(peer_id) if response is not None else ()))
+        known = self._known_addrs(peer_id) if response is not None else ()
+        self._apply(answer(self.core, send, response, self.now(), known, group, scope))
 
-    async def _exchange(self, peer_id: ID, message: Message, expects_answer: bool) -> Message | None:
-        """One request (and its response) on a pooled stream; a stale reused stream gets one retry."""
+    def _origin(self, stream: Any) -> tuple[str, str]:
+        """The routing table's address group of the stream's connection ("" if relayed or exempt)
+        and its IP scope ("global" if relayed), for `Kademlia.handle_response`."""
+        ip = self.host.counted_ip(stream)
+        remote = stream.get_remote_address()
+        return address_group(ip) if ip else "", (ip_scope(remote[0]) or "global") if remote else "global"
+
+    async def _exchange(self, peer_id: ID, message: Message, expects_answer: bool) -> tuple[Message | None, Any]:
+        """One request (and its response) on a pooled stream, and the stream it was answered on;
+        a stale reused stream gets one retry."""
         payload = encode_message(message)
         while True:
             channel, reused = await self.streams.take(peer_id)
@@ -268,13 +281,13 @@ class DhtService:
                 await self.streams.discard(channel)
                 if reused:
                     continue
-                return None
+                return None, None
             self.bytes.inc(len(payload), direction="out")
             await self.streams.give_back(peer_id, channel)
             if not expects_answer:
-                return None
+                return None, None
             self.bytes.inc(len(data), direction="in")
-            return decode_message(data)
+            return decode_message(data), channel.stream
 
     def _known_addrs(self, peer_id: ID) -> tuple[bytes, ...]:
         """The peer's listen addresses as identify reported them (empty until it has)."""

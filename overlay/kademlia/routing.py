@@ -5,13 +5,19 @@ sha256(peer_id), a record's is sha256(key), distance is XOR. A full bucket never
 contact for a new one (old contacts are the stable ones); newcomers wait in a small replacement
 cache and take the place of contacts that fail twice in a row. When a bucket is full and its
 least recently seen contact has been quiet for `stale_after`, the table asks for a ping of it.
+
+Address diversity (as go-libp2p-kad-dht's filter): a contact's `group` is the /24 or /48 of the
+connection it answered on ("" when unknown: relayed, or an exempt network such as loopback). A
+bucket holds at most `max_per_group_bucket` contacts of one group and the table
+`max_per_group`, so peers from one network, however many identities they make, cannot fill a
+bucket or surround the node's own position; `admits` says whether a newcomer may enter.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from overlay.core.peer import PeerInfo
@@ -34,10 +40,11 @@ class Contact:
     """A peer in the table. `info` is the peer as it goes on the wire, kept whole so that
     answers reuse it rather than build it anew for every request."""
 
-    __slots__ = ("peer_id", "info", "position", "last_seen", "failures")
+    __slots__ = ("peer_id", "info", "position", "last_seen", "failures", "group")
 
-    def __init__(self, peer_id: bytes, addrs: tuple[bytes, ...], position: int, last_seen: float) -> None:
+    def __init__(self, peer_id: bytes, addrs: tuple[bytes, ...], position: int, last_seen: float, group: str = "") -> None:
         self.peer_id = peer_id
+        self.group = group
         self.info = PeerInfo(peer_id, addrs)
         self.position = position
         self.last_seen = last_seen
@@ -67,8 +74,13 @@ class RoutingTable:
         k: int = 20,
         max_failures: int = 2,
         stale_after: float = 60.0,
+        max_per_group_bucket: int = 2,
+        max_per_group: int = 6,
     ) -> None:
         self.local_id = local_id
+        self.max_per_group_bucket = max_per_group_bucket
+        self.max_per_group = max_per_group
+        self._groups: Counter[str] = Counter()  # contacts (not replacements) by group
         self.local_position = key_position(local_id)
         self.k = k
         self.max_failures = max_failures
@@ -90,13 +102,22 @@ class RoutingTable:
         bucket = self._buckets.get(self.bucket_index(key_position(peer_id)))
         return bucket.contacts.get(peer_id) if bucket else None
 
-    def observe(self, peer_id: bytes, addrs: tuple[bytes, ...], now: float) -> bytes | None:
-        """Record that `peer_id` answered us (it is alive and serves the DHT).
+    def admits(self, peer_id: bytes, group: str) -> bool:
+        """Whether `peer_id`, answering from `group`, may enter (a contact already in always may)."""
+        bucket = self._buckets.get(self.bucket_index(key_position(peer_id)))
+        if not group or (bucket is not None and peer_id in bucket.contacts):
+            return True
+        return self._groups[group] < self.max_per_group and (
+            bucket is None or self._in_bucket(bucket, group) < self.max_per_group_bucket)
+
+    def observe(self, peer_id: bytes, addrs: tuple[bytes, ...], now: float, group: str = "") -> bytes | None:
+        """Record that `peer_id` answered us (it is alive and serves the DHT), from `group`.
 
         Returns the peer ID of a contact to ping when the bucket is full and its oldest
         contact is stale; the caller reports the ping's outcome with observe() or fail().
+        A newcomer the diversity limits do not admit is ignored.
         """
-        if peer_id == self.local_id:
+        if peer_id == self.local_id or not self.admits(peer_id, group):
             return None
         position = key_position(peer_id)
         index = self.bucket_index(position)
@@ -109,10 +130,9 @@ class RoutingTable:
             contact.set_addrs(addrs)
             bucket.contacts.move_to_end(peer_id)
             return None
-        contact = Contact(peer_id, addrs, position, now)
+        contact = Contact(peer_id, addrs, position, now, group)
         if len(bucket.contacts) < self.k:
-            bucket.contacts[peer_id] = contact
-            self._size += 1
+            self._add(bucket, contact)
             bucket.replacements.pop(peer_id, None)
             return None
         bucket.replacements[peer_id] = contact
@@ -142,20 +162,39 @@ class RoutingTable:
         contact.failures += 1
         if contact.failures < self.max_failures:
             return False
-        del bucket.contacts[peer_id]
-        self._size -= 1
-        if bucket.replacements:
-            _, newest = bucket.replacements.popitem(last=True)
-            bucket.contacts[newest.peer_id] = newest
-            self._size += 1
+        self._drop(bucket, contact)
+        for newest in reversed(bucket.replacements.values()):  # the newest the limits admit now
+            if self.admits(newest.peer_id, newest.group):
+                del bucket.replacements[newest.peer_id]
+                self._add(bucket, newest)
+                break
         return True
 
     def remove(self, peer_id: bytes) -> None:
         bucket = self._buckets.get(self.bucket_index(key_position(peer_id)))
         if bucket is not None:
-            if bucket.contacts.pop(peer_id, None) is not None:
-                self._size -= 1
+            contact = bucket.contacts.get(peer_id)
+            if contact is not None:
+                self._drop(bucket, contact)
             bucket.replacements.pop(peer_id, None)
+
+    def _add(self, bucket: _Bucket, contact: Contact) -> None:
+        bucket.contacts[contact.peer_id] = contact
+        self._size += 1
+        if contact.group:
+            self._groups[contact.group] += 1
+
+    def _drop(self, bucket: _Bucket, contact: Contact) -> None:
+        del bucket.contacts[contact.peer_id]
+        self._size -= 1
+        if contact.group:
+            self._groups[contact.group] -= 1
+            if self._groups[contact.group] <= 0:
+                del self._groups[contact.group]
+
+    @staticmethod
+    def _in_bucket(bucket: _Bucket, group: str) -> int:
+        return sum(1 for c in bucket.contacts.values() if c.group == group)
 
     def closest(self, position: int, count: int, exclude: bytes | None = None) -> list[Contact]:
         """The `count` contacts nearest to `position` by XOR distance.

@@ -21,6 +21,7 @@ import multiaddr
 from overlay.node.apiauth import is_loopback
 from overlay.core.errors import ConfigError
 from overlay.core.records import peer_id_from_str
+from overlay.core.resources import ResourceLimits
 from overlay.kademlia.core import KadConfig
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws")
@@ -66,9 +67,14 @@ class Config:
     api_allowed_hosts: tuple[str, ...] = ()  # Host names besides 127.0.0.1, localhost and [::1]
     api_expose: bool = False  # allow a non-loopback API address (the LAN can then try the token)
     dht_limits: tuple[tuple[str, Any], ...] = ()  # [dht_limits] table: KadConfig's limits, as (name, value)
+    relay_bandwidth: int = 2**20  # bytes a second this node relays for others, over all circuits
+    resource_limits: tuple[tuple[str, Any], ...] = ()  # [resource_limits] table: ResourceLimits', as (name, value)
 
     def kad_config(self) -> KadConfig:
         return replace(KadConfig(), **dict(self.dht_limits))
+
+    def limits(self) -> ResourceLimits:
+        return replace(ResourceLimits(), connections=self.max_connections, **dict(self.resource_limits))
 
     @property
     def api_url(self) -> str:
@@ -202,30 +208,50 @@ def _convert(key: str, value: Any) -> Any:
         return value
     if key == "max_connections":
         return _whole(key, value, 1, 100_000)
+    if key == "relay_bandwidth":
+        return _whole(key, value, 1024, 2**40)
     if key == "dht_limits":
-        return _dht_limits(value)
+        return _limits(key, value, DHT_LIMITS)
+    if key == "resource_limits":
+        return _limits(key, value, RESOURCE_LIMITS)
     raise ConfigError(f"unknown config key {key!r}")
 
 
-DHT_LIMITS = tuple(f.name for f in fields(KadConfig) if f.name.startswith("max_"))  # whole numbers
-DHT_RATES = tuple(f.name for f in fields(KadConfig) if f.name.endswith("_requests"))  # [requests a second, burst]
+# The limit tables: each name with its default, whose type says what the file may give.
+DHT_LIMITS = {f.name: f.default for f in fields(KadConfig) if f.name.startswith(("max_", "table_")) or f.name.endswith("_requests")}
+RESOURCE_LIMITS = {f.name: f.default for f in fields(ResourceLimits) if f.name != "connections"}  # that one is max_connections
 
 
-def _dht_limits(value: Any) -> tuple[tuple[str, Any], ...]:
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1e6
+
+
+def _limits(table: str, value: Any, known: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A table of limits: whole numbers, seconds, [a rate a second, burst], or lists of networks."""
     if not isinstance(value, dict):
-        raise ConfigError("dht_limits: expected a table of limits")
+        raise ConfigError(f"{table}: expected a table of limits")
     limits = []
     for name, limit in sorted(value.items()):
-        what = f"dht_limits.{name}"
-        if name in DHT_LIMITS:
+        what = f"{table}.{name}"
+        if name not in known:
+            raise ConfigError(f"{what}: unknown limit (known: {', '.join(known)})")
+        default = known[name]
+        if isinstance(default, int):
             limits.append((name, _whole(what, limit, 1, 10_000_000)))
-        elif name in DHT_RATES:
-            if (not isinstance(limit, list) or len(limit) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1e6 for x in limit)):
-                raise ConfigError(f"{what}: expected [requests a second, burst], each above 0")
-            limits.append((name, (float(limit[0]), float(limit[1]))))
+        elif isinstance(default, float):
+            if not _number(limit):
+                raise ConfigError(f"{what}: expected a number of seconds above 0")
+            limits.append((name, float(limit)))
+        elif isinstance(default, tuple) and default and isinstance(default[0], str):
+            try:
+                networks = tuple(str(ipaddress.ip_network(n, strict=False)) for n in _as_list(limit, what))
+            except ValueError as e:
+                raise ConfigError(f"{what}: {e}") from None
+            limits.append((name, networks))
         else:
-            raise ConfigError(f"{what}: unknown limit (known: {', '.join(DHT_LIMITS + DHT_RATES)})")
+            if not isinstance(limit, list) or len(limit) != 2 or not all(_number(x) for x in limit):
+                raise ConfigError(f"{what}: expected [a rate a second, burst], each above 0")
+            limits.append((name, (float(limit[0]), float(limit[1]))))
     return tuple(limits)
 
 

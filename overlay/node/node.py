@@ -27,7 +27,7 @@ from aiortc import RTCIceServer
 from nat.portmap import keep_port_mapping
 from nat.reachability import Reachability, ReachabilityMachine
 from nat.reachability_io import ReachabilityService
-from nat.relay import RelayService
+from nat.relay import RelayLimits, RelayService
 from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
 from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
@@ -46,6 +46,7 @@ from overlay.gateway import hosts
 from overlay.gateway.service import Gateway
 from overlay.kademlia.core import Kademlia
 from overlay.kademlia.io import DhtService
+from overlay.kademlia.routing import key_position
 from overlay.kademlia.store import NamespacedValidator
 from overlay.messagenet.service import RelayerService
 from overlay.node.config import Config, parse_host_port
@@ -53,7 +54,6 @@ from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap
 from overlay.peermsg.service import PeerMessaging
 from overlay.transport.dialer import Dialer, known_addrs
 from overlay.transport.host import build_host, close_quietly
-from signaling.registrations import SIGNALING_KEY
 from signaling.service import SignalingService
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,15 @@ class Node:
         self.key = key or load_or_create_key(config.data_dir)
         self.peer_id_bytes = peer_id_from_public_key(self.key.public_key())
         self.peer_id = ID(self.peer_id_bytes)
-        self.host = build_host(self.key, config.listen, config.max_connections)
+        self.host = build_host(self.key, config.listen, config.limits(), self._is_known)
         self.metrics = Registry()
+        resources = self.host.resources
+        self.metrics.counts("overlay_resource_refused_total", "Inbound connections and streams the resource manager refused",
+                            "reason", lambda: resources.refused)
+        self.metrics.gauge("overlay_resource_pending_handshakes", "Inbound connections still in their handshake",
+                           lambda: resources.pending)
+        self.metrics.gauge("overlay_resource_inbound_connections", "Open inbound connections", lambda: resources.inbound)
+        self.metrics.gauge("overlay_resource_inbound_streams", "Open inbound streams", lambda: resources.streams)
         self.dialer = Dialer(self.host)
         validator = NamespacedValidator({b"peer": PeerRecordValidator(),
                                          reservation.NAMESPACE: reservation.ReservationValidator(wall_ms),
@@ -151,7 +158,8 @@ class Node:
         self.signaling.on_registrations = lambda live: self._spawn(self.publish_record)
         self.signaling.on_need_candidates = lambda: self._spawn(self._find_signaling_nodes)
         self.relay = RelayService(
-            self.host, config.network, self.metrics, self.signaling.server.is_registered, self.signaling.is_my_relay
+            self.host, config.network, self.metrics, self.signaling.server.is_registered, self.signaling.is_my_relay,
+            RelayLimits(bandwidth=config.relay_bandwidth),
         )
         self.stun = StunServerCounters()
         self.metrics.gauge("overlay_stun_answered_total", "STUN binding requests answered", lambda: self.stun.answered)
@@ -195,6 +203,7 @@ class Node:
                         await nursery.start(self.dht.run)
                         await nursery.start(self.signaling.run)
                         await nursery.start(self.traversal.run)
+                        await nursery.start(self.relay.run)
                         await nursery.start(self.channels.run)
                         await nursery.start(self.peermsg.run)
                         await nursery.start(self.gateway.run)
@@ -245,10 +254,7 @@ class Node:
         if self.config.dht_mode == "auto":
             self.dht.set_server(self.public)
         self.signaling.serve(self.public)
-        if state is Reachability.PUBLIC or (state is Reachability.UNKNOWN and not self.bootstraps):
-            self._spawn(self._announce_signaling)  # a node that may be behind NAT must not
-        elif state is Reachability.PRIVATE:
-            self.dht.unprovide(SIGNALING_KEY)
+        if state is Reachability.PRIVATE:
             self._spawn(self._find_signaling_nodes)
             if self.config.port_mapping and self.port_mapping is None:
                 self.port_mapping = {"state": "trying"}
@@ -305,18 +311,16 @@ class Node:
 
         await keep_port_mapping(int(tcp[0].value_for_protocol("tcp")), changed)
 
-    async def _announce_signaling(self) -> None:
-        """Public nodes announce themselves as signalling nodes (a DHT provider record)."""
-        with trio.move_on_after(60):
-            await self.dht.provide(SIGNALING_KEY)
-
     async def _find_signaling_nodes(self) -> None:
-        """Candidates for registration: our bootstraps first, then the DHT's signalling nodes."""
-        candidates = [PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)) for b in self.bootstraps]
+        """Candidates for registration: the DHT servers of our routing table (public nodes that
+        answered us, a few per network at most), and our bootstraps as the fallback. A lookup of
+        our own ID first fills the table near us, where the closest candidates are."""
         with trio.move_on_after(30):
-            result = await self.dht.get_providers(SIGNALING_KEY)
-            candidates += list(result.providers)
-        self.signaling.offer_candidates(candidates)
+            await self.dht.query(lambda now: self.core.find_node(self.peer_id_bytes, now))
+        own = key_position(self.peer_id_bytes)
+        table = [c.info for c in self.core.table.closest(own, self.signaling.registrations.max_candidates)]
+        bootstraps = [PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)) for b in self.bootstraps]
+        self.signaling.offer_candidates(table, bootstraps)
 
     def _tcp_ipv4(self) -> list[multiaddr.Multiaddr]:
         return [a for a in self.listen_addrs() if [p.name for p in a.protocols()] == ["ip4", "tcp"]]
@@ -416,6 +420,8 @@ class Node:
                 actions = outcome
             elif isinstance(actions[0], Join):
                 await self.dht.bootstrap()
+                if self.reachability is Reachability.PRIVATE:  # the table is full now: better candidates
+                    self._spawn(self._find_signaling_nodes)
                 stored = await self.publish_record()
                 log.info("joined: %d peers in the routing table, record stored on %d", len(self.core.table), stored)
                 self.joined.set()
@@ -542,6 +548,12 @@ class Node:
             return {"healthy": problem[0], "reason": problem[1]}
         return {"healthy": "good", "reason": "healthy"}
 
+    def _is_known(self, peer: ID) -> bool:
+        """Peers whose inbound connections may use the reserve strangers cannot fill: those in
+        our routing table, our signalling nodes, the bootstraps and the trusted peers."""
+        return (peer.to_bytes() in self.core.table or self.signaling.is_my_relay(peer)
+                or any(b.peer_id == peer for b in self.bootstraps) or str(peer) in self.config.trusted_peers)
+
     def status(self) -> dict:
         return {
             "peer_id": str(self.peer_id),
@@ -559,7 +571,8 @@ class Node:
             "routing_table": len(self.core.table),
             "peers": len(self.connected_peers()),
             "records": len(self.core.records),
-            "refused": {"dht": dict(self.core.counters.refused)},  # what strangers were refused, by reason
+            # what strangers were refused, by reason
+            "refused": {"connections": dict(self.host.resources.refused), "dht": dict(self.core.counters.refused)},
             "record_seq": self.record.seq if self.record else None,
             "record_addrs": [str(multiaddr.Multiaddr(a)) for a in self.record.addrs] if self.record else [],
             "uptime": round(time.time() - self.start_time, 1),

@@ -56,7 +56,7 @@ class PeerMessaging:
         capacity = self.core.max_pending + self.core.trusted_reserve
         self._send_app, self.messages = trio.open_memory_channel[DeliverPeerMessage](capacity)
         self._streams: dict[str, tuple[INetStream, trio.Lock]] = {}
-        self._inbound: dict[str, INetStream] = {}  # each peer's stream to us
+        self._inbound: dict[str, tuple[INetStream, trio.CancelScope]] = {}  # each peer's stream to us, and its reader
         self._used: dict[str, float] = {}  # when we last wrote on our stream to each peer
         self._opening: dict[str, trio.Lock] = {}
         self._replying = 0  # automatic answers (DATA, RESULT) being written
@@ -211,16 +211,22 @@ class PeerMessaging:
             raise OverlayError(f"peer message to {peer}: {e or type(e).__name__}") from None
 
     async def _handle_stream(self, stream: INetStream) -> None:
+        """A peer's stream replaces its last one, whose reader is cancelled (a local reset does
+        not wake a Yamux read, so it would otherwise sit out the idle timeout)."""
         peer = str(stream.muxed_conn.peer_id)
-        old, self._inbound[peer] = self._inbound.get(peer), stream
+        reader = trio.CancelScope()
+        old, self._inbound[peer] = self._inbound.get(peer), (stream, reader)
         if old is not None:
             self.replaced.inc()
-            await end_quietly(old)
+            old[1].cancel()
         try:
-            await self._read(peer, stream)
+            with reader:
+                await self._read(peer, stream)
         finally:
-            if self._inbound.get(peer) is stream:
+            if self._inbound.get(peer, (None,))[0] is stream:
                 del self._inbound[peer]
+        if reader.cancelled_caught:
+            await end_quietly(stream)
 
     async def _read(self, peer: str, stream: INetStream) -> None:
         reader = FrameReader()

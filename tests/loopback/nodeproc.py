@@ -28,6 +28,7 @@ class Proc:
     def __init__(self, args: list[str], data_dir: Path, network: str = "e2e",
                  preexec_fn: Callable[[], None] | None = None) -> None:
         self.data_dir = data_dir
+        self.network = network
         self.popen = subprocess.Popen(
             [CLI, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
              "--api", "127.0.0.1:0", "--network", network, "--no-port-mapping", *args],

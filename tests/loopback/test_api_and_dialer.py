@@ -76,6 +76,10 @@ async def test_websocket_listener_joins_and_finds(tmp_path):
         await wait_for(lambda: b.joined.is_set(), what="join over WebSocket")
         record = await a.find(b.peer_id)
         assert [str(M(x)) for x in record.addrs] == [str(x) for x in b.listen_addrs()]
+        # the WebSocket connection was counted as it was taken, and reports where it came from
+        conn = next(c for c in a.host.get_network().get_connections(b.peer_id) if not c.muxed_conn.is_initiator)
+        assert conn.muxed_conn.secured_conn.get_remote_address()[0] == "127.0.0.1"
+        assert a.host.resources.inbound >= 1
 
 
 async def test_an_api_beyond_loopback_warns_and_answers_only_its_allowed_names(tmp_path, caplog):

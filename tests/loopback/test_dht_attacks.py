@@ -11,18 +11,12 @@ import multiaddr
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
-from libp2p.transport.tcp.tcp import TCP
 
 from overlay.core.framing import frame
-from overlay.core.peer import PeerInfo
 from overlay.core.records import PeerRecord, peer_id_from_public_key, record_key, seal_peer_record
 from overlay.kademlia.core import KadConfig
-from overlay.kademlia.io import kad_protocol
-from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, Record, decode_message, encode_message
-from overlay.transport.framed import FramedStream
-from overlay.transport.host import build_host
+from overlay.kademlia.wire import Message, MessageType, Record, decode_message, encode_message
+from tests.loopback.hostile import Peer, rss_mib
 from tests.loopback.nodeproc import Proc, cli
 
 pytestmark = pytest.mark.timeout(240)
@@ -41,46 +35,6 @@ def quota_node(tmp_path) -> Proc:
     config = tmp_path / "node.toml"
     config.write_text("[dht_limits]\npeer_requests = [100000, 100000]\ngroup_requests = [100000, 100000]\n")
     return Proc(["--dht-mode", "server", "--config", str(config)], tmp_path / "node", network=NETWORK)
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
-class Peer:
-    """A DHT peer of our own making: its own key and libp2p host, dialing from `source` (an
-    address of the loopback network 127/8) when given."""
-
-    def __init__(self, source: str = "") -> None:
-        self.host = build_host(Ed25519PrivateKey.generate(), [])
-        self.id = self.host.get_id()
-        if source:
-            tcp = next(t for t in self.host.get_network().transport_manager.get_transports() if isinstance(t, TCP))
-
-            async def dial(maddr: multiaddr.Multiaddr) -> object:
-                return await tcp.dial_with_source(maddr, (source, 0))
-
-            tcp.dial = dial
-
-    async def connect(self, node: Proc) -> None:
-        await self.host.connect(Libp2pPeerInfo(ID.from_base58(node.peer_id), [multiaddr.Multiaddr(node.addrs[0])]))
-
-    async def stream(self, node: Proc) -> FramedStream:
-        return FramedStream(await self.host.new_stream(ID.from_base58(node.peer_id), [kad_protocol(NETWORK)]),
-                            MAX_MESSAGE_SIZE)
-
-    def provider(self, addrs: tuple[bytes, ...]) -> tuple[PeerInfo, ...]:
-        return (PeerInfo(self.id.to_bytes(), addrs),)
-
-    async def put(self, node: Proc, request: Message) -> bool:
-        """One PUT_VALUE; whether the node answered it as stored (with the echo of the record)."""
-        stream = await self.stream(node)
-        await stream.write(encode_message(request))
-        with trio.fail_after(10):
-            answer = decode_message(await stream.read())
-        await stream.close()
-        return answer.record == request.record
 
 
 def sybil_put() -> Message:
@@ -216,5 +170,37 @@ async def test_a_peer_asking_faster_than_its_rate_is_cut_off_and_others_are_answ
             await other.write(ask)
             with trio.fail_after(10):
                 assert decode_message(await other.read()).type is MessageType.FIND_NODE
+    finally:
+        node.stop()
+
+
+async def test_a_routing_table_offered_peers_from_one_network_stays_diverse(tmp_path):
+    """30 DHT servers from one /24 and 8 from 8 others ask the node something, so that it pings
+    each and takes the ones that answer into its routing table: one network gets at most its 6
+    places (2 per bucket), every other network's peer gets in, and a FIND_NODE answer (what the
+    node tells others of the network) names at most those 6."""
+    node = Proc(["--dht-mode", "server"], tmp_path / "node", network=NETWORK)
+    sybils = [Peer(source=f"127.0.5.{i}") for i in range(1, 31)]
+    honest = [Peer(source=f"127.0.{10 + i}.1") for i in range(8)]
+    observer = Peer(source="127.0.9.1")
+    ids = lambda peers: {p.id.to_bytes() for p in peers}  # noqa: E731
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for peer in [*sybils, *honest, observer]:
+                await stack.enter_async_context(peer.host.run([]))
+                peer.serve_dht(NETWORK)
+                await peer.connect(node)
+            for peer in [*sybils, *honest]:
+                await peer.ask(node, Message(MessageType.PING))
+            ask = Message(MessageType.FIND_NODE, key=b"k" * 32)
+            with trio.fail_after(60):
+                while not ids(honest) <= (named := {p.peer_id for p in (await observer.ask(node, ask)).closer_peers}):
+                    await trio.sleep(0.2)  # the node pings each asker once; poll until the last answered
+            held = named & ids(sybils)
+            assert 1 <= len(held) <= KadConfig.table_per_group, f"{len(held)} of one network's peers in the table"
+            with trio.fail_after(30):
+                while node.metric('overlay_dht_refused_total{reason="table group"}') < len(sybils) - len(held):
+                    await trio.sleep(0.2)
+            assert node.metric('overlay_dht_refused_total{reason="table group"}') == len(sybils) - len(held)
     finally:
         node.stop()

@@ -97,7 +97,9 @@ async def test_a_query_to_a_node_reached_only_through_a_relay(tmp_path):
 
 async def test_a_peer_opening_many_streams_holds_one(tmp_path):
     """A stranger opens 50 typed-message streams and sends nothing on them: each new one replaces
-    the last, which is reset, so the node holds one; a message on a newer one is delivered."""
+    the last, which is reset, or is refused while too many of its streams are still closing
+    (the resource manager's cap per peer and protocol), so the node holds one; a message on a
+    newer one is delivered."""
     from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 
     from overlay.peermsg.frames import encode
@@ -110,10 +112,15 @@ async def test_a_peer_opening_many_streams_holds_one(tmp_path):
             await stranger.connect(Libp2pPeerInfo(a.peer_id, a.host.get_addrs()))
             for _ in range(50):  # held open by our host, silent
                 await stranger.new_stream(a.peer_id, [a.peermsg.protocol])
-            await wait_for(lambda: a.peermsg.replaced.values.get((), 0) == 49, what="49 streams replaced")
+            resources = a.host.resources
+            replaced = lambda: a.peermsg.replaced.values.get((), 0)  # noqa: E731
+            await wait_for(lambda: replaced() + resources.refused["streams-protocol"] == 49, what="49 replaced or refused")
+            await wait_for(lambda: resources.protocol_streams(stranger.get_id(), a.peermsg.protocol) == 1,
+                           what="the replaced streams' handlers ended")
             assert list(a.peermsg._inbound) == [str(stranger.get_id())]
+            before = replaced()
             newest = await stranger.new_stream(a.peer_id, [a.peermsg.protocol])  # after the others' handlers ran
-            await wait_for(lambda: a.peermsg.replaced.values.get((), 0) == 50, what="the 50th replaced")
+            await wait_for(lambda: replaced() == before + 1, what="the last one replaced")
             for frame in encode(*message(PeerMessageType.BELIEF, 1, with_refs([], b"still heard")), 1):
                 await newest.write(frame)
             assert (await next_message(a, PeerMessageType.BELIEF)).body == b"still heard"

@@ -12,6 +12,8 @@ from overlay.node.config import Config, load_config
 from overlay.core.errors import ConfigError
 from overlay.core.identity import load_or_create_key
 from overlay.core.records import peer_id_from_public_key
+from overlay.core.resources import ResourceLimits
+from overlay.kademlia.core import KadConfig
 
 PEER = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
 
@@ -129,3 +131,29 @@ def test_dht_limits_come_from_the_file_and_are_checked(tmp_path):
     path.write_text('dht_limits = "all"\n')
     with pytest.raises(ConfigError, match="dht_limits: expected a table"):
         load_config(path)
+
+
+def test_resource_limits_come_from_the_file_and_are_checked(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('max_connections = 100\n[resource_limits]\nper_ip = 3\nhandshake_timeout = 2.5\n'
+                    'accept_rate = [1, 4]\nexempt = ["2001:db8::/32"]\n')
+    limits = load_config(path).limits()
+    assert (limits.connections, limits.inbound, limits.per_ip, limits.handshake_timeout) == (100, 75, 3, 2.5)
+    assert (limits.accept_rate, limits.exempt, limits.pending) == ((1.0, 4.0), ("2001:db8::/32",), 64)
+    for bad, fragment in (("connections = 5", "resource_limits.connections: unknown limit"),
+                          ("per_ip = 0", "resource_limits.per_ip"), ("handshake_timeout = -1", "seconds above 0"),
+                          ('exempt = ["not a network"]', "resource_limits.exempt"),
+                          ("accept_rate = 4", "resource_limits.accept_rate")):
+        path.write_text(f"[resource_limits]\n{bad}\n")
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(path)
+
+
+def test_the_readme_config_example_is_the_defaults(tmp_path):
+    """The README's example config file loads, and its limit tables say the defaults."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("[dht_limits]", 1)[1].split("```", 1)[0]
+    path = tmp_path / "node.toml"
+    path.write_text("[dht_limits]" + example)
+    config = load_config(path)
+    assert config.limits() == ResourceLimits() and config.kad_config() == KadConfig()

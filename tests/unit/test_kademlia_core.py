@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import multiaddr
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,6 +69,70 @@ def test_two_failures_evict_and_promote_replacement():
     assert table.fail(a) is False and a in table
     assert table.fail(a) is True
     assert a not in table and c in table and len(table) == 2
+
+
+def test_one_network_holds_at_most_two_places_in_a_bucket_and_six_in_the_table():
+    table = RoutingTable(pid(0), k=20, max_per_group_bucket=2, max_per_group=6)
+    sybils = [p for b in range(4) for p in bucket_peers(table, b, 5)]  # 5 in each of buckets 0-3
+    for p in sybils:
+        table.observe(p, (), 0.0, group="198.51.100.0/24")
+    held = [p for p in sybils if p in table]
+    assert len(held) == 6 and max(list(table.bucket_sizes().values())) == 2
+    honest = bucket_peers(table, 0, 10)[5:]
+    for i, p in enumerate(honest):
+        table.observe(p, (), 0.0, group=f"203.0.{i}.0/24")
+    assert all(p in table for p in honest), "other networks still enter"
+    table.observe(bucket_peers(table, 5, 1)[0], (), 0.0, group="")
+    assert len(table) == 12, "a contact of no known group is not limited"
+    table.remove(held[0])
+    late = next(p for p in sybils if p not in table and table.bucket_index(key_position(p)) == table.bucket_index(key_position(held[0])))
+    table.observe(late, (), 1.0, group="198.51.100.0/24")
+    assert late in table, "a place a network gave up is its own again"
+
+
+def test_a_replacement_enters_only_within_the_limits():
+    table = RoutingTable(pid(0), k=2, max_failures=1, max_per_group_bucket=1)
+    a, b, c, d = bucket_peers(table, 0, 4)
+    table.observe(a, (), 0.0, group="g1")
+    table.observe(b, (), 0.0, group="g2")
+    table.observe(c, (), 1.0, group="g3")  # waits as a replacement
+    table.observe(d, (), 2.0, group="g1")  # refused: g1 has its place in this bucket
+    table.fail(b)
+    assert c in table and d not in table
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["observe", "fail", "remove"]), st.integers(0, 40), st.sampled_from(["", "a", "b", "c"])), max_size=200))
+def test_group_counts_follow_the_contacts_under_any_events(events):
+    table = RoutingTable(pid(0), k=4, max_failures=1, max_per_group_bucket=2, max_per_group=5)
+    for t, (kind, i, group) in enumerate(events):
+        p = pid(i + 1)
+        if kind == "observe":
+            table.observe(p, (), float(t), group)
+        elif kind == "fail":
+            table.fail(p)
+        else:
+            table.remove(p)
+        contacts = table.contacts()
+        for g in "abc":
+            assert sum(c.group == g for c in contacts) == table._groups[g] <= 5
+        assert len(contacts) == len(table)
+
+
+def test_an_answer_makes_the_node_dial_only_addresses_of_its_scope_and_a_crowded_network_stays_out():
+    lan = multiaddr.Multiaddr("/ip4/192.168.1.9/tcp/1").to_bytes()
+    wide = [multiaddr.Multiaddr(f"/ip4/203.0.114.{i}/tcp/1").to_bytes() for i in range(12)]
+    node = Kademlia(PeerInfo(pid(0)), int_validator(), KadConfig(max_answer_addrs=4, table_per_group=1))
+    node.table.observe(pid(1), (wide[0],), 0.0, group="203.0.114.0/24")
+    _, actions = node.find_node(pid(99), 0.0)
+    (ask,) = [a for a in actions if isinstance(a, Send)]
+    named = PeerInfo(pid(2), (lan, *wide[1:]))
+    answer = Message(MessageType.FIND_NODE, key=pid(99), closer_peers=(named,))
+    nxt = node.handle_response(ask.request_id, answer, 0.1, group="203.0.114.0/24", scope="global")
+    (ask2,) = [a for a in nxt if isinstance(a, Send)]
+    assert ask2.peer.peer_id == pid(2) and ask2.peer.addrs == tuple(wide[1:5]), "no LAN address, at most 4"
+    node.handle_response(ask2.request_id, Message(MessageType.FIND_NODE, key=pid(99)), 0.2, group="203.0.114.0/24", scope="global")
+    assert pid(2) not in node.table and node.counters.refused == {"table group": 1}, "its network has its place"
 
 
 def test_success_resets_failures():

@@ -13,7 +13,8 @@ from overlay.core.errors import DecodeError, ProtocolError
 from overlay.core.peer import PeerInfo
 from overlay.core.records import peer_id_to_str
 from signaling import messages
-from signaling.registrations import Changed, NeedCandidates, RegisterWith, Registrations
+from overlay.kademlia.routing import key_position
+from signaling.registrations import AskLoad, Changed, NeedCandidates, RegisterWith, Registrations, Release
 from signaling.server import CloseStream, ServerLimits, SignalingServer, StreamRole, Write
 
 
@@ -178,6 +179,25 @@ def test_sessions_per_caller_and_registrations_are_bounded():
     assert writes(out)[0].code == "full" and closes(out) == [6]
 
 
+def test_registrations_from_one_ip_are_bounded_and_a_leaving_one_frees_its_place():
+    s = SignalingServer(ServerLimits(max_registrations_per_ip=2))
+    for stream, p in ((1, A), (2, B)):
+        s.opened(stream, p, 0.0, "198.51.100.7")
+        assert writes(s.message(stream, messages.Register(), 0.0)) == [messages.Registered(60)]
+    s.opened(3, C, 0.0, "198.51.100.7")
+    out = s.message(3, messages.Register(), 0.0)
+    assert writes(out)[0].code == "full" and closes(out) == [3] and not s.is_registered(C)
+    s.opened(4, C, 0.0, "198.51.100.8")
+    assert writes(s.message(4, messages.Register(), 0.0)) == [messages.Registered(60)], "another IP"
+    s.opened(5, A, 0.0, "198.51.100.7")
+    assert closes(s.message(5, messages.Register(), 0.0)) == [1], "registering again from the same IP replaces"
+    s.closed(2, 1.0)
+    s.opened(6, peer(9), 1.0, "198.51.100.7")
+    assert writes(s.message(6, messages.Register(), 1.0)) == [messages.Registered(60)]
+    s.opened(7, peer(10), 1.0, "")
+    assert writes(s.message(7, messages.Register(), 1.0)) == [messages.Registered(60)], "no IP: per-peer only"
+
+
 def test_registration_expires_without_keepalive_and_pings_keep_it():
     s = registered_server(ServerLimits(ttl=10))
     assert writes(s.message(1, messages.Ping(), 8.0)) == [messages.Pong()]
@@ -238,54 +258,150 @@ def info(i: int) -> PeerInfo:
     return PeerInfo(bytes([i]) * 4, (b"addr%d" % i,))
 
 
+ME = b"\x00" * 4
+
+
+def by_distance(ids: list[int]) -> list[int]:
+    return sorted(ids, key=lambda i: key_position(info(i).peer_id) ^ key_position(ME))
+
+
 def registers(actions):
     return [a.peer.peer_id for a in actions if isinstance(a, RegisterWith)]
 
 
-def test_registers_with_want_candidates_in_the_order_offered():
-    r = Registrations(want=3)
-    out = r.offer([info(i) for i in range(5)], 0.0)
-    assert registers(out) == [info(0).peer_id, info(1).peer_id, info(2).peer_id]
-    assert not [a for a in out if isinstance(a, NeedCandidates)], "enough candidates: no lookup"
-    assert r.succeeded(info(0).peer_id, 0.1) == [Changed((info(0),))]
+def asked(actions):
+    return [p.peer_id for a in actions if isinstance(a, AskLoad) for p in a.peers]
+
+
+def answer_loads(r: Registrations, actions, loads: dict[int, int], now: float):
+    """Answer every AskLoad in `actions` (peers not in `loads` fail); returns what followed."""
+    out = []
+    for peer_id in asked(actions):
+        i = peer_id[0]
+        out += r.loaded(peer_id, loads[i], now) if i in loads else r.load_failed(peer_id, now)
+    return out
+
+
+def registered(r: Registrations, actions, now: float) -> list[int]:
+    """Let every RegisterWith in `actions` succeed; the indices now live."""
+    for peer_id in registers(actions):
+        r.succeeded(peer_id, now)
+    return sorted(p.peer_id[0] for p in r.live)
+
+
+def test_registers_with_the_least_loaded_of_the_closest_candidates():
+    r = Registrations(ME, want=2, pool=4)
+    closest = by_distance(list(range(1, 9)))
+    out = r.offer([info(i) for i in range(1, 9)], 0.0)
+    assert sorted(asked(out)) == sorted(info(i).peer_id for i in closest[:4]), "the pool: the 4 closest"
+    assert not registers(out), "nothing chosen before the loads are known"
+    loads = {closest[0]: 9, closest[1]: 1, closest[2]: 0, closest[3]: 1}
+    out = answer_loads(r, out, loads, 0.1)
+    assert registers(out) == [info(closest[2]).peer_id, info(closest[1]).peer_id], "least loaded, then the closer"
+    assert registered(r, out, 0.2) == sorted([closest[1], closest[2]])
+
+
+def test_bootstraps_are_the_fallback_and_are_left_once_others_are_known():
+    r = Registrations(ME, want=2, pool=4, lookup_interval=60.0)
+    out = r.offer([], 0.0, bootstraps=[info(1), info(2), info(3)])
+    assert any(isinstance(a, NeedCandidates) for a in out)
+    out = answer_loads(r, out, {1: 50, 2: 40, 3: 60}, 0.1)
+    assert registered(r, out, 0.2) == [1, 2]
+    out = r.offer([info(10), info(11), info(12)], 61.0)
+    out = answer_loads(r, out, {10: 3, 11: 3, 12: 3}, 61.1)
+    assert len(registers(out)) == 2 and not set(registers(out)) & {info(1).peer_id, info(2).peer_id}
+    for peer_id in registers(out):
+        follow = r.succeeded(peer_id, 61.2)
+        assert [a.peer.peer_id[0] for a in follow if isinstance(a, Release)] in ([1], [2])
+    assert all(p.peer_id[0] >= 10 for p in r.live) and len(r.live) == 2
+    assert r.next_timer() >= 300.0, "nothing left to fill: only the next rebalance"
+
+
+def test_a_burst_of_closer_fresh_identities_does_not_displace_live_registrations():
+    r = Registrations(ME, want=3)
+    out = answer_loads(r, r.offer([info(i) for i in range(1, 7)], 0.0), {i: 5 for i in range(1, 7)}, 0.1)
+    live = registered(r, out, 0.2)
+    sybils = [PeerInfo(bytes([200, i, 0, 0]), (b"x",)) for i in range(64)]
+    out = r.offer(sybils, 1.0)
+    assert not registers(out) and not asked(out), "no slot is open: newcomers are not even asked"
+    assert registered(r, [], 1.0) == live
+    out = r.lost(info(live[0]).peer_id, 2.0)  # a live one fails: its slot goes to the best of the pool now
+    assert asked(out) or registers(out)
+
+
+def test_fresh_candidates_enter_the_pool_only_once_settled():
+    r = Registrations(ME, want=1, pool=2, settle=600.0)
+    live = registered(r, answer_loads(r, r.offer([info(1), info(2)], 0.0), {1: 5, 2: 5}, 0.0), 0.0)
+    sybils = [PeerInfo(bytes([200, i, 0, 0]), (b"x",)) for i in range(16)]
+    out = r.offer(sybils, 690.0)  # a burst of fresh, closer, empty identities; then a slot opens
+    assert set(asked(out)) <= {info(1).peer_id, info(2).peer_id}, "the rebalance asks only the settled"
+    answer_loads(r, out, {1: 5, 2: 5}, 690.0)
+    out = r.lost(info(live[0]).peer_id, 700.0)
+    out += answer_loads(r, out, {1: 5, 2: 5}, 700.0)
+    assert registers(out), "the slot is filled"
+    assert set(asked(out) + registers(out)) <= {info(1).peer_id, info(2).peer_id}, "the settled ones only"
+
+
+def test_a_registration_far_above_the_median_moves_to_a_lighter_settled_node_then_is_released():
+    r = Registrations(ME, want=1, pool=3, settle=0.0, rebalance_interval=300.0)
+    out = answer_loads(r, r.offer([info(1)], 0.0), {1: 0}, 0.0)
+    assert registered(r, out, 0.0) == [1]
+    out = r.offer([info(2), info(3)], 10.0)  # others arrive; 1 has since taken what came
+    out += r.handle_timer(301.0)
+    out = answer_loads(r, out, {1: 30, 2: 4, 3: 6}, 301.0)
+    assert registers(out) == [info(2).peer_id]
+    follow = r.succeeded(info(2).peer_id, 302.0)
+    assert [a.peer.peer_id for a in follow if isinstance(a, Release)] == [info(1).peer_id]
+    assert [p.peer_id for p in r.live] == [info(2).peer_id]
+    out = r.handle_timer(700.0)
+    out = answer_loads(r, out, {2: 9, 3: 6}, 700.0)
+    assert not registers(out), "9 is not more than 1.5 times the median (+1): it stays"
 
 
 def test_a_lost_registration_is_replaced_and_the_failed_node_backs_off():
-    r = Registrations(want=2, retry=5.0)
-    r.offer([info(i) for i in range(3)], 0.0)
-    r.succeeded(info(0).peer_id, 0.1)
-    r.succeeded(info(1).peer_id, 0.1)
-    out = r.lost(info(0).peer_id, 1.0)
-    assert Changed((info(1),)) in out and registers(out) == [info(2).peer_id]
-    r.lost(info(2).peer_id, 2.0)  # the replacement fails too: nobody left before the backoff ends
+    r = Registrations(ME, want=2, pool=3, retry=5.0)
+    a, b, c = by_distance([1, 2, 3])
+    out = answer_loads(r, r.offer([info(i) for i in (1, 2, 3)], 0.0), {a: 0, b: 0, c: 5}, 0.0)
+    assert registered(r, out, 0.1) == sorted([a, b])
+    out = r.lost(info(a).peer_id, 1.0)
+    assert Changed((info(b),)) in out and registers(out) == [info(c).peer_id], "a known load is reused"
+    r.lost(info(c).peer_id, 2.0)  # the replacement fails too: nobody left before the backoff ends
     assert r.next_timer() == 6.0
     assert registers(r.handle_timer(5.9)) == []
-    assert registers(r.handle_timer(6.0)) == [info(0).peer_id]
+    assert registers(r.handle_timer(6.0)) == [info(a).peer_id], "back from its backoff, its load still fresh"
+
+
+def test_a_candidate_that_does_not_say_its_load_backs_off():
+    r = Registrations(ME, want=1, pool=2, retry=5.0)
+    a, b = by_distance([1, 2])
+    out = answer_loads(r, r.offer([info(1), info(2)], 0.0), {b: 7}, 0.0)
+    assert registers(out) == [info(b).peer_id]
 
 
 def test_backoff_doubles_up_to_the_cap():
-    r = Registrations(want=1, retry=5.0, retry_max=12.0)
-    r.offer([info(0)], 0.0)
+    r = Registrations(ME, want=1, retry=5.0, retry_max=12.0)
+    answer_loads(r, r.offer([info(0)], 0.0), {0: 0}, 0.0)
     now = 0.0
     delays = []
     for _ in range(4):
         r.lost(info(0).peer_id, now)
         delays.append(r.next_timer() - now)
         now = r.next_timer()
-        assert registers(r.handle_timer(now)) == [info(0).peer_id]
+        out = r.handle_timer(now)
+        assert registers(out + answer_loads(r, out, {0: 0}, now)) == [info(0).peer_id]
     assert delays == [5.0, 10.0, 12.0, 12.0]
 
 
 def test_asks_for_candidates_at_most_once_per_interval():
-    r = Registrations(want=3, lookup_interval=60.0)
+    r = Registrations(ME, want=3, lookup_interval=60.0)
     assert any(isinstance(a, NeedCandidates) for a in r.offer([info(0)], 0.0))
     assert not any(isinstance(a, NeedCandidates) for a in r.offer([info(1)], 10.0))
     assert any(isinstance(a, NeedCandidates) for a in r.offer([], 61.0))
 
 
 def test_the_timer_never_points_into_the_past_while_a_retry_is_pending():
-    r = Registrations(want=3, retry=5.0)
-    r.offer([info(0)], 0.0)
+    r = Registrations(ME, want=1, retry=5.0)
+    answer_loads(r, r.offer([info(0)], 0.0), {0: 0}, 0.0)
     r.lost(info(0).peer_id, 1.0)
     assert r.next_timer() == 6.0
     assert registers(r.handle_timer(6.0)) == [info(0).peer_id]
