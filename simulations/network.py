@@ -3,11 +3,14 @@ internet (internet.py), in virtual time (engine.py).
 
 What runs is the node's own code without I/O:
 - `overlay.kademlia.core.Kademlia`: routing, lookups, records, providers, refresh and republish
-  timers; public nodes are DHT servers, nodes behind NAT clients, as on the real node;
+  timers, with the node's quotas, table limits and provider namespaces; public nodes are DHT
+  servers, nodes behind NAT clients, as on the real node;
 - peer records (`overlay.core.records`): signed with each node's Ed25519 key, validated by the DHT;
 - `signaling.registrations.Registrations`: which signalling nodes a node behind NAT keeps;
 - `nat.strategy.DialStrategy` with `nat.plan.plan_for`: dial by peer ID, direct or relayed,
   then the upgrade to a direct path;
+- `nat.circuits.RelayBudget`: which circuits each public node's relay admits (a first
+  connection's, then a persistent one for a pair with no direct path, held `connection_hold`);
 - `overlay.node.roles`: what a node's record carries, which record a lookup believes, and the
   join through the bootstraps (`Joiner`);
 - `overlay.kademlia.driver.MemoryDriver`: the Kademlia actions carried between cores, the same
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import multiaddr
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nat.circuits import RelayBudget, RelayFull
 from nat.plan import plan_for
 from nat.strategy import DialConnected, DialDirect, DialRelay, DialStrategy, Failed, GaveUp, Plan, Upgrade, Upgraded
 from overlay.core.peer import PeerInfo
@@ -39,6 +44,7 @@ from overlay.kademlia.driver import Links, MemoryDriver
 from overlay.kademlia.routing import key_position
 from overlay.kademlia.store import NamespacedValidator
 from overlay.kademlia.wire import Message, encode_message
+from overlay.node.namespaces import PROVIDER_NAMESPACES
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, best_record, record_addrs
 from signaling.registrations import AskLoad, Changed, NeedCandidates, RegisterWith, Registrations, Release
 from simulations.channels import ChannelWorkload
@@ -77,6 +83,9 @@ class SimNode:
     bytes_received: int = 0
     relayed: int = 0  # connections relayed through this node
     upgrades_signalled: int = 0
+    circuits: RelayBudget | None = None  # (public nodes) the relay's admission, as the node's
+    circuits_peak: int = 0
+    relay_refused: Counter[str] = field(default_factory=Counter)  # first / persistent circuits refused
 
     @property
     def public(self) -> bool:
@@ -153,9 +162,9 @@ class Simulation:
         index = len(self.nodes)
         addrs = (self._address(index),) if nat is Nat.PUBLIC else ()
         core = Kademlia(PeerInfo(peer_id, addrs), self.validator, self.kad_config, server=nat is Nat.PUBLIC,
-                        rng=random.Random(self.rng.random()))
+                        rng=random.Random(self.rng.random()), provider_namespaces=PROVIDER_NAMESPACES)
         node = SimNode(index, key, peer_id, peer_id_to_str(peer_id), region, nat, core, joined_at=0.0, bootstrap=bootstrap,
-                       online=False)
+                       online=False, circuits=RelayBudget(sc.relay_limits()) if nat is Nat.PUBLIC else None)
         if nat is not Nat.PUBLIC:
             node.registrations = Registrations(peer_id, want=sc.signaling_nodes)
         self.nodes.append(node)
@@ -393,7 +402,28 @@ class Simulation:
     def _connect_by_record(self, source: SimNode, target: SimNode, record: PeerRecord, start: float, entry: dict) -> None:
         plan = plan_for(map(multiaddr.Multiaddr, record.addrs))
         strategy = DialStrategy(Plan(plan.direct, tuple(r for r in plan.relays if r[0] in self.by_id)))
-        state = {"via": None}
+        state: dict = {"via": None, "circuit": None}
+
+        def circuit(relay: SimNode, persistent: bool) -> bool:
+            """The relay admits a circuit from source to target (its RelayBudget), or counts the refusal."""
+            try:
+                state["circuit"] = relay.circuits.admit(target.name, source.name, persistent, self.sched.now)
+            except RelayFull:
+                relay.relay_refused["persistent" if persistent else "first"] += 1
+                return False
+            relay.circuits_peak = max(relay.circuits_peak, len(relay.circuits.circuits))
+            return True
+
+        def release() -> None:
+            if state["circuit"] is not None:
+                state["via"].circuits.release(state["circuit"])
+                state["circuit"] = None
+
+        def relayed(relay: bytes, ok: bool) -> None:
+            actions = strategy.relay_done(relay, ok, self.sched.now)
+            if ok and not any(isinstance(a, DialConnected) for a in actions):
+                release()  # a direct dial won meanwhile: the circuit closes unused
+            act(actions)
 
         def act(actions: list) -> None:
             for action in actions:
@@ -405,12 +435,12 @@ class Simulation:
                 elif isinstance(action, DialRelay):
                     relay = self.by_id[action.relay]
                     ok = (relay.online and target.online and target.index in relay.clients
-                          and not self.cut(source, relay) and not self.cut(relay, target))
+                          and not self.cut(source, relay) and not self.cut(relay, target)) and circuit(relay, False)
                     if ok:
                         state["via"] = relay
                     time = (CONNECT_RTTS * self.net.rtt(source.region, relay.region) + 2 * self._relayed_rtt(source, relay, target)
                             if ok else DIAL_TIMEOUT)
-                    self.sched.after(time, lambda r=action.relay, ok=ok: act(strategy.relay_done(r, ok, self.sched.now)))
+                    self.sched.after(time, lambda r=action.relay, ok=ok: relayed(r, ok))
                 elif isinstance(action, Upgrade):
                     relay = self.by_id[action.relay]
                     relay.upgrades_signalled += 1
@@ -430,8 +460,18 @@ class Simulation:
                         entry["direct_s"] = self.sched.now - start
                 elif isinstance(action, Upgraded):
                     entry["path"], entry["direct_s"] = "upgraded", self.sched.now - start
-                elif isinstance(action, (Failed, GaveUp)):
-                    pass
+                    release()
+                elif isinstance(action, GaveUp) and state["via"] is not None:
+                    # no direct path: the first connection's circuit makes way for a persistent one,
+                    # held for as long as the connection is; refused, the connection ends at its limit
+                    relay = state["via"]
+                    release()
+                    if circuit(relay, True):
+                        self.sched.after(self.scenario.connection_hold, release)
+                    else:
+                        entry["path"] = "cut"
+                elif isinstance(action, Failed):
+                    release()
             t = strategy.next_timer()
             if t is not None and not strategy.finished:
                 self.sched.at(t, lambda: act(strategy.handle_timer(self.sched.now)) if strategy.next_timer() == t else None)

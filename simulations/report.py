@@ -58,7 +58,7 @@ def summarize(sim: Simulation, wall: float) -> dict[str, Any]:
     hours = sc.duration / 3600
     pairs: dict[str, Counter] = {}
     for d in connected:
-        pairs.setdefault(f"{d['source_nat']}->{d['target_nat']}", Counter())["direct" if d["path"] != "relayed" else "relayed"] += 1
+        pairs.setdefault(f"{d['source_nat']}->{d['target_nat']}", Counter())["relayed" if d["path"] in ("relayed", "cut") else "direct"] += 1
 
     def ms(values: list[float], q: float) -> float | None:
         v = percentile(values, q)
@@ -75,7 +75,8 @@ def summarize(sim: Simulation, wall: float) -> dict[str, Any]:
         "lookup_ms": {q: ms([d["lookup_s"] for d in found], q) for q in (50, 90, 99)},
         "hops": {"mean": round(sum(d["hops"] for d in found) / len(found), 2) if found else None,
                  "p50": percentile([d["hops"] for d in found], 50), "max": max((d["hops"] for d in found), default=None)},
-        "paths": {"direct": final.get("direct", 0), "upgraded": final.get("upgraded", 0), "relayed": final.get("relayed", 0)},
+        "paths": {"direct": final.get("direct", 0), "upgraded": final.get("upgraded", 0), "relayed": final.get("relayed", 0),
+                  "cut": final.get("cut", 0)},
         "direct_share": round((final.get("direct", 0) + final.get("upgraded", 0)) / len(connected), 4) if connected else None,
         "first_stream_ms": {q: ms([d["first_stream_s"] for d in connected], q) for q in (50, 90, 99)},
         "direct_path_ms": {q: ms([d["direct_s"] for d in connected if d["direct_s"] is not None], q) for q in (50, 90)},
@@ -88,6 +89,10 @@ def summarize(sim: Simulation, wall: float) -> dict[str, Any]:
             "relayed_per_hour": {"mean": round(sum(n.relayed for n in public) / max(1, len(public)) / hours, 2),
                                  "max": round(max((n.relayed for n in public), default=0) / hours, 2)},
             "upgrades_signalled_per_hour": round(sum(n.upgrades_signalled for n in public) / max(1, len(public)) / hours, 2),
+        },
+        "relay": {  # each public node's RelayBudget, the node's own limits
+            "circuits_peak": max((n.circuits_peak for n in public), default=0),
+            "refused": dict(sum((n.relay_refused for n in public), Counter())),
         },
         "channels": channel_summary(sim),
         "bytes_per_node_per_hour": {"mean": round(sum(node_bytes) / max(1, len(node_bytes)) / hours),
@@ -136,6 +141,9 @@ def summary_text(s: dict[str, Any]) -> str:
         f"(mean {s['signaling']['registrations_mean']}, max/mean {s['signaling']['registrations_max_over_mean']}), "
         f"relayed connections per node-hour mean {s['signaling']['relayed_per_hour']['mean']} "
         f"(max {s['signaling']['relayed_per_hour']['max']})",
+        f"relay circuits: at most {s['relay']['circuits_peak']} open on one node; refused: "
+        f"{', '.join(f'{n} {k}' for k, n in sorted(s['relay']['refused'].items())) or 'none'}; "
+        f"{s['paths']['cut']} connections cut at a first circuit's limit",
         *([f"channels: {c['messages']} messages, delivery ratio {_pct(c['delivery_ratio'])}, latency p50 "
            f"{c['latency_ms'][50]} ms, p99 {c['latency_ms'][99]} ms, within 2 RTT + 100 ms {_pct(c['within_2rtt_100ms'])}; "
            f"{c['envelopes_per_node_s']} envelopes per node-second ({c['control_envelopes_per_node_s']} control), "

@@ -32,6 +32,13 @@
     subscribers_per_channel = 10  # clients on random nodes; a leaver's place is taken elsewhere
     channel_sizes = "uniform"   # or "zipf": channel r (1, 2, ...) has max(2, subscribers_per_channel / r)
     messages_per_channel_hour = 60  # published by random subscribers
+    connection_hold = 600       # seconds a dialed connection stays open (and its circuit, if relayed)
+
+    [relay]                     # optional: each public node's relay limits (nat/circuits.py RelayLimits)
+    per_peer = 32               # circuits to one registered node
+    per_ip = 16                 # circuits from callers at one IP (each simulated home has its own)
+    total = 512
+    persistent_per_peer = 8     # circuits kept for pairs with no direct path, to one registered node
 
     [[partitions]]              # any number: a random share of the nodes is cut off for a while
     start = 1800
@@ -44,10 +51,11 @@ Unknown keys, wrong types and impossible values raise ScenarioError naming the k
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nat.circuits import RelayLimits
 from simulations.internet import REGIONS, LinkModel, Nat, region_rtt_matrix
 
 DEFAULT = Path(__file__).resolve().parent / "scenarios" / "default.toml"
@@ -87,8 +95,14 @@ class Scenario:
     channel_sizes: str = "uniform"
     messages_per_channel_hour: float = 60.0
     inm_peers: int = 8
+    connection_hold: float = 600.0  # seconds a dialed connection stays open (its circuit, if relayed)
+    relay: tuple[tuple[str, int], ...] = ()  # [relay] table: nat.circuits.RelayLimits' counts, as (name, value)
     partitions: tuple[Partition, ...] = ()
     name: str = "scenario"
+
+    def relay_limits(self) -> RelayLimits:
+        """What each public node's relay admits: the node's own defaults, or the scenario's."""
+        return replace(RelayLimits(), **dict(self.relay))
 
     def channel_size(self, rank: int) -> int:
         """Subscribers of channel `rank` (0-based): all alike, or Zipf (a few large, most small)."""
@@ -100,10 +114,10 @@ class Scenario:
         return LinkModel(self.rtt, jitter=self.jitter, loss=self.loss, uplink_bps=self.uplink_mbps * 1e6)
 
     def with_value(self, key: str, value: str) -> Scenario:
-        """This scenario with one [network]/[links]/[churn]/[workload] key changed (a sweep step)."""
+        """This scenario with one [network]/[links]/[churn]/[workload]/[relay] key changed (a sweep step)."""
         table = next((t for t, keys in _KEYS.items() if key in keys and t != "latency"), None)
         if table is None or key in ("regions", "nat"):
-            raise ScenarioError(f"cannot sweep {key!r}: sweep a number of [network], [links], [churn] or [workload]")
+            raise ScenarioError(f"cannot sweep {key!r}: sweep a number of [network], [links], [churn], [workload] or [relay]")
         raw = _as_raw(self)
         raw[table][key] = float(value) if "." in value or "e" in value else int(value)
         return parse(raw, self.name)
@@ -116,7 +130,8 @@ _KEYS = {
     "links": {"loss": float, "jitter": float, "uplink_mbps": float},
     "churn": {"per_hour": float, "session": str},
     "workload": {"dials_per_node_hour": float, "channels": int, "subscribers_per_channel": int,
-                 "channel_sizes": str, "messages_per_channel_hour": float},
+                 "channel_sizes": str, "messages_per_channel_hour": float, "connection_hold": float},
+    "relay": {"per_peer": int, "per_ip": int, "total": int, "persistent_per_peer": int},
     "partitions": {"start": float, "end": float, "share": float},
 }
 
@@ -141,7 +156,7 @@ def parse(raw: dict[str, Any], name: str = "scenario") -> Scenario:
                 raise ScenarioError(f"[{table}] must be a table")
             for key, value in entry.items():
                 _check_type(f"{table}.{key}", _KEYS[table].get(key), value)
-    net, lat, links, churn, work = (raw.get(t, {}) for t in ("network", "latency", "links", "churn", "workload"))
+    net, lat, links, churn, work, relay = (raw.get(t, {}) for t in ("network", "latency", "links", "churn", "workload", "relay"))
     rtt, names = region_rtt_matrix(), set(REGIONS)
     if lat:
         names, rtt = _latency(lat)
@@ -159,6 +174,7 @@ def parse(raw: dict[str, Any], name: str = "scenario") -> Scenario:
         channels=work.get("channels", 0), subscribers_per_channel=work.get("subscribers_per_channel", 10),
         channel_sizes=work.get("channel_sizes", "uniform"),
         messages_per_channel_hour=float(work.get("messages_per_channel_hour", 60)), inm_peers=net.get("inm_peers", 8),
+        connection_hold=float(work.get("connection_hold", 600)), relay=tuple(sorted(relay.items())),
         partitions=tuple(Partition(float(p.get("start", 0)), float(p.get("end", 0)), float(p.get("share", 0)))
                          for p in raw.get("partitions", [])),
         name=name,
@@ -216,6 +232,7 @@ def _check_values(sc: Scenario) -> None:
         ("workload.channels", sc.channels >= 0), ("workload.subscribers_per_channel", sc.subscribers_per_channel >= 1),
         ("workload.channel_sizes", sc.channel_sizes in ("uniform", "zipf")),
         ("workload.messages_per_channel_hour", sc.messages_per_channel_hour >= 0), ("network.inm_peers", sc.inm_peers >= 1),
+        ("workload.connection_hold", sc.connection_hold > 0), *((f"relay.{k}", v >= 1) for k, v in sc.relay),
     ]
     for key, ok in rules:
         if not ok:
@@ -237,7 +254,8 @@ def _as_raw(sc: Scenario) -> dict[str, Any]:
         "churn": {"per_hour": sc.churn_per_hour, "session": sc.session},
         "workload": {"dials_per_node_hour": sc.dials_per_node_hour, "channels": sc.channels,
                      "subscribers_per_channel": sc.subscribers_per_channel, "channel_sizes": sc.channel_sizes,
-                     "messages_per_channel_hour": sc.messages_per_channel_hour},
+                     "messages_per_channel_hour": sc.messages_per_channel_hour, "connection_hold": sc.connection_hold},
+        "relay": dict(sc.relay),
     }
     if sc.rtt != region_rtt_matrix():
         raw["latency"] = {"regions": names, "rtt_ms": [[sc.rtt[(a, b)] * 1000 for b in names] for a in names]}

@@ -89,6 +89,7 @@ from overlay.core.errors import DecodeError
 from overlay.core.jsonwire import loads
 from overlay.core.metrics import Counter
 from overlay.core.replay import ReplayWindow
+from overlay.kademlia.store import provider_key
 
 COMMAND_TIMEOUT = 5.0
 TOKEN_TTL = 60.0
@@ -195,9 +196,12 @@ def link_proof(token: str, sender: str, receiver: str) -> str:
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
+MEMBERS_NAMESPACE = b"channel-members"
+
+
 def members_key(name: str) -> bytes:
     """The provider key under which a channel's member nodes find each other."""
-    return hashlib.sha256(b"/overlay/channel/members/" + name.encode()).digest()
+    return provider_key(MEMBERS_NAMESPACE, name.encode())
 
 
 def join_proof(key: bytes, name: str, joiner: str, member: str) -> str:

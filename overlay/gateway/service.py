@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -77,6 +76,7 @@ from overlay.gateway.session import (
 )
 from overlay.core.metrics import Registry, offer
 from overlay.kademlia.lookup import LookupResult
+from overlay.kademlia.store import provider_key
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,12 @@ MAX_UNVERIFIED = 256  # messages held per (node, degas_id) while the DHT is aske
 MAX_UNCONFIRMED_HOSTS = 64  # (node, degas_id) pairs being asked about at once
 
 
+ACCOUNT_NAMESPACE = b"degas-account"
+
+
 def account_key(account_id: bytes) -> bytes:
-    return hashlib.sha256(b"/overlay/degas/account/" + account_id).digest()
+    """The provider key under which the nodes with clients of an account are found."""
+    return provider_key(ACCOUNT_NAMESPACE, account_id)
 
 
 def internal(**kwargs) -> bytes:

@@ -26,7 +26,7 @@ import itertools
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Union
@@ -37,7 +37,7 @@ from overlay.core.peer import PeerInfo
 from overlay.core.ratelimit import RateLimiter
 from overlay.kademlia.lookup import Lookup, LookupResult
 from overlay.kademlia.routing import RoutingTable, key_position
-from overlay.kademlia.store import ProviderStore, RecordStore, Validator
+from overlay.kademlia.store import ProviderStore, RecordStore, Validator, provider_namespace
 from overlay.kademlia.wire import Message, MessageType, Record
 
 
@@ -170,9 +170,13 @@ class Kademlia:
         config: KadConfig = KadConfig(),
         server: bool = True,
         rng: random.Random | None = None,
+        provider_namespaces: Collection[bytes] | None = None,
     ) -> None:
-        """`server` says whether we answer DHT requests (reachable node) or only ask (client)."""
+        """`server` says whether we answer DHT requests (reachable node) or only ask (client);
+        `provider_namespaces`: the only namespaces (store.provider_key) whose provider records
+        we take from others, None for any key."""
         self.local = local
+        self.provider_namespaces = provider_namespaces
         self.config = config
         self.server = server
         self.rng = rng or random.Random()
@@ -307,6 +311,9 @@ class Kademlia:
             own = [p for p in msg.provider_peers if p.peer_id == peer.peer_id]
             if not own or not msg.key:
                 self.counters.providers_rejected += 1
+                return None, actions
+            if self.provider_namespaces is not None and provider_namespace(msg.key) not in self.provider_namespaces:
+                self.counters.refuse("provider namespace")
                 return None, actions
             addrs = own[0].addrs or peer.addrs
             if not self.providers.add(msg.key, PeerInfo(peer.peer_id, addrs), now, group):

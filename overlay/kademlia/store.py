@@ -10,6 +10,7 @@ fill the caps and lock others out. A provider keeps at most `max_addrs` addresse
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,6 +151,20 @@ class RecordStore(_Bounded):
         for k in dead:
             self._drop(k)
         return len(dead)
+
+
+def provider_key(namespace: bytes, name: bytes) -> bytes:
+    """`/<namespace>/<sha256 of name>`: a provider key says what it is for, so a node can take
+    provider records only for what the overlay defines (`provider_namespace`)."""
+    return b"/" + namespace + b"/" + hashlib.sha256(name).digest()
+
+
+def provider_namespace(key: bytes) -> bytes | None:
+    """The namespace of a key made by `provider_key`, None for any other key."""
+    parts = key.split(b"/", 2)
+    if len(parts) < 3 or parts[0] != b"" or not parts[1] or len(parts[2]) != 32:
+        return None
+    return parts[1]
 
 
 class ProviderStore(_Bounded):

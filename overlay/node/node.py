@@ -50,6 +50,7 @@ from overlay.kademlia.routing import key_position
 from overlay.kademlia.store import NamespacedValidator
 from overlay.messagenet.service import RelayerService
 from overlay.node.config import Config, parse_host_port
+from overlay.node.namespaces import PROVIDER_NAMESPACES
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, Wake, best_record, record_addrs
 from overlay.peermsg.service import PeerMessaging
 from overlay.transport.dialer import Dialer, known_addrs
@@ -146,7 +147,8 @@ class Node:
         validator = NamespacedValidator({b"peer": PeerRecordValidator(),
                                          reservation.NAMESPACE: reservation.ReservationValidator(wall_ms),
                                          hosts.NAMESPACE: hosts.HostRecordValidator(wall_ms)})
-        self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, config.kad_config(), server=config.dht_mode != "client")
+        self.core = Kademlia(PeerInfo(self.peer_id_bytes), validator, config.kad_config(), server=config.dht_mode != "client",
+                            provider_namespaces=PROVIDER_NAMESPACES)
         self.dht = DhtService(self.host, self.core, self.dialer, config.network, self.metrics)
         self._reachability = ReachabilityMachine(None if config.reachability == "auto" else Reachability(config.reachability))
         self.observed: tuple[str, ...] = ()

@@ -4,6 +4,9 @@ speaking the node's real wire protocols, dialing from any address of the loopbac
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
 import multiaddr
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -82,12 +85,28 @@ class Peer:
         await stream.close()
         return answer
 
+    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with self.host.run(self.listen):
+            task_status.started()
+            await trio.sleep_forever()
+
     def provider(self, addrs: tuple[bytes, ...]) -> tuple[PeerInfo, ...]:
         return (PeerInfo(self.id.to_bytes(), addrs),)
 
     async def put(self, node: Proc, request: Message) -> bool:
         """One PUT_VALUE; whether the node answered it as stored (with the echo of the record)."""
         return (await self.ask(node, request)).record == request.record
+
+
+@contextlib.asynccontextmanager
+async def running(peers: Iterable[Peer]) -> AsyncIterator[None]:
+    """The peers' hosts, each run by a task of one nursery: a failure while they run shows as
+    itself, not under one exception group per host (as nested `host.run` contexts do)."""
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            await nursery.start(peer._run)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 class SilentFlood:

@@ -10,6 +10,7 @@ import multiaddr
 import trio
 from trio_websocket import open_websocket_url
 
+from overlay.core.records import open_peer_record, record_key
 from overlay.node.apiauth import auth_headers, read_token
 from overlay.node.config import Config
 from overlay.node.node import Node
@@ -26,6 +27,15 @@ def api_headers(node: Node) -> list[tuple[str, str]]:
 def open_api_websocket(node: Node, url: str, **kwargs):
     """open_websocket_url to one of `node`'s API WebSockets, carrying its token."""
     return open_websocket_url(url, extra_headers=api_headers(node), **kwargs)
+
+
+def relay_address_stored(store: Node, hidden: Node):
+    """Whether `store`'s DHT holds `hidden`'s record with an address (its relay's): what a
+    caller that is a DHT client finds when it looks `hidden` up."""
+    def check() -> bool:
+        value = store.core.records.get(record_key(hidden.peer_id_bytes), trio.current_time())
+        return value is not None and bool(open_peer_record(value).addrs)
+    return check
 
 
 class Cluster:

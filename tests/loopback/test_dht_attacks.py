@@ -13,8 +13,10 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from overlay.core.framing import frame
+from overlay.channels.relay import members_key
 from overlay.core.records import PeerRecord, peer_id_from_public_key, record_key, seal_peer_record
 from overlay.kademlia.core import KadConfig
+from overlay.kademlia.store import provider_key
 from overlay.kademlia.wire import Message, MessageType, Record, decode_message, encode_message
 from tests.loopback.hostile import Peer, rss_mib
 from tests.loopback.nodeproc import Proc, cli
@@ -58,11 +60,11 @@ async def test_a_provider_flood_from_one_identity_is_bounded_and_others_still_pr
             batch = 100  # frames per write: the flood is the node's work, not ours
             for start in range(0, FLOOD, batch):
                 await stream.stream.write(b"".join(
-                    frame(encode_message(Message(MessageType.ADD_PROVIDER, key=hashlib.sha256(b"%d" % i).digest(),
+                    frame(encode_message(Message(MessageType.ADD_PROVIDER, key=members_key(f"c{i}"),
                                                  provider_peers=mallory.provider(junk))))
                     for i in range(start, start + batch)))
             # the node serves a stream's messages in order: this answer comes once the flood is handled
-            await stream.write(encode_message(Message(MessageType.GET_PROVIDERS, key=hashlib.sha256(b"0").digest())))
+            await stream.write(encode_message(Message(MessageType.GET_PROVIDERS, key=members_key("c0"))))
             with trio.fail_after(120):
                 held = decode_message(await stream.read()).provider_peers
             grew = rss_mib(node.popen.pid) - before
@@ -71,7 +73,7 @@ async def test_a_provider_flood_from_one_identity_is_bounded_and_others_still_pr
             assert held and len(held[0].addrs) == KadConfig.max_provider_addrs, "a few of its addresses kept"
 
             # a legitimate provider is still taken, and found by a third peer
-            key = hashlib.sha256(b"/overlay/legitimate").digest()
+            key = members_key("legitimate")
             bob_addr = multiaddr.Multiaddr("/ip4/198.18.0.7/tcp/4001").to_bytes()
             await (await bob.stream(node)).write(encode_message(
                 Message(MessageType.ADD_PROVIDER, key=key, provider_peers=bob.provider((bob_addr,)))))
@@ -86,6 +88,33 @@ async def test_a_provider_flood_from_one_identity_is_bounded_and_others_still_pr
                     await trio.sleep(0.1)
             assert answer.provider_peers == bob.provider((bob_addr,))
 
+    finally:
+        node.stop()
+
+
+async def test_providers_outside_the_overlays_namespaces_are_refused(tmp_path):
+    """Provider records are taken only for what the overlay defines (channel members, Degas
+    accounts): a bare hash, or a namespace of the sender's own, is refused, counted, and never
+    served to others, so the DHT cannot be used to keep a stranger's data."""
+    node = quota_node(tmp_path)
+    mallory, carol = Peer(), Peer()
+    foreign = [hashlib.sha256(b"/overlay/signaling").digest(), provider_key(b"mallory-files", b"x")]
+    try:
+        async with mallory.host.run([]), carol.host.run([]):
+            for peer in (mallory, carol):
+                await peer.connect(node)
+            addr = (multiaddr.Multiaddr("/ip4/198.18.0.8/tcp/4001").to_bytes(),)
+            stream = await mallory.stream(node)
+            for key in [*foreign, members_key("mallory")]:
+                await stream.write(encode_message(Message(MessageType.ADD_PROVIDER, key=key, provider_peers=mallory.provider(addr))))
+            # the node serves a stream's messages in order: once this is answered, all were handled
+            await stream.write(encode_message(Message(MessageType.GET_PROVIDERS, key=members_key("mallory"))))
+            with trio.fail_after(30):
+                assert decode_message(await stream.read()).provider_peers == mallory.provider(addr), \
+                    "a provider of an overlay namespace is taken"
+            assert node.metric('overlay_dht_refused_total{reason="provider namespace"}') == len(foreign)
+            for key in foreign:
+                assert not (await carol.ask(node, Message(MessageType.GET_PROVIDERS, key=key))).provider_peers
     finally:
         node.stop()
 

@@ -28,7 +28,7 @@ from overlay.gateway.proofs import EXPIRED, OTHER_NODE, PROOF_TTL, REPLAYED, SKE
 from overlay.gateway.service import FORWARD, TO_CLIENT, Socket, account_key
 from overlay.gateway.session import MAX_PAYLOAD, ClientSession, Code, recover_address
 from tests.conftest import wait_for
-from tests.loopback.nodes import cluster, open_api_websocket, three_nodes
+from tests.loopback.nodes import cluster, open_api_websocket, relay_address_stored, three_nodes
 from tests.unit.test_gateway_codec import ACCOUNT, DEGAS, OTHER, degas, hello, sign
 
 B64 = lambda data: base64.b64encode(data).decode()
@@ -221,11 +221,12 @@ async def test_an_instance_whose_node_is_reached_only_through_a_relay(tmp_path):
     async with cluster(tmp_path) as c:
         boot = await start(c, webrtc_interfaces=("127.0.0.1",))
         hidden = await start(c, join=boot, reachability="private", **no_webrtc)
-        gateway = await start(c, join=boot, **no_webrtc)
-        await wait_for(lambda: hidden.joined.is_set() and gateway.joined.is_set() and hidden.record and hidden.record.addrs,
+        # a DHT client: a DHT server would be a signalling candidate the hidden node dials itself
+        gateway = await start(c, join=boot, dht_mode="client", **no_webrtc)
+        await wait_for(lambda: hidden.joined.is_set() and gateway.joined.is_set() and relay_address_stored(boot, hidden)(),
                        what="joined, relay address published")
         async with instance(hidden) as service:
-            await wait_for(lambda: hosted(boot)() and hosted(gateway)(), what="instance announced")  # the hidden node dialed out to do that
+            await wait_for(hosted(boot), what="instance announced")
             await gateway.host.disconnect(hidden.peer_id)
             await wait_for(lambda: not gateway.dialer.connected(hidden.peer_id), what="no direct connection")
             async with client(gateway) as player:

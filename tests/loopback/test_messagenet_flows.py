@@ -17,7 +17,7 @@ from overlay.channels.inm import BROADCAST, Inm, new_nonce
 from overlay.core.framing import frame
 from overlay.core.records import peer_id_from_public_key, peer_id_to_str
 from tests.conftest import wait_for
-from tests.loopback.nodes import cluster, open_api_websocket, three_nodes
+from tests.loopback.nodes import cluster, open_api_websocket, relay_address_stored, three_nodes
 
 B64 = lambda data: base64.b64encode(data).decode()
 NOBODY = "12D3KooWHu5UDiWacaCzqtHboSFD2b212f53gR4F1NAmHuBtaYvk"
@@ -153,8 +153,9 @@ async def test_a_node_reached_only_through_a_relay(tmp_path):
     async with cluster(tmp_path) as c:
         boot = await start(c, webrtc_interfaces=("127.0.0.1",))
         hidden = await start(c, join=boot, reachability="private", **no_webrtc)
-        caller = await start(c, join=boot, **no_webrtc)
-        await wait_for(lambda: hidden.joined.is_set() and caller.joined.is_set() and hidden.record and hidden.record.addrs,
+        # a DHT client: a DHT server would be a signalling candidate the hidden node dials itself
+        caller = await start(c, join=boot, dht_mode="client", **no_webrtc)
+        await wait_for(lambda: hidden.joined.is_set() and caller.joined.is_set() and relay_address_stored(boot, hidden)(),
                        what="joined, relay address published")
         await caller.host.disconnect(hidden.peer_id)
         await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="no direct connection")

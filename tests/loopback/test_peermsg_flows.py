@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from overlay.peermsg.core import Code, digest, message, signed_part, transaction, with_refs
 from overlay.peermsg.frames import PeerMessageType
 from tests.conftest import wait_for
-from tests.loopback.nodes import cluster
+from tests.loopback.nodes import cluster, relay_address_stored
 
 
 async def next_message(node, tag):
@@ -82,8 +82,9 @@ async def test_a_query_to_a_node_reached_only_through_a_relay(tmp_path):
     async with cluster(tmp_path) as c:
         boot = await c.start(webrtc_interfaces=("127.0.0.1",))
         hidden = await c.start(join=boot, reachability="private", **no_webrtc)
-        caller = await c.start(join=boot, **no_webrtc)
-        await wait_for(lambda: hidden.joined.is_set() and caller.joined.is_set() and hidden.record and hidden.record.addrs,
+        # a DHT client: a DHT server would be a signalling candidate the hidden node dials itself
+        caller = await c.start(join=boot, dht_mode="client", **no_webrtc)
+        await wait_for(lambda: hidden.joined.is_set() and caller.joined.is_set() and relay_address_stored(boot, hidden)(),
                        what="joined, relay address published")
         await caller.host.disconnect(hidden.peer_id)
         await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="no direct connection")

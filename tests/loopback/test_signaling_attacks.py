@@ -20,7 +20,7 @@ from overlay.transport.framed import FramedStream
 from signaling import messages
 from signaling.service import signal_protocol
 from tests.conftest import wait_for
-from tests.loopback.hostile import Peer
+from tests.loopback.hostile import Peer, running
 from tests.loopback.nodes import cluster
 from tests.loopback.test_traversal import LO
 
@@ -58,8 +58,8 @@ async def test_sybil_signalling_nodes_are_not_chosen_nor_displace_established_on
         boot = await c.start(**LO)
         public = [await c.start(join=boot, **LO) for _ in range(3)]
         honest = {n.peer_id.to_bytes() for n in [boot, *public]}
+        await stack.enter_async_context(running(sybils))
         for sybil in sybils:
-            await stack.enter_async_context(sybil.host.run(sybil.listen))
             eager_signaling(sybil, registered)
             addr = tuple(a.to_bytes() for a in sybil.host.get_addrs())
             for node in [boot, *public]:  # announced where signalling nodes used to be looked up
@@ -78,8 +78,8 @@ async def test_sybil_signalling_nodes_are_not_chosen_nor_displace_established_on
         # fresh sybils that are proper DHT servers: the public nodes take them into their tables,
         # so the node's own lookups find them, and they are candidates, with no load, some closer
         servers = [Peer(source=f"127.0.{90 + i}.1", listen=True) for i in range(SYBILS)]
+        await stack.enter_async_context(running(servers))
         for sybil in servers:
-            await stack.enter_async_context(sybil.host.run(sybil.listen))
             eager_signaling(sybil, registered)
             sybil.serve_dht("test")
             for node in [boot, *public]:

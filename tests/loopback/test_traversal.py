@@ -12,10 +12,9 @@ import trio.testing
 from nat.plan import parse_circuit
 from overlay.core.errors import DialError
 from overlay.transport.framed import FramedStream
-from overlay.core.records import open_peer_record, record_key
 from signaling import messages
 from tests.conftest import wait_for
-from tests.loopback.nodes import cluster
+from tests.loopback.nodes import cluster, relay_address_stored
 
 pytestmark = pytest.mark.timeout(120)
 LO = {"webrtc_interfaces": ("127.0.0.1",)}
@@ -28,14 +27,11 @@ def path_to(node, peer) -> str:
 async def private_setup(c):
     boot = await c.start(**LO)
     hidden = await c.start(join=boot, reachability="private", **LO)
-    caller = await c.start(join=boot, **LO)
+    # a DHT client: as a DHT server it could be one of the hidden node's signalling nodes
+    caller = await c.start(join=boot, dht_mode="client", **LO)
     await wait_for(lambda: caller.joined.is_set(), what="caller joined")
 
-    def stored_with_relay() -> bool:
-        value = boot.core.records.get(record_key(hidden.peer_id_bytes), trio.current_time())
-        return value is not None and bool(open_peer_record(value).addrs)
-
-    await wait_for(stored_with_relay, what="the record with the relay address stored in the DHT")
+    await wait_for(relay_address_stored(boot, hidden), what="the record with the relay address stored in the DHT")
     # the hidden node's own lookups may have dialed out to the caller, as they may behind a NAT
     await caller.host.disconnect(hidden.peer_id)
     await wait_for(lambda: not caller.dialer.connected(hidden.peer_id), what="disconnected")

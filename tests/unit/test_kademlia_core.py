@@ -14,7 +14,7 @@ from overlay.core.peer import PeerInfo
 from overlay.kademlia.core import PHASE_CHANGES, KadConfig, Kademlia, QueryKind, QueryPhase, Send
 from overlay.kademlia.lookup import Lookup
 from overlay.kademlia.routing import RoutingTable, key_position
-from overlay.kademlia.store import ProviderStore, RecordStore
+from overlay.kademlia.store import ProviderStore, RecordStore, provider_key, provider_namespace
 from overlay.kademlia.wire import Message, MessageType, Record
 from tests.kadnet import KadNet, int_validator
 
@@ -481,6 +481,18 @@ def test_a_peer_provides_at_most_its_quota_of_keys_with_a_few_short_addresses():
     assert node.counters.refused == {"provider quota": 1}
     node.provide(b"k4", 0.0)  # our own entries are not limited per peer
     assert len(node.providers) == 4
+
+
+def test_providers_are_taken_only_in_the_given_namespaces():
+    node = Kademlia(PeerInfo(pid(0)), int_validator(), provider_namespaces={b"ours"})
+    keys = {provider_key(b"ours", b"x"): True, provider_key(b"theirs", b"x"): False, b"k1": False,
+            b"/ours/short": False, b"/ours/" + b"/" * 32: True}
+    for key in keys:
+        msg = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(PeerInfo(pid(1)),))
+        node.handle_request(PeerInfo(pid(1)), msg, 0.0)
+    assert {key: bool(node.providers.get(key, 0.0, 20)) for key in keys} == keys
+    assert node.counters.refused == {"provider namespace": 3}
+    assert provider_namespace(provider_key(b"ours", b"y")) == b"ours"
 
 
 def test_the_provider_store_holds_at_most_max_entries_in_all():

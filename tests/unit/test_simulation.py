@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -41,6 +42,9 @@ def small(**changes) -> dict:
     ({"workload__dials_per_node_hour": -1}, "workload.dials_per_node_hour"),
     ({"links__loss": 1.5}, "links.loss"),
     ({"latency__regions": ["a", "b"]}, "latency.rtt_ms must be a 2x2 matrix"),
+    ({"relay__per_peer": 0}, "relay.per_peer"),
+    ({"relay__bandwidth": 5}, "unknown key relay.bandwidth"),
+    ({"workload__connection_hold": 0}, "workload.connection_hold"),
 ])
 def test_impossible_scenarios_get_one_error_naming_the_key(change, message):
     with pytest.raises(ScenarioError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -84,7 +88,8 @@ def test_the_simulated_nat_matrix_is_the_nat_labs():
             continue
         assert dial["connected"], dial
         pair = (short[dial["source_nat"]], short[dial["target_nat"]])
-        seen.setdefault(pair, set()).add("relayed" if dial["path"] == "relayed" else "direct")
+        # "cut": relayed, until the relay's budget ended it (dials here are 40 times the default's)
+        seen.setdefault(pair, set()).add("relayed" if dial["path"] in ("relayed", "cut") else "direct")
     assert len(seen) == 16
     for (a, b), paths in seen.items():
         assert paths == {expected_path(a, b)}, (a, b, paths)
@@ -214,3 +219,22 @@ def test_a_bootstrap_out_of_reach_is_retried_with_backoff_as_the_node_does(monke
     for node in others:
         (b,) = node.joiner.bootstraps
         assert node.joiner.joins == 1 and b.attempts >= 3 and b.last_error == "" and b.backoff == 1.0
+
+
+def test_the_relays_budget_bites_in_simulation_as_on_a_node():
+    """Each public node admits circuits with the node's own RelayBudget. At the default dial rate
+    nothing is refused here; at ten times that, with one persistent circuit per registered node,
+    pairs with no direct path are cut at their first circuit's limit, each refusal counted."""
+    raw = small(**{"network__nat": {"public": 0.4, "symmetric": 0.6}, "workload__dials_per_node_hour": 6})
+    shipped = Simulation(parse(raw))
+    shipped.run()
+    assert summarize(shipped, 1.0)["relay"]["refused"] == {}
+    assert summarize(shipped, 1.0)["paths"]["relayed"] > 0, "pairs with no direct path stay relayed"
+
+    tight = Simulation(parse({**raw, "workload": {"dials_per_node_hour": 60}, "relay": {"persistent_per_peer": 1}}))
+    tight.run()
+    summary = summarize(tight, 1.0)
+    assert summary["relay"]["refused"].get("persistent", 0) > 0
+    assert 0 < summary["paths"]["cut"] <= summary["relay"]["refused"]["persistent"], "measured dials cut (not those of the warm-up)"
+    held = Counter(c.callee for n in tight.nodes if n.public for c in n.circuits.circuits if c.persistent)
+    assert held and max(held.values()) == 1
