@@ -33,6 +33,7 @@ from overlay.core import firstcome
 from overlay.core.errors import DecodeError, RecordError
 from overlay.core.protobuf import expect_bytes, expect_int, field_bytes, field_varint, iter_fields
 from overlay.core.records import peer_id_from_public_key, public_key_from_peer_id
+from overlay.kademlia.store import provider_key
 
 DOMAIN = b"overlay-degas-host-v1\x00"
 NAMESPACE = b"degas"
@@ -45,6 +46,15 @@ MAX_RECORD = 512
 
 def host_key(degas_id: bytes) -> bytes:
     return KEY_PREFIX + degas_id
+
+
+ACCOUNT_NAMESPACE = b"degas-account"
+
+
+def account_key(account_id: bytes) -> bytes:
+    """The provider key under which the nodes with clients of an account are found (a hint:
+    the gateway believes a node for an account only once it shows the account's proof)."""
+    return provider_key(ACCOUNT_NAMESPACE, account_id)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from overlay.channels.inm import Inm, InmBus
 from overlay.core.errors import OverlayError
 from overlay.core.records import peer_id_from_public_key
 from overlay.gateway import degas_pb2 as pb
-from overlay.gateway.hosts import KEEP, HostRecord, host_key, resolve, seal_host_record
+from overlay.gateway.hosts import KEEP, HostRecord, account_key, host_key, resolve, seal_host_record
 from overlay.gateway.proofs import MAX_SEQ, ProofBook
 from overlay.gateway.session import (
     DEGAS_ID_SIZE,
@@ -76,7 +76,6 @@ from overlay.gateway.session import (
 )
 from overlay.core.metrics import Registry, offer
 from overlay.kademlia.lookup import LookupResult
-from overlay.kademlia.store import provider_key
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +89,6 @@ MAX_GONE = 10_000
 MAX_ACCOUNT_ID = 64
 MAX_UNVERIFIED = 256  # messages held per (node, degas_id) while the DHT is asked about them
 MAX_UNCONFIRMED_HOSTS = 64  # (node, degas_id) pairs being asked about at once
-
-
-ACCOUNT_NAMESPACE = b"degas-account"
-
-
-def account_key(account_id: bytes) -> bytes:
-    """The provider key under which the nodes with clients of an account are found."""
-    return provider_key(ACCOUNT_NAMESPACE, account_id)
 
 
 def internal(**kwargs) -> bytes:

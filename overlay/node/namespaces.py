@@ -3,6 +3,6 @@ and the simulator running the same cores, take provider records from others for 
 a stranger cannot use the DHT to keep its own data."""
 
 from overlay.channels.relay import MEMBERS_NAMESPACE
-from overlay.gateway.service import ACCOUNT_NAMESPACE
+from overlay.gateway.hosts import ACCOUNT_NAMESPACE
 
 PROVIDER_NAMESPACES = frozenset({MEMBERS_NAMESPACE, ACCOUNT_NAMESPACE})
