@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from overlay import __version__
 from overlay.node.apiauth import TOKEN_ENV, TOKEN_FILE, auth_headers, client_token
 from overlay.node.config import DEFAULT_API, Config, load_config, parse_host_port
 from overlay.core.errors import ConfigError, DecodeError, OverlayError, RecordError
@@ -30,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="overlay-node", description="A peer-to-peer overlay node.")
+    p.add_argument("--version", action="version", version=f"overlay-node {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a node (first node of a network when no --bootstrap)")
@@ -61,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ident = sub.add_parser("id", help="print this node's peer ID")
     ident.add_argument("--data-dir", help="where the identity key lives")
+
+    service = sub.add_parser("service", help="run the node as a systemd service (README: running as a service)")
+    service.add_argument("action", choices=("install", "uninstall"))
+    service.add_argument("--user", action="store_true", help="a user service (the owner's data dir), not a system one")
+    service.add_argument("--config", type=Path, help="the service runs with this config file")
+    service.add_argument("--print", action="store_true", help="print the unit and change nothing")
 
     def api_flags(c: argparse.ArgumentParser) -> None:
         c.add_argument("--api", default=DEFAULT_API, metavar="HOST:PORT", help="the node's local API")
@@ -151,6 +159,22 @@ def _id(args: argparse.Namespace) -> int:
     config = load_config(None, {"data_dir": args.data_dir})
     key = load_or_create_key(config.data_dir)
     print(peer_id_to_str(peer_id_from_public_key(key.public_key())))
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    from overlay.node import systemd
+
+    if args.print:
+        print(systemd.unit_text(systemd.executable(), args.user, args.config.resolve() if args.config else None), end="")
+        return 0
+    journal = f"journalctl {'--user ' if args.user else ''}-u overlay-node"
+    if args.action == "install":
+        path = systemd.install(args.user, args.config)
+        print(f"installed {path}, enabled and started; logs: {journal}")
+    else:
+        path = systemd.uninstall(args.user)
+        print(f"stopped, disabled and removed {path}" if path else f"no {systemd.unit_path(args.user)}: nothing to remove")
     return 0
 
 
@@ -247,9 +271,17 @@ def _channel(args: argparse.Namespace) -> int:
         raise OverlayError(f"cannot use the node's WS /connect at {host}:{port} ({str(e) or type(e).__name__}); is `overlay-node run` running?") from None
 
 
+def _duration(seconds: float) -> str:
+    minutes, _ = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min {int(seconds) % 60} s"
+
+
 def _human(command: str, body: Any) -> str:
     if command == "status":
         lines = [f"peer id:       {body['peer_id']}", f"network:       {body['network']}",
+                 f"version:       {body['version']}, up {_duration(body['uptime'])}",
                  f"health:        {body['health']['healthy']} ({body['health']['reason']})",
                  f"dht mode:      {body['dht_mode']}", f"routing table: {body['routing_table']} peers",
                  f"connected:     {body['peers']} peers"]
@@ -317,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             return _channel(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "service":
+            return _service(args)
         if args.command == "natlab":
             from simulations.natlab.matrix import main as natlab
 

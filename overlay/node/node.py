@@ -33,6 +33,7 @@ from nat.traversal import Traversal, path_of
 from nat.webrtc import WebRtcConfig
 from overlay.channels import reservation
 from overlay.channels.service import ChannelService
+from overlay import __version__
 from overlay.core.addrs import strip_p2p
 from overlay.core.errors import DialError, NotFoundError, SelfDialError
 from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
@@ -559,6 +560,7 @@ class Node:
     def status(self) -> dict:
         return {
             "peer_id": str(self.peer_id),
+            "version": __version__,
             "network": self.config.network,
             "addrs": self.full_addrs(),
             "dht_mode": "server" if self.core.server else "client",

@@ -26,13 +26,14 @@ class Proc:
     """One node process: its banner read (peer ID, addresses, API), its token from its data dir."""
 
     def __init__(self, args: list[str], data_dir: Path, network: str = "e2e",
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None, cli: str = CLI, cwd: Path | None = None) -> None:
+        """`cli`: the overlay-node executable (by default this venv's), run in `cwd`."""
         self.data_dir = data_dir
         self.network = network
         self.popen = subprocess.Popen(
-            [CLI, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
+            [cli, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
              "--api", "127.0.0.1:0", "--network", network, "--no-port-mapping", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn, cwd=cwd,
         )
         self.peer_id = ""
         self.addrs: list[str] = []
