@@ -278,6 +278,10 @@ def _duration(seconds: float) -> str:
     return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min {int(seconds) % 60} s"
 
 
+def _udp(udp: bool | None) -> str:
+    return "not measured (no STUN server known)" if udp is None else "works" if udp else "blocked (no STUN answer over UDP)"
+
+
 def _human(command: str, body: Any) -> str:
     if command == "status":
         lines = [f"peer id:       {body['peer_id']}", f"network:       {body['network']}",
@@ -297,7 +301,7 @@ def _human(command: str, body: Any) -> str:
     if command == "peers":
         return "\n".join(f"{p['peer_id']} {p['path']:<10} {' '.join(p['addrs'])}" for p in body) or "no peers"
     if command == "netcheck":
-        lines = [f"reachability:  {body['reachability']}", f"UDP:           {body['udp']}",
+        lines = [f"reachability:  {body['reachability']}", f"UDP:           {_udp(body['udp'])}",
                  f"NAT type:      {body['nat_type']} (mapping {body['mapping']}, filtering {body['filtering']})",
                  f"public addrs:  {', '.join(body['public_addrs'] + body['observed_addrs']) or '-'}",
                  f"STUN asked:    {', '.join(body['stun_servers']) or '-'}",

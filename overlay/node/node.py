@@ -34,7 +34,7 @@ from nat.webrtc import WebRtcConfig
 from overlay.channels import reservation
 from overlay.channels.service import ChannelService
 from overlay import __version__
-from overlay.core.addrs import strip_p2p
+from overlay.core.addrs import dialable, strip_p2p
 from overlay.core.errors import DialError, NotFoundError, SelfDialError
 from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
 from overlay.core.identity import load_or_create_key
@@ -51,6 +51,7 @@ from overlay.kademlia.routing import key_position
 from overlay.kademlia.store import NamespacedValidator
 from overlay.messagenet.service import RelayerService
 from overlay.node.config import Config, parse_host_port
+from overlay.node import peerstore
 from overlay.node.namespaces import PROVIDER_NAMESPACES
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, Wake, best_record, record_addrs
 from overlay.peermsg.service import PeerMessaging
@@ -176,9 +177,10 @@ class Node:
             for a in config.bootstrap
             if (pid := ID.from_base58(a.value_for_protocol("p2p"))) != self.peer_id  # a shared config may list us
         ]
+        self.remembered = self._remembered_peers()
         self.channels = ChannelService(str(self.peer_id), self.key, self.host, self.connect, self.connected_peers, self.ping,
                                        self.dht, config.network, self.metrics, want=config.inm_peers, token=config.network_token,
-                                       expects_peers=bool(self.bootstraps))
+                                       expects_peers=bool(self.bootstraps or self.remembered))
         self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold)
         self.peermsg = PeerMessaging(self.host, self.connect, self.connected_peers, config.network, self.metrics,
                                      trusted=frozenset(config.trusted_peers))
@@ -214,11 +216,14 @@ class Node:
                         await self._set_reachability(self._reachability.start(), changed=False)
                         await self.publish_record()
                         nursery.start_soon(self._join_loop)
+                        nursery.start_soon(self._remember_peers_loop)
                         nursery.start_soon(self._watch_addresses)
                         nursery.start_soon(self._watch_reachability)
                         self.started.set()
                         task_status.started()
         finally:
+            if self.core.table:
+                self.remember_peers()
             with trio.CancelScope(shield=True):  # peers see the connections end, also in-process
                 await close_quietly(self.host)
             self.stopped.set()
@@ -412,7 +417,7 @@ class Node:
         """Carry out the join core's actions (overlay.node.roles.Joiner: who to try, when to
         retry, when to look our ID up and publish) for the node's lifetime. The tries of a
         round run together; the last one back brings the round's outcome."""
-        join = Joiner(self.bootstraps, self._in_table, answer_wait=self.core.config.request_timeout)
+        join = Joiner([*self.bootstraps, *self.remembered], self._in_table, answer_wait=self.core.config.request_timeout)
         actions: list[JoinAction] = join.wake(trio.current_time())
         while True:
             if isinstance(actions[0], TryBootstrap):
@@ -434,6 +439,34 @@ class Node:
                 await trio.sleep_until(actions[0].at)
                 actions = join.wake(trio.current_time())
 
+    def _remembered_peers(self) -> list[BootstrapState]:
+        """Peers of an earlier run (peerstore), at the first address we could dial, to try as
+        bootstraps besides the configured ones."""
+        configured = {b.peer_id for b in self.bootstraps}
+        found = []
+        for peer in peerstore.load(self.config.data_dir):
+            pid = ID(peer.peer_id)
+            addrs = [a for a in map(multiaddr.Multiaddr, peer.addrs) if dialable(a)]
+            if pid != self.peer_id and pid not in configured and addrs:
+                found.append(BootstrapState(strip_p2p(addrs[0]), pid, remembered=True))
+        if found:
+            log.info("remembered %d peers of an earlier run", len(found))
+        return found
+
+    def remember_peers(self) -> int:
+        """Save the routing table's contacts, the most recently heard from first (peerstore)."""
+        contacts = sorted(self.core.table.contacts(), key=lambda c: -c.last_seen)
+        try:
+            return peerstore.save(self.config.data_dir, [c.info for c in contacts])
+        except OSError as e:
+            log.warning("remembered peers: cannot write them in %s: %s", self.config.data_dir, e.strerror)
+            return 0
+
+    async def _remember_peers_loop(self) -> None:
+        while True:
+            await trio.sleep(peerstore.SAVE_INTERVAL)
+            self.remember_peers()
+
     def _in_table(self, b: BootstrapState) -> bool:
         return b.peer_id.to_bytes() in self.core.table
 
@@ -452,7 +485,8 @@ class Node:
                 raise DialError(f"connected, but it does not answer {self.dht.protocol} (another --network?)")
         except DialError as e:
             outcome += join.failed(b, str(e), trio.current_time())
-            log.warning("bootstrap %s not reached (retry in %.0fs): %s", b.addr, b.next_try - trio.current_time(), e)
+            what = "remembered peer" if b.remembered else "bootstrap"
+            log.warning("%s %s not reached (retry in %.0fs): %s", what, b.addr, b.next_try - trio.current_time(), e)
             return
         outcome += join.answered(b, trio.current_time())
 

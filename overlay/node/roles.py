@@ -60,6 +60,9 @@ def best_record(values: Iterable[bytes], peer_id: bytes) -> PeerRecord | None:
 # seconds, doubling up to BOOTSTRAP_BACKOFF[1]; one that answered starts from the first delay
 # again. Between rounds the node sleeps until the next retry is due, at least MIN_SLEEP and at
 # most BOOTSTRAP_CHECK (how often a joined node checks its bootstraps are still in the table).
+# Peers remembered from an earlier run (overlay.node.peerstore) are tried as bootstraps too, so a
+# node whose bootstraps are all down rejoins through them; one that failed FORGET_AFTER tries is
+# dropped.
 #
 #     state     event                                          next state  actions
 #     WAITING   wake, no bootstrap due                         WAITING     Wake
@@ -73,6 +76,7 @@ def best_record(values: Iterable[bytes], peer_id: bytes) -> PeerRecord | None:
 # a round, joined without a Join) raises ProtocolError: a bug in the driver.
 
 BOOTSTRAP_BACKOFF = (1.0, 60.0)  # first retry, cap
+FORGET_AFTER = 3  # failed tries after which a remembered peer (not a configured bootstrap) is dropped
 BOOTSTRAP_CHECK = 30.0  # how often a joined node checks that its bootstraps are still there
 MIN_SLEEP = 0.5
 
@@ -87,6 +91,7 @@ class JoinState(enum.Enum):
 class Bootstrap:
     """One bootstrap's retry bookkeeping; the driver subclasses it with how to reach the peer."""
 
+    remembered: bool = False  # a peer known from an earlier run, tried as a bootstrap until it fails FORGET_AFTER times
     attempts: int = 0
     last_error: str = ""
     next_try: float = 0.0
@@ -159,6 +164,8 @@ class Joiner(Generic[B]):
         bootstrap.last_error = error
         bootstrap.next_try = now + bootstrap.backoff
         bootstrap.backoff = min(bootstrap.backoff * 2, BOOTSTRAP_BACKOFF[1])
+        if bootstrap.remembered and bootstrap.attempts >= FORGET_AFTER:
+            self.bootstraps.remove(bootstrap)
         return self._round_end(now)
 
     def joined(self, now: float) -> list[JoinAction]:

@@ -9,7 +9,7 @@ import pytest
 
 from overlay.core.errors import ProtocolError
 from overlay.node.roles import (
-    BOOTSTRAP_BACKOFF, BOOTSTRAP_CHECK, MIN_SLEEP, Bootstrap, Join, Joiner, JoinState, TryBootstrap, Wake,
+    BOOTSTRAP_BACKOFF, BOOTSTRAP_CHECK, FORGET_AFTER, MIN_SLEEP, Bootstrap, Join, Joiner, JoinState, TryBootstrap, Wake,
 )
 
 WAIT = 5.0
@@ -141,3 +141,17 @@ def test_impossible_events_during_a_round_and_a_join_are_refused():
     for wrong in (lambda: join.wake(0.4), lambda: join.answered(b, 0.4), lambda: join.failed(a, "x", 0.4)):
         with pytest.raises(ProtocolError):
             wrong()
+
+
+def test_a_remembered_peer_is_dropped_after_failing_its_tries_and_a_configured_one_never_is():
+    configured, remembered = Peer(name="boot"), Peer(name="old", remembered=True)
+    join = Joiner([configured, remembered], lambda b: False, WAIT)
+    now = 0.0
+    for _ in range(FORGET_AFTER):
+        tries = join.wake(now)
+        assert TryBootstrap(remembered, WAIT) in tries
+        for t in tries:
+            join.failed(t.bootstrap, "refused", now)
+        now = max(b.next_try for b in join.bootstraps)
+    assert join.bootstraps == [configured] and configured.attempts == FORGET_AFTER
+    assert join.wake(now) == [TryBootstrap(configured, WAIT)], "the configured bootstrap is tried for ever"
