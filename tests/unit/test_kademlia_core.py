@@ -120,18 +120,18 @@ def test_group_counts_follow_the_contacts_under_any_events(events):
 
 
 def test_an_answer_makes_the_node_dial_only_addresses_of_its_scope_and_a_crowded_network_stays_out():
-    lan = multiaddr.Multiaddr("/ip4/192.168.1.9/tcp/1").to_bytes()
-    wide = [multiaddr.Multiaddr(f"/ip4/203.0.114.{i}/tcp/1").to_bytes() for i in range(12)]
+    lan = multiaddr.Multiaddr("/ip4/100.64.1.9/tcp/1").to_bytes()
+    wide = [multiaddr.Multiaddr(f"/dns4/peer{i}.example.org/tcp/1").to_bytes() for i in range(12)]  # global scope
     node = Kademlia(PeerInfo(pid(0)), int_validator(), KadConfig(max_answer_addrs=4, table_per_group=1))
-    node.table.observe(pid(1), (wide[0],), 0.0, group="203.0.114.0/24")
+    node.table.observe(pid(1), (wide[0],), 0.0, group="peers-network")
     _, actions = node.find_node(pid(99), 0.0)
     (ask,) = [a for a in actions if isinstance(a, Send)]
     named = PeerInfo(pid(2), (lan, *wide[1:]))
     answer = Message(MessageType.FIND_NODE, key=pid(99), closer_peers=(named,))
-    nxt = node.handle_response(ask.request_id, answer, 0.1, group="203.0.114.0/24", scope="global")
+    nxt = node.handle_response(ask.request_id, answer, 0.1, group="peers-network", scope="global")
     (ask2,) = [a for a in nxt if isinstance(a, Send)]
     assert ask2.peer.peer_id == pid(2) and ask2.peer.addrs == tuple(wide[1:5]), "no LAN address, at most 4"
-    node.handle_response(ask2.request_id, Message(MessageType.FIND_NODE, key=pid(99)), 0.2, group="203.0.114.0/24", scope="global")
+    node.handle_response(ask2.request_id, Message(MessageType.FIND_NODE, key=pid(99)), 0.2, group="peers-network", scope="global")
     assert pid(2) not in node.table and node.counters.refused == {"table group": 1}, "its network has its place"
 
 
