@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     natlab.add_argument("--json", action="store_true", help="print JSON")
     natlab.add_argument("--trials", type=int, default=3, help="dials per pair")
     natlab.add_argument("--out", type=Path, help="also write the JSON here")
+    natlab.add_argument("--portmap", action="store_true", help="the port-mapping rows: routers running a real IGD")
 
     simulate = sub.add_parser("simulate", help="simulate a network of these nodes in virtual time, with a report")
     simulate.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: the shipped one)")
@@ -278,6 +279,15 @@ def _duration(seconds: float) -> str:
     return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min {int(seconds) % 60} s"
 
 
+def _port_mapping(state: dict[str, Any] | None) -> str:
+    if not state:
+        return "not tried (reachable, or turned off)"
+    if state.get("state") == "mapped":
+        udp = f", UDP {state['udp']}" if state.get("udp") else ""
+        return f"{state['protocol']} on {state['gateway']}: TCP {state['external']}{udp}, lease {state['lifetime']} s"
+    return state["state"] + (f" ({state['error']})" if state.get("error") else "")
+
+
 def _udp(udp: bool | None) -> str:
     return "not measured (no STUN server known)" if udp is None else "works" if udp else "blocked (no STUN answer over UDP)"
 
@@ -305,7 +315,7 @@ def _human(command: str, body: Any) -> str:
                  f"NAT type:      {body['nat_type']} (mapping {body['mapping']}, filtering {body['filtering']})",
                  f"public addrs:  {', '.join(body['public_addrs'] + body['observed_addrs']) or '-'}",
                  f"STUN asked:    {', '.join(body['stun_servers']) or '-'}",
-                 f"port mapping:  {body['port_mapping'] or 'none'}",
+                 f"port mapping:  {_port_mapping(body['port_mapping'])}",
                  f"signalling:    {'serving, ' + str(body['signaling']['registered_peers']) + ' registered' if body['signaling']['serving'] else 'not serving'}"]
         lines += [f"registered at: {r['peer_id']} rtt {r['rtt_ms']} ms" for r in body["signaling"]["registered_with"]]
         lines += [f"note:          {n}" for n in body["notes"]]
@@ -358,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "natlab":
             from simulations.natlab.matrix import main as natlab
 
-            return natlab((["--json"] if args.json else []) + ["--trials", str(args.trials)] + (["--out", str(args.out)] if args.out else []))
+            return natlab((["--json"] if args.json else []) + ["--trials", str(args.trials)]
+                          + (["--out", str(args.out)] if args.out else []) + (["--portmap"] if args.portmap else []))
         return _client(args)
     except (ConfigError, DecodeError, RecordError) as e:
         print(f"overlay-node: error: {e}", file=sys.stderr)

@@ -14,7 +14,8 @@ case "${1:-}" in
   unit|loopback|natlab|interop) layer=$1; shift ;;
 esac
 
-# The NAT-lab tests (tests/natlab) build network namespaces with `ip` and `iptables`; the browser
+# The NAT-lab tests (tests/natlab) build network namespaces with `ip` and `iptables`, and build a
+# real IGD for its routers (miniupnpd, from source: the tools below); the browser
 # tests (tests/loopback/test_api_browser.py) drive a headless `chromium`. As root on Debian/Ubuntu,
 # install whichever the chosen tests need and is missing; otherwise those tests skip and say why
 # (or fail, under OVERLAY_REQUIRE_NATLAB=1).
@@ -23,6 +24,11 @@ missing=()
 if [ -z "$layer" ] || [ "$layer" = natlab ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  # the lab's IGD: miniupnpd built from Debian's source package (simulations/natlab/igd.py)
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  command -v dpkg-source >/dev/null 2>&1 || missing+=(dpkg-dev)
+  command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+  pkg-config --exists libnftnl libmnl 2>/dev/null || missing+=(pkg-config libnftnl-dev libmnl-dev)
 fi
 if [ -z "$layer" ] || [ "$layer" = loopback ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)

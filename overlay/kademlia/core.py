@@ -94,6 +94,7 @@ class KadConfig:
     table_per_group_bucket: int = 2  # routing-table contacts of one address group in one bucket
     table_per_group: int = 6  # ... in the whole table
     max_answer_addrs: int = 8  # addresses taken per peer from a DHT answer
+    max_stream_idle: float = 30.0  # seconds an inbound DHT stream may stay silent before it is closed
 
 
 @dataclass(frozen=True)

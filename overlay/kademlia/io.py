@@ -33,7 +33,6 @@ from overlay.transport.framed import FramedStream
 
 log = logging.getLogger(__name__)
 
-STREAM_IDLE_TIMEOUT = 30.0
 
 
 def kad_protocol(network: str) -> str:
@@ -302,7 +301,7 @@ class DhtService:
         try:
             while True:
                 data = None
-                with trio.move_on_after(STREAM_IDLE_TIMEOUT):
+                with trio.move_on_after(self.core.config.max_stream_idle):
                     data = await framed.read()
                 if data is None:
                     break

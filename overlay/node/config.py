@@ -18,6 +18,7 @@ from typing import Any
 
 import multiaddr
 
+from nat.gateway import PROTOCOLS as PORT_MAPPING_PROTOCOLS
 from overlay.node.apiauth import is_loopback
 from overlay.core.errors import ConfigError
 from overlay.core.records import peer_id_from_str
@@ -58,7 +59,8 @@ class Config:
     turn_username: str = ""
     turn_password: str = ""
     webrtc_interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: all but loopback
-    port_mapping: bool = True  # try NAT-PMP on the gateway
+    port_mapping: bool = True  # ask the gateway to forward our TCP port
+    port_mapping_protocols: tuple[str, ...] = PORT_MAPPING_PROTOCOLS  # tried in this order
     inm_peers: int = 8  # nodes to keep an INM link with (WSRelay channels)
     network_token: str = ""  # if set, a private network: INM handshakes prove it (never send it)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
@@ -177,6 +179,11 @@ def _convert(key: str, value: Any) -> Any:
         return value
     if key == "webrtc_interfaces":
         return tuple(_as_list(value, key))
+    if key == "port_mapping_protocols":
+        protocols = tuple(_as_list(value, key))
+        if not protocols or len(set(protocols)) != len(protocols) or not set(protocols) <= set(PORT_MAPPING_PROTOCOLS):
+            raise ConfigError(f"{key}: a list of distinct names out of {', '.join(PORT_MAPPING_PROTOCOLS)}")
+        return protocols
     if key in ("port_mapping", "api_expose"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false")

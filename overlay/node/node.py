@@ -24,8 +24,9 @@ from libp2p.peer.id import ID
 
 from aiortc import RTCIceServer
 
-from nat.portmap import keep_port_mapping
-from nat.reachability import Reachability, ReachabilityMachine
+from nat.gateway import default_gateway
+from nat.portmap import keep_port_mapping, mappers_for
+from nat.reachability import RATE_INTERVAL, Reachability, ReachabilityMachine
 from nat.reachability_io import ReachabilityService
 from nat.relay import RelayLimits, RelayService
 from nat.stun_io import StunServerCounters, probe_nat, serve_stun_on_tcp_ports
@@ -282,6 +283,7 @@ class Node:
                 continue
             bootstrap_ids = {b.peer_id for b in self.bootstraps}
             peers.sort(key=lambda p: p not in bootstrap_ids)
+            asked_at = trio.current_time()
             verdict = await self.reachability_service.ask(peers, self._listen_ports())
             self.observed = verdict.observed
             changed = self._reachability.on_verdict(verdict.reachability)
@@ -290,6 +292,7 @@ class Node:
             with trio.move_on_after(REACHABILITY_RECHECK[verdict.reachability is not Reachability.UNKNOWN]):
                 await self._recheck.wait()
             self._recheck = trio.Event()
+            await trio.sleep_until(asked_at + RATE_INTERVAL + 1.0)  # sooner, the peers asked would refuse
 
     def _listen_ports(self) -> list[tuple[str, int]]:
         """Where dial-back should try us: our listen ports, and the ports our gateway mapped."""
@@ -303,8 +306,8 @@ class Node:
         return ports[:4]
 
     async def _map_ports(self) -> None:
-        """Ask the gateway to forward our TCP port; a mapped address joins our record and
-        reachability is checked again through it."""
+        """Ask the gateway to forward our TCP port (PCP, NAT-PMP or UPnP-IGD); a mapped address
+        joins our record and reachability is checked again through it."""
         tcp = self._tcp_ipv4()
         if not tcp:
             self.port_mapping = {"state": "no TCP listener"}
@@ -317,7 +320,12 @@ class Node:
                 self.mapped_addrs = [addr]
                 self._recheck.set()
 
-        await keep_port_mapping(int(tcp[0].value_for_protocol("tcp")), changed)
+        gateway = default_gateway()
+        if gateway is None:
+            self.port_mapping = {"state": "no gateway"}
+            return
+        mappers = mappers_for(gateway, self.config.port_mapping_protocols)
+        await keep_port_mapping(int(tcp[0].value_for_protocol("tcp")), changed, gateway, mappers)
 
     async def _find_signaling_nodes(self) -> None:
         """Candidates for registration: the DHT servers of our routing table (public nodes that

@@ -4,7 +4,8 @@ Standard library only, so it starts fast. Prints one JSON object:
 
     python -m simulations.natlab.agent ready --api 127.0.0.1:4080 --data-dir DIR --timeout 60
         waits until the node has published a record with addresses and knows its reachability
-        (a node without bootstraps, the first of a network, cannot ask anyone)
+        (a node without bootstraps, the first of a network, cannot ask anyone); with --public,
+        until it is public (a node behind a router that maps its port)
     python -m simulations.natlab.agent pair --peer ID [--wait 12]
         closes any connection to ID, dials it by peer ID with a first stream, then waits up to
         --wait seconds for a direct path
@@ -48,7 +49,7 @@ def until(condition, timeout: float) -> bool:
     return condition()
 
 
-def ready(api: str, timeout: float) -> dict[str, Any]:
+def ready(api: str, timeout: float, public: bool = False) -> dict[str, Any]:
     status: dict[str, Any] = {}
 
     def done() -> bool:
@@ -57,7 +58,8 @@ def ready(api: str, timeout: float) -> dict[str, Any]:
             _, status = call(api, "GET", "/v1/status", timeout=5)
         except OSError:
             return False
-        known = status.get("reachability") in ("public", "private") or not status.get("bootstraps")
+        wanted = ("public",) if public else ("public", "private")
+        known = status.get("reachability") in wanted or not status.get("bootstraps")
         return known and bool(status.get("record_addrs"))
 
     return {"ready": until(done, timeout), "status": status}
@@ -92,12 +94,13 @@ def main() -> None:
     p.add_argument("--peer")
     p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--path", default="/v1/status")
+    p.add_argument("--public", action="store_true", help="ready: wait until the node is reachable from outside")
     p.add_argument("--data-dir", type=Path, required=True, help="the node's data dir, where its API token is")
     args = p.parse_args()
     until(lambda: (args.data_dir / TOKEN_FILE).exists(), args.timeout)  # the node makes it when its API starts
     TOKEN.update(auth_headers(read_token(args.data_dir)))
     if args.command == "ready":
-        result = ready(args.api, args.timeout)
+        result = ready(args.api, args.timeout, args.public)
     elif args.command == "pair":
         result = pair(args.api, args.peer, args.wait)
     else:

@@ -1,6 +1,6 @@
 """The NAT lab's connection matrix: real `overlay-node run` processes behind real NATs.
 
-    overlay-node natlab [--json] [--trials 3] [--out FILE]
+    overlay-node natlab [--json] [--trials 3] [--out FILE] [--portmap]
 
 Builds the lab (`topology.Lab`): `srv` runs the bootstrap (a public node, so also a signalling
 node and STUN server, on two addresses), and eight homes, one per router type on an A side and
@@ -10,6 +10,11 @@ any connection first) and records: connected, first path, time to first stream (
 and one ping round trip on a new stream); after the first trial it waits up to `upgrade_wait`
 seconds for a direct path and records the final path and the time to it. It also asks every
 node's netcheck which NAT type it sees.
+
+With --portmap, the rows of port mapping instead (`portmap_matrix`): port-restricted routers that
+run a real IGD (miniupnpd, `igd`) speaking UPnP-IGD v2, UPnP-IGD v1, PCP or NAT-PMP, each dialed
+from a symmetric and from a port-restricted home. Without the mapping, sym -> prc has no direct
+path; with it, every row ends on direct TCP to the mapped port.
 
 Prints a table, returns (and writes with --out/--json) the results as JSON.
 """
@@ -23,9 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulations.natlab import igd
 from simulations.natlab.topology import SRV_ADDRS, Lab, LabHost, NatType
 
 TYPES = {"pub": NatType.PUBLIC, "full": NatType.FULL_CONE, "prc": NatType.PORT_RESTRICTED, "sym": NatType.SYMMETRIC}
@@ -40,31 +47,69 @@ def expected_path(a: str, b: str) -> str:
     return "relayed" if (a, b) in NO_DIRECT_PATH else "direct"
 
 
+@dataclass(frozen=True)
+class Home:
+    """A home of the matrix: its router's NAT, the IGD on that router (None: no port mapping
+    offered) and the port-mapping protocols its node tries (None: the default order)."""
+
+    nat: NatType
+    gateway: igd.Gateway | None = None
+    protocols: tuple[str, ...] | None = None
+
+
+NAT_HOMES = {f"{side}-{short}": Home(nat) for side in "ab" for short, nat in TYPES.items()}
+NAT_PAIRS = [(f"a-{a}", f"b-{b}", expected_path(a, b)) for a in TYPES for b in TYPES]
+
+PORTMAP_HOMES = {
+    "a-sym": Home(NatType.SYMMETRIC), "a-prc": Home(NatType.PORT_RESTRICTED),
+    "b-upnp2": Home(NatType.PORT_RESTRICTED, igd.Gateway(upnp=True, natpmp_pcp=False, igd_version=2, secure=False)),
+    "b-upnp1": Home(NatType.PORT_RESTRICTED, igd.Gateway(upnp=True, natpmp_pcp=False, igd_version=1, secure=False)),
+    "b-pcp": Home(NatType.PORT_RESTRICTED, igd.Gateway(upnp=False, natpmp_pcp=True)),
+    "b-natpmp": Home(NatType.PORT_RESTRICTED, igd.Gateway(upnp=False, natpmp_pcp=True), protocols=("nat-pmp",)),
+}
+PORTMAP_PAIRS = [(a, b, "direct-tcp") for b in ("b-upnp2", "b-upnp1", "b-pcp", "b-natpmp") for a in ("a-sym", "a-prc")]
+
+
 class Matrix:
-    def __init__(self, trials: int = 3, upgrade_wait: float = 12.0, log=print) -> None:
+    def __init__(self, trials: int = 3, upgrade_wait: float = 12.0, log=print,
+                 homes: dict[str, Home] | None = None, pairs: list[tuple[str, str, str]] | None = None) -> None:
         self.trials = trials
         self.upgrade_wait = upgrade_wait
         self.log = log
         self.bin = Path(sys.executable).parent / "overlay-node"
         self.root = Path(tempfile.mkdtemp(prefix="natlab-"))
-        self.lab = Lab(homes={f"{side}-{short}": nat for side in "ab" for short, nat in TYPES.items()})
+        self.homes = homes or NAT_HOMES
+        self.pairs = pairs or NAT_PAIRS
+        self.lab = Lab(homes={name: home.nat for name, home in self.homes.items()})
         self.ids: dict[str, str] = {}
+        self.nodes: dict[str, subprocess.Popen] = {}
 
-    def run(self) -> dict[str, Any]:
+    def run(self, after=None) -> dict[str, Any]:
+        """Build, measure, tear down; `after(matrix)` runs before the teardown (a test's own checks)."""
         with self.lab:
             started = time.monotonic()
+            self._start_gateways()
             self._start_nodes()
             setup = time.monotonic() - started
             netcheck = {name: self._agent(self.lab.host(name), name, "get", "--path", "/v1/netcheck", "--timeout", "30")
                         for name in self.lab.homes}
+            status = {name: self._agent(self.lab.host(name), name, "get", "--path", "/v1/status") for name in self.lab.homes}
             pairs = []
-            for a in TYPES:
-                for b in TYPES:
-                    pairs.append(self._pair(a, b))
-                    self.log(_row(pairs[-1]))
-            return {"setup_s": round(setup, 1), "pairs": pairs, "netcheck": netcheck, "summary": summarize(pairs)}
+            for a, b, expected in self.pairs:
+                pairs.append(self._pair(a, b, expected))
+                self.log(_row(pairs[-1]))
+            results = {"setup_s": round(setup, 1), "pairs": pairs, "netcheck": netcheck, "status": status,
+                       "summary": summarize(pairs)}
+            if after is not None:
+                results["after"] = after(self)
+            return results
 
     # ---- nodes -------------------------------------------------------------------------------
+
+    def _start_gateways(self) -> None:
+        for name, home in self.homes.items():
+            if home.gateway is not None:
+                igd.start(self.lab, name, home.gateway, self.root / f"{name}-igd")
 
     def _node(self, where: LabHost | str, name: str, bootstrap: str | None) -> subprocess.Popen:
         data = self.root / name
@@ -74,8 +119,14 @@ class Matrix:
                 "--api", API, "--network", NETWORK, "--log-level", "info"]
         if bootstrap:
             argv += ["--bootstrap", bootstrap]
+        home = self.homes.get(name)
+        if home is not None and home.protocols is not None:
+            config = self.root / f"{name}.toml"
+            config.write_text(f"port_mapping_protocols = {json.dumps(list(home.protocols))}\n")
+            argv += ["--config", str(config)]
         log = open(self.root / f"{name}.log", "wb")
-        return self.lab.popen(where, argv, stdout=log, stderr=subprocess.STDOUT)
+        self.nodes[name] = self.lab.popen(where, argv, stdout=log, stderr=subprocess.STDOUT)
+        return self.nodes[name]
 
     def _start_nodes(self) -> None:
         self._node("srv", "srv", None)
@@ -84,10 +135,11 @@ class Matrix:
         for name in self.lab.homes:
             self._node(self.lab.host(name), name, bootstrap)
         for name in self.lab.homes:
-            self._wait_ready(self.lab.host(name), name)
+            self._wait_ready(self.lab.host(name), name, self.homes[name].gateway is not None)
 
-    def _wait_ready(self, where: LabHost, name: str) -> None:
-        result = self._agent(where, name, "ready", "--timeout", str(START_TIMEOUT))
+    def _wait_ready(self, where: LabHost, name: str, mapped: bool = False) -> None:
+        """Until the node knows its reachability; one behind a mapping router until that is public."""
+        result = self._agent(where, name, "ready", "--timeout", str(START_TIMEOUT), *(["--public"] if mapped else []))
         if not result.get("ready"):
             tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"node {name} did not get ready: {json.dumps(result)[:500]}\n{tail}")
@@ -102,8 +154,8 @@ class Matrix:
 
     # ---- pairs -------------------------------------------------------------------------------
 
-    def _pair(self, a: str, b: str) -> dict[str, Any]:
-        name, target = f"a-{a}", self.ids[f"b-{b}"]
+    def _pair(self, name: str, target_home: str, expected: str) -> dict[str, Any]:
+        target = self.ids[target_home]
         host = self.lab.host(name)
         trials = []
         for i in range(self.trials):
@@ -113,11 +165,11 @@ class Matrix:
         ok = [t for t in trials if t.get("ok")]
         dial = first.get("dial") or {}
         return {
-            "a": a, "b": b,
+            "a": name.removeprefix("a-"), "b": target_home.removeprefix("b-"),
             "connected": len(ok) == len(trials),
             "first_path": first.get("path"),
             "final_path": first.get("final_path"),
-            "expected": expected_path(a, b),
+            "expected": expected,
             "first_stream_ms": [t["first_stream_ms"] for t in ok],
             "median_first_stream_ms": statistics.median(t["first_stream_ms"] for t in ok) if ok else None,
             "direct_ms": dial.get("direct_ms"),
@@ -129,8 +181,7 @@ class Matrix:
 def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     direct = [p for p in pairs if (p["final_path"] or "").startswith("direct")]
     relayed = [p for p in pairs if p["final_path"] == "relayed"]
-    as_expected = [p for p in pairs if p["connected"] and
-                   ("relayed" if p["final_path"] == "relayed" else "direct") == p["expected"]]
+    as_expected = [p for p in pairs if p["connected"] and (p["final_path"] or "").startswith(p["expected"])]
     medians = [p["median_first_stream_ms"] for p in pairs if p["median_first_stream_ms"] is not None]
     return {
         "connected": sum(p["connected"] for p in pairs),
@@ -144,11 +195,11 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
 def _row(p: dict[str, Any]) -> str:
     direct = "-" if p["direct_ms"] is None else f"{p['direct_ms']:.0f}"
     median = "-" if p["median_first_stream_ms"] is None else f"{p['median_first_stream_ms']:.0f}"
-    return (f"{p['a']:>4} -> {p['b']:<4} {'yes' if p['connected'] else 'NO':>9} {p['final_path'] or '-':>11} "
+    return (f"{p['a']:>5} -> {p['b']:<6} {'yes' if p['connected'] else 'NO':>9} {p['final_path'] or '-':>11} "
             f"{p['expected']:>8} {median:>15} {direct:>10}  {'; '.join(map(str, p['errors']))[:60]}")
 
 
-HEADER = f"{'pair':>12} {'connected':>9} {'path':>11} {'expected':>8} {'first stream ms':>15} {'direct ms':>10}"
+HEADER = f"{'pair':>15} {'connected':>9} {'path':>11} {'expected':>8} {'first stream ms':>15} {'direct ms':>10}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--out", type=Path)
+    p.add_argument("--portmap", action="store_true", help="the port-mapping rows (routers running miniupnpd)")
     args = p.parse_args(argv)
     ok, why = Lab.available()
     if not ok:
@@ -164,17 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.json
     if not quiet:
         print(HEADER)
-    results = Matrix(trials=args.trials, log=(lambda line: None) if quiet else print).run()
+    rows = {"homes": PORTMAP_HOMES, "pairs": PORTMAP_PAIRS} if args.portmap else {}
+    results = Matrix(trials=args.trials, log=(lambda line: None) if quiet else print, **rows).run()
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     if quiet:
         print(json.dumps(results, indent=2))
     else:
-        s = results["summary"]
-        print(f"\nconnected {s['connected']}/16, direct {s['direct']}, relayed {s['relayed']}, "
-              f"as expected {s['as_expected']}/16, worst median first stream {s['max_median_first_stream_ms']} ms")
+        s, n = results["summary"], len(results["pairs"])
+        print(f"\nconnected {s['connected']}/{n}, direct {s['direct']}, relayed {s['relayed']}, "
+              f"as expected {s['as_expected']}/{n}, worst median first stream {s['max_median_first_stream_ms']} ms")
         for name, check in results["netcheck"].items():
             print(f"netcheck {name}: {check.get('nat_type', check)}")
+        for name, check in results["netcheck"].items():
+            if (mapping := check.get("port_mapping")) and mapping.get("state") == "mapped":
+                print(f"port mapping {name}: {mapping['protocol']} {mapping['external']}")
     return 0
 
 

@@ -424,6 +424,13 @@ class Lab:
             raise KeyError(f"home {name!r} is public: it has no router")
         return router
 
+    def lan_iface(self, name: str) -> str:
+        """The LAN-side interface of home `name`'s router (where its hosts are)."""
+        home = self._homes[name]
+        if home.router is None:
+            raise KeyError(f"home {name!r} is public: it has no router")
+        return self._lan_iface(home)
+
     def _ns(self, where: LabHost | str) -> str:
         if not self._built or not self._finalizer.alive:
             raise LabError("the lab is not built, or already closed")
@@ -451,7 +458,8 @@ class Lab:
         if "stdout" not in kw and "stderr" not in kw:
             kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
-        kw.setdefault("stdin", subprocess.DEVNULL)
+        if "input" not in kw:
+            kw.setdefault("stdin", subprocess.DEVNULL)
         return subprocess.run(["ip", "netns", "exec", ns, *argv], timeout=timeout, **kw)
 
     def close(self) -> None:

@@ -26,7 +26,8 @@ from hypercorn.config import Config as HypercornConfig
 from trio_websocket import open_websocket_url
 
 import overlay.node.node
-from nat.portmap import NatPmpClient, keep_port_mapping
+from nat.natpmp import NatPmpClient
+from nat.portmap import keep_port_mapping
 from overlay.node.apiauth import auth_headers
 from overlay.node.apilimits import IDLE_TIMEOUT, ConnectionGate, WebSocketCap, serve
 from overlay.core.fdlimits import FdExhaustion, api_caps, quiet_trio_accept_errors
@@ -366,5 +367,5 @@ async def test_port_mapping_without_a_descriptor_gives_up_without_ending_the_nod
 
     monkeypatch.setattr(trio.socket, "socket", exhausted)
     states: list[dict] = []
-    await keep_port_mapping(4001, lambda state, addr: states.append(state), NatPmpClient("127.0.0.1"))
+    await keep_port_mapping(4001, lambda state, addr: states.append(state), "127.0.0.1", [NatPmpClient("127.0.0.1")])
     assert states[-1]["state"] == "none" and "Too many open files" in states[-1]["error"]

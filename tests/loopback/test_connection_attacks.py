@@ -127,7 +127,7 @@ async def test_a_connection_holds_at_most_its_share_of_idle_streams(tmp_path):
     """A stranger opens 200 DHT streams on one connection and sends nothing on them: the node
     holds at most its cap per peer and protocol, refuses the rest (counted), and closes the held
     ones once idle; another peer is answered throughout."""
-    node = node_proc(tmp_path)
+    node = node_proc(tmp_path, "[dht_limits]\nmax_stream_idle = 10.0\n")  # 30 s by default
     mallory, bob = Peer(source="127.0.1.2"), Peer(source="127.0.2.1")
     limits = ResourceLimits()
     try:
@@ -141,8 +141,8 @@ async def test_a_connection_holds_at_most_its_share_of_idle_streams(tmp_path):
                            >= 200 - limits.streams_per_protocol, what="the streams over the cap refused")
             assert node.metric("overlay_resource_inbound_streams") <= limits.streams_per_protocol
             assert await legitimate_dials(node, [bob])
-            # the DHT closes a silent stream after its idle timeout (30 s); nothing is left after it
-            await wait_for(lambda: node.metric("overlay_resource_inbound_streams") == 0, timeout=60,
+            # the DHT closes a silent stream after its idle timeout; nothing is left after it
+            await wait_for(lambda: node.metric("overlay_resource_inbound_streams") == 0, timeout=30,
                            what="the idle streams closed")
     finally:
         node.stop()

@@ -1,5 +1,5 @@
-"""NAT-PMP: the codec and the default-gateway reader. The client against a responder on loopback is
-in tests/loopback/test_portmap.py."""
+"""NAT-PMP: the codec and the default-gateway reader. The clients against responders on loopback
+are in tests/loopback/test_portmap.py, against a real gateway in tests/natlab/test_natlab_portmap.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nat.portmap import (
-    ExternalAddress, Mapping, PortMapError, decode_response, default_gateway, encode_external_request,
-    encode_mapping_request,
-)
+from nat.gateway import PortMapError, default_gateway
+from nat.natpmp import ExternalAddress, Mapping, decode_response, encode_external_request, encode_mapping_request
 from overlay.core.errors import DecodeError
 
 
