@@ -1,8 +1,9 @@
 """Port mapping on the home gateway, so a node behind NAT can be reached directly where its router
 allows it: PCP (`nat.pcp`), NAT-PMP (`nat.natpmp`) and UPnP-IGD (`nat.upnp`), tried in that order
 (the order of `port_mapping_protocols`; newest first, as iroh and Tailscale do). The first that
-maps the TCP port holds it: renewed at half the lifetime, removed when the node stops. Turned
-off with `port_mapping = false`.
+maps the TCP port holds it: renewed every CHECK_INTERVAL (or at half its lifetime, if sooner),
+so that a new WAN address or a gateway that rebooted and forgot the mapping shows within that
+time; removed when the node stops. Turned off with `port_mapping = false`.
 
 The UDP port of the same number is mapped too where the gateway allows (best effort: WebRTC finds
 its own way). A renewal that fails starts the search again from the first protocol: the gateway
@@ -26,7 +27,8 @@ from nat.upnp import UpnpClient
 log = logging.getLogger(__name__)
 
 LIFETIME = 7200
-MIN_RENEW = 60.0
+CHECK_INTERVAL = 30.0
+MIN_RENEW = 5.0  # however short a lease the gateway grants
 UNMAP_TIMEOUT = 2.0
 CLIENTS: dict[str, Callable[[str], Mapper]] = {"pcp": PcpClient, "nat-pmp": NatPmpClient, "upnp": UpnpClient}
 
@@ -74,7 +76,7 @@ async def _hold(mapper: Mapper, lease: Lease, gateway: str, changed: Changed) ->
                      "external": f"{lease.external_ip}:{lease.external_port}", "lifetime": lease.lifetime,
                      "udp": f"{udp.external_ip}:{udp.external_port}" if udp else None},
                     multiaddr.Multiaddr(f"/ip4/{lease.external_ip}/tcp/{lease.external_port}"))
-            await trio.sleep(max(lease.lifetime / 2, MIN_RENEW) if lease.lifetime else LIFETIME / 2)
+            await trio.sleep(max(min(lease.lifetime / 2 or CHECK_INTERVAL, CHECK_INTERVAL), MIN_RENEW))
             lease = await mapper.map("tcp", port, LIFETIME)
     except trio.Cancelled:
         with trio.CancelScope(shield=True), trio.move_on_after(UNMAP_TIMEOUT):

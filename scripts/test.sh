@@ -24,6 +24,7 @@ missing=()
 if [ -z "$layer" ] || [ "$layer" = natlab ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)  # a router's reboot: its flows forgotten
   # the lab's IGD: miniupnpd built from Debian's source package (simulations/natlab/igd.py)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v dpkg-source >/dev/null 2>&1 || missing+=(dpkg-dev)

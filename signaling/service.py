@@ -57,10 +57,18 @@ class Registration:
     peer: PeerInfo
     framed: FramedStream
     rtt: float | None = None
+    since: float = 0.0  # when it was made (the service's clock)
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 _CLOSE = object()
+
+
+def _timed_out(e: BaseException) -> bool:
+    """A trio timeout, alone or inside the exception group of a nursery."""
+    if isinstance(e, BaseExceptionGroup):
+        return any(_timed_out(inner) for inner in e.exceptions)
+    return isinstance(e, trio.TooSlowError)
 
 
 class SignalingService:
@@ -245,12 +253,14 @@ class SignalingService:
                     reply = await _read(framed)
                 if not isinstance(reply, messages.Registered):
                     raise DialError(f"refused: {reply}")
-                registration = self.live[peer.peer_id] = Registration(peer, framed, self.now() - start)
+                registration = self.live[peer.peer_id] = Registration(peer, framed, self.now() - start, self.now())
                 self._apply_registrations(self.registrations.succeeded(peer.peer_id, self.now()))
                 log.info("registered with signalling node %s", pid)
                 await self._keep(pid, registration, reply.ttl)
         except Exception as e:  # noqa: BLE001 - each failure just loses this registration
             log.info("registration with %s ended: %s", pid, str(e) or type(e).__name__)
+            if _timed_out(e):  # unanswered on a connection we have: its path is gone
+                await self.dialer.drop(pid, "the signalling node stopped answering")
         finally:
             if self._scopes.get(peer.peer_id) is scope:
                 del self._scopes[peer.peer_id]

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import ifaddr
 import multiaddr
@@ -158,6 +159,7 @@ class Node:
         self.port_mapping: dict[str, object] | None = None
         self.mapped_addrs: list[multiaddr.Multiaddr] = []
         self._recheck = trio.Event()
+        self.network: dict[str, Any] = {"changes": 0, "last_change": None, "last_reason": None}
         self.reachability_service = ReachabilityService(self.host, config.network, self.metrics)
         self.signaling = SignalingService(self.host, self.dialer, config.network, self.metrics, want=config.signaling_nodes)
         self.signaling.on_registrations = lambda live: self._spawn(self.publish_record)
@@ -372,7 +374,8 @@ class Node:
                 "serving": self.public,
                 "registered_peers": len(self.signaling.server.registrations),
                 "registered_with": [
-                    {"peer_id": str(ID(pid)), "rtt_ms": None if r.rtt is None else round(r.rtt * 1000, 2)}
+                    {"peer_id": str(ID(pid)), "rtt_ms": None if r.rtt is None else round(r.rtt * 1000, 2),
+                     "age_s": round(self.signaling.now() - r.since, 1)}
                     for pid, r in self.signaling.live.items()
                 ],
             },
@@ -413,11 +416,25 @@ class Node:
                             (registration.peer for registration in self.signaling.live.values()))
 
     async def _watch_addresses(self) -> None:
+        """Republish when the record's addresses change; when our own (interfaces, the gateway's
+        mapping) change, the network did: re-check reachability through the new ones."""
+        own = None
         while True:
             await trio.sleep(ADDRESS_CHECK_INTERVAL)
+            now_own = (tuple(self.listen_addrs()), tuple(self.mapped_addrs))
+            if own is not None and now_own != own:
+                self._network_changed("our addresses changed")
+            own = now_own
             if self.record is not None and self._record_addrs() != self.record.addrs:
                 log.info("addresses changed; publishing a new peer record")
                 await self.publish_record()
+
+    def _network_changed(self, why: str) -> None:
+        log.info("network change: %s; re-checking reachability", why)
+        self.network["changes"] += 1
+        self.network["last_change"] = time.time()
+        self.network["last_reason"] = why
+        self._recheck.set()
 
     # ---- joining -----------------------------------------------------------------------------
 
@@ -485,11 +502,13 @@ class Node:
         (on the adapter's signal, no polling); report to the join core either way."""
         b = attempt.bootstrap
         try:
-            await self.dialer.connect(b.peer_id, [b.addr])
+            already = await self.dialer.connect(b.peer_id, [b.addr]) is None
             self.dht.add_address(PeerInfo(b.peer_id.to_bytes(), (b.addr.to_bytes(),)))
             with trio.move_on_after(attempt.wait):
                 await self.dht.until(lambda: self._in_table(b))
             if not self._in_table(b):
+                if already:  # a connection from before that carries nothing: the next try dials anew
+                    await self.dialer.drop(b.peer_id, "it does not answer the DHT")
                 raise DialError(f"connected, but it does not answer {self.dht.protocol} (another --network?)")
         except DialError as e:
             outcome += join.failed(b, str(e), trio.current_time())
@@ -622,6 +641,7 @@ class Node:
             "record_seq": self.record.seq if self.record else None,
             "record_addrs": [str(multiaddr.Multiaddr(a)) for a in self.record.addrs] if self.record else [],
             "uptime": round(time.time() - self.start_time, 1),
+            "network_changes": dict(self.network),
             "health": self.health(),
             "bootstraps": [
                 {"addr": f"{b.addr}/p2p/{b.peer_id}", "connected": self.dialer.connected(b.peer_id),

@@ -26,6 +26,7 @@ from overlay.core.errors import DialError, SelfDialError
 log = logging.getLogger(__name__)
 
 STAGGER = 0.1
+DROP_TIMEOUT = 5.0
 MAX_CACHED = 4096
 
 
@@ -44,6 +45,7 @@ class DialStats:
     attempts: int = 0
     successes: int = 0
     failures: int = 0
+    dropped: int = 0  # connections closed because they stopped carrying (`Dialer.drop`)
 
 
 class Dialer:
@@ -57,6 +59,18 @@ class Dialer:
     def connected(self, peer_id: ID, direct_only: bool = False) -> bool:
         conns = self.host.get_network().get_connections(peer_id)
         return any(not direct_only or c.get_connection_type() is not ConnectionType.RELAYED for c in conns)
+
+    async def drop(self, peer_id: ID, why: str) -> None:
+        """Close every connection to `peer_id` because one stopped carrying (a ping or a request
+        on it timed out): when a home router reboots or its WAN address changes, it forgets the
+        flow and TCP would keep retrying for minutes while `connect` still finds it connected.
+        Closed, the next `connect` dials afresh."""
+        if not self.connected(peer_id):
+            return
+        log.info("closing the connection to %s: %s", peer_id, why)
+        self.stats.dropped += 1
+        with trio.move_on_after(DROP_TIMEOUT):
+            await self.host.disconnect(peer_id)
 
     async def connect(
         self, peer_id: ID, addrs: Sequence[multiaddr.Multiaddr], timeout: float = 10.0, direct_only: bool = False

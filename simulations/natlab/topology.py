@@ -431,6 +431,41 @@ class Lab:
             raise KeyError(f"home {name!r} is public: it has no router")
         return self._lan_iface(home)
 
+    def reboot_router(self, name: str) -> None:
+        """What a home router's reboot does to the connections through it: it forgets every flow
+        (the conntrack table flushed), and the packets of a flow it no longer knows are dropped
+        (no mid-stream pick-up: `nf_conntrack_tcp_loose=0` and INVALID dropped), so every TCP
+        connection through it dies and every UDP flow needs a new mapping. Needs `conntrack`."""
+        router = self.router(name)
+        _in_ns(router.ns, "sh", "-c", "echo 0 > /proc/sys/net/netfilter/nf_conntrack_tcp_loose")
+        rule = ["FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"]
+        if subprocess.run(["ip", "netns", "exec", router.ns, "iptables", "-w", "5", "-C", *rule],
+                          capture_output=True).returncode != 0:
+            _in_ns(router.ns, "iptables", "-w", "5", "-I", *rule)
+        _in_ns(router.ns, "conntrack", "-F")
+
+    def change_wan_address(self, name: str, address: str) -> None:
+        """Give home `name`'s router a new WAN address in its link's /24 (what an ISP does), the
+        old one removed and unreachable, every flow through the router forgotten (the reconnect
+        that brings a new address resets the modem's NAT state); MASQUERADE follows. Only for port-restricted and symmetric routers (a full cone's rules name the address)."""
+        home = self._homes[name]
+        router = self.router(name)
+        if home.host.nat is NatType.FULL_CONE:
+            raise LabError("a full-cone router's NAT rules name its WAN address; change those instead")
+        new = ipaddress.ip_address(address)
+        if new not in ipaddress.ip_network(f"{home.inet_addr}/24", strict=False) or str(new) == home.inet_addr:
+            raise ValueError(f"{address} is not a free address of {name}'s WAN link")
+        current = [line.split()[3] for line in _ip("-n", router.ns, "-4", "-o", "addr", "show", "dev", router.iface).splitlines()]
+        for cidr in current:  # first: deleting a primary address deletes the secondaries of its subnet
+            _ip("-n", router.ns, "addr", "del", cidr, "dev", router.iface)
+        _ip("-n", router.ns, "addr", "add", f"{address}/24", "dev", router.iface)
+        _ip("-n", router.ns, "route", "replace", "default", "via", home.inet_addr)
+        # Nothing may reach the old address any more: without these, `inet` would still send its
+        # frames to the router's MAC, and a flow DNATed to a mapped port would carry on.
+        _in_ns(router.ns, "conntrack", "-F")
+        for cidr in current:
+            _ip("-n", self.inet_ns, "neigh", "flush", "to", cidr.split("/")[0])
+
     def _ns(self, where: LabHost | str) -> str:
         if not self._built or not self._finalizer.alive:
             raise LabError("the lab is not built, or already closed")

@@ -286,3 +286,18 @@ async def test_a_stream_of_small_writes_costs_its_reader_a_window_update_per_hal
         assert len(got) == 150_000
         sent = updates[before:].count(stream.muxed_stream.stream_id)
         assert 1 <= sent <= 2, f"{sent} window updates for 300 reads"
+
+
+async def test_a_dropped_peer_is_disconnected_and_the_next_connect_dials_anew(tmp_path):
+    """Dialer.drop, for a connection that stopped carrying (a signalling node's ping unanswered, a
+    bootstrap that no longer answers on it): every connection to the peer closes, counted once,
+    and the next connect makes a new one instead of reusing the dead one."""
+    async with cluster(tmp_path) as c:
+        a = await c.start()
+        b = await c.start(join=a)
+        await wait_for(lambda: b.joined.is_set() and b.dialer.connected(a.peer_id), what="b joined through a")
+        await b.dialer.drop(a.peer_id, "a test says so")
+        assert not b.dialer.connected(a.peer_id) and b.dialer.stats.dropped == 1
+        await b.dialer.drop(a.peer_id, "nothing left to close")
+        assert b.dialer.stats.dropped == 1
+        assert await b.dialer.connect(a.peer_id, a.listen_addrs()) is not None, "a new connection, dialed"
