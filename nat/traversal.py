@@ -74,6 +74,7 @@ class DialRecord:
 
 @dataclass
 class _Attempt:
+    addrs: tuple[str, ...]  # the record's addresses it was started with
     connected: trio.Event = field(default_factory=trio.Event)
     path: str = ""
     error: str = ""
@@ -118,10 +119,16 @@ class Traversal:
     async def connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> str:
         """Connect to `peer` from its record's addresses; returns the first path ("direct" or
         "relayed"). The strategy goes on in the background (upgrade, relay retirement)."""
-        attempt = self._attempts.get(peer)
+        key = tuple(map(str, addrs))
+        # A dial under way from other addresses (an older record, say: a peer whose address
+        # changed) would fail where ours may not: let it end, and start ours if it found nothing.
+        while (attempt := self._attempts.get(peer)) is not None and attempt.addrs != key:
+            await attempt.connected.wait()
+            if not attempt.error:
+                return attempt.path
         if attempt is None:
             assert self._nursery is not None, "Traversal.run() must be started first"
-            attempt = self._attempts[peer] = _Attempt()
+            attempt = self._attempts[peer] = _Attempt(key)
             self._nursery.start_soon(self._drive, peer, DialStrategy(plan_for(addrs)), attempt)
         await attempt.connected.wait()
         if attempt.error:

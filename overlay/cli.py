@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stun-server", action="append", metavar="IP:PORT", help="STUN server besides the overlay's public nodes")
     run.add_argument("--webrtc-interface", action="append", metavar="NAME|IP", help="gather WebRTC candidates here only")
     run.add_argument("--no-port-mapping", action="store_true", help="do not ask the gateway for a port mapping")
+    run.add_argument("--no-mdns", action="store_true", help="do not announce this node on the LAN nor look for nodes there")
 
     natlab = sub.add_parser("natlab", help="connection matrix behind real NATs in network namespaces (root)")
     natlab.add_argument("--json", action="store_true", help="print JSON")
@@ -119,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
             "stun_servers": args.stun_server,
             "webrtc_interfaces": args.webrtc_interface,
             "port_mapping": False if args.no_port_mapping else None,
+            "mdns": False if args.no_mdns else None,
         },
     )
     import trio  # the node's imports are heavy (~80 MB); client commands do without them
@@ -303,6 +305,12 @@ def _human(command: str, body: Any) -> str:
             if reasons:
                 lines.append(f"refused:       {layer}: {sum(reasons.values())} "
                              f"({', '.join(f'{why} {n}' for why, n in sorted(reasons.items()))})")
+        if lan := body.get("lan"):
+            refused = sum(lan.get("refused", {}).values())
+            lines.append(f"LAN (mDNS):    {lan['state']}" + (f", {lan['peers']} peers heard, {refused} announcements refused"
+                                                            if lan["state"] == "on" else ""))
+        if live := body.get("liveness"):
+            lines.append(f"dead conns:    {live['closed']} closed, {live['redials']} redialed")
         lines += [f"address:       {a}" for a in body["addrs"]]
         for b in body["bootstraps"]:
             state = "reached" if b["in_routing_table"] else f"not reached: {b['last_error'] or 'trying'}"

@@ -61,6 +61,7 @@ class Config:
     webrtc_interfaces: tuple[str, ...] = ()  # interface names or IPs; empty: all but loopback
     port_mapping: bool = True  # ask the gateway to forward our TCP port
     port_mapping_protocols: tuple[str, ...] = PORT_MAPPING_PROTOCOLS  # tried in this order
+    mdns: bool = True  # announce this node on the LAN (mDNS) and dial the nodes heard there
     inm_peers: int = 8  # nodes to keep an INM link with (WSRelay channels)
     network_token: str = ""  # if set, a private network: INM handshakes prove it (never send it)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
@@ -70,6 +71,7 @@ class Config:
     api_expose: bool = False  # allow a non-loopback API address (the LAN can then try the token)
     dht_limits: tuple[tuple[str, Any], ...] = ()  # [dht_limits] table: KadConfig's limits, as (name, value)
     relay_bandwidth: int = 2**20  # bytes a second this node relays for others, over all circuits
+    peer_ping_interval: int = 15  # seconds between liveness pings on each connection (dead ones closed)
     resource_limits: tuple[tuple[str, Any], ...] = ()  # [resource_limits] table: ResourceLimits', as (name, value)
 
     def kad_config(self) -> KadConfig:
@@ -184,7 +186,7 @@ def _convert(key: str, value: Any) -> Any:
         if not protocols or len(set(protocols)) != len(protocols) or not set(protocols) <= set(PORT_MAPPING_PROTOCOLS):
             raise ConfigError(f"{key}: a list of distinct names out of {', '.join(PORT_MAPPING_PROTOCOLS)}")
         return protocols
-    if key in ("port_mapping", "api_expose"):
+    if key in ("port_mapping", "api_expose", "mdns"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false")
         return value
@@ -217,6 +219,8 @@ def _convert(key: str, value: Any) -> Any:
         return _whole(key, value, 1, 100_000)
     if key == "relay_bandwidth":
         return _whole(key, value, 1024, 2**40)
+    if key == "peer_ping_interval":
+        return _whole(key, value, 1, 3600)
     if key == "dht_limits":
         return _limits(key, value, DHT_LIMITS)
     if key == "resource_limits":

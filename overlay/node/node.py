@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ifaddr
@@ -26,6 +26,7 @@ from libp2p.peer.id import ID
 from aiortc import RTCIceServer
 
 from nat.gateway import default_gateway
+from nat.lan_io import LanDiscovery
 from nat.portmap import keep_port_mapping, mappers_for
 from nat.reachability import RATE_INTERVAL, Reachability, ReachabilityMachine
 from nat.reachability_io import ReachabilityService
@@ -59,12 +60,14 @@ from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap
 from overlay.peermsg.service import PeerMessaging
 from overlay.transport.dialer import Dialer, known_addrs
 from overlay.transport.host import build_host, close_quietly
+from overlay.transport.liveness import ConnectionLiveness
 from signaling.service import SignalingService
 
 log = logging.getLogger(__name__)
 
 ADDRESS_CHECK_INTERVAL = 10.0
 PING_TIMEOUT = 5.0
+LAN_DIAL_TIMEOUT = 3.0
 REACHABILITY_RECHECK = (30.0, 600.0)  # while unknown, once known
 MAX_STUN_SERVERS = 6
 
@@ -148,6 +151,8 @@ class Node:
         self.metrics.gauge("overlay_resource_inbound_connections", "Open inbound connections", lambda: resources.inbound)
         self.metrics.gauge("overlay_resource_inbound_streams", "Open inbound streams", lambda: resources.streams)
         self.dialer = Dialer(self.host)
+        self.liveness = ConnectionLiveness(self.host, self._redial, interval=config.peer_ping_interval)
+        self.lan = LanDiscovery(self.peer_id, config.network, self.dialer, self.listen_addrs, self._lan_peer) if config.mdns else None
         validator = NamespacedValidator({b"peer": PeerRecordValidator(),
                                          reservation.NAMESPACE: reservation.ReservationValidator(wall_ms),
                                          hosts.NAMESPACE: hosts.HostRecordValidator(wall_ms)})
@@ -197,6 +202,8 @@ class Node:
         self.start_time = time.time()
         self.bytes = self.metrics.counter("overlay_stream_bytes_total", "Payload bytes of the node's own protocols")
         self.metrics.gauge("overlay_peers", "Connected peers", lambda: len(self.connected_peers()))
+        self.metrics.gauge("overlay_connections_closed_dead_total", "Connections closed because their liveness ping failed",
+                           lambda: self.liveness.stats.closed)
         self.metrics.gauge("overlay_dial_failures_total", "Dials where every address failed", lambda: self.dialer.stats.failures)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -209,6 +216,7 @@ class Node:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         await nursery.start(self.dht.run)
+                        await nursery.start(self.liveness.run)
                         await nursery.start(self.signaling.run)
                         await nursery.start(self.traversal.run)
                         await nursery.start(self.relay.run)
@@ -222,6 +230,8 @@ class Node:
                         nursery.start_soon(self._remember_peers_loop)
                         nursery.start_soon(self._watch_addresses)
                         nursery.start_soon(self._watch_reachability)
+                        if self.lan is not None:
+                            nursery.start_soon(self.lan.run)
                         self.started.set()
                         task_status.started()
         finally:
@@ -319,6 +329,8 @@ class Node:
             self.port_mapping = state
             if addr is not None and self.mapped_addrs != [addr]:
                 log.info("gateway maps %s to our port", addr)
+                if self.mapped_addrs:
+                    self._network_changed(f"the gateway maps another address ({addr})")
                 self.mapped_addrs = [addr]
                 self._recheck.set()
 
@@ -416,12 +428,13 @@ class Node:
                             (registration.peer for registration in self.signaling.live.values()))
 
     async def _watch_addresses(self) -> None:
-        """Republish when the record's addresses change; when our own (interfaces, the gateway's
-        mapping) change, the network did: re-check reachability through the new ones."""
+        """Republish when the record's addresses change; when our interfaces' do, the network
+        changed: re-check reachability through the new ones. (A new mapped address is reported
+        by the port mapping at once, `_map_ports`.)"""
         own = None
         while True:
             await trio.sleep(ADDRESS_CHECK_INTERVAL)
-            now_own = (tuple(self.listen_addrs()), tuple(self.mapped_addrs))
+            now_own = tuple(self.listen_addrs())
             if own is not None and now_own != own:
                 self._network_changed("our addresses changed")
             own = now_own
@@ -435,6 +448,16 @@ class Node:
         self.network["last_change"] = time.time()
         self.network["last_reason"] = why
         self._recheck.set()
+        self._spawn(self._republish_after_change)
+
+    async def _republish_after_change(self) -> None:
+        """Publish our record again once the connections that died with the old network are
+        closed (the liveness pings' window): a record published at the change went out over
+        those dead connections and may have reached no one, and the DHT's own retry of a short
+        publish backs off to minutes."""
+        await trio.sleep(self.liveness.core.interval + self.liveness.timeout + 1.0)
+        stored = await self.publish_record()
+        log.info("republished our record after the network change: stored on %d peers", stored)
 
     # ---- joining -----------------------------------------------------------------------------
 
@@ -542,6 +565,12 @@ class Node:
             raise SelfDialError(f"{peer_id} is this node's own peer ID")
         if self.dialer.connected(peer_id):
             return None
+        if lan := (self.lan.addrs(peer_id) if self.lan is not None else ()):
+            try:  # a peer in our home: at its LAN address (the router may not hairpin)
+                await self.dialer.connect(peer_id, lan, timeout=LAN_DIAL_TIMEOUT, direct_only=True)
+                return "direct"
+            except DialError as e:
+                log.info("LAN peer %s not reached at %s: %s", peer_id, ", ".join(map(str, lan)), e)
         start = trio.current_time()
         record = await self.find(peer_id)
         if timings is not None:
@@ -553,6 +582,21 @@ class Node:
             if newer.seq <= record.seq:
                 raise
             return await self.traversal.connect(peer_id, [multiaddr.Multiaddr(a) for a in newer.addrs])
+
+    async def _lan_peer(self, peer: ID, addrs: tuple[multiaddr.Multiaddr, ...]) -> None:
+        """A LAN peer Noise proved (nat.lan_io): into the DHT. A node that joined no network
+        through a bootstrap publishes its record then, so that its LAN peers can look it up."""
+        self.dht.add_address(PeerInfo(peer.to_bytes(), tuple(a.to_bytes() for a in addrs)))
+        if not self.joined.is_set():
+            with trio.move_on_after(self.core.config.request_timeout):
+                await self.dht.until(lambda: peer.to_bytes() in self.core.table)
+            await self.publish_record()
+
+    async def _redial(self, peer_id: ID) -> None:
+        """Dial a peer again whose connection died (overlay.transport.liveness): by peer ID, so a
+        record republished after its network changed gives the new addresses."""
+        if not self.dialer.connected(peer_id):
+            await self.connect(peer_id)
 
     async def ping(self, peer_id: ID) -> float:
         """Round-trip time of one libp2p ping (32 random bytes echoed), in seconds."""
@@ -642,6 +686,8 @@ class Node:
             "record_addrs": [str(multiaddr.Multiaddr(a)) for a in self.record.addrs] if self.record else [],
             "uptime": round(time.time() - self.start_time, 1),
             "network_changes": dict(self.network),
+            "liveness": asdict(self.liveness.stats),  # pings on each connection; the dead ones closed, redialed
+            "lan": self.lan.status() if self.lan is not None else {"state": "off (mdns = false)"},
             "health": self.health(),
             "bootstraps": [
                 {"addr": f"{b.addr}/p2p/{b.peer_id}", "connected": self.dialer.connected(b.peer_id),

@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--peer")
     p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--path", default="/v1/status")
+    p.add_argument("--method", default="GET", choices=("GET", "POST"), help="get: the HTTP method")
     p.add_argument("--public", action="store_true", help="ready: wait until the node is reachable from outside")
     p.add_argument("--data-dir", type=Path, required=True, help="the node's data dir, where its API token is")
     args = p.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     elif args.command == "pair":
         result = pair(args.api, args.peer, args.wait)
     else:
-        result = call(args.api, "GET", args.path, timeout=args.timeout)[1]
+        result = call(args.api, args.method, args.path, timeout=args.timeout)[1]
     json.dump(result, sys.stdout)
     print()
 

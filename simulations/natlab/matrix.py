@@ -72,7 +72,9 @@ PORTMAP_PAIRS = [(a, b, "direct-tcp") for b in ("b-upnp2", "b-upnp1", "b-pcp", "
 
 class Matrix:
     def __init__(self, trials: int = 3, upgrade_wait: float = 12.0, log=print,
-                 homes: dict[str, Home] | None = None, pairs: list[tuple[str, str, str]] | None = None) -> None:
+                 homes: dict[str, Home] | None = None, pairs: list[tuple[str, str, str]] | None = None,
+                 lan_hosts: dict[str, str] | None = None) -> None:
+        """`lan_hosts`: further hosts (name -> the home whose LAN they share), each running a node too."""
         self.trials = trials
         self.upgrade_wait = upgrade_wait
         self.log = log
@@ -80,7 +82,9 @@ class Matrix:
         self.root = Path(tempfile.mkdtemp(prefix="natlab-"))
         self.homes = homes or NAT_HOMES
         self.pairs = pairs or NAT_PAIRS
-        self.lab = Lab(homes={name: home.nat for name, home in self.homes.items()})
+        self.lan_hosts = lan_hosts or {}
+        self.lab = Lab(homes={name: home.nat for name, home in self.homes.items()}, lan_hosts=self.lan_hosts)
+        self.names = [*self.homes, *self.lan_hosts]  # every node but srv's
         self.ids: dict[str, str] = {}
         self.nodes: dict[str, subprocess.Popen] = {}
 
@@ -92,8 +96,8 @@ class Matrix:
             self._start_nodes()
             setup = time.monotonic() - started
             netcheck = {name: self._agent(self.lab.host(name), name, "get", "--path", "/v1/netcheck", "--timeout", "30")
-                        for name in self.lab.homes}
-            status = {name: self._agent(self.lab.host(name), name, "get", "--path", "/v1/status") for name in self.lab.homes}
+                        for name in self.names}
+            status = {name: self._agent(self.lab.host(name), name, "get", "--path", "/v1/status") for name in self.names}
             pairs = []
             for a, b, expected in self.pairs:
                 pairs.append(self._pair(a, b, expected))
@@ -111,12 +115,13 @@ class Matrix:
             if home.gateway is not None:
                 igd.start(self.lab, name, home.gateway, self.root / f"{name}-igd")
 
-    def _node(self, where: LabHost | str, name: str, bootstrap: str | None) -> subprocess.Popen:
+    def _node(self, where: LabHost | str, name: str, bootstrap: str | None, port: int = PORT, api: str = API,
+              network: str = NETWORK) -> subprocess.Popen:
         data = self.root / name
         ident = subprocess.run([str(self.bin), "id", "--data-dir", str(data)], capture_output=True, text=True, check=True)
         self.ids[name] = ident.stdout.strip()
-        argv = [str(self.bin), "run", "--data-dir", str(data), "--listen", f"/ip4/0.0.0.0/tcp/{PORT}",
-                "--api", API, "--network", NETWORK, "--log-level", "info"]
+        argv = [str(self.bin), "run", "--data-dir", str(data), "--listen", f"/ip4/0.0.0.0/tcp/{port}",
+                "--api", api, "--network", network, "--log-level", "info"]
         if bootstrap:
             argv += ["--bootstrap", bootstrap]
         home = self.homes.get(name)
@@ -132,21 +137,22 @@ class Matrix:
         self._node("srv", "srv", None)
         self._wait_ready(self.lab.srv, "srv")
         bootstrap = f"/ip4/{SRV_ADDRS[0]}/tcp/{PORT}/p2p/{self.ids['srv']}"
-        for name in self.lab.homes:
+        for name in self.names:
             self._node(self.lab.host(name), name, bootstrap)
-        for name in self.lab.homes:
-            self._wait_ready(self.lab.host(name), name, self.homes[name].gateway is not None)
+        for name in self.names:
+            home = self.homes.get(name)
+            self._wait_ready(self.lab.host(name), name, home is not None and home.gateway is not None)
 
-    def _wait_ready(self, where: LabHost, name: str, mapped: bool = False) -> None:
+    def _wait_ready(self, where: LabHost, name: str, mapped: bool = False, api: str = API) -> None:
         """Until the node knows its reachability; one behind a mapping router until that is public."""
-        result = self._agent(where, name, "ready", "--timeout", str(START_TIMEOUT), *(["--public"] if mapped else []))
+        result = self._agent(where, name, "ready", "--timeout", str(START_TIMEOUT), *(["--public"] if mapped else []), api=api)
         if not result.get("ready"):
             tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"node {name} did not get ready: {json.dumps(result)[:500]}\n{tail}")
 
-    def _agent(self, where: LabHost, name: str, *args: str) -> dict[str, Any]:
+    def _agent(self, where: LabHost, name: str, *args: str, api: str = API) -> dict[str, Any]:
         """The agent in `where`, speaking to node `name` (its token is in the node's data dir)."""
-        argv = [sys.executable, "-m", "simulations.natlab.agent", *args, "--api", API, "--data-dir", str(self.root / name)]
+        argv = [sys.executable, "-m", "simulations.natlab.agent", *args, "--api", api, "--data-dir", str(self.root / name)]
         done = self.lab.run(where, argv, timeout=START_TIMEOUT + 30)
         if done.returncode != 0:
             return {"ok": False, "error": done.stderr.strip()[-500:]}

@@ -7,6 +7,7 @@ down the network and the processes started in it; what runs there is up to the c
     srv    198.18.1.2 + 198.18.1.3 -----------+
     home K (NAT): host 100.64.K.2 -- lan 100.64.K.1 | router | wan 198.18.K+1.2 --+-- inet
     home K (public): host 198.18.K+1.2 -------------------------------------------+
+    home K with neighbours: hosts 100.64.K.2, .3, ... -- bridge 100.64.K.1 | router | ...
 
 `inet` is the core router: 198.18.1.1 and 198.18.K+1.1, one /24 per link, ip_forward on, and no
 default route. Routers, `srv` and public hosts route by default to `inet`, hosts behind a NAT to
@@ -16,6 +17,11 @@ the machine from inside it. IPv6 is off in every namespace.
 
 A public home is a host directly on `inet`, not a router routing a public /24: one namespace and
 one link fewer, and nothing on the path can filter.
+
+A home behind a NAT can have neighbours (`lan_hosts`): further hosts on its LAN, which is then a
+bridge on the router, as two machines in one home are. The routers do not hairpin: a host's
+packet to its own router's WAN address ends at the router (its NAT rules match only what leaves
+or enters on the WAN side), so neighbours reach each other only at their LAN addresses.
 
 Names: every namespace and interface starts with the lab's prefix (`nl`, the PID and a per-process
 counter in base 36), so two labs (two test runs) never collide and a lab's leftovers can be
@@ -99,6 +105,7 @@ class _Home:
     inet_iface: str
     inet_addr: str
     lan_gateway: str | None
+    neighbours: tuple[LabHost, ...] = ()
 
 
 @dataclass
@@ -280,8 +287,10 @@ class Lab:
     was dropped or left open at exit. A `build()` that fails removes what it made.
     """
 
-    def __init__(self, homes: Mapping[str, NatType | str] | None = None) -> None:
+    def __init__(self, homes: Mapping[str, NatType | str] | None = None, lan_hosts: Mapping[str, str] | None = None) -> None:
+        """`lan_hosts`: further hosts by name -> the home (behind a NAT) whose LAN they are on."""
         homes = dict(homes or {})
+        lan_hosts = dict(lan_hosts or {})
         if len(homes) > MAX_HOMES:
             raise ValueError(f"at most {MAX_HOMES} homes, got {len(homes)}")
         for name in homes:
@@ -295,7 +304,13 @@ class Lab:
             iface=f"{p}-s0", addrs=SRV_ADDRS,
         )
         self._srv_inet_iface = f"{p}-i0"
-        self._homes = {name: self._plan_home(i, name, NatType(nat)) for i, (name, nat) in enumerate(homes.items(), start=1)}
+        for name, home in lan_hosts.items():
+            if home not in homes or NatType(homes[home]) is NatType.PUBLIC:
+                raise ValueError(f"lan host {name!r}: {home!r} is not a home behind a NAT in this lab")
+            if not _HOME_NAME.fullmatch(name) or name in _RESERVED or name in homes:
+                raise ValueError(f"bad lan host name {name!r}")
+        self._homes = {name: self._plan_home(i, name, NatType(nat), [n for n, h in lan_hosts.items() if h == name])
+                       for i, (name, nat) in enumerate(homes.items(), start=1)}
         for ifname in self._interface_names():
             if len(ifname) > _IFNAMSIZ:
                 raise ValueError(f"interface name {ifname!r} is longer than {_IFNAMSIZ} characters")
@@ -303,7 +318,7 @@ class Lab:
         self._finalizer = weakref.finalize(self, _teardown, self._owned)
         self._built = False
 
-    def _plan_home(self, i: int, name: str, nat: NatType) -> _Home:
+    def _plan_home(self, i: int, name: str, nat: NatType, neighbours: Sequence[str] = ()) -> _Home:
         p = self.prefix
         wan_ip, inet_addr = f"198.18.{i + 1}.2", f"198.18.{i + 1}.1"
         if nat is NatType.PUBLIC:
@@ -318,7 +333,12 @@ class Lab:
             name=f"{name}-router", ns=router_ns, addr=wan_ip, public_ip=wan_ip, nat=nat, iface=f"{p}-w{i}",
             addrs=(wan_ip, f"100.64.{i}.1"),
         )
-        return _Home(i, host, router, f"{p}-i{i}", inet_addr, f"100.64.{i}.1")
+        others = tuple(
+            LabHost(name=n, ns=f"{p}-h-{n}", addr=f"100.64.{i}.{j}", public_ip=wan_ip, nat=nat, iface=f"{p}-h{i}n{j}",
+                    router_ns=router_ns)
+            for j, n in enumerate(neighbours, start=3)
+        )
+        return _Home(i, host, router, f"{p}-i{i}", inet_addr, f"100.64.{i}.1", others)
 
     def _interface_names(self) -> list[str]:
         names = [self.srv.iface, self._srv_inet_iface]
@@ -326,10 +346,17 @@ class Lab:
             names += [home.host.iface, home.inet_iface]
             if home.router is not None:
                 names += [home.router.iface, self._lan_iface(home)]
+            for n in home.neighbours:
+                names += [n.iface, self._port(home, n)]
         return names
 
     def _lan_iface(self, home: _Home) -> str:
-        return f"{self.prefix}-l{home.index}"
+        """The router's LAN interface: the veth to its host, or the bridge of a home with neighbours."""
+        return f"{self.prefix}-{'b' if home.neighbours else 'l'}{home.index}"
+
+    def _port(self, home: _Home, host: LabHost) -> str:
+        """The router's end of a host's veth on a bridged LAN."""
+        return f"{self.prefix}-l{home.index}" if host is home.host else f"{self.prefix}-l{home.index}n{host.addr.split('.')[-1]}"
 
     # -- building
 
@@ -364,9 +391,24 @@ class Lab:
         self._add_namespace(router.ns, forward=True)
         self._add_namespace(host.ns, forward=False)
         self._link(self.inet_ns, home.inet_iface, f"{home.inet_addr}/24", router.ns, router.iface, f"{router.addr}/24")
-        self._link(router.ns, self._lan_iface(home), f"{home.lan_gateway}/24", host.ns, host.iface, f"{host.addr}/24")
         _ip("-n", router.ns, "route", "add", "default", "via", home.inet_addr)
-        _ip("-n", host.ns, "route", "add", "default", "via", home.lan_gateway)
+        if not home.neighbours:
+            self._link(router.ns, self._lan_iface(home), f"{home.lan_gateway}/24", host.ns, host.iface, f"{host.addr}/24")
+        else:
+            bridge = self._lan_iface(home)
+            _ip("-n", router.ns, "link", "add", bridge, "type", "bridge")
+            _ip("-n", router.ns, "addr", "add", f"{home.lan_gateway}/24", "dev", bridge)
+            _ip("-n", router.ns, "link", "set", bridge, "up")
+            for lan_host in (host, *home.neighbours):
+                if lan_host is not host:
+                    self._add_namespace(lan_host.ns, forward=False)
+                port = self._port(home, lan_host)
+                _ip("link", "add", port, "netns", router.ns, "type", "veth", "peer", "name", lan_host.iface, "netns", lan_host.ns)
+                _ip("-n", router.ns, "link", "set", port, "master", bridge, "up")
+                _ip("-n", lan_host.ns, "addr", "add", f"{lan_host.addr}/24", "dev", lan_host.iface)
+                _ip("-n", lan_host.ns, "link", "set", lan_host.iface, "up")
+        for lan_host in (host, *home.neighbours):
+            _ip("-n", lan_host.ns, "route", "add", "default", "via", home.lan_gateway)
         for rule in nat_rules(host.nat, router.iface, router.addr, host.addr):
             _in_ns(router.ns, "iptables", "-w", "5", *rule)
 
@@ -409,13 +451,16 @@ class Lab:
         return tuple(self._owned.namespaces)
 
     def host(self, name: str) -> LabHost:
-        """The host of home `name` (or `srv`)."""
+        """The host of home `name`, a neighbour on a home's LAN by its name, or `srv`."""
         if name == "srv":
             return self.srv
-        try:
+        if name in self._homes:
             return self._homes[name].host
-        except KeyError:
-            raise KeyError(f"no home {name!r} in this lab (homes: {', '.join(self._homes)})") from None
+        for home in self._homes.values():
+            for neighbour in home.neighbours:
+                if neighbour.name == name:
+                    return neighbour
+        raise KeyError(f"no home or lan host {name!r} in this lab (homes: {', '.join(self._homes)})")
 
     def router(self, name: str) -> LabHost:
         """The NAT router of home `name`: to inspect its rules or conntrack table."""
@@ -512,7 +557,8 @@ class Lab:
             h = home.host
             if home.router is not None:
                 rows.append((h.name + " router", home.router.ns, ", ".join(home.router.addrs), h.public_ip, h.nat.value))
-            rows.append((h.name, h.ns, h.addr, h.public_ip, h.nat.value))
+            for lan_host in (h, *home.neighbours):
+                rows.append((lan_host.name, lan_host.ns, lan_host.addr, h.public_ip, h.nat.value))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] for r in rows)
 

@@ -32,7 +32,7 @@ class Proc:
         self.network = network
         self.popen = subprocess.Popen(
             [cli, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
-             "--api", "127.0.0.1:0", "--network", network, "--no-port-mapping", *args],
+             "--api", "127.0.0.1:0", "--network", network, "--no-port-mapping", "--no-mdns", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn, cwd=cwd,
         )
         self.peer_id = ""

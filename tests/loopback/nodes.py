@@ -49,8 +49,10 @@ class Cluster:
 
     async def start(self, join: Node | None = None, **overrides) -> Node:
         n = next(self._ids)
-        # never ask this machine's real gateway for a port mapping (nor anything off loopback)
-        fields = {"data_dir": self.root / f"node{n}", "listen": LOOPBACK, "network": "test", "port_mapping": False}
+        # never ask this machine's real gateway for a port mapping, nor multicast on its LAN
+        # (nor anything off loopback)
+        fields = {"data_dir": self.root / f"node{n}", "listen": LOOPBACK, "network": "test", "port_mapping": False,
+                  "mdns": False}
         if join is not None:
             fields["bootstrap"] = (multiaddr.Multiaddr(join.full_addrs()[0]),)
         fields.update(overrides)

@@ -301,3 +301,55 @@ async def test_a_dropped_peer_is_disconnected_and_the_next_connect_dials_anew(tm
         await b.dialer.drop(a.peer_id, "nothing left to close")
         assert b.dialer.stats.dropped == 1
         assert await b.dialer.connect(a.peer_id, a.listen_addrs()) is not None, "a new connection, dialed"
+
+
+class Forwarder:
+    """A TCP hop on 127.0.0.1 to `port` that can go silent, as a path does when a router on it
+    reboots: bytes stop flowing both ways, yet neither end sees the connection close."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cut = trio.Event()
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.addr = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{listeners[0].socket.getsockname()[1]}")
+        task_status.started()
+        await trio.serve_listeners(self._carry, listeners)
+
+    async def _carry(self, inbound: trio.SocketStream) -> None:
+        async with inbound, await trio.open_tcp_stream("127.0.0.1", self.port) as outbound:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, inbound, outbound)
+                nursery.start_soon(self._pump, outbound, inbound)
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        while data := await src.receive_some(65536):
+            if self.cut.is_set():
+                await trio.sleep_forever()
+            await dst.send_all(data)
+
+
+async def test_a_connection_that_stops_carrying_is_closed_and_its_peer_dialed_again(tmp_path):
+    """Liveness (overlay.core.liveness): a connects to b over a hop that then goes silent. a's
+    ping on that connection goes unanswered, a closes it (counted) and dials b again by peer ID,
+    reaching b's own address; its healthy connection to the bootstrap is left alone."""
+    async with cluster(tmp_path) as c:
+        boot = await c.start()
+        a = await c.start(join=boot, peer_ping_interval=3)
+        b = await c.start(join=boot)
+        await wait_for(lambda: a.joined.is_set() and b.joined.is_set(), what="both joined")
+        if a.dialer.connected(b.peer_id):  # a's join may have met b; the test needs the hop's connection alone
+            await a.dialer.drop(b.peer_id, "the test dials it through the hop")
+        hop = Forwarder(int(b.listen_addrs()[0].value_for_protocol("tcp")))
+        await c.nursery.start(hop.serve)
+        assert await a.dialer.connect(b.peer_id, [hop.addr]) == hop.addr
+        [through_hop] = a.host.get_network().get_connections(b.peer_id)
+        hop.cut.set()
+        await wait_for(lambda: a.liveness.stats.closed >= 1, timeout=15, what="the silent connection closed")
+        assert through_hop.is_closed
+        await wait_for(lambda: a.dialer.connected(b.peer_id), timeout=15, what="b dialed again")
+        assert a.liveness.stats.redials == 1
+        assert a.liveness.stats.closed == 1, "only the silent connection was closed"
+        assert a.dialer.connected(boot.peer_id)
+        assert a.status()["liveness"]["closed"] == 1

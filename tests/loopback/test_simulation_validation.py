@@ -82,7 +82,7 @@ class NodeProc:
         self.data_dir = data_dir
         self.stderr = open(data_dir / "stderr.log", "w+")
         argv = [CLI, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
-                "--network", "simcheck", "--reachability", "public", "--no-port-mapping", "--log-level", "error"]
+                "--network", "simcheck", "--reachability", "public", "--no-port-mapping", "--no-mdns", "--log-level", "error"]
         if bootstrap:
             argv += ["--bootstrap", bootstrap]
         self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,

@@ -1,6 +1,7 @@
 """NAT traversal end to end in one process on loopback: a node that says it is behind NAT
 registers with a signalling node, publishes relay addresses, and is dialed by peer ID through
-the relay at once, then over a direct WebRTC path; plus the refusals of signalling and relay."""
+the relay at once, then over a direct WebRTC path; plus the refusals of signalling and relay, and
+how concurrent dials of one peer share an attempt."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import multiaddr
 import pytest
 import trio
 import trio.testing
+from libp2p.peer.id import ID
 
 from nat.plan import parse_circuit
+from nat.traversal import Traversal
+from nat.webrtc import WebRtcConfig
+from overlay.core.metrics import Registry
 from overlay.core.errors import DialError
 from overlay.transport.framed import FramedStream
 from signaling import messages
@@ -106,3 +111,54 @@ async def test_idle_nodes_do_not_spin(tmp_path):
         boot, hidden, caller = await private_setup(c)
         with trio.fail_after(20):
             await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+
+
+class _AddressDialer:
+    """A dialer whose dials of OLD hang until `release`, then fail; other addresses connect."""
+
+    OLD = "/ip4/198.18.4.2/tcp/4001"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = trio.Event()
+
+    async def connect(self, peer, addrs, timeout=10.0, direct_only=False):
+        self.calls.append([str(a) for a in addrs])
+        if self.OLD in self.calls[-1]:
+            await self.release.wait()
+            raise DialError("the old address does not answer")
+        return addrs[0]
+
+
+async def test_a_dial_from_a_newer_record_does_not_share_the_fate_of_one_still_under_way_from_an_older_one():
+    """A peer's address changed: a dial begun from its old record (a redial, a DHT request) is
+    still under way when a caller brings the new record. The caller's dial must not join the old
+    one and fail with it: it waits for it to end and then dials the new addresses."""
+    dialer = _AddressDialer()
+
+    class Signaling:
+        on_signal = None
+
+    traversal = Traversal(None, dialer, Signaling(), None, WebRtcConfig(), Registry(), lambda *_: ())
+    peer = ID.from_base58("12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE")
+    results: dict[str, object] = {}
+
+    async def dial(name: str, addr: str) -> None:
+        try:
+            results[name] = await traversal.connect(peer, [multiaddr.Multiaddr(addr)])
+        except DialError as e:
+            results[name] = e
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(traversal.run)
+            nursery.start_soon(dial, "old", dialer.OLD)
+            await wait_for(lambda: dialer.calls, what="the old dial under way")
+            nursery.start_soon(dial, "new", "/ip4/198.18.4.3/tcp/4001")
+            await trio.testing.wait_all_tasks_blocked()
+            dialer.release.set()
+            await wait_for(lambda: len(results) == 2, what="both dials done")
+            nursery.cancel_scope.cancel()
+    assert isinstance(results["old"], DialError)
+    assert results["new"] == "direct"
+    assert dialer.calls[-1] == ["/ip4/198.18.4.3/tcp/4001"]
