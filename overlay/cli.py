@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     natlab.add_argument("--trials", type=int, default=3, help="dials per pair")
     natlab.add_argument("--out", type=Path, help="also write the JSON here")
     natlab.add_argument("--portmap", action="store_true", help="the port-mapping rows: routers running a real IGD")
+    natlab.add_argument("--ipv6", action="store_true", help="the IPv6 rows: homes behind stateful IPv6 firewalls")
 
     simulate = sub.add_parser("simulate", help="simulate a network of these nodes in virtual time, with a report")
     simulate.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: the shipped one)")
@@ -290,6 +291,14 @@ def _port_mapping(state: dict[str, Any] | None) -> str:
     return state["state"] + (f" ({state['error']})" if state.get("error") else "")
 
 
+def _ipv6(state: dict[str, Any] | None) -> str:
+    if not state or not state["listening"]:
+        return "not listening (IPv6 off here, or not in `listen`)"
+    if state["global"]:
+        return "listening, global " + ", ".join(state["global"])
+    return "listening, no global address" + (f" (only {', '.join(state['addrs'])})" if state["addrs"] else "")
+
+
 def _udp(udp: bool | None) -> str:
     return "not measured (no STUN server known)" if udp is None else "works" if udp else "blocked (no STUN answer over UDP)"
 
@@ -324,6 +333,7 @@ def _human(command: str, body: Any) -> str:
                  f"public addrs:  {', '.join(body['public_addrs'] + body['observed_addrs']) or '-'}",
                  f"STUN asked:    {', '.join(body['stun_servers']) or '-'}",
                  f"port mapping:  {_port_mapping(body['port_mapping'])}",
+                 f"IPv6:          {_ipv6(body.get('ipv6'))}",
                  f"signalling:    {'serving, ' + str(body['signaling']['registered_peers']) + ' registered' if body['signaling']['serving'] else 'not serving'}"]
         lines += [f"registered at: {r['peer_id']} rtt {r['rtt_ms']} ms" for r in body["signaling"]["registered_with"]]
         lines += [f"note:          {n}" for n in body["notes"]]
@@ -377,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             from simulations.natlab.matrix import main as natlab
 
             return natlab((["--json"] if args.json else []) + ["--trials", str(args.trials)]
-                          + (["--out", str(args.out)] if args.out else []) + (["--portmap"] if args.portmap else []))
+                          + (["--out", str(args.out)] if args.out else []) + (["--portmap"] if args.portmap else [])
+                          + (["--ipv6"] if args.ipv6 else []))
         return _client(args)
     except (ConfigError, DecodeError, RecordError) as e:
         print(f"overlay-node: error: {e}", file=sys.stderr)

@@ -25,7 +25,8 @@ from overlay.core.records import peer_id_from_str
 from overlay.core.resources import ResourceLimits
 from overlay.kademlia.core import KadConfig
 
-DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws")
+# Both families; where IPv6 is off the /ip6 ones are left out at start (overlay.transport.host.listenable)
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws", "/ip6/::/tcp/4001", "/ip6/::/tcp/4002/ws")
 DEFAULT_API = "127.0.0.1:4080"
 DEFAULT_NETWORK = "overlay"
 NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

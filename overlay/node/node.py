@@ -37,8 +37,8 @@ from nat.webrtc import WebRtcConfig
 from overlay.channels import reservation
 from overlay.channels.service import ChannelService
 from overlay import __version__
-from overlay.core.addrs import dialable, strip_p2p
-from overlay.core.errors import DialError, NotFoundError, SelfDialError
+from overlay.core.addrs import dialable, ip_scope, strip_p2p
+from overlay.core.errors import ConfigError, DialError, NotFoundError, SelfDialError
 from overlay.core.fdlimits import FD_EXHAUSTION, is_capacity_error
 from overlay.core.identity import load_or_create_key
 from overlay.core.metrics import Registry
@@ -59,7 +59,7 @@ from overlay.node.namespaces import PROVIDER_NAMESPACES
 from overlay.node.roles import Bootstrap, Join, JoinAction, Joiner, TryBootstrap, Wake, best_record, record_addrs
 from overlay.peermsg.service import PeerMessaging
 from overlay.transport.dialer import Dialer, known_addrs
-from overlay.transport.host import build_host, close_quietly
+from overlay.transport.host import build_host, close_quietly, listenable
 from overlay.transport.liveness import ConnectionLiveness
 from signaling.service import SignalingService
 
@@ -120,7 +120,9 @@ def expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
                 interfaces = interface_ips()
             v4, v6 = interfaces
             candidates = v4 if parts[1] == "ip4" else [ip for ip in v6 if not ip.startswith("fe80")]
-            usable = [ip for ip in candidates if ip not in ("127.0.0.1", "::1")] or candidates
+            usable = [ip for ip in candidates if ip not in ("127.0.0.1", "::1")]
+            if not usable and not (parts[1] == "ip6" and any(ip != "127.0.0.1" for ip in v4)):
+                usable = candidates  # loopback, when the machine has nothing else at all
             out.extend(multiaddr.Multiaddr("/".join(parts[:2] + [ip] + parts[3:])) for ip in usable)
         else:
             out.append(addr)
@@ -141,7 +143,12 @@ class Node:
         self.key = key or load_or_create_key(config.data_dir)
         self.peer_id_bytes = peer_id_from_public_key(self.key.public_key())
         self.peer_id = ID(self.peer_id_bytes)
-        self.host = build_host(self.key, config.listen, config.limits(), self._is_known)
+        self.listen, left_out = listenable(config.listen)
+        for addr, why in left_out:
+            log.warning("not listening on %s: %s", addr, why)
+        if not self.listen:
+            raise ConfigError("listen: none of the addresses can be bound on this machine")
+        self.host = build_host(self.key, self.listen, config.limits(), self._is_known)
         self.metrics = Registry()
         resources = self.host.resources
         self.metrics.counts("overlay_resource_refused_total", "Inbound connections and streams the resource manager refused",
@@ -212,7 +219,7 @@ class Node:
         """Run until cancelled or stop()ped."""
         try:
             with self._scope:
-                async with self.host.run(listen_addrs=list(self.config.listen)):
+                async with self.host.run(listen_addrs=self.listen):
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         await nursery.start(self.dht.run)
@@ -382,6 +389,7 @@ class Node:
             "notes": list(nat.notes) if nat else ["no STUN server known: no bootstrap, registration or configured server"],
             "stun_servers": [f"{ip}:{port}" for ip, port in servers],
             "port_mapping": self.port_mapping,
+            "ipv6": self._ipv6(),
             "signaling": {
                 "serving": self.public,
                 "registered_peers": len(self.signaling.server.registrations),
@@ -392,6 +400,13 @@ class Node:
                 ],
             },
         }
+
+    def _ipv6(self) -> dict[str, object]:
+        """Whether we listen on IPv6, at which addresses, and which of those are global (the
+        ones other homes can reach, through their firewalls' holes)."""
+        ips = sorted({str(a).split("/")[2] for a in self.listen_addrs() if str(a).startswith("/ip6/")})
+        return {"listening": any(str(a).startswith("/ip6/") for a in self.listen), "addrs": ips,
+                "global": [ip for ip in ips if ip_scope(ip) == "global"]}
 
     def _ice_servers_via(self, via: ID, addrs: list[multiaddr.Multiaddr]) -> tuple[RTCIceServer, ...]:
         """STUN at the signalling node a WebRTC session is set up through: every public node
@@ -706,6 +721,7 @@ class Node:
                 "addrs": [str(a) for a in self._peer_addrs(pid)],
                 "path": next((p for p in ("direct-udp", "direct-tcp", "relayed") if p in paths), ""),
                 "paths": paths,
+                "remote_addrs": sorted({str(a[0]) for c in conns if (a := c.get_transport_addresses())}),  # of each connection
                 "in_routing_table": pid.to_bytes() in self.core.table,
                 "dial": self.traversal.history[pid].to_json() if pid in self.traversal.history else None,
             })

@@ -46,7 +46,9 @@ docs/py-libp2p.md):
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -131,11 +133,39 @@ _TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("inbound
 
 
 def remote_ip(conn: Any) -> str:
-    """The remote IP of a raw inbound connection as its socket sees it; "" if it has none."""
+    """The remote IP of a raw inbound connection as its socket sees it ("" if it has none); an
+    IPv4 peer reaching an IPv6 socket (::ffff:a.b.c.d) as its IPv4 address, so that per-IP limits
+    count it once whichever socket took it."""
     try:
-        return str(conn.get_remote_address()[0])
+        ip = str(conn.get_remote_address()[0])
     except Exception:  # noqa: BLE001 - a relayed or closing connection has no address
         return ""
+    if ip.startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        except ValueError:
+            return ip
+        return str(mapped) if mapped is not None else ip
+    return ip
+
+
+def listenable(addrs: Sequence[multiaddr.Multiaddr]) -> tuple[list[multiaddr.Multiaddr], list[tuple[multiaddr.Multiaddr, str]]]:
+    """(the listen addresses to use, [(left out, why)]): an IPv6 address this machine cannot bind
+    (IPv6 off, or not its address) is left out, so that the default, which listens on both
+    families, starts on a machine without IPv6. Only IPv6 is probed; any other failure to listen
+    stays the host's error."""
+    kept, dropped = [], []
+    for addr in addrs:
+        parts = str(addr).split("/")
+        if len(parts) > 2 and parts[1] == "ip6":
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                    probe.bind((parts[2], 0))
+            except OSError as e:
+                dropped.append((addr, e.strerror or str(e)))
+                continue
+        kept.append(addr)
+    return kept, dropped
 
 
 class _WebSocketConnection(P2PWebSocketConnection):

@@ -69,12 +69,19 @@ PORTMAP_HOMES = {
 }
 PORTMAP_PAIRS = [(a, b, "direct-tcp") for b in ("b-upnp2", "b-upnp1", "b-pcp", "b-natpmp") for a in ("a-sym", "a-prc")]
 
+# IPv6 rows (the lab with ipv6=True): the same routers on IPv4, stateful firewalls on IPv6. Even
+# sym -> sym, relayed on IPv4 alone, has a direct path: WebRTC between the homes' IPv6 addresses.
+IPV6_HOMES = {f"{side}-{short}": Home(TYPES[short]) for side in "ab" for short in ("prc", "sym")}
+IPV6_PAIRS = [(f"a-{a}", f"b-{b}", "direct") for a in ("prc", "sym") for b in ("prc", "sym")]
+
 
 class Matrix:
     def __init__(self, trials: int = 3, upgrade_wait: float = 12.0, log=print,
                  homes: dict[str, Home] | None = None, pairs: list[tuple[str, str, str]] | None = None,
-                 lan_hosts: dict[str, str] | None = None) -> None:
-        """`lan_hosts`: further hosts (name -> the home whose LAN they share), each running a node too."""
+                 lan_hosts: dict[str, str] | None = None, ipv6: bool = False) -> None:
+        """`lan_hosts`: further hosts (name -> the home whose LAN they share), each running a node
+        too; `ipv6`: the lab carries IPv6 as well (home routers are stateful firewalls there) and
+        every node listens on both families."""
         self.trials = trials
         self.upgrade_wait = upgrade_wait
         self.log = log
@@ -83,7 +90,8 @@ class Matrix:
         self.homes = homes or NAT_HOMES
         self.pairs = pairs or NAT_PAIRS
         self.lan_hosts = lan_hosts or {}
-        self.lab = Lab(homes={name: home.nat for name, home in self.homes.items()}, lan_hosts=self.lan_hosts)
+        self.ipv6 = ipv6
+        self.lab = Lab(homes={name: home.nat for name, home in self.homes.items()}, lan_hosts=self.lan_hosts, ipv6=ipv6)
         self.names = [*self.homes, *self.lan_hosts]  # every node but srv's
         self.ids: dict[str, str] = {}
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -121,6 +129,7 @@ class Matrix:
         ident = subprocess.run([str(self.bin), "id", "--data-dir", str(data)], capture_output=True, text=True, check=True)
         self.ids[name] = ident.stdout.strip()
         argv = [str(self.bin), "run", "--data-dir", str(data), "--listen", f"/ip4/0.0.0.0/tcp/{port}",
+                *(["--listen", f"/ip6/::/tcp/{port}"] if self.ipv6 else []),
                 "--api", api, "--network", network, "--log-level", "info"]
         if bootstrap:
             argv += ["--bootstrap", bootstrap]
@@ -214,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--out", type=Path)
     p.add_argument("--portmap", action="store_true", help="the port-mapping rows (routers running miniupnpd)")
+    p.add_argument("--ipv6", action="store_true", help="the IPv6 rows (IPv6 homes behind stateful firewalls)")
     args = p.parse_args(argv)
     ok, why = Lab.available()
     if not ok:
@@ -222,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.json
     if not quiet:
         print(HEADER)
-    rows = {"homes": PORTMAP_HOMES, "pairs": PORTMAP_PAIRS} if args.portmap else {}
+    rows: dict[str, Any] = {"homes": PORTMAP_HOMES, "pairs": PORTMAP_PAIRS} if args.portmap else {}
+    if args.ipv6:
+        rows = {"homes": IPV6_HOMES, "pairs": IPV6_PAIRS, "ipv6": True}
     results = Matrix(trials=args.trials, log=(lambda line: None) if quiet else print, **rows).run()
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -13,7 +13,11 @@ down the network and the processes started in it; what runs there is up to the c
 default route. Routers, `srv` and public hosts route by default to `inet`, hosts behind a NAT to
 their router. The hard address rules: public side only in 198.18.0.0/15, behind NATs only in
 100.64.0.0/10; no link to the root namespace, so nothing reaches the lab from outside it or leaves
-the machine from inside it. IPv6 is off in every namespace.
+the machine from inside it. IPv6 is off in every namespace, unless the lab is built with
+`ipv6=True`: then every link also carries IPv6 inside 2001:db8::/32 (`ipv6_of` maps each IPv4
+address to its IPv6 one), homes get global addresses (no NAT: 2001:db8:K::N on home K's LAN) and
+each home router is a stateful firewall instead (`firewall6_rules`: what the home sent is
+answered, nothing new from outside gets in).
 
 A public home is a host directly on `inet`, not a router routing a public /24: one namespace and
 one link fewer, and nothing on the path can filter.
@@ -48,7 +52,8 @@ from typing import Any
 
 PUBLIC_NET = ipaddress.ip_network("198.18.0.0/15")
 PRIVATE_NET = ipaddress.ip_network("100.64.0.0/10")
-LAB_NETS = (PUBLIC_NET, PRIVATE_NET)
+IPV6_NET = ipaddress.ip_network("2001:db8::/32")
+LAB_NETS = (PUBLIC_NET, PRIVATE_NET, IPV6_NET)
 
 SRV_ADDRS = ("198.18.1.2", "198.18.1.3")
 MAX_HOMES = 99
@@ -174,12 +179,41 @@ def _list_namespaces() -> list[str]:
 # ip_forward is 0 and IPv6 on in every new namespace; /proc/sys/net is per namespace, so this runs
 # inside it. `default` covers interfaces made later, `all` the loopback already there.
 _SYSCTL_SCRIPT = """set -e
-if [ -d /proc/sys/net/ipv6 ]; then
+if [ "$2" = 1 ]; then
+  for c in all default; do
+    echo 0 > /proc/sys/net/ipv6/conf/$c/disable_ipv6
+    echo 0 > /proc/sys/net/ipv6/conf/$c/accept_ra
+  done
+  echo "$1" > /proc/sys/net/ipv6/conf/all/forwarding
+elif [ -d /proc/sys/net/ipv6 ]; then
   echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
   echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
 fi
 echo "$1" > /proc/sys/net/ipv4/ip_forward
 """
+
+
+def ipv6_of(ipv4: str) -> str:
+    """A lab address's IPv6 twin: 198.18.K.N -> 2001:db8:0:K::N (`inet`'s links, srv, WANs),
+    100.64.K.N -> 2001:db8:K::N (home K's LAN), K and N written as they are (valid hex digits)."""
+    a, b, c, d = ipv4.split(".")
+    if (a, b) == ("198", "18"):
+        return f"2001:db8:0:{c}::{d}"
+    if (a, b) == ("100", "64"):
+        return f"2001:db8:{c}::{d}"
+    raise ValueError(f"{ipv4} is not a lab address")
+
+
+def firewall6_rules(wan: str) -> list[list[str]]:
+    """The ip6tables arguments of a home router on IPv6: no NAT, a stateful firewall as home
+    routers have (RFC 6092's simple security): replies to what the home sent come in, anything
+    new from outside is dropped, for the router itself too (but not neighbour discovery)."""
+    return [
+        ["-A", "FORWARD", "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["-A", "FORWARD", "-i", wan, "-j", "DROP"],
+        ["-A", "INPUT", "-i", wan, "-p", "tcp", "--syn", "-j", "DROP"],
+        ["-A", "INPUT", "-i", wan, "-p", "udp", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
+    ]
 
 
 def nat_rules(nat: NatType, wan: str, wan_ip: str, host_ip: str) -> list[list[str]]:
@@ -287,8 +321,11 @@ class Lab:
     was dropped or left open at exit. A `build()` that fails removes what it made.
     """
 
-    def __init__(self, homes: Mapping[str, NatType | str] | None = None, lan_hosts: Mapping[str, str] | None = None) -> None:
-        """`lan_hosts`: further hosts by name -> the home (behind a NAT) whose LAN they are on."""
+    def __init__(self, homes: Mapping[str, NatType | str] | None = None, lan_hosts: Mapping[str, str] | None = None,
+                 ipv6: bool = False) -> None:
+        """`lan_hosts`: further hosts by name -> the home (behind a NAT) whose LAN they are on;
+        `ipv6`: every link carries IPv6 too (see the module's docstring)."""
+        self.ipv6 = ipv6
         homes = dict(homes or {})
         lan_hosts = dict(lan_hosts or {})
         if len(homes) > MAX_HOMES:
@@ -374,6 +411,8 @@ class Lab:
             _ip("-n", self.srv.ns, "route", "add", "default", "via", "198.18.1.1")
             for home in self._homes.values():
                 self._build_home(home)
+            if self.ipv6:
+                self._build_ipv6()
         except BaseException:
             self.close()
             raise
@@ -412,10 +451,42 @@ class Lab:
         for rule in nat_rules(host.nat, router.iface, router.addr, host.addr):
             _in_ns(router.ns, "iptables", "-w", "5", *rule)
 
+    def _build_ipv6(self) -> None:
+        """The IPv6 layer over the built IPv4 lab: an address per interface (`ipv6_of`, no
+        duplicate detection to wait for), routes like the IPv4 ones, and the home routers'
+        firewalls."""
+        def add(ns: str, dev: str, ipv4: str) -> None:
+            _ip("-n", ns, "-6", "addr", "add", f"{ipv6_of(ipv4)}/64", "dev", dev, "nodad")
+
+        def default(ns: str, via_ipv4: str) -> None:
+            _ip("-n", ns, "-6", "route", "add", "default", "via", ipv6_of(via_ipv4))
+
+        add(self.inet_ns, self._srv_inet_iface, "198.18.1.1")
+        for ip in SRV_ADDRS:
+            add(self.srv.ns, self.srv.iface, ip)
+        default(self.srv.ns, "198.18.1.1")
+        for home in self._homes.values():
+            add(self.inet_ns, home.inet_iface, home.inet_addr)
+            if home.router is None:
+                add(home.host.ns, home.host.iface, home.host.addr)
+                default(home.host.ns, home.inet_addr)
+                continue
+            router, lan = home.router, f"2001:db8:{home.index}::/64"
+            add(router.ns, router.iface, router.addr)
+            default(router.ns, home.inet_addr)
+            _ip("-n", self.inet_ns, "-6", "route", "add", lan, "via", ipv6_of(router.addr))
+            assert home.lan_gateway is not None
+            add(router.ns, self._lan_iface(home), home.lan_gateway)
+            for lan_host in (home.host, *home.neighbours):
+                add(lan_host.ns, lan_host.iface, lan_host.addr)
+                default(lan_host.ns, home.lan_gateway)
+            for rule in firewall6_rules(router.iface):
+                _in_ns(router.ns, "ip6tables", "-w", "5", *rule)
+
     def _add_namespace(self, ns: str, forward: bool) -> None:
         self._owned.namespaces.append(ns)  # before it exists: an interrupted add is still removed
         _ip("netns", "add", ns)
-        _in_ns(ns, "sh", "-c", _SYSCTL_SCRIPT, "sysctl", "1" if forward else "0")
+        _in_ns(ns, "sh", "-c", _SYSCTL_SCRIPT, "sysctl", "1" if forward else "0", "1" if self.ipv6 else "0")
         _ip("-n", ns, "link", "set", "lo", "up")
 
     def _link(self, ns_a: str, if_a: str, cidr_a: str, ns_b: str, if_b: str, cidr_b: str) -> None:

@@ -13,14 +13,16 @@ from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from overlay.kademlia.io import kad_protocol
-from overlay.core.errors import DialError, NotFoundError
-from overlay.transport.host import build_host
+from overlay.core.errors import ConfigError, DialError, NotFoundError
+from overlay.node.config import Config
+from overlay.node.node import Node
+from overlay.transport.host import build_host, listenable, remote_ip
 from overlay.core.framing import FrameDecoder, frame
 from overlay.kademlia.wire import MAX_MESSAGE_SIZE, Message, MessageType, Record, decode_message, encode_message
 from overlay.core.protobuf import encode_varint
 from overlay.core.records import PeerRecord, record_key, seal_peer_record
 from tests.conftest import wait_for
-from tests.loopback.nodes import cluster
+from tests.loopback.nodes import LOOPBACK, cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -353,3 +355,46 @@ async def test_a_connection_that_stops_carrying_is_closed_and_its_peer_dialed_ag
         assert a.liveness.stats.closed == 1, "only the silent connection was closed"
         assert a.dialer.connected(boot.peer_id)
         assert a.status()["liveness"]["closed"] == 1
+
+
+V6_LOOPBACK = multiaddr.Multiaddr("/ip6/::1/tcp/0")
+
+
+def test_ipv6_listen_addresses_the_machine_cannot_bind_are_left_out_with_the_reason(tmp_path):
+    """The default listens on both families; on a machine (or namespace) without IPv6, or with an
+    address that is not the machine's, the node starts on the others and says why."""
+    not_ours = multiaddr.Multiaddr("/ip6/2001:db8::1/tcp/0")
+    kept, dropped = listenable([LOOPBACK[0], not_ours])
+    assert kept == [LOOPBACK[0]]
+    assert [a for a, _ in dropped] == [not_ours] and dropped[0][1], dropped
+    with pytest.raises(ConfigError, match="none of the addresses"):
+        Node(Config(data_dir=tmp_path, listen=(not_ours,), port_mapping=False, mdns=False))
+
+
+def test_an_ipv4_peer_on_an_ipv6_socket_counts_as_its_ipv4_address():
+    class Conn:
+        def __init__(self, ip: str) -> None:
+            self.ip = ip
+
+        def get_remote_address(self):
+            return (self.ip, 4001)
+
+    assert remote_ip(Conn("::ffff:198.18.0.5")) == "198.18.0.5"
+    assert remote_ip(Conn("2001:db8::5")) == "2001:db8::5"
+    assert remote_ip(Conn("198.18.0.5")) == "198.18.0.5"
+
+
+async def test_a_node_listens_on_ipv6_beside_ipv4_publishes_it_and_is_dialed_there(tmp_path):
+    if listenable([V6_LOOPBACK])[1]:
+        pytest.skip("this machine has no IPv6 loopback")
+    async with cluster(tmp_path) as c:
+        a = await c.start(listen=(LOOPBACK[0], V6_LOOPBACK))
+        v6 = [x for x in a.listen_addrs() if str(x).startswith("/ip6/::1/tcp/")]
+        assert v6 and any(str(x).startswith("/ip4/127.0.0.1/tcp/") for x in a.listen_addrs())
+        assert a.record is not None and v6[0].to_bytes() in a.record.addrs, "the record carries it"
+        b = await c.start(listen=(V6_LOOPBACK,))  # IPv6 alone
+        assert await b.dialer.connect(a.peer_id, v6) == v6[0]
+        assert await b.ping(a.peer_id) > 0
+        await wait_for(lambda: b.peer_id in a.connected_peers(), what="a sees b")
+        ipv6 = (await a.netcheck())["ipv6"]
+        assert ipv6["listening"] and ipv6["global"] == [], ipv6  # ::1 is neither published nor global

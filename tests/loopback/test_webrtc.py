@@ -223,3 +223,15 @@ async def test_a_certificate_the_peer_does_not_state_as_its_own_is_refused(tmp_p
         assert not bob.host.get_network().get_connections(alice.peer_id)
         # alice's own check passed (bob's certificate is bob's); she sees the end when bob closes
         await wait_for(lambda: not alice.host.get_network().get_connections(bob.peer_id), what="alice's side closed")
+
+
+async def test_a_session_runs_over_ipv6_host_candidates(sessions):
+    """IPv6 (issue 19): gathered and paired over an IPv6 address (loopback's, here), bytes carried."""
+    (a, _), (b, _) = await sessions(WebRtcConfig(interfaces=("::1",), allow_loopback_candidates=True))
+    assert a.path.local is not None and a.path.local[0] == "::1" and a.path.remote[0] == "::1", a.path
+    sa = await a.open_stream()
+    with trio.fail_after(5):
+        sb = await b.accept_stream()
+    await sa.write(b"over ipv6")
+    with trio.fail_after(5):
+        assert await sb.read(100) == b"over ipv6"

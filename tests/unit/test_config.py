@@ -28,7 +28,7 @@ def test_defaults():
     config = load_config()
     assert config == Config()
     assert config.api == ("127.0.0.1", 4080)
-    assert [str(a) for a in config.listen] == ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws"]
+    assert [str(a) for a in config.listen] == ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/4002/ws", "/ip6/::/tcp/4001", "/ip6/::/tcp/4002/ws"]
 
 
 def test_file_overrides_defaults_and_flags_override_file(tmp_path):
