@@ -1,13 +1,13 @@
 """The node's persistent identity: one Ed25519 key in the data directory.
 
 The key is created on first use with mode 0600 (never readable by other users, never logged)
-and reused after, so the peer ID survives restarts. It is stored as PKCS#8 PEM.
+and reused after, so the peer ID survives restarts. It is stored as PKCS#8 PEM, written whole or
+not at all (overlay.core.files), and never replaced once there.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from overlay.core.errors import ConfigError
+from overlay.core.files import write_atomic
 
 KEY_FILE = "identity.key"
 log = logging.getLogger(__name__)
@@ -32,14 +33,10 @@ def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_or_create_key(data_dir)  # another process created it first
+            created = write_atomic(path, pem, exclusive=True)  # a kill mid-write leaves no half key
         except OSError as e:
             raise ConfigError(f"cannot create identity key {path}: {e.strerror}") from e
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        return key
+        return key if created else load_or_create_key(data_dir)  # another process created it first
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning("identity key %s is accessible by other users (mode %o); chmod 600 it", path, mode)

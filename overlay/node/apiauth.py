@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from overlay.core.errors import ConfigError
+from overlay.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,13 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 def load_or_create_token(data_dir: Path) -> str:
     """The node's API token, made on first start (256 bits, URL-safe, mode 0600)."""
     path = data_dir / TOKEN_FILE
+    token = secrets.token_urlsafe(32)
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return read_token(data_dir)
+        if path.exists() or not write_atomic(path, (token + "\n").encode(), exclusive=True):
+            return read_token(data_dir)
     except OSError as e:
         raise ConfigError(f"cannot create the API token {path}: {e.strerror}") from None
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-        f.flush()
-        os.fsync(f.fileno())
     return token
 
 

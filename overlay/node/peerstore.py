@@ -2,7 +2,7 @@
 kept in the data dir (`peers.json`), so that a node whose bootstraps are all down rejoins
 through peers it knew.
 
-The file is the node's own (mode 0600, written whole and renamed into place), but it is read as
+The file is the node's own (mode 0600, written whole or not at all: overlay.core.files), but it is read as
 untrusted input all the same: at most MAX_FILE bytes, MAX_PEERS peers of MAX_ADDRS addresses,
 each peer ID and multiaddr checked; a bad file or entry is skipped with a warning, never fatal.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import multiaddr
 
+from overlay.core.files import write_atomic
 from overlay.core.peer import PeerInfo
 from overlay.core.records import peer_id_from_str, peer_id_to_str
 
@@ -33,11 +33,7 @@ def save(data_dir: Path, peers: Iterable[PeerInfo]) -> int:
     """Write up to MAX_PEERS peers (the first ones given); how many were written."""
     entries = [{"peer_id": peer_id_to_str(p.peer_id), "addrs": [str(multiaddr.Multiaddr(a)) for a in p.addrs[:MAX_ADDRS]]}
                for p in peers if p.addrs][:MAX_PEERS]
-    path, tmp = data_dir / FILE, data_dir / (FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, "peers": entries}, f)
-    os.replace(tmp, path)
+    write_atomic(data_dir / FILE, json.dumps({"version": 1, "peers": entries}).encode())
     return len(entries)
 
 

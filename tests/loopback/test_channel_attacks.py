@@ -65,7 +65,9 @@ class Stranger:
         return stream
 
     def envelopes(self) -> list[Inm]:
-        return [decode(raw) for raw in self.received[1:]]  # the first is the node's hello
+        """Every frame but the node's hellos: one starts each of its link streams, and a link that
+        failed (a write timing out on a loaded machine, say) is opened again with a new one."""
+        return [decode(raw) for raw in self.received if json.loads(raw).get("command") != "handshake"]
 
 
 def recording(node) -> list[Inm]:

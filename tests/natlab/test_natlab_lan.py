@@ -60,6 +60,10 @@ def after(m: Matrix) -> dict:
     solo = dict(host="home", api=SOLO_API)
     out["solo_found_s"] = until(lambda: peers_of(m, "home-solo", **solo).get(m.ids["home-2-solo"]) == "direct-tcp")
     out["solo_peers"] = peers_of(m, "home-solo", **solo)
+    # the announcements of the first two nodes, heard and refused (their answers to our queries
+    # may come after our neighbour's)
+    out["solo_refused_other_s"] = until(lambda: get(m, "home-solo", "/v1/status", **solo)["lan"]["refused"]
+                                        .get("other network", 0) >= 1, timeout=30)
     out["solo_lan"] = get(m, "home-solo", "/v1/status", **solo)["lan"]
     out["solo_connect"] = m._agent(m.lab.host("home"), "home-solo", "pair", "--peer", m.ids["home-2-solo"], api=SOLO_API)
     out["solo_find"] = get(m, "home-solo", f"/v1/find/{m.ids['home-2-solo']}", **solo)
