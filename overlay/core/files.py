@@ -5,7 +5,7 @@ The data goes to a temporary file beside the target, is fsynced, and then takes 
 name in one step: `os.replace` (the new file wins) or, for a file that must never be replaced
 (the identity key), `os.link`, which fails if the target exists, so two processes starting at
 once keep the first one's key. The directory is fsynced last, so that the new name survives a
-power cut too. A leftover temporary file of a killed writer is removed by the next write.
+power cut too. A leftover temporary file of a killed writer is removed by a later write.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+STALE_AFTER = 60.0  # seconds: a temporary file this old is a killed writer's (a write takes milliseconds)
 
 
 def _tmp_name(path: Path) -> Path:
@@ -27,7 +29,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, exclusive: bool = F
     exist yet (False then, and the existing file is left as it is). OSError as the system says."""
     for stale in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
-            stale.unlink()
+            if time.time() - stale.stat().st_mtime > STALE_AFTER:  # not another process's write under way
+                stale.unlink()
     tmp = _tmp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -41,8 +42,11 @@ def test_a_write_that_dies_before_its_rename_leaves_the_old_file(tmp_path, monke
     assert path.read_bytes() == b"old"
 
 
-def test_the_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+def test_the_temporary_file_of_a_killed_writer_is_removed_by_a_later_write_but_not_one_under_way(tmp_path):
     path = tmp_path / "peers.json"
-    (tmp_path / ".peers.json.0123456789ab.tmp").write_bytes(b"half a fi")
+    killed, under_way = tmp_path / ".peers.json.0123456789ab.tmp", tmp_path / ".peers.json.ba9876543210.tmp"
+    killed.write_bytes(b"half a fi")
+    os.utime(killed, (time.time() - 120, time.time() - 120))
+    under_way.write_bytes(b"another process is writing th")
     write_atomic(path, b"whole")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["peers.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [under_way.name, "peers.json"]
