@@ -43,10 +43,17 @@ CHECK_INTERVAL = 30.0  # our addresses, and the peers due for another dial
 CLOSE_TIMEOUT = 3.0
 
 
-def local_networks() -> list[IpNetwork]:
-    """The networks of this machine's interfaces, less loopback and link-local."""
+def local_networks(last: list[IpNetwork] | None = None) -> list[IpNetwork]:
+    """The networks of this machine's interfaces, less loopback and link-local; `last` (the
+    previous answer) while they cannot be listed: getifaddrs() opens a netlink socket, which
+    fails while the process is out of descriptors, and that must not end LAN discovery."""
+    try:
+        adapters = ifaddr.get_adapters()
+    except OSError as e:
+        log.info("LAN discovery: cannot list the interfaces (%s); the last known networks stand in", e)
+        return list(last or [])
     nets = []
-    for adapter in ifaddr.get_adapters():
+    for adapter in adapters:
         for ip in adapter.ips:
             if isinstance(ip.ip, str):
                 net = ipaddress.ip_network(f"{ip.ip}/{ip.network_prefix}", strict=False)
@@ -106,7 +113,7 @@ class LanDiscovery:
                     nursery.start_soon(self._look_up, zc, nursery)
                 while True:
                     await trio.sleep(CHECK_INTERVAL)
-                    self.core.networks = local_networks()
+                    self.core.networks = local_networks(list(self.core.networks))
                     now_ours = self._lan_addrs()
                     if now_ours and now_ours != self.announced:
                         await trio.to_thread.run_sync(zc.update_service, self._info(now_ours))

@@ -398,3 +398,20 @@ async def test_a_node_listens_on_ipv6_beside_ipv4_publishes_it_and_is_dialed_the
         await wait_for(lambda: b.peer_id in a.connected_peers(), what="a sees b")
         ipv6 = (await a.netcheck())["ipv6"]
         assert ipv6["listening"] and ipv6["global"] == [], ipv6  # ::1 is neither published nor global
+
+
+def test_lan_discovery_keeps_its_networks_while_the_interfaces_cannot_be_listed(monkeypatch):
+    """getifaddrs() fails while the process is out of descriptors: the last networks stand in."""
+    import errno
+    import ipaddress
+
+    import ifaddr
+
+    from nat import lan_io
+
+    def out_of_descriptors():
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(ifaddr, "get_adapters", out_of_descriptors)
+    last = [ipaddress.ip_network("100.64.1.0/24")]
+    assert lan_io.local_networks(last) == last
