@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (idempotent) and runs the whole suite, or one layer of it:
-#   bash scripts/test.sh [unit|loopback|natlab|interop] [pytest arguments...]
+#   bash scripts/test.sh [unit|loopback|natlab|interop|fuzz] [pytest arguments...]
 #   unit      the cores without I/O (needs only the cores' dependencies)
 #   loopback  real nodes, in this process or as processes, and hosts on 127.0.0.1
 #   natlab    network namespaces with NATs between them (needs root, `ip` and `iptables`)
 #   interop   our codecs against independent implementations (py-libp2p, aioice)
+#   fuzz      each decoder's fuzz harness, coverage-guided (atheris) for a fixed number of runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 layer=
 case "${1:-}" in
-  unit|loopback|natlab|interop) layer=$1; shift ;;
+  unit|loopback|natlab|interop|fuzz) layer=$1; shift ;;
 esac
 
 # The NAT-lab tests (tests/natlab) build network namespaces with `ip` and `iptables`, and build a

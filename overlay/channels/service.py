@@ -124,13 +124,15 @@ class Records(Protocol):
 class ChannelService:
     def __init__(self, me: str, key: Ed25519PrivateKey, host: StreamHost, connect: Callable[[ID], Awaitable[object]],
                  peers: Callable[[], list[ID]], ping: Callable[[ID], Awaitable[float]], records: Records, network: str,
-                 metrics: Registry, want: int = 8, max_links: int = MAX_LINKS, token: str = "", expects_peers: bool = False) -> None:
+                 metrics: Registry, want: int = 8, max_links: int = MAX_LINKS, token: str = "", expects_peers: bool = False,
+                 client_queue: int = CLIENT_QUEUE) -> None:
         """`me`: this node's peer ID, `key` its identity key (signs its broadcasts and
         reservations); `host`: streams to peers; `connect`: dial a peer by ID; `peers`: the
         peers connected now (candidate neighbours); `ping`: a round trip to one, in seconds;
         `records`: the DHT; `expects_peers`: bootstraps are configured, so no neighbour is a
-        health problem."""
+        health problem; `client_queue`: messages one slow local client may have waiting."""
         self.me = me
+        self.client_queue = client_queue
         self.records = records
         self.host = host
         self.connect = connect
@@ -475,12 +477,16 @@ class ChannelService:
             pass
 
     def new_client(self) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
-        send, receive = trio.open_memory_channel[str](CLIENT_QUEUE)
+        send, receive = trio.open_memory_channel[str](self.client_queue)
         client = Client(next(self._client_ids), send)
         self.clients[client.id] = client
         return client, receive
 
     def drop_client(self, client: Client) -> None:
+        """The client is gone: what still waited in its queue is lost, and counted."""
+        unsent = client.send.statistics().current_buffer_used
+        client.dropped += unsent
+        self.client_drops.inc(unsent)
         if self.clients.pop(client.id, None) is not None:
             self._client_drops_gone += client.dropped
         client.send.close()

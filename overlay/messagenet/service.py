@@ -49,15 +49,17 @@ class RelayerSocket:
 
 class RelayerService:
     def __init__(self, bus: InmBus, key: Ed25519PrivateKey, metrics: Registry, hold: float = 60.0,
-                 max_held: int = 1000, clock: Callable[[], float] = time.time) -> None:
+                 max_held: int = 1000, clock: Callable[[], float] = time.time, socket_queue: int = SOCKET_QUEUE) -> None:
         """`bus`: the node's INM links; `key`: its identity key, which signs SignedMessages;
-        `clock`: wall-clock seconds, for SignedMessage timestamps."""
+        `clock`: wall-clock seconds, for SignedMessage timestamps; `socket_queue`: frames one
+        slow relayer connection may have waiting."""
         self.bus = bus
         self.key = key
         self.peer_id = peer_id_from_public_key(key.public_key())
         self.clock = clock
         self.hold = hold
         self.max_held = max_held
+        self.socket_queue = socket_queue
         self.relayers: dict[int, RelayerSocket] = {}
         self.known: set[int] = set()
         self.replays = ReplayWindow(relayer.REPLAY_WINDOW, relayer.MAX_REPLAY_ENTRIES, relayer.MAX_REPLAY_PER_SIGNER)
@@ -70,10 +72,14 @@ class RelayerService:
     # ---- local relayers ----
 
     def open_socket(self) -> tuple[RelayerSocket, trio.MemoryReceiveChannel[bytes]]:
-        send, receive = trio.open_memory_channel[bytes](SOCKET_QUEUE)
+        send, receive = trio.open_memory_channel[bytes](self.socket_queue)
         return RelayerSocket(send), receive
 
     def close_socket(self, sock: RelayerSocket) -> None:
+        """The connection is gone: the frames still queued for it are lost, and counted."""
+        unsent = sock.send.statistics().current_buffer_used
+        if unsent:
+            self.dropped.inc(unsent, reason="relayer gone")
         for relayer_id in sock.ids:
             if self.relayers.get(relayer_id) is sock:
                 del self.relayers[relayer_id]
@@ -166,7 +172,9 @@ class RelayerService:
             return {"ok": False, "error": "no such relayer"}
         frame = relayer.to_client(relayer_id, sender, data)
         sock = self.relayers.get(relayer_id)
-        if sock is not None and self._to_socket(sock, frame):
+        if sock is not None:  # connected: queued now, or lost (counted) if it does not keep up
+            if not self._to_socket(sock, frame):
+                return {"ok": False, "error": "relayer too slow"}
             self.delivered.inc()
             return {"ok": True, "held": False}
         queue = self.held.setdefault(relayer_id, deque())

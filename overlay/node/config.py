@@ -66,6 +66,7 @@ class Config:
     inm_peers: int = 8  # nodes to keep an INM link with (WSRelay channels)
     network_token: str = ""  # if set, a private network: INM handshakes prove it (never send it)
     relayer_hold: int = 60  # seconds a message waits for a MessageNet relayer that is not connected
+    client_queue: int = 1024  # messages waiting for one slow API client (channels, relayers); beyond: dropped, counted
     trusted_peers: tuple[str, ...] = ()  # peer IDs whose typed messages are shed last under load
     api_allowed_origins: tuple[str, ...] = ()  # web origins whose pages may use the API (with the token)
     api_allowed_hosts: tuple[str, ...] = ()  # Host names besides 127.0.0.1, localhost and [::1]
@@ -210,6 +211,8 @@ def _convert(key: str, value: Any) -> Any:
         return peers
     if key == "relayer_hold":
         return _whole(key, value, 0, 86_400)
+    if key == "client_queue":
+        return _whole(key, value, 16, 65_536)
     if key == "inm_peers":
         return _whole(key, value, 1, 64)
     if key == "network_token":

@@ -195,8 +195,9 @@ class Node:
         self.remembered = self._remembered_peers()
         self.channels = ChannelService(str(self.peer_id), self.key, self.host, self.connect, self.connected_peers, self.ping,
                                        self.dht, config.network, self.metrics, want=config.inm_peers, token=config.network_token,
-                                       expects_peers=bool(self.bootstraps or self.remembered))
-        self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold)
+                                       expects_peers=bool(self.bootstraps or self.remembered), client_queue=config.client_queue)
+        self.relayers = RelayerService(self.channels, self.key, self.metrics, hold=config.relayer_hold,
+                                       socket_queue=config.client_queue)
         self.peermsg = PeerMessaging(self.host, self.connect, self.connected_peers, config.network, self.metrics,
                                      trusted=frozenset(config.trusted_peers))
         self.gateway = Gateway(self.channels, self.dht, self.connect, self.metrics, self.key)

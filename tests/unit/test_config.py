@@ -75,6 +75,7 @@ max_connections = 10
         ({"api_allowed_origins": ["evil.example"]}, "api_allowed_origins"),
         ({"api_allowed_origins": ["http://a.example/path"]}, "api_allowed_origins"),
         ({"api_allowed_hosts": ["host:4080"]}, "api_allowed_hosts"),
+        ({"client_queue": 8}, "client_queue"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):
