@@ -31,7 +31,12 @@ next seq it expects:
     beyond that, or buffers full       the gap is given up at once
     newer epoch                        the origin started anew: its state restarts there
     older epoch                        dropped
-    first message of an origin         its state starts there (no history is fetched)
+    the origin's position (`start`)    its state starts after it: the origin told us, joining
+                                       us or answering our join, the [epoch, seq] it is at
+    first message of an origin         its state starts there (no history is fetched), unless
+    not told of                        the origin's epoch began after the channel opened here:
+                                       then at seq 1 (all of that epoch is ours; what overtook
+                                       the first ones waits behind a gap)
 
 A gap: OPEN (GAP_WAIT seconds for the missing ones to arrive by another path) -> ASKED (the node
 that passed the later message is asked for them: channel-iwant; GAP_GIVEUP seconds) -> closed
@@ -224,6 +229,35 @@ class ChannelMesh:
             self._due(channel, now)
         return channel.epoch, channel.seq
 
+    def position(self, name: str) -> list[int]:
+        """[epoch, seq] of the last message we stamped for the channel, told to members we join
+        and who join us, so that they expect what follows (`start`)."""
+        channel = self.channels[name]
+        return [channel.epoch, channel.seq]
+
+    def start(self, name: str, origin: str, position: object, now: float) -> None:
+        """An origin's own word, on its own stream (its join, or its answer to ours), of where its
+        messages stand: all after them are ours, whatever order their copies come in. A position
+        is a claim about the origin's own messages only: a lie can only hold up or drop those."""
+        channel = self.channels.get(name)
+        if channel is None or not (isinstance(position, list) and len(position) == 2
+                                   and all(type(v) is int and 0 <= v < 2**63 for v in position)):
+            return
+        epoch, last = position
+        state = channel.origins.get(origin)
+        if state is None and len(channel.origins) >= MAX_ORIGINS:
+            return
+        if state is None or epoch > state.epoch:
+            self._begin(channel, origin, epoch, last + 1, now)
+
+    def _begin(self, channel: _Channel, origin: str, epoch: int, next_seq: int, now: float) -> _Origin:
+        """A new state for the origin (its first epoch heard of, or a newer one)."""
+        old = channel.origins.get(origin)
+        if old is not None:
+            self._buffered -= len(old.buffer)
+        state = channel.origins[origin] = _Origin(epoch, next_seq, now)
+        return state
+
     def duplicate(self, name: str, origin: str, epoch: int, seq: int) -> bool:
         """Whether a message was accepted before, or is older than what we accept."""
         channel = self.channels.get(name)
@@ -246,9 +280,11 @@ class ChannelMesh:
                 if len(channel.origins) >= MAX_ORIGINS:
                     self.count("publishers full")
                     return []
-            if state is not None:
-                self._buffered -= len(state.buffer)
-            state = channel.origins[origin] = _Origin(epoch, seq, now)
+            # An origin whose epoch began after the channel opened here has every message of it
+            # for us: expect it from seq 1, so that a copy overtaking the first ones (over the
+            # mesh, while the origin's own link to us redials) opens a gap rather than making
+            # them look old. One that began before (we joined late) starts where we first hear it.
+            state = self._begin(channel, origin, epoch, 1 if epoch > channel.epoch else seq, now)
         state.heard = now
         if seq == state.next:
             state.next += 1

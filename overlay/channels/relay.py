@@ -719,7 +719,7 @@ class ChannelRelay:
         known = set(self.table.members(name)) | joining
         out: list[RelayAction] = []
         for node in [n for n in dict.fromkeys(nodes) if n not in known and n != self.me][:MAX_JOINS]:
-            data = {"command": JOIN, "channel": name}
+            data = {"command": JOIN, "channel": name, "position": self.mesh.position(name)}
             if secret.key is not None:
                 data["proof"] = join_proof(secret.key, name, self.me, node)
             joining.add(node)
@@ -739,6 +739,7 @@ class ChannelRelay:
             return self._opened_answers(name)
         if data.get("large") is True:
             self.mesh.mark_large(name, now)
+        self.mesh.start(name, node, data.get("position"), now)
         self.mesh.member_added(name, len(self.table.members(name)), now)
         listed = data.get("members")
         others = [m for m in listed[:MEMBER_SAMPLE] if isinstance(m, str)] if isinstance(listed, list) else []
@@ -750,7 +751,8 @@ class ChannelRelay:
         """Another node has the channel open too: it becomes a member if the channel is open
         here and, for a password channel, it proves the key. The answer names a random sample
         of the other members (so joiners find all of a large channel), and whether the channel
-        is large here (then the joiner keeps a mesh too)."""
+        is large here (then the joiner keeps a mesh too); the join and its answer each tell the
+        other where its own messages stand (`position`), so each expects all that follow."""
         name = inm.data["channel"]
         secret = self.table.secret(name) if isinstance(name, str) else None
         if secret is None:
@@ -766,8 +768,9 @@ class ChannelRelay:
             self.dropped.inc(reason="members full")
             return {"ok": False, "reason": "busy"}
         self.mesh.member_added(name, len(others) + 1, now)
+        self.mesh.start(name, inm.source, inm.data.get("position"), now)
         return {"ok": True, "members": self.mesh.rng.sample(others, min(MEMBER_SAMPLE, len(others))),
-                "large": self.mesh.large(name)}
+                "large": self.mesh.large(name), "position": self.mesh.position(name)}
 
     # ---- time ----
 

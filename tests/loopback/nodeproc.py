@@ -26,19 +26,32 @@ class Proc:
     """One node process: its banner read (peer ID, addresses, API), its token from its data dir."""
 
     def __init__(self, args: list[str], data_dir: Path, network: str = "e2e",
-                 preexec_fn: Callable[[], None] | None = None, cli: str = CLI, cwd: Path | None = None) -> None:
-        """`cli`: the overlay-node executable (by default this venv's), run in `cwd`."""
+                 preexec_fn: Callable[[], None] | None = None, cli: str = CLI, cwd: Path | None = None,
+                 log: Path | None = None) -> None:
+        """`cli`: the overlay-node executable (by default this venv's), run in `cwd`; `log`: a
+        file for its stderr (a node that runs long would fill an unread pipe and block)."""
         self.data_dir = data_dir
         self.network = network
-        self.popen = subprocess.Popen(
-            [cli, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
-             "--api", "127.0.0.1:0", "--network", network, "--no-port-mapping", "--no-mdns", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn, cwd=cwd,
-        )
+        self.log = log
+        stderr = open(log, "w") if log else subprocess.PIPE
+        try:
+            self.popen = subprocess.Popen(
+                [cli, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
+                 "--api", "127.0.0.1:0", "--network", network, "--no-port-mapping", "--no-mdns", *args],
+                stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=preexec_fn, cwd=cwd,
+            )
+        finally:
+            if log:
+                stderr.close()  # the child has its own copy
         self.peer_id = ""
         self.addrs: list[str] = []
         self.api = ""
-        self._read_banner()
+        try:
+            self._read_banner()
+        except BaseException:  # no banner, no Proc for the caller to stop: stop it here
+            self.popen.kill()
+            self.popen.wait()
+            raise
         self.token = read_token(data_dir)
 
     def _read_banner(self, timeout: float = 30.0) -> None:
@@ -47,7 +60,7 @@ class Proc:
         deadline = time.monotonic() + timeout
         while not self.api:
             if self.popen.poll() is not None:
-                raise AssertionError(f"node exited {self.popen.returncode}: {self.popen.stderr.read()}")
+                raise AssertionError(f"node exited {self.popen.returncode}: {self.errors()}")
             try:
                 line = lines.get(timeout=max(0.0, min(0.5, deadline - time.monotonic()))).strip()
             except queue.Empty:
@@ -84,7 +97,11 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
-        return self.popen.returncode, self.popen.stderr.read()
+        return self.popen.returncode, self.errors()
+
+    def errors(self) -> str:
+        """What the node wrote to stderr (all of it: call once it has exited)."""
+        return self.log.read_text() if self.log else self.popen.stderr.read()
 
 
 def take_banner_line(proc: Any, line: str) -> None:

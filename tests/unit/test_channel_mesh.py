@@ -40,6 +40,31 @@ def test_a_publishers_messages_are_delivered_once_and_in_order_whatever_order_th
     assert mesh.next_timer() is None and dropped.values == {}
 
 
+def test_an_origin_that_began_after_the_channel_opened_here_is_expected_from_its_first_message():
+    """Found by the churn test: the origin's direct link to a member redialed while other members
+    passed its later messages on; the member started the origin at the first copy it heard and
+    dropped the first messages as old when they came."""
+    mesh, dropped = core()  # open here since 1000 (ms)
+    assert mesh.accept("ch", "o", 2000, 3, "m3", "p", 0.0) == [], "1 and 2 are ours too: a gap"
+    assert mesh.accept("ch", "o", 2000, 1, "m1", "o", 0.01) == ["m1"]
+    assert not mesh.duplicate("ch", "o", 2000, 2)
+    assert mesh.accept("ch", "o", 2000, 2, "m2", "o", 0.01) == ["m2", "m3"]
+    assert dropped.values == {}
+    assert mesh.accept("ch", "late", 500, 7, "l7", "p", 0.0) == ["l7"], "began before we opened: starts where heard"
+
+
+def test_an_origins_told_position_makes_every_later_message_expected_whatever_copy_comes_first():
+    mesh, dropped = core()
+    mesh.start("ch", "o", [500, 7], 0.0)  # the origin (open before us) joined us at seq 7
+    assert mesh.accept("ch", "o", 500, 9, "m9", "p", 0.0) == [], "8 is ours: a gap, not a start at 9"
+    assert mesh.accept("ch", "o", 500, 8, "m8", "o", 0.0) == ["m8", "m9"]
+    mesh.start("ch", "o", [500, 2], 0.0)
+    assert mesh.duplicate("ch", "o", 500, 9), "a position changes nothing of an epoch already followed"
+    for bad in ([500], ["x", 1], [500, -1], [True, 1], None):
+        mesh.start("ch", "b", bad, 0.0)
+    assert mesh.accept("ch", "b", 500, 4, "b4", "p", 0.0) == ["b4"] and dropped.values == {}
+
+
 def test_a_gap_is_asked_for_from_who_passed_the_later_message_then_given_up_and_counted():
     mesh, dropped = core()
     mesh.accept("ch", "o", 1, 1, "m1", "p", 0.0)
@@ -225,7 +250,8 @@ def test_a_lying_member_cannot_forge_replay_or_make_others_verify_duplicates(lar
     assert victim.receive(forged, liar, net.now) == [CutLink(liar)] and victim.dropped.get(reason="bad signature") == 1
     unsigned = Inm("n00", MEMBERS, "message", "u1", {"channel": "ch", "epoch": epoch, "seq": 3, "message": "x", "nonce": "x"})
     assert victim.receive(unsigned, liar, net.now) == [] and victim.dropped.get(reason="unauthenticated source") == 1
-    stale = Inm(liar, MEMBERS, "message", "s1", {"channel": "ch", "epoch": 1, "seq": 1, "message": "old", "nonce": "o"},
+    liar_epoch = net.relays[liar].mesh.position("ch")[0]  # told in its join: an older epoch would be a duplicate
+    stale = Inm(liar, MEMBERS, "message", "s1", {"channel": "ch", "epoch": liar_epoch, "seq": 1, "message": "old", "nonce": "o"},
                 net.wall() - 120_000)
     assert victim.receive(replace(stale, sig=f"tag-of:{liar}"), liar, net.now) == []
     assert victim.dropped.get(reason="stale") == 1

@@ -192,7 +192,8 @@ def test_only_a_node_holding_the_key_joins_a_password_channel():
     assert relay.table.members("ch") == [] and relay.dropped.get(reason="join without the channel's key") == 4
     [reply] = relay.receive(Inm("b", "a", "command", "j-ok", {"command": "channel-join", "channel": "ch",
                                                                "proof": join_proof(SECRET.key, "ch", "b", "a")}), "b", net.now)
-    assert reply.inm.data == {"ok": True, "members": [], "large": False} and relay.table.members("ch") == ["b"]
+    assert reply.inm.data == {"ok": True, "members": [], "large": False, "position": relay.mesh.position("ch")}
+    assert relay.table.members("ch") == ["b"]
     [reply] = net.relays["b"].receive(Inm("a", "b", "command", "j-2", {"command": "channel-join", "channel": "ch"}), "a", net.now)
     assert reply.inm.data == {"ok": False, "reason": "channel not open here"}
 
