@@ -7,8 +7,8 @@ reading at full speed), each subscribed to one channel, then one publisher sendi
 messages of 1,000 bytes at 100 a second:
 
 - ours: an `overlay-node run` process, clients on WS /connect (channel "bench");
-- bare: one `websockets` server (asyncio) that fans each message out to its other clients
-  (`websockets.broadcast`), the least a Python server on this machine pays per client.
+- bare: benchmarks/channels.py's `websockets` server (asyncio) that fans each message out to
+  its other clients (`websockets.broadcast`), the least a Python server here pays per client.
 
 Measured from /proc, for the server process: RSS before the clients and once they are all
 subscribed (per client: the difference / N); CPU time (user + system) over 10 s of the N clients
@@ -76,28 +76,13 @@ class Ours:
 
 class Bare:
     name = "bare"
-    SERVER = """
-import asyncio, sys, websockets
-async def main():
-    subscribers = set()
-    async def handler(ws):
-        async for message in ws:
-            if message == "subscribe":
-                subscribers.add(ws)
-                await ws.send("ok")
-            else:
-                websockets.broadcast(subscribers - {ws}, message)
-        subscribers.discard(ws)
-    async with websockets.serve(handler, "127.0.0.1", 0, max_size=1 << 20) as server:
-        print(server.sockets[0].getsockname()[1], flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-asyncio.run(main())
-"""
-
     def __init__(self, workdir: Path) -> None:
-        self.popen = subprocess.Popen([sys.executable, "-c", self.SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        """benchmarks/channels.py's bare server, the same baseline as there."""
+        self.popen = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "channels.py"), "--role", "bare-server"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.process = psutil.Process(self.popen.pid)
-        self.hostport, self.path, self.headers = f"127.0.0.1:{int(self.popen.stdout.readline())}", "/", []
+        url = json.loads(self.popen.stdout.readline())["url"]
+        self.hostport, self.path, self.headers = url.removeprefix("ws://").rstrip("/"), "/", []
 
     def subscribe(self) -> str:
         return "subscribe"
